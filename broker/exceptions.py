@@ -1,0 +1,77 @@
+"""Errors of the broker. Each class docstring is the default message, phrased as the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BrokerError(Exception):
+    """The broker failed: see the log for details."""
+
+    def __init__(self, message: str | None = None, **attrs: Any) -> None:
+        self.__dict__.update(attrs)
+        text = message or (self.__doc__ or "").strip().format(**attrs)
+        super().__init__(text)
+
+
+# Bad input from a client (INVALID_ARGUMENT).
+class InvalidArgument(BrokerError):
+    """Invalid request: {detail}"""
+
+
+class ChecksumMismatch(InvalidArgument):
+    """Payload sha256 is {actual} but the header said {expected}: the upload was rejected and nothing
+    was kept; check that the file did not change while it was sent, then submit again."""
+
+
+class TruncatedUpload(InvalidArgument):
+    """Payload ended after {received} of the {expected} bytes the header announced: nothing was
+    kept; submit again."""
+
+
+class OversizedUpload(InvalidArgument):
+    """Payload sent more than the {expected} bytes the header announced: nothing was kept; send the
+    real size in the header."""
+
+
+# NOT_FOUND
+class TaskNotFound(BrokerError):
+    """No task {task_id}: check the id with `gpuproxy tasks list`."""
+
+
+class ResultNotFound(BrokerError):
+    """Task {task_id} has no result: it is {state}; only finished tasks have one."""
+
+
+class PayloadNotFound(BrokerError):
+    """Payload {sha256} is not stored: it was cleaned up or never uploaded; submit the task again."""
+
+
+# FAILED_PRECONDITION
+class WrongState(BrokerError):
+    """Task {task_id} is {state}: {detail}"""
+
+
+class StaleFence(BrokerError):
+    """Task {task_id} is no longer held with fencing token {fence}: it was requeued or cancelled
+    and may run elsewhere; this result was refused."""
+
+
+# RESOURCE_EXHAUSTED
+class PayloadTooLarge(BrokerError):
+    """Payload of {size} bytes is over the broker's limit of {limit} bytes: raise
+    --max-payload-bytes on the broker if this is expected."""
+
+
+# UNAVAILABLE
+class StoreUnavailable(BrokerError):
+    """Database {dsn} is unreachable: {detail}. Is the server running and the DSN right?"""
+
+
+class PayloadStoreUnavailable(BrokerError):
+    """Payload folder {path} cannot be used: {detail}. Check that it exists, is mounted and is
+    writable by the broker."""
+
+
+class ConfigError(BrokerError):
+    """Invalid setting {field}: {detail}"""

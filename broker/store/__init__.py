@@ -1,0 +1,29 @@
+"""Durable task storage: one interface, MariaDB/MySQL and SQLite implementations."""
+
+from __future__ import annotations
+
+from broker.store.base import Store
+
+
+def open_store(dsn: str) -> Store:
+    """The store for a DSN: sqlite:///relative/path, sqlite:////abs/path, mysql://u:p@h:port/db.
+
+    The caller awaits `store.open()` (connects and migrates) before use.
+    """
+    from broker import exceptions
+
+    if dsn.startswith("sqlite://"):
+        from broker.store.sqlite import SqliteStore
+
+        return SqliteStore(dsn)
+    if dsn.startswith(("mysql://", "mariadb://")):
+        from broker.store.mysql import MysqlStore
+
+        return MysqlStore(dsn)
+    raise exceptions.ConfigError(
+        field="db-dsn",
+        detail=f"{dsn!r} is neither sqlite:///PATH nor mysql://USER:PASS@HOST:PORT/DB",
+    )
+
+
+__all__ = ["Store", "open_store"]

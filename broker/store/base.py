@@ -1,0 +1,174 @@
+"""The store interface. The gRPC service never writes SQL; the store never knows gRPC.
+
+Every time is epoch milliseconds passed in by the caller (`now_ms`), so that tests control the
+clock and both backends agree. Each state change is one short transaction and bumps
+`tasks.version`. Errors of the driver are translated into `broker.exceptions` at this boundary.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+from broker.models import Attempt, BlobRow, NewTask, PageCursor, Task, TaskFilter
+
+
+class Store(abc.ABC):
+    dsn: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations (safe when two brokers start at once).
+
+        Raises StoreUnavailable when the database cannot be reached or used.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_task(self, new: NewTask) -> tuple[Task, bool]:
+        """Insert the task in state init unless a task with its id exists.
+
+        Returns (task, created); an existing task is returned unchanged.
+        """
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> Task:
+        """Raises TaskNotFound."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, flt: TaskFilter, limit: int, after: PageCursor | None = None
+    ) -> list[Task]:
+        """Newest first (created_at DESC, id DESC), strictly after the cursor."""
+
+    @abc.abstractmethod
+    async def get_attempts(self, task_id: str) -> list[Attempt]:
+        """The attempt history, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_task(self, task_id: str) -> None:
+        """Remove a task and its history (used to undo a submit that lost its payload)."""
+
+    @abc.abstractmethod
+    async def reset_task(self, task_id: str, now_ms: int) -> Task:
+        """error -> init with attempts = 0, worker cleared, error_message cleared.
+
+        Appends an attempt row (outcome "reset", reason = the old error message) so the old error
+        stays in the history. Raises TaskNotFound, or WrongState unless the task is in error.
+        """
+
+    @abc.abstractmethod
+    async def cancel_task(self, task_id: str, reason: str, now_ms: int) -> Task:
+        """init or running -> error with error_message "cancelled: <reason>".
+
+        Bumps the fence so a late result of a running attempt is refused, and closes a running
+        attempt with outcome "cancelled". Raises TaskNotFound, or WrongState when the task is
+        already finished or in error.
+        """
+
+    # -- the worker side -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim_task(
+        self, worker_id: str, task_types: Sequence[str], lease_ms: int, now_ms: int
+    ) -> Task | None:
+        """Atomically take the highest-priority, oldest init task of one of the types.
+
+        Only tasks with not_before <= now_ms qualify. The task becomes running for worker_id,
+        with attempts + 1, fence + 1, started_at = now_ms, lease_expires_at = now_ms + lease_ms,
+        and an attempt row (outcome "running"). No task is ever given to two claimers, across
+        connections and processes (MariaDB: SELECT ... FOR UPDATE SKIP LOCKED). None if no task.
+        """
+
+    @abc.abstractmethod
+    async def renew_lease(self, task_id: str, fence: int, lease_ms: int, now_ms: int) -> Task:
+        """Extend a running task's lease. Raises StaleFence unless running with this fence."""
+
+    @abc.abstractmethod
+    async def set_progress(self, task_id: str, fence: int, phase: str, fraction: float) -> None:
+        """Record progress. Raises StaleFence unless running with this fence."""
+
+    @abc.abstractmethod
+    async def finish_task(
+        self, task_id: str, fence: int, result_size: int, result_sha256: str, now_ms: int
+    ) -> Task:
+        """running -> finished with the result, closing the attempt with outcome "finished".
+
+        Raises StaleFence unless the task is running with this fence (fencing of late results).
+        """
+
+    @abc.abstractmethod
+    async def fail_task(
+        self, task_id: str, fence: int, reason: str, retryable: bool, retry_at_ms: int,
+        now_ms: int,
+    ) -> Task:
+        """Close the attempt with outcome "failed" and this reason, then:
+
+        retryable and attempts < max_attempts -> init with not_before = retry_at_ms;
+        otherwise -> error with a message listing every attempt's reason since the last reset.
+        Raises StaleFence unless the task is running with this fence.
+        """
+
+    @abc.abstractmethod
+    async def requeue_expired(
+        self, now_ms: int, processing_timeouts_ms: Mapping[str, int], limit: int = 100
+    ) -> list[Task]:
+        """Housekeeping: running tasks whose lease expired, or which ran longer than their
+        type's processing timeout, are requeued like a retryable failure (fence + 1, attempt
+        closed with outcome "requeued" and the reason). Safe when two brokers run it at once:
+        each task is requeued exactly once. Returns the tasks after the change.
+        """
+
+    @abc.abstractmethod
+    async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
+        """Hand a running task back to init at once (worker shutting down), attempts - 1 so the
+        hand-back does not use up an attempt. Raises StaleFence."""
+
+    # -- retention and payload references ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def delete_terminal_before(self, cutoff_ms: int, limit: int = 1000) -> int:
+        """Delete finished and error tasks (and their history) with finished_at < cutoff."""
+
+    @abc.abstractmethod
+    async def referenced_blobs(self) -> set[str]:
+        """sha256s still needed: payloads of tasks not finished, results of every task."""
+
+    @abc.abstractmethod
+    async def payload_needed(self, sha256: str) -> bool:
+        """Whether a task that is not finished still needs this payload."""
+
+    # -- blobs kept in the database (the `db` payload store) ------------------------------
+
+    @abc.abstractmethod
+    async def blob_begin(self, upload_id: str, sha256: str, size: int, now_ms: int) -> None:
+        """Start an upload: a row that is not ready yet."""
+
+    @abc.abstractmethod
+    async def blob_put_chunk(self, upload_id: str, seq: int, data: bytes) -> None:
+        """Store one chunk (at most 1 MiB) in its own short transaction."""
+
+    @abc.abstractmethod
+    async def blob_commit(self, upload_id: str) -> None:
+        """Mark the upload ready. When another ready upload of the same sha256 exists, this one
+        is deleted instead (its chunks too): readers always find exactly one."""
+
+    @abc.abstractmethod
+    async def blob_delete(self, upload_id: str) -> None:
+        """Delete an upload's row and chunks (in bounded transactions)."""
+
+    @abc.abstractmethod
+    async def blob_find(self, sha256: str) -> BlobRow | None:
+        """The ready upload of this sha256, if any."""
+
+    @abc.abstractmethod
+    async def blob_read_chunk(self, upload_id: str, seq: int) -> bytes | None:
+        """Chunk seq of an upload; None past the end."""
+
+    @abc.abstractmethod
+    async def blob_list(self) -> list[BlobRow]:
+        """Every upload, ready or not (for the cleaner)."""

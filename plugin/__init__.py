@@ -1,0 +1,1 @@
+"""plugin package (filled by its own issue)."""

@@ -1,0 +1,1 @@
+"""worker package (filled by its own issue)."""
