@@ -75,3 +75,12 @@ class PayloadStoreUnavailable(BrokerError):
 
 class ConfigError(BrokerError):
     """Invalid setting {field}: {detail}"""
+
+
+# Raised on the client side (CLI, plugin, worker) from a broker's answer.
+class BrokerUnreachable(BrokerError):
+    """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
+
+
+class RemoteError(BrokerError):
+    """{detail}"""

@@ -1,0 +1,330 @@
+"""`gpuproxy`: run the broker, and operate on tasks from the command line.
+
+Command output goes to stdout; logs and errors go to stderr. Errors print their chain of causes,
+one per line, and exit with status 1 (2 for wrong flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+from google.protobuf import json_format
+
+from broker import config as broker_config
+from broker import exceptions, logs
+from broker.client import BrokerClient
+from broker.flags import Flag, add_flags, load_toml, resolve
+from protos.gpuproxy.v1 import tasks_pb2
+
+log = structlog.get_logger(__name__)
+
+STATE_NAMES = {1: "init", 2: "running", 3: "error", 4: "finished"}
+STATE_NUMBERS = {name: num for num, name in STATE_NAMES.items()}
+
+LOG_FLAGS = [
+    Flag("log-level", "log level", "info", choices=logs.LEVELS),
+    Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
+]
+CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888")]
+RUN_FLAGS = [
+    Flag("url", "address to listen on", "127.0.0.1:18888"),
+    Flag("db-dsn", "task database: sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB",
+         "sqlite:///~/.gpuproxy/gpuproxy.db"),
+    Flag("resource-type", "where payloads live", "fs", choices=("fs", "db")),
+    Flag("fs-resource-path", "payload folder for --resource-type fs (an NFS mount shared "
+         "with the workers in production)", "~/.gpuproxy/payloads"),
+    Flag("max-payload-bytes", "largest accepted payload", broker_config.GIB, int),
+    Flag("max-attempts", "default attempts per task before it goes to error", 3, int),
+    Flag("lease-s", "seconds a worker keeps a task without a heartbeat", 60.0, float),
+    Flag("orphan-age-s", "age after which interrupted uploads and unneeded payloads go",
+         3600.0, float),
+    Flag("retention-s", "how long finished and errored tasks are kept", 7 * 86400.0, float),
+    Flag("clean-interval-s", "seconds between cleaner sweeps", 300.0, float),
+    *LOG_FLAGS,
+]
+
+
+def _expand(path: str) -> str:
+    return str(pathlib.Path(path).expanduser())
+
+
+def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
+    dsn = values["db_dsn"]
+    if dsn.startswith("sqlite:///~"):
+        dsn = "sqlite:///" + _expand(dsn[len("sqlite:///"):])
+    return broker_config.BrokerConfig(
+        listen=values["url"],
+        db_dsn=dsn,
+        resource_type=values["resource_type"],
+        fs_resource_path=_expand(values["fs_resource_path"]),
+        max_payload_bytes=values["max_payload_bytes"],
+        default_max_attempts=values["max_attempts"],
+        lease_s=values["lease_s"],
+        orphan_age_s=values["orphan_age_s"],
+        retention_s=values["retention_s"],
+        clean_interval_s=values["clean_interval_s"],
+    )
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from broker import server
+
+    values = resolve(args, RUN_FLAGS, load_toml(args.config))
+    logs.configure(values["log_level"], values["log_format"])
+    await server.serve(broker_config_from(values))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> BrokerClient:
+    values = resolve(args, [*CLIENT_FLAGS, *LOG_FLAGS])
+    logs.configure(values["log_level"], values["log_format"])
+    return BrokerClient(values["url"])
+
+
+def _when(ts: Any) -> str:
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    dt = datetime.datetime.fromtimestamp(ts.seconds, tz=datetime.UTC).astimezone()
+    return dt.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def task_dict(task: tasks_pb2.Task) -> dict[str, Any]:
+    d: dict[str, Any] = json_format.MessageToDict(
+        task, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    d["state"] = STATE_NAMES.get(task.state, str(task.state))
+    return d
+
+
+def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    for row in (headers, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+
+
+async def cmd_tasks_list(args: argparse.Namespace) -> int:
+    states = [STATE_NUMBERS[s] for s in _csv(args.state)]
+    async with _client(args) as client:
+        tasks: list[tasks_pb2.Task] = []
+        token = ""
+        while len(tasks) < args.limit:
+            reply = await client.list_tasks(
+                states=states, task_types=_csv(args.type), miner=args.miner or "",
+                worker_id=args.worker or "", page_size=min(args.limit - len(tasks), 1000),
+                page_token=token,
+            )
+            tasks.extend(reply.tasks)
+            token = reply.next_page_token
+            if not token:
+                break
+    if args.json:
+        print(json.dumps([task_dict(t) for t in tasks], indent=2))
+        return 0
+    print_table(
+        [(t.id, t.task_type, t.miner, STATE_NAMES.get(t.state, "?"), t.worker_id or "-",
+          f"{t.attempts}/{t.max_attempts}", _when(t.created_at), _when(t.finished_at),
+          t.comment, t.error_message[:60]) for t in tasks],
+        ("ID", "TYPE", "MINER", "STATE", "WORKER", "ATTEMPTS", "CREATED", "FINISHED",
+         "COMMENT", "ERROR"),
+    )
+    return 0
+
+
+async def cmd_tasks_show(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        task = await client.get_task(args.id)
+    if args.json:
+        print(json.dumps(task_dict(task), indent=2))
+        return 0
+    fields = [
+        ("id", task.id), ("type", task.task_type), ("miner", task.miner),
+        ("comment", task.comment), ("priority", task.priority),
+        ("state", STATE_NAMES.get(task.state, "?")), ("worker", task.worker_id or "-"),
+        ("attempts", f"{task.attempts}/{task.max_attempts}"),
+        ("payload", f"{task.payload_sha256} ({task.payload_size} bytes)"),
+        ("created", _when(task.created_at)), ("started", _when(task.started_at)),
+        ("finished", _when(task.finished_at)),
+        ("lease until", _when(task.lease_expires_at)),
+        ("progress", f"{task.progress.phase} {task.progress.fraction:.0%}"
+         if task.progress.phase else "-"),
+        ("result", f"{task.result_sha256} ({task.result_size} bytes)"
+         if task.result_sha256 else "-"),
+        ("error", task.error_message or "-"),
+    ]
+    for name, value in fields:
+        print(f"{name + ':':<13}{value}")
+    if task.history:
+        print("history:")
+        print_table(
+            [(str(a.number), a.worker_id or "-", _when(a.started_at), _when(a.ended_at),
+              a.outcome, a.reason) for a in task.history],
+            ("  #", "WORKER", "STARTED", "ENDED", "OUTCOME", "REASON"),
+        )
+    return 0
+
+
+async def cmd_tasks_reset(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        for task in await client.reset(args.ids):
+            print(f"{task.id} {STATE_NAMES[task.state]}")
+    return 0
+
+
+async def cmd_tasks_cancel(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        task = await client.cancel(args.id, args.reason or "")
+    print(f"{task.id} {STATE_NAMES[task.state]}: {task.error_message}")
+    return 0
+
+
+async def cmd_tasks_submit(args: argparse.Namespace) -> int:
+    path = pathlib.Path(args.file)
+    if not path.is_file():
+        raise exceptions.InvalidArgument(detail=f"payload file {path} does not exist")
+    async with _client(args) as client:
+        task = await client.submit_file(
+            path, task_type=args.type, miner=args.miner, comment=args.comment or "",
+            priority=args.priority, max_attempts=args.max_attempts,
+        )
+        print(task.id, flush=True)
+        if not args.wait:
+            return 0
+        async for task in client.watch(task.id):
+            log.info("task state", task_id=task.id, state=STATE_NAMES.get(task.state),
+                     worker=task.worker_id or None)
+        if task.state != 4:
+            raise exceptions.RemoteError(
+                detail=f"task {task.id} ended in {STATE_NAMES.get(task.state)}: "
+                f"{task.error_message}"
+            )
+        if args.output:
+            size, _ = await client.download_result(task.id, pathlib.Path(args.output))
+            log.info("result written", path=args.output, bytes=size)
+    return 0
+
+
+async def cmd_tasks_result(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        size, sha = await client.download_result(args.id, pathlib.Path(args.output))
+    print(f"{args.output} {size} bytes sha256 {sha}")
+    return 0
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _state_list(value: str) -> str:
+    for s in _csv(value):
+        if s not in STATE_NUMBERS:
+            raise argparse.ArgumentTypeError(
+                f"unknown state {s!r}; use {','.join(STATE_NUMBERS)}"
+            )
+    return value
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuproxy", description="Broker of C2 proof tasks between sealers and GPU workers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the broker")
+    run.add_argument("--config", help="TOML file with flag names as keys")
+    add_flags(run, RUN_FLAGS)
+    run.set_defaults(func=cmd_run)
+
+    tasks = sub.add_parser("tasks", help="list, inspect and operate on tasks")
+    tsub = tasks.add_subparsers(dest="tasks_command", required=True)
+
+    def client_cmd(name: str, help_text: str, func: Command) -> argparse.ArgumentParser:
+        p = tsub.add_parser(name, help=help_text)
+        add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+        p.set_defaults(func=func)
+        return p
+
+    p = client_cmd("list", "list tasks, newest first", cmd_tasks_list)
+    p.add_argument("--state", type=_state_list, help="init,running,error,finished")
+    p.add_argument("--type", help="task types, comma separated")
+    p.add_argument("--miner")
+    p.add_argument("--worker")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = client_cmd("show", "show a task and its attempt history", cmd_tasks_show)
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+
+    p = client_cmd("reset", "put tasks in error back to init", cmd_tasks_reset)
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = client_cmd("cancel", "stop a task: it goes to error", cmd_tasks_cancel)
+    p.add_argument("id")
+    p.add_argument("--reason")
+
+    p = client_cmd("submit", "submit a file as a task's payload", cmd_tasks_submit)
+    p.add_argument("file")
+    p.add_argument("--type", required=True, help="task type, e.g. c2")
+    p.add_argument("--miner", required=True, help="miner address, e.g. f01000")
+    p.add_argument("--comment")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--max-attempts", type=int, default=0, help="0: the broker's default")
+    p.add_argument("--wait", action="store_true", help="wait until the task ends")
+    p.add_argument("-o", "--output", help="with --wait: write the result here")
+
+    p = client_cmd("result", "download a finished task's result", cmd_tasks_result)
+    p.add_argument("id")
+    p.add_argument("-o", "--output", required=True)
+    return parser
+
+
+def report(exc: BaseException) -> None:
+    """Print the chain of causes, outermost first, one line each."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    print(f"error: {chain[0]}", file=sys.stderr)
+    for cause in chain[1:]:
+        text = str(cause).strip().splitlines()
+        print(f"  caused by: {type(cause).__name__}: {text[0] if text else ''}", file=sys.stderr)
+
+
+def run_command(func: Command, args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(func(args))
+    except KeyboardInterrupt:
+        return 130
+    except exceptions.BrokerError as exc:
+        report(exc)
+        log.debug("command failed", exc_info=exc)
+        return 1
+    except OSError as exc:
+        report(exc)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

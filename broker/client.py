@@ -1,0 +1,174 @@
+"""An asyncio client of the TaskBroker API, used by the CLI, the plugin and the worker.
+
+Payloads and results stream from and to files in chunks; nothing is held whole in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from broker import exceptions
+from broker.payloads import CHUNK_BYTES
+from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_send_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def target_of(url: str) -> str:
+    """Accept gpuproxy's http://HOST:PORT as well as HOST:PORT."""
+    for prefix in ("http://", "grpc://"):
+        if url.startswith(prefix):
+            url = url[len(prefix):]
+    return url.rstrip("/")
+
+
+def file_sha256(path: pathlib.Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+class BrokerClient:
+    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.channel = grpc.aio.insecure_channel(target_of(url), options=CHANNEL_OPTIONS)
+        self.stub = tasks_pb2_grpc.TaskBrokerStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> BrokerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def translate(self, exc: grpc.aio.AioRpcError) -> exceptions.BrokerError:
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            err: exceptions.BrokerError = exceptions.BrokerUnreachable(
+                url=self.url, detail=exc.details()
+            )
+        else:
+            err = exceptions.RemoteError(detail=exc.details() or exc.code().name)
+        err.code = exc.code()  # type: ignore[attr-defined]
+        return err
+
+    async def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout_s, wait_for_ready=False)
+        except grpc.aio.AioRpcError as exc:
+            raise self.translate(exc) from exc
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def submit_file(
+        self, path: pathlib.Path, *, task_type: str, miner: str, comment: str = "",
+        priority: int = 0, max_attempts: int = 0,
+    ) -> tasks_pb2.Task:
+        """Submit a file as a task's payload; uploads only when the broker lacks it."""
+        size, sha = file_sha256(path)
+        header = tasks_pb2.SubmitHeader(
+            task_type=task_type, miner=miner, comment=comment, priority=priority,
+            payload_size=size, payload_sha256=sha, max_attempts=max_attempts,
+        )
+        call = self.stub.SubmitTask()
+        try:
+            await call.write(tasks_pb2.SubmitTaskRequest(header=header))
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("msg") != "ack":
+                raise exceptions.RemoteError(detail="the broker did not acknowledge the header")
+            if first.ack.send_payload:
+                with path.open("rb") as f:
+                    while block := f.read(CHUNK_BYTES):
+                        await call.write(tasks_pb2.SubmitTaskRequest(chunk=block))
+            await call.done_writing()
+            reply = await call.read()
+            if reply is grpc.aio.EOF or reply.WhichOneof("msg") != "task":
+                raise exceptions.RemoteError(detail="the broker ended the submit without a task")
+            return reply.task
+        except grpc.aio.AioRpcError as exc:
+            raise self.translate(exc) from exc
+        finally:
+            call.cancel()
+
+    async def get_task(self, task_id: str) -> tasks_pb2.Task:
+        return await self._unary(self.stub.GetTask, tasks_pb2.GetTaskRequest(id=task_id))
+
+    async def list_tasks(
+        self, *, states: Sequence[int] = (), task_types: Sequence[str] = (), miner: str = "",
+        worker_id: str = "", page_size: int = 100, page_token: str = "",
+    ) -> tasks_pb2.ListTasksResponse:
+        return await self._unary(self.stub.ListTasks, tasks_pb2.ListTasksRequest(
+            states=list(states), task_types=list(task_types), miner=miner, worker_id=worker_id,
+            page_size=page_size, page_token=page_token,
+        ))
+
+    async def watch(self, task_id: str) -> AsyncIterator[tasks_pb2.Task]:
+        """Every version of the task until a terminal state (no polling)."""
+        call = self.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task_id))
+        try:
+            async for task in call:
+                yield task
+        except grpc.aio.AioRpcError as exc:
+            raise self.translate(exc) from exc
+        finally:
+            call.cancel()
+
+    async def reset(self, task_ids: Sequence[str]) -> list[tasks_pb2.Task]:
+        reply = await self._unary(
+            self.stub.ResetTasks, tasks_pb2.ResetTasksRequest(ids=list(task_ids))
+        )
+        return list(reply.tasks)
+
+    async def cancel(self, task_id: str, reason: str = "") -> tasks_pb2.Task:
+        return await self._unary(
+            self.stub.CancelTask, tasks_pb2.CancelTaskRequest(id=task_id, reason=reason)
+        )
+
+    async def download_result(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
+        """Stream the result into `out` (written to a temp file, checked, then renamed)."""
+        tmp = out.with_name(f".{out.name}.part")
+        digest = hashlib.sha256()
+        size, expected_size, expected_sha = 0, -1, ""
+        call = self.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id))
+        try:
+            with tmp.open("wb") as f:
+                async for chunk in call:
+                    if expected_size < 0:
+                        expected_size, expected_sha = chunk.size, chunk.sha256
+                    f.write(chunk.data)
+                    digest.update(chunk.data)
+                    size += len(chunk.data)
+                f.flush()
+                os.fsync(f.fileno())
+            if (size, digest.hexdigest()) != (expected_size, expected_sha):
+                raise exceptions.RemoteError(
+                    detail=f"result of task {task_id} arrived damaged ({size} bytes, sha256 "
+                    f"{digest.hexdigest()}; expected {expected_size} bytes, {expected_sha}); "
+                    "download it again"
+                )
+            tmp.replace(out)
+            return size, expected_sha
+        except grpc.aio.AioRpcError as exc:
+            raise self.translate(exc) from exc
+        finally:
+            call.cancel()
+            tmp.unlink(missing_ok=True)

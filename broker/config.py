@@ -1,0 +1,64 @@
+"""Broker settings: one frozen dataclass, validated field by field, built by the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from broker import exceptions
+
+GIB = 1024**3
+
+
+def default_home() -> pathlib.Path:
+    return pathlib.Path.home() / ".gpuproxy"
+
+
+def _check_listen(value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise exceptions.ConfigError(
+            field="url", detail=f"{value!r} is not HOST:PORT (for example 0.0.0.0:18888)"
+        )
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise exceptions.ConfigError(field=name, detail=f"must be positive, got {value}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    listen: str = "127.0.0.1:18888"
+    db_dsn: str = ""  #: "" means sqlite in the home folder
+    resource_type: str = "fs"  #: fs (a folder, NFS in production) or db
+    fs_resource_path: str = ""  #: "" means payloads/ in the home folder
+    max_payload_bytes: int = GIB
+    default_max_attempts: int = 3
+    lease_s: float = 60.0  #: a worker that stops heartbeating loses its task after this
+    orphan_age_s: float = 3600.0  #: temp files and unreferenced payloads older than this go
+    retention_s: float = 7 * 24 * 3600.0  #: finished and errored tasks are kept this long
+    clean_interval_s: float = 300.0
+    watch_poll_s: float = 1.0  #: how soon a watch sees changes made by another broker
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
+        if self.resource_type not in ("fs", "db"):
+            raise exceptions.ConfigError(
+                field="resource-type", detail=f"{self.resource_type!r} is neither fs nor db"
+            )
+        if self.default_max_attempts < 1:
+            raise exceptions.ConfigError(
+                field="max-attempts", detail="must be at least 1 (3 is the default)"
+            )
+        for name in ("max_payload_bytes", "lease_s", "orphan_age_s", "retention_s",
+                     "clean_interval_s", "watch_poll_s"):
+            _check_positive(name.replace("_", "-"), getattr(self, name))
+
+    @property
+    def dsn(self) -> str:
+        return self.db_dsn or f"sqlite:///{default_home() / 'gpuproxy.db'}"
+
+    @property
+    def payload_path(self) -> str:
+        return self.fs_resource_path or str(default_home() / "payloads")

@@ -1,0 +1,94 @@
+"""Command-line flags that also read GPUPROXY_<FLAG> environment variables and a TOML file.
+
+Precedence: the command line, then the environment, then the config file, then the default.
+`--help` shows each flag's variable and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from broker import exceptions
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    name: str  #: without dashes: "db-dsn"
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] = str
+    choices: Sequence[str] | None = None
+    prefix: str = "GPUPROXY"
+
+    @property
+    def env(self) -> str:
+        return f"{self.prefix}_{self.name.upper().replace('-', '_')}"
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    for flag in flags:
+        shown = "" if flag.default in (None, "") else f", default {flag.default}"
+        parser.add_argument(
+            f"--{flag.name}", dest=flag.dest, default=None, type=flag.type, choices=flag.choices,
+            help=f"{flag.help} [env {flag.env}{shown}]",
+        )
+
+
+def load_toml(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with pathlib.Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise exceptions.ConfigError(field="config", detail=f"cannot read {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise exceptions.ConfigError(field="config", detail=f"{path} is not TOML: {exc}") from exc
+
+
+def resolve(
+    args: argparse.Namespace, flags: Sequence[Flag], file: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Each flag's value by precedence, converted by its type; errors name the source."""
+    environ = os.environ if environ is None else environ
+    file = file or {}
+    known = {f.name for f in flags} | {f.dest for f in flags}
+    unknown = sorted(set(file) - known)
+    if unknown:
+        raise exceptions.ConfigError(
+            field="config", detail=f"unknown keys {unknown}; known keys are flag names"
+        )
+    values: dict[str, Any] = {}
+    for flag in flags:
+        value = getattr(args, flag.dest, None)
+        if value is None and flag.env in environ:
+            value = _convert(flag, environ[flag.env], f"environment variable {flag.env}")
+        if value is None:
+            raw = file.get(flag.name, file.get(flag.dest))
+            if raw is not None:
+                value = _convert(flag, str(raw), "config file")
+        values[flag.dest] = flag.default if value is None else value
+    return values
+
+
+def _convert(flag: Flag, raw: str, source: str) -> Any:
+    try:
+        value = flag.type(raw)
+    except (TypeError, ValueError) as exc:
+        raise exceptions.ConfigError(field=flag.name, detail=f"{raw!r} from {source}: {exc}") from exc
+    if flag.choices and value not in flag.choices:
+        raise exceptions.ConfigError(
+            field=flag.name, detail=f"{raw!r} from {source} is not one of {list(flag.choices)}"
+        )
+    return value

@@ -1,0 +1,139 @@
+"""The broker process: the gRPC server with health and reflection, and its background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from broker import cleaner
+from broker.config import BrokerConfig
+from broker.payloads import open_payload_store
+from broker.service import TaskBrokerService
+from broker.store import Store, open_store
+from broker.tasks import TaskManager
+from broker.watch import ChangeHub
+from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Notice dead peers on long-lived streams; clients may ping every 20 s.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class Broker:
+    """Everything one broker process runs; `start` then `wait` (or `stop`)."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.health: health.aio.HealthServicer | None = None
+        self.store: Store | None = None
+        self.server: grpc.aio.Server | None = None
+        self.loops: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        store = open_store(cfg.dsn)
+        await store.open()
+        self.store = store
+        self.payloads = open_payload_store(cfg.resource_type, cfg.payload_path, store)
+        await self.payloads.open()
+        self.tasks = TaskManager(store=store, payloads=self.payloads, config=cfg, hub=ChangeHub())
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (
+            tasks_pb2.DESCRIPTOR.services_by_name["TaskBroker"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self.server)
+        self.port = self.server.add_insecure_port(cfg.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.listen}: is another broker using the port?")
+        await self.server.start()
+        for name in ("", names[0]):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._spawn("cleaner", lambda: cleaner.run_forever(
+            store, self.payloads, orphan_age_s=cfg.orphan_age_s,
+            retention_s=cfg.retention_s, interval_s=cfg.clean_interval_s,
+        ))
+        log.info("broker started", listen=cfg.listen, port=self.port,
+                 db=_masked(cfg.dsn), resource_type=cfg.resource_type,
+                 payload_path=cfg.payload_path if cfg.resource_type == "fs" else None)
+
+    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            await factory()
+
+        self.loops.append(asyncio.create_task(run(), name=name))
+
+    async def wait(self) -> None:
+        """Until a signal arrives or a background loop dies (then the process says so)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stopper = asyncio.create_task(stop.wait(), name="signal")
+        done, _ = await asyncio.wait([stopper, *self.loops], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper:
+                exc = task.exception() if not task.cancelled() else None
+                log.error("background loop stopped; shutting down", loop=task.get_name(),
+                          exc_info=exc)
+        stopper.cancel()
+        await self.stop()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        for task in self.loops:
+            task.cancel()
+        for task in self.loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.store is not None:
+            await self.store.close()
+        log.info("broker stopped")
+
+
+def _masked(dsn: str) -> str:
+    """The DSN without its password, for logs."""
+    if "@" not in dsn or "://" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+async def serve(config: BrokerConfig) -> None:
+    broker = Broker(config)
+    try:
+        await broker.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if broker.server is not None:
+                await broker.server.stop(0)
+        raise
+    await broker.wait()

@@ -1,0 +1,214 @@
+"""The TaskBroker gRPC service: protobuf in, task operations, protobuf out.
+
+Domain errors map to gRPC status codes here and only here. Unexpected exceptions become
+INTERNAL with a generic message and a logged traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import inspect
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from broker import convert, exceptions
+from broker.models import PageCursor, TaskFilter, TaskState
+from broker.payloads import CHUNK_BYTES
+from broker.tasks import SubmitHeader, TaskManager
+from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
+    exceptions.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    exceptions.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    exceptions.TaskNotFound: grpc.StatusCode.NOT_FOUND,
+    exceptions.ResultNotFound: grpc.StatusCode.NOT_FOUND,
+    exceptions.PayloadNotFound: grpc.StatusCode.NOT_FOUND,
+    exceptions.WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    exceptions.StaleFence: grpc.StatusCode.FAILED_PRECONDITION,
+    exceptions.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    exceptions.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    exceptions.PayloadStoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_of(exc: exceptions.BrokerError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(exc, exceptions.BrokerError):
+        code = status_of(exc)
+        log.info("request refused", method=method, code=code.name, error=str(exc))
+        await context.abort(code, str(exc))
+    log.error("request failed", method=method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal broker error; see the broker's log")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mapped_errors(fn: F) -> F:
+    """Turn our exceptions into statuses for unary and streaming handlers alike."""
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except (exceptions.BrokerError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await _abort(exc, context, fn.__name__)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    async def unary(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(exc, context, fn.__name__)
+
+    return unary  # type: ignore[return-value]
+
+
+def encode_cursor(cursor: PageCursor | None) -> str:
+    if cursor is None:
+        return ""
+    raw = json.dumps([cursor.created_at, cursor.task_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(token: str) -> PageCursor | None:
+    if not token:
+        return None
+    try:
+        created_at, task_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return PageCursor(created_at=int(created_at), task_id=str(task_id))
+    except (ValueError, TypeError) as exc:
+        raise exceptions.InvalidArgument(
+            detail="page_token is not one this broker returned; start from an empty token"
+        ) from exc
+
+
+def filter_from(request: tasks_pb2.ListTasksRequest) -> TaskFilter:
+    try:
+        states = tuple(TaskState(s) for s in request.states)
+    except ValueError as exc:
+        raise exceptions.InvalidArgument(detail="states must be 1 (init) to 4 (finished)") from exc
+    return TaskFilter(
+        states=states,
+        task_types=tuple(request.task_types),
+        miner=request.miner,
+        worker_id=request.worker_id,
+    )
+
+
+class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
+    def __init__(self, tasks: TaskManager) -> None:
+        self.tasks = tasks
+
+    @mapped_errors
+    async def SubmitTask(  # noqa: N802 - gRPC method names
+        self, request_iterator: AsyncIterator[tasks_pb2.SubmitTaskRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[tasks_pb2.SubmitTaskResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("msg") != "header":
+            raise exceptions.InvalidArgument(detail="the first message must be the header")
+        h = first.header
+        plan = await self.tasks.plan_submit(SubmitHeader(
+            task_type=h.task_type, miner=h.miner, comment=h.comment, priority=h.priority,
+            payload_size=h.payload_size, payload_sha256=h.payload_sha256,
+            max_attempts=h.max_attempts,
+        ))
+        yield tasks_pb2.SubmitTaskResponse(ack=tasks_pb2.SubmitAck(
+            task_id=plan.new.id, send_payload=plan.send_payload,
+            task_existed=plan.existing is not None,
+        ))
+        chunks = _chunks(request_iterator) if plan.send_payload else None
+        task = await self.tasks.complete_submit(plan, chunks)
+        yield tasks_pb2.SubmitTaskResponse(task=convert.task_to_proto(task))
+
+    @mapped_errors
+    async def GetTask(  # noqa: N802
+        self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.Task:
+        task, history = await self.tasks.get(request.id)
+        return convert.task_to_proto(task, history)
+
+    @mapped_errors
+    async def ListTasks(  # noqa: N802
+        self, request: tasks_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ListTasksResponse:
+        tasks, cursor = await self.tasks.list(
+            filter_from(request), request.page_size, decode_cursor(request.page_token)
+        )
+        return tasks_pb2.ListTasksResponse(
+            tasks=[convert.task_to_proto(t) for t in tasks], next_page_token=encode_cursor(cursor)
+        )
+
+    @mapped_errors
+    async def WatchTask(  # noqa: N802
+        self, request: tasks_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tasks_pb2.Task]:
+        async for task in self.tasks.watch(request.id):
+            yield convert.task_to_proto(task)
+
+    @mapped_errors
+    async def ResetTasks(  # noqa: N802
+        self, request: tasks_pb2.ResetTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ResetTasksResponse:
+        if not request.ids:
+            raise exceptions.InvalidArgument(detail="give at least one task id to reset")
+        tasks = await self.tasks.reset(list(request.ids))
+        return tasks_pb2.ResetTasksResponse(tasks=[convert.task_to_proto(t) for t in tasks])
+
+    @mapped_errors
+    async def CancelTask(  # noqa: N802
+        self, request: tasks_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.Task:
+        return convert.task_to_proto(await self.tasks.cancel(request.id, request.reason))
+
+    @mapped_errors
+    async def GetResult(  # noqa: N802
+        self, request: tasks_pb2.GetResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tasks_pb2.ResultChunk]:
+        task, chunks = await self.tasks.open_result(request.id)
+        first = True
+        async for data in chunks:
+            if first:
+                yield tasks_pb2.ResultChunk(
+                    size=task.result_size, sha256=task.result_sha256, data=data
+                )
+                first = False
+            else:
+                yield tasks_pb2.ResultChunk(data=data)
+        if first:  # an empty result still tells its size and digest
+            yield tasks_pb2.ResultChunk(size=task.result_size, sha256=task.result_sha256)
+
+
+async def _chunks(
+    requests: AsyncIterator[tasks_pb2.SubmitTaskRequest],
+) -> AsyncIterator[bytes]:
+    async for req in requests:
+        if req.WhichOneof("msg") != "chunk":
+            raise exceptions.InvalidArgument(detail="only payload chunks may follow the header")
+        if len(req.chunk) > CHUNK_BYTES:
+            raise exceptions.InvalidArgument(
+                detail=f"payload chunks must be at most {CHUNK_BYTES} bytes"
+            )
+        yield req.chunk

@@ -1,0 +1,196 @@
+"""Task operations: the layer between the gRPC service and the store.
+
+It owns the rules that need both the store and the payloads (submit, results, cleanup of a
+payload once no unfinished task needs it) and tells watchers about every change it makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+
+import structlog
+
+from broker import cleaner, exceptions, models
+from broker.config import BrokerConfig
+from broker.models import Attempt, PageCursor, Task, TaskFilter, TaskState
+from broker.payloads import PayloadStore
+from broker.store import Store
+from broker.watch import ChangeHub
+
+log = structlog.get_logger(__name__)
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SubmitHeader:
+    task_type: str
+    miner: str
+    comment: str
+    priority: int
+    payload_size: int
+    payload_sha256: str
+    max_attempts: int = 0  #: 0 takes the broker's default
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitPlan:
+    """What a submit needs after its header: the existing task, or a payload upload or not."""
+
+    new: models.NewTask
+    existing: Task | None
+    send_payload: bool
+
+
+def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
+    if not NAME.match(h.task_type):
+        raise exceptions.InvalidArgument(
+            detail=f"task_type {h.task_type!r} must be 1-64 letters, digits or _.:- (e.g. c2)"
+        )
+    if not NAME.match(h.miner):
+        raise exceptions.InvalidArgument(
+            detail=f"miner {h.miner!r} must be 1-64 letters, digits or _.:- (e.g. f01000)"
+        )
+    if not SHA256_HEX.match(h.payload_sha256):
+        raise exceptions.InvalidArgument(
+            detail="payload_sha256 must be 64 lower-case hex digits"
+        )
+    if h.payload_size < 0:
+        raise exceptions.InvalidArgument(detail="payload_size must not be negative")
+    if h.payload_size > max_payload_bytes:
+        raise exceptions.PayloadTooLarge(size=h.payload_size, limit=max_payload_bytes)
+    if h.max_attempts < 0:
+        raise exceptions.InvalidArgument(detail="max_attempts must be 0 (default) or more")
+    if len(h.comment) > 1024:
+        raise exceptions.InvalidArgument(detail="comment is longer than 1024 characters")
+
+
+class TaskManager:
+    def __init__(
+        self, *, store: Store, payloads: PayloadStore, config: BrokerConfig, hub: ChangeHub
+    ) -> None:
+        self.store = store
+        self.payloads = payloads
+        self.config = config
+        self.hub = hub
+
+    # -- submit ----------------------------------------------------------------------------
+
+    async def plan_submit(self, header: SubmitHeader) -> SubmitPlan:
+        validate_header(header, self.config.max_payload_bytes)
+        new = models.NewTask(
+            id=models.task_id(header.miner, header.task_type, header.payload_sha256),
+            task_type=header.task_type,
+            miner=header.miner,
+            comment=header.comment,
+            priority=header.priority,
+            payload_size=header.payload_size,
+            payload_sha256=header.payload_sha256,
+            max_attempts=header.max_attempts or self.config.default_max_attempts,
+            created_at=models.now_ms(),
+        )
+        try:
+            existing: Task | None = await self.store.get_task(new.id)
+        except exceptions.TaskNotFound:
+            existing = None
+        if existing is not None:
+            return SubmitPlan(new, existing, send_payload=False)
+        present = await self.payloads.size(new.payload_sha256)
+        return SubmitPlan(new, None, send_payload=present != new.payload_size)
+
+    async def complete_submit(
+        self, plan: SubmitPlan, chunks: AsyncIterable[bytes] | None
+    ) -> Task:
+        """Store the payload (when the plan asked for it), then the task. Idempotent."""
+        if plan.existing is not None:
+            return plan.existing
+        new = plan.new
+        if plan.send_payload:
+            if chunks is None:
+                raise exceptions.TruncatedUpload(received=0, expected=new.payload_size)
+            await self.payloads.write(new.payload_sha256, new.payload_size, chunks)
+        task, created = await self.store.create_task(new)
+        if created and not await self.payloads.exists(new.payload_sha256):
+            # A cleanup removed the shared payload between the plan and the insert.
+            await self.store.delete_task(new.id)
+            raise exceptions.PayloadNotFound(sha256=new.payload_sha256)
+        if created:
+            log.info("task submitted", task_id=task.id, task_type=task.task_type,
+                     miner=task.miner, payload_bytes=task.payload_size,
+                     uploaded=plan.send_payload)
+            self.hub.notify(task.id)
+        return task
+
+    # -- queries ---------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> tuple[Task, list[Attempt]]:
+        task = await self.store.get_task(task_id)
+        return task, await self.store.get_attempts(task_id)
+
+    async def list(
+        self, flt: TaskFilter, page_size: int, after: PageCursor | None
+    ) -> tuple[list[Task], PageCursor | None]:
+        page_size = min(max(page_size or 100, 1), 1000)
+        tasks = await self.store.list_tasks(flt, page_size + 1, after)
+        more = len(tasks) > page_size
+        tasks = tasks[:page_size]
+        cursor = PageCursor(created_at=tasks[-1].created_at, task_id=tasks[-1].id) if more else None
+        return tasks, cursor
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        """The task now, then each new version, ending after a terminal state."""
+        task = await self.store.get_task(task_id)
+        yield task
+        while not task.state.terminal:
+            await self.hub.wait(task_id, self.config.watch_poll_s)
+            current = await self.store.get_task(task_id)
+            if current.version != task.version:
+                task = current
+                yield task
+
+    # -- operator actions ------------------------------------------------------------------
+
+    async def reset(self, task_ids: Sequence[str]) -> list[Task]:
+        # Check all first so that one bad id changes nothing.
+        for task_id in task_ids:
+            task = await self.store.get_task(task_id)
+            if task.state != TaskState.ERROR:
+                raise exceptions.WrongState(
+                    task_id=task_id, state=task.state.name.lower(),
+                    detail="only tasks in error can be reset",
+                )
+        done = []
+        for task_id in task_ids:
+            done.append(await self.store.reset_task(task_id, models.now_ms()))
+            self.hub.notify(task_id)
+            log.info("task reset", task_id=task_id)
+        return done
+
+    async def cancel(self, task_id: str, reason: str) -> Task:
+        task = await self.store.cancel_task(task_id, reason or "by operator", models.now_ms())
+        self.hub.notify(task_id)
+        log.info("task cancelled", task_id=task_id, reason=reason)
+        return task
+
+    # -- results ---------------------------------------------------------------------------
+
+    async def open_result(self, task_id: str) -> tuple[Task, AsyncIterator[bytes]]:
+        task = await self.store.get_task(task_id)
+        if task.state != TaskState.FINISHED:
+            raise exceptions.ResultNotFound(task_id=task_id, state=task.state.name.lower())
+        return task, self.payloads.read(task.result_sha256)
+
+    async def finish(
+        self, task_id: str, fence: int, size: int, sha256: str, chunks: AsyncIterable[bytes]
+    ) -> Task:
+        """Record a worker's result: stored first, then the task finishes (fenced)."""
+        await self.payloads.write(sha256, size, chunks)
+        task = await self.store.finish_task(task_id, fence, size, sha256, models.now_ms())
+        self.hub.notify(task_id)
+        log.info("task finished", task_id=task_id, worker_id=task.worker_id,
+                 attempts=task.attempts)
+        await cleaner.release_payload(self.store, self.payloads, task.payload_sha256)
+        return task

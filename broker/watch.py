@@ -1,0 +1,33 @@
+"""Wake-ups for task watchers: changes made by this broker arrive at once, changes made by
+another broker sharing the database are caught by a re-read every `poll_s`."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+
+class ChangeHub:
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = collections.defaultdict(set)
+
+    def notify(self, task_id: str) -> None:
+        for event in self._waiters.get(task_id, ()):
+            event.set()
+
+    async def wait(self, task_id: str, timeout_s: float) -> None:
+        """Return when the task changed here, or after timeout_s (whichever comes first)."""
+        event = asyncio.Event()
+        self._waiters[task_id].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters[task_id]
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[task_id]
+
+    def watcher_count(self) -> int:
+        return sum(len(w) for w in self._waiters.values())

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import pytest
+
+from broker import exceptions
+from broker.flags import Flag, add_flags, load_toml, resolve
+
+FLAGS = [Flag("db-dsn", "dsn", "sqlite:///x"), Flag("lease-s", "lease", 60.0, float),
+         Flag("resource-type", "kind", "fs", choices=("fs", "db"))]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_flags(parser, FLAGS)
+    return parser.parse_args(argv)
+
+
+def test_precedence_is_cli_then_env_then_file_then_default() -> None:
+    file = {"db-dsn": "from-file", "lease-s": 5}
+    env = {"GPUPROXY_DB_DSN": "from-env"}
+    values = resolve(parse(["--db-dsn", "from-cli"]), FLAGS, file, env)
+    assert values["db_dsn"] == "from-cli"
+    values = resolve(parse([]), FLAGS, file, env)
+    assert values == {"db_dsn": "from-env", "lease_s": 5.0, "resource_type": "fs"}
+    assert resolve(parse([]), FLAGS, {}, {})["lease_s"] == 60.0
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(exceptions.ConfigError, match="GPUPROXY_LEASE_S"):
+        resolve(parse([]), FLAGS, {}, {"GPUPROXY_LEASE_S": "soon"})
+    with pytest.raises(exceptions.ConfigError, match="resource-type"):
+        resolve(parse([]), FLAGS, {}, {"GPUPROXY_RESOURCE_TYPE": "nfs"})
+
+
+def test_unknown_config_keys_are_refused(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text('db_dsn = "sqlite:///a"\nlease = 3\n')
+    with pytest.raises(exceptions.ConfigError, match="lease"):
+        resolve(parse([]), FLAGS, load_toml(str(path)), {})
+
+
+def test_unreadable_config_file_is_named(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(exceptions.ConfigError, match="missing.toml"):
+        load_toml(str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("= nope")
+    with pytest.raises(exceptions.ConfigError, match="not TOML"):
+        load_toml(str(bad))
