@@ -221,6 +221,13 @@ async def cmd_tasks_result(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_tasks_payload(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        size, sha = await client.download_payload(args.id, pathlib.Path(args.output))
+    print(f"{args.output} {size} bytes sha256 {sha}")
+    return 0
+
+
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -289,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="with --wait: write the result here")
 
     p = client_cmd("result", "download a finished task's result", cmd_tasks_result)
+    p.add_argument("id")
+    p.add_argument("-o", "--output", required=True)
+
+    p = client_cmd("payload", "download a task's payload as submitted", cmd_tasks_payload)
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True)
     return parser

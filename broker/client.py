@@ -144,11 +144,19 @@ class BrokerClient:
         )
 
     async def download_result(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
-        """Stream the result into `out` (written to a temp file, checked, then renamed)."""
+        """Stream the task's result into `out` (temp file, checked, then renamed)."""
+        call = self.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id))
+        return await self._download(call, f"result of task {task_id}", out)
+
+    async def download_payload(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
+        """Stream the task's payload into `out` (temp file, checked, then renamed)."""
+        call = self.stub.GetPayload(tasks_pb2.GetPayloadRequest(id=task_id))
+        return await self._download(call, f"payload of task {task_id}", out)
+
+    async def _download(self, call: Any, what: str, out: pathlib.Path) -> tuple[int, str]:
         tmp = out.with_name(f".{out.name}.part")
         digest = hashlib.sha256()
         size, expected_size, expected_sha = 0, -1, ""
-        call = self.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id))
         try:
             with tmp.open("wb") as f:
                 async for chunk in call:
@@ -161,7 +169,7 @@ class BrokerClient:
                 os.fsync(f.fileno())
             if (size, digest.hexdigest()) != (expected_size, expected_sha):
                 raise exceptions.RemoteError(
-                    detail=f"result of task {task_id} arrived damaged ({size} bytes, sha256 "
+                    detail=f"{what} arrived damaged ({size} bytes, sha256 "
                     f"{digest.hexdigest()}; expected {expected_size} bytes, {expected_sha}); "
                     "download it again"
                 )

@@ -16,7 +16,7 @@ def default_home() -> pathlib.Path:
 
 def _check_listen(value: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise exceptions.ConfigError(
             field="url", detail=f"{value!r} is not HOST:PORT (for example 0.0.0.0:18888)"
         )

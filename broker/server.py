@@ -132,8 +132,12 @@ async def serve(config: BrokerConfig) -> None:
     try:
         await broker.start()
     except BaseException:
+        # Close what did open (an open SQLite connection's thread would keep the process up).
         with contextlib.suppress(Exception):
             if broker.server is not None:
                 await broker.server.stop(0)
+        with contextlib.suppress(Exception):
+            if broker.store is not None:
+                await broker.store.close()
         raise
     await broker.wait()

@@ -186,19 +186,33 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
     @mapped_errors
     async def GetResult(  # noqa: N802
         self, request: tasks_pb2.GetResultRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[tasks_pb2.ResultChunk]:
+    ) -> AsyncIterator[tasks_pb2.BlobChunk]:
         task, chunks = await self.tasks.open_result(request.id)
-        first = True
-        async for data in chunks:
-            if first:
-                yield tasks_pb2.ResultChunk(
-                    size=task.result_size, sha256=task.result_sha256, data=data
-                )
-                first = False
-            else:
-                yield tasks_pb2.ResultChunk(data=data)
-        if first:  # an empty result still tells its size and digest
-            yield tasks_pb2.ResultChunk(size=task.result_size, sha256=task.result_sha256)
+        async for msg in _blob_chunks(task.result_size, task.result_sha256, chunks):
+            yield msg
+
+    @mapped_errors
+    async def GetPayload(  # noqa: N802
+        self, request: tasks_pb2.GetPayloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tasks_pb2.BlobChunk]:
+        task, chunks = await self.tasks.open_payload(request.id)
+        async for msg in _blob_chunks(task.payload_size, task.payload_sha256, chunks):
+            yield msg
+
+
+async def _blob_chunks(
+    size: int, sha256: str, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[tasks_pb2.BlobChunk]:
+    """Size and digest ride on the first message; an empty blob still sends one."""
+    first = True
+    async for data in chunks:
+        if first:
+            yield tasks_pb2.BlobChunk(size=size, sha256=sha256, data=data)
+            first = False
+        else:
+            yield tasks_pb2.BlobChunk(data=data)
+    if first:
+        yield tasks_pb2.BlobChunk(size=size, sha256=sha256)
 
 
 async def _chunks(

@@ -183,6 +183,10 @@ class TaskManager:
             raise exceptions.ResultNotFound(task_id=task_id, state=task.state.name.lower())
         return task, self.payloads.read(task.result_sha256)
 
+    async def open_payload(self, task_id: str) -> tuple[Task, AsyncIterator[bytes]]:
+        task = await self.store.get_task(task_id)
+        return task, self.payloads.read(task.payload_sha256)
+
     async def finish(
         self, task_id: str, fence: int, size: int, sha256: str, chunks: AsyncIterable[bytes]
     ) -> Task:

@@ -67,7 +67,12 @@ class TaskBrokerStub:
         self.GetResult = channel.unary_stream(
                 '/gpuproxy.v1.TaskBroker/GetResult',
                 request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResultRequest.SerializeToString,
-                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ResultChunk.FromString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.GetPayload = channel.unary_stream(
+                '/gpuproxy.v1.TaskBroker/GetPayload',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetPayloadRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
                 _registered_method=True)
 
 
@@ -118,6 +123,13 @@ class TaskBrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPayload(self, request, context):
+        """The task's payload as it was submitted (for operators and workers without the shared folder).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskBrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,7 +166,12 @@ def add_TaskBrokerServicer_to_server(servicer, server):
             'GetResult': grpc.unary_stream_rpc_method_handler(
                     servicer.GetResult,
                     request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResultRequest.FromString,
-                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ResultChunk.SerializeToString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.SerializeToString,
+            ),
+            'GetPayload': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetPayload,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetPayloadRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,7 +362,34 @@ class TaskBroker:
             target,
             '/gpuproxy.v1.TaskBroker/GetResult',
             protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResultRequest.SerializeToString,
-            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ResultChunk.FromString,
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpuproxy.v1.TaskBroker/GetPayload',
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetPayloadRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
             options,
             channel_credentials,
             insecure,

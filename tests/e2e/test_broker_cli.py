@@ -1,0 +1,298 @@
+"""A real broker process driven through the `gpuproxy` CLI and the gRPC API, as operators and
+the plugin use it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from broker import models
+from broker.client import BrokerClient
+from broker.payloads.fs import FsPayloadStore
+from broker.store import open_store
+from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
+from tests.e2e.conftest import BrokerFactory
+
+Cli = "Callable[..., subprocess.CompletedProcess[str]]"
+
+
+def write_payload(path: pathlib.Path, size: int, seed: int = 0) -> str:
+    data = hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1)
+    path.write_bytes(data[:size])
+    return hashlib.sha256(data[:size]).hexdigest()
+
+
+async def finish_from_outside(dsn: str, payload_dir: pathlib.Path, result: bytes) -> str:
+    """Play the worker's part through the shared database and folder (the worker API comes
+    with its own issue): claim the task, store a result, finish it."""
+    store = open_store(dsn)
+    await store.open()
+    try:
+        payloads = FsPayloadStore(payload_dir)
+        await payloads.open()
+        task = await store.claim_task("w-test", ["c2"], 60_000, models.now_ms())
+        assert task is not None
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            yield result
+
+        sha = hashlib.sha256(result).hexdigest()
+        await payloads.write(sha, len(result), chunks())
+        await store.finish_task(task.id, task.fence, len(result), sha, models.now_ms())
+        return task.id
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend,resource_type", [("sqlite", "fs"), ("mariadb", "db")])
+async def test_submit_list_show_and_resubmit(
+    backend: str, resource_type: str, request: pytest.FixtureRequest,
+    broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    dsn = request.getfixturevalue(f"{backend}_dsn")
+    broker = broker_factory(dsn, resource_type)
+    payload = tmp_path / "c1.json"
+    sha = write_payload(payload, 3 * 1024 * 1024 + 17)
+
+    # When a C1 output is submitted twice, then for another miner
+    first = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner", "f01000",
+                     "--comment", "sector 163", str(payload))
+    assert first.returncode == 0, first.stderr
+    again = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner", "f01000",
+                     str(payload))
+    other = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner", "f02000",
+                     str(payload))
+
+    # Then the same input gives the same task, and the stored payload is not uploaded again
+    task_id = first.stdout.strip()
+    assert task_id == models.task_id("f01000", "c2", sha)
+    assert again.stdout.strip() == task_id
+    assert other.returncode == 0 and other.stdout.strip() != task_id
+    assert "uploaded=False" in broker.logs() or '"uploaded": false' in broker.logs()
+
+    listed = gpuproxy("tasks", "list", "--url", broker.url, "--json")
+    rows = json.loads(listed.stdout)
+    assert [r["miner"] for r in rows] == ["f02000", "f01000"]  # newest first
+    assert {r["state"] for r in rows} == {"init"}
+    assert rows[1]["payload_sha256"] == sha and int(rows[1]["payload_size"]) == payload.stat().st_size
+    assert rows[1]["max_attempts"] == 3
+
+    table = gpuproxy("tasks", "list", "--url", broker.url, "--state", "init", "--type", "c2")
+    assert table.stdout.splitlines()[0].split()[:4] == ["ID", "TYPE", "MINER", "STATE"]
+    assert task_id in table.stdout
+    show = gpuproxy("tasks", "show", "--url", broker.url, task_id)
+    assert "sector 163" in show.stdout and "state:" in show.stdout
+
+
+async def test_result_roundtrip_and_watch_across_processes(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    payload_dir = tmp_path / "payloads"
+    broker = broker_factory(sqlite_dsn, "fs", payload_dir)
+    payload = tmp_path / "c1.json"
+    write_payload(payload, 1000)
+
+    # Given a client waiting on the task with --wait
+    waiter = subprocess.Popen(
+        [str(pathlib.Path(os.sys.executable).parent / "gpuproxy"), "tasks", "submit",
+         "--url", broker.url, "--type", "c2", "--miner", "f01000", "--wait",
+         "-o", str(tmp_path / "proof.bin"), str(payload)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert waiter.stdout is not None
+    task_id = waiter.stdout.readline().strip()
+
+    # When another process finishes it through the shared database and folder
+    proof = os.urandom(1920)
+    await finish_from_outside(sqlite_dsn, payload_dir, proof)
+
+    # Then the waiter sees it (watch), downloads the proof, and exits 0
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+    assert (tmp_path / "proof.bin").read_bytes() == proof
+    got = gpuproxy("tasks", "result", "--url", broker.url, task_id, "-o", str(tmp_path / "again"))
+    assert got.returncode == 0 and (tmp_path / "again").read_bytes() == proof
+
+
+async def test_errors_have_precise_statuses_and_messages(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    broker = broker_factory(sqlite_dsn, "fs", extra=["--max-payload-bytes", "1000000"])
+    missing = gpuproxy("tasks", "show", "--url", broker.url, "no-such-task")
+    assert missing.returncode == 1
+    assert "No task no-such-task" in missing.stderr and "gpuproxy tasks list" in missing.stderr
+
+    payload = tmp_path / "c1.json"
+    write_payload(payload, 100)
+    task_id = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner",
+                       "f01000", str(payload)).stdout.strip()
+    reset = gpuproxy("tasks", "reset", "--url", broker.url, task_id)
+    assert reset.returncode == 1 and "is init" in reset.stderr and "in error" in reset.stderr
+
+    big = tmp_path / "big"
+    write_payload(big, 1_000_001)
+    too_big = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner",
+                       "f01000", str(big))
+    assert too_big.returncode == 1 and "--max-payload-bytes" in too_big.stderr
+
+    async with grpc.aio.insecure_channel(broker.url) as ch:
+        stub = tasks_pb2_grpc.TaskBrokerStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetTask(tasks_pb2.GetTaskRequest(id="nope"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ResetTasks(tasks_pb2.ResetTasksRequest(ids=[task_id]))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetResult(tasks_pb2.GetResultRequest(id=task_id)).read()
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListTasks(tasks_pb2.ListTasksRequest(page_token="garbage!"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _upload(url: str, header: tasks_pb2.SubmitHeader, chunks: list[bytes]):  # type: ignore[no-untyped-def]
+    async with grpc.aio.insecure_channel(url) as ch:
+        call = tasks_pb2_grpc.TaskBrokerStub(ch).SubmitTask()
+        await call.write(tasks_pb2.SubmitTaskRequest(header=header))
+        ack = await call.read()
+        for c in chunks:
+            await call.write(tasks_pb2.SubmitTaskRequest(chunk=c))
+        await call.done_writing()
+        return ack, await call.read()
+
+
+@pytest.mark.parametrize("case", ["mismatch", "truncated", "oversized", "cancelled"])
+async def test_bad_uploads_leave_nothing(
+    case: str, sqlite_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    payload_dir = tmp_path / "payloads"
+    broker = broker_factory(sqlite_dsn, "fs", payload_dir)
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    sha = hashlib.sha256(data).hexdigest()
+    header = tasks_pb2.SubmitHeader(task_type="c2", miner="f01000", payload_size=len(data),
+                                    payload_sha256=sha)
+    chunks = [data[: 1 << 20], data[1 << 20: 2 << 20], data[2 << 20:]]
+    if case == "mismatch":
+        chunks[1] = bytes(len(chunks[1]))
+    elif case == "truncated":
+        chunks = chunks[:2]
+    elif case == "oversized":
+        chunks.append(b"x")
+
+    if case == "cancelled":
+        async with grpc.aio.insecure_channel(broker.url) as ch:
+            call = tasks_pb2_grpc.TaskBrokerStub(ch).SubmitTask()
+            await call.write(tasks_pb2.SubmitTaskRequest(header=header))
+            await call.read()
+            await call.write(tasks_pb2.SubmitTaskRequest(chunk=chunks[0]))
+            call.cancel()
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _upload(broker.url, header, chunks)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        expected = {"mismatch": "sha256", "truncated": "ended after", "oversized": "more than"}
+        assert expected[case] in (err.value.details() or "")
+
+    # Then no task and no payload (nor temp file) remain
+    async with BrokerClient(broker.url) as client:
+        for _ in range(50):
+            leftovers = [p for p in payload_dir.rglob("*") if p.is_file()]
+            if not leftovers:
+                break
+            import asyncio
+            await asyncio.sleep(0.1)
+        assert leftovers == []
+        assert list((await client.list_tasks()).tasks) == []
+
+
+async def test_cancel_reset_and_watch(
+    sqlite_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    broker = broker_factory(sqlite_dsn, "fs")
+    payload = tmp_path / "c1"
+    write_payload(payload, 10)
+    async with BrokerClient(broker.url) as client:
+        task = await client.submit_file(payload, task_type="c2", miner="f01000")
+        seen: list[int] = []
+
+        async def watch() -> None:
+            async for t in client.watch(task.id):
+                seen.append(t.state)
+
+        import asyncio
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)
+        cancelled = await client.cancel(task.id, "operator test")
+        await asyncio.wait_for(watcher, 5)
+        assert seen == [1, 3]  # init at once, then the change; the stream ends at error
+        assert "cancelled: operator test" in cancelled.error_message
+
+        (reset,) = await client.reset([task.id])
+        assert reset.state == 1 and reset.attempts == 0 and reset.error_message == ""
+        shown = await client.get_task(task.id)
+        assert [(a.outcome, a.reason) for a in shown.history][-1] == (
+            "reset", "cancelled: operator test"
+        )
+
+
+async def test_health_and_reflection_list_the_api(
+    sqlite_dsn: str, broker_factory: BrokerFactory
+) -> None:
+    broker = broker_factory(sqlite_dsn, "fs")
+    async with grpc.aio.insecure_channel(broker.url) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = stub.ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        reply = await call.read()
+        await call.done_writing()
+        names = {s.name for s in reply.list_services_response.service}
+    assert {"gpuproxy.v1.TaskBroker", "grpc.health.v1.Health"} <= names
+
+
+async def test_restart_loses_nothing(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    payload_dir = tmp_path / "payloads"
+    broker = broker_factory(sqlite_dsn, "fs", payload_dir)
+    payload = tmp_path / "c1"
+    write_payload(payload, 5000)
+    task_id = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner",
+                       "f01000", str(payload)).stdout.strip()
+    broker.stop(9)
+    broker.start()
+    shown = gpuproxy("tasks", "show", "--url", broker.url, task_id, "--json")
+    assert json.loads(shown.stdout)["state"] == "init"
+    assert len([p for p in payload_dir.rglob("*") if p.is_file()]) == 1
+
+
+def test_bad_flags_and_unreachable_things_get_clear_messages(
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    wrong = gpuproxy("run", "--resource-type", "nfs")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+
+    no_db = gpuproxy("run", "--url", "127.0.0.1:0", "--db-dsn",
+                     "mysql://root:secret@127.0.0.1:1/gpuproxy", timeout_s=60)
+    assert no_db.returncode == 1
+    assert "unreachable" in no_db.stderr and "secret" not in no_db.stderr
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    no_dir = gpuproxy("run", "--url", "127.0.0.1:0", "--db-dsn", f"sqlite:///{tmp_path}/db.sqlite",
+                      "--fs-resource-path", str(blocker / "payloads"))
+    assert no_dir.returncode == 1 and str(blocker / "payloads") in no_dir.stderr
+
+    bad_dsn = gpuproxy("run", "--db-dsn", "postgres://x")
+    assert bad_dsn.returncode == 1 and "sqlite:///PATH" in bad_dsn.stderr
+
+    no_broker = gpuproxy("tasks", "list", "--url", "127.0.0.1:1")
+    assert no_broker.returncode == 1 and "No broker at 127.0.0.1:1" in no_broker.stderr
