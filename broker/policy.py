@@ -1,0 +1,47 @@
+"""Retry and scheduling decisions of the store: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from broker.models import Attempt, Task
+
+#: Attempt outcomes that used up an attempt (a release hands the attempt back).
+SPENT_OUTCOMES = ("failed", "requeued")
+
+
+def claim_order(task: Task) -> tuple[int, int, str]:
+    """Sort key of init tasks: highest priority first, then oldest, then by id."""
+    return (-task.priority, task.created_at, task.id)
+
+
+def should_retry(retryable: bool, attempts: int, max_attempts: int) -> bool:
+    """Whether a failed attempt sends the task back to init rather than to error."""
+    return retryable and attempts < max_attempts
+
+
+def expiry_reason(task: Task, now_ms: int, processing_timeouts_ms: Mapping[str, int]) -> str:
+    """Why the housekeeper takes a running task back; "" when it may keep running."""
+    timeout_ms = processing_timeouts_ms.get(task.task_type, 0)
+    if timeout_ms > 0 and task.started_at is not None and now_ms - task.started_at >= timeout_ms:
+        return f"ran longer than the {task.task_type} processing timeout of {timeout_ms / 1000:g} s"
+    if task.lease_expires_at is not None and task.lease_expires_at <= now_ms:
+        return "lease expired"
+    return ""
+
+
+def exhausted_message(history: Sequence[Attempt]) -> str:
+    """The error message of a task that ran out of attempts, listing each spent attempt since
+    the last reset: "failed after 2 attempts: #1 on worker w1: lease expired; #2 on ...".
+
+    Attempts are numbered from 1 since the last reset so that the count matches the list.
+    """
+    spent = [a for a in _since_last_reset(history) if a.outcome in SPENT_OUTCOMES]
+    noun = "attempt" if len(spent) == 1 else "attempts"
+    parts = [f"#{i} on worker {a.worker_id}: {a.reason}" for i, a in enumerate(spent, 1)]
+    return f"failed after {len(spent)} {noun}: " + "; ".join(parts)
+
+
+def _since_last_reset(history: Sequence[Attempt]) -> Sequence[Attempt]:
+    resets = [i for i, a in enumerate(history) if a.outcome == "reset"]
+    return history[resets[-1] + 1 :] if resets else history

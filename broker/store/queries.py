@@ -1,0 +1,235 @@
+"""Every statement of the SQL stores, named by operation, for SQLite and MariaDB/MySQL.
+
+Statements use `?` placeholders; the MySQL store turns them into `%s` when it runs them (so no
+statement here may contain a literal `?` or `%`). The two dialects differ only where locking or
+upserts do: MySQL locks the rows it is about to change (`FOR UPDATE`, `SKIP LOCKED` for claims
+and requeues), SQLite already holds the database lock of `BEGIN IMMEDIATE`. The schema itself
+lives in `migrations.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from broker.models import Attempt, BlobRow, PageCursor, Task, TaskFilter, TaskState
+
+Row = Sequence[Any]
+Statement = tuple[str, list[Any]]
+
+TASK_COLUMNS = tuple(f.name for f in dataclasses.fields(Task))
+ATTEMPT_COLUMNS = tuple(f.name for f in dataclasses.fields(Attempt))
+BLOB_COLUMNS = tuple(f.name for f in dataclasses.fields(BlobRow))
+
+_TASK = ", ".join(TASK_COLUMNS)
+_ATTEMPT = ", ".join(ATTEMPT_COLUMNS)
+_BLOB = ", ".join(BLOB_COLUMNS)
+_CLAIM_ORDER = "ORDER BY priority DESC, created_at ASC, id ASC"
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Queries:
+    mysql: bool
+
+    @property
+    def _lock(self) -> str:
+        return " FOR UPDATE" if self.mysql else ""
+
+    @property
+    def _skip_locked(self) -> str:
+        return " FOR UPDATE SKIP LOCKED" if self.mysql else ""
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    @property
+    def insert_task(self) -> str:
+        """Insert unless the id exists; the row count says which happened."""
+        conflict = "ON DUPLICATE KEY UPDATE id = id" if self.mysql else "ON CONFLICT DO NOTHING"
+        return f"INSERT INTO tasks ({_TASK}) VALUES ({_marks(len(TASK_COLUMNS))}) {conflict}"
+
+    select_task = f"SELECT {_TASK} FROM tasks WHERE id = ?"
+
+    @property
+    def lock_task(self) -> str:
+        return self.select_task + self._lock
+
+    update_task = (
+        "UPDATE tasks SET " + ", ".join(f"{c} = ?" for c in TASK_COLUMNS[1:]) + " WHERE id = ?"
+    )
+    delete_task = "DELETE FROM tasks WHERE id = ?"  # its attempts go by ON DELETE CASCADE
+
+    def claimable(self, task_types: Sequence[str], now_ms: int) -> Statement:
+        """The next init task of each type (MySQL) or of all types (SQLite).
+
+        MySQL: one branch per type, each read in index order, so that the claim locks one row
+        per type; a single `task_type IN (...)` needs a filesort, which locks every init task
+        and makes every other claimer find nothing.
+        """
+        where = "state = 1 AND not_before <= ?"
+        if not self.mysql:
+            sql = (
+                f"SELECT {_TASK} FROM tasks WHERE {where} AND task_type IN "
+                f"({_marks(len(task_types))}) {_CLAIM_ORDER} LIMIT 1"
+            )
+            return sql, [now_ms, *task_types]
+        branch = (
+            f"SELECT {_TASK} FROM tasks WHERE {where} AND task_type = ? "
+            f"{_CLAIM_ORDER} LIMIT 1{self._skip_locked}"
+        )
+        if len(task_types) == 1:
+            return branch, [now_ms, task_types[0]]
+        sql = " UNION ALL ".join(f"({branch})" for _ in task_types)
+        return sql, [arg for t in task_types for arg in (now_ms, t)]
+
+    def expired(
+        self, now_ms: int, processing_timeouts_ms: Mapping[str, int], limit: int
+    ) -> Statement:
+        """Running tasks whose lease expired or which ran past their type's timeout."""
+        conditions = ["lease_expires_at <= ?"]
+        args: list[Any] = [now_ms]
+        for task_type, timeout_ms in sorted(processing_timeouts_ms.items()):
+            if timeout_ms > 0:
+                conditions.append("(task_type = ? AND started_at <= ?)")
+                args += [task_type, now_ms - timeout_ms]
+        sql = (
+            f"SELECT {_TASK} FROM tasks WHERE state = 2 AND ({' OR '.join(conditions)}) "
+            f"LIMIT ?{self._skip_locked}"
+        )
+        return sql, [*args, limit]
+
+    select_terminal_before = (
+        "SELECT id FROM tasks WHERE state IN (3, 4) AND finished_at < ? LIMIT ?"
+    )
+
+    @staticmethod
+    def delete_terminal(ids: Sequence[str], cutoff_ms: int) -> Statement:
+        # The state and time are checked again: a task may have been reset since it was listed.
+        sql = (
+            f"DELETE FROM tasks WHERE id IN ({_marks(len(ids))}) "
+            "AND state IN (3, 4) AND finished_at < ?"
+        )
+        return sql, [*ids, cutoff_ms]
+
+    @staticmethod
+    def list_tasks(flt: TaskFilter, limit: int, after: PageCursor | None) -> Statement:
+        conditions: list[str] = []
+        args: list[Any] = []
+        if flt.states:
+            conditions.append(f"state IN ({_marks(len(flt.states))})")
+            args += [int(s) for s in flt.states]
+        if flt.task_types:
+            conditions.append(f"task_type IN ({_marks(len(flt.task_types))})")
+            args += list(flt.task_types)
+        for column, value in (("miner", flt.miner), ("worker_id", flt.worker_id)):
+            if value:
+                conditions.append(f"{column} = ?")
+                args.append(value)
+        if after is not None:
+            conditions.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [after.created_at, after.created_at, after.task_id]
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        sql = f"SELECT {_TASK} FROM tasks {where}ORDER BY created_at DESC, id DESC LIMIT ?"
+        return sql, [*args, limit]
+
+    referenced_blobs = (
+        "SELECT payload_sha256 FROM tasks WHERE state <> 4 "
+        "UNION SELECT result_sha256 FROM tasks WHERE result_sha256 <> ''"
+    )
+    payload_needed = "SELECT 1 FROM tasks WHERE payload_sha256 = ? AND state <> 4 LIMIT 1"
+
+    # -- attempts ------------------------------------------------------------------------
+
+    select_attempts = f"SELECT {_ATTEMPT} FROM task_attempts WHERE task_id = ? ORDER BY number"
+    next_attempt_number = (
+        "SELECT COALESCE(MAX(number), 0) + 1 FROM task_attempts WHERE task_id = ?"
+    )
+    insert_attempt = f"INSERT INTO task_attempts ({_ATTEMPT}) VALUES ({_marks(7)})"
+    close_attempt = (
+        "UPDATE task_attempts SET ended_at = ?, outcome = ?, reason = ? "
+        "WHERE task_id = ? AND outcome = 'running'"
+    )
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    insert_blob = f"INSERT INTO blobs ({_BLOB}) VALUES (?, ?, ?, 0, ?)"
+
+    # Written only into an upload that exists and is not ready (else no row changes); REPLACE
+    # makes a resent chunk harmless.
+    put_chunk = (
+        "REPLACE INTO blob_chunks (upload_id, seq, data) "
+        "SELECT ?, ?, ? FROM blobs WHERE upload_id = ? AND ready = 0"
+    )
+
+    select_upload_sha256 = "SELECT sha256 FROM blobs WHERE upload_id = ?"
+
+    @property
+    def lock_uploads_of_sha256(self) -> str:
+        return "SELECT upload_id, ready FROM blobs WHERE sha256 = ?" + self._lock
+
+    set_ready = "UPDATE blobs SET ready = 1 WHERE upload_id = ?"
+    unset_ready = "UPDATE blobs SET ready = 0 WHERE upload_id = ?"
+
+    @property
+    def delete_chunks(self) -> str:
+        """Delete up to `?` chunks of an upload (one bounded transaction)."""
+        if self.mysql:
+            return "DELETE FROM blob_chunks WHERE upload_id = ? ORDER BY seq LIMIT ?"
+        return (
+            "DELETE FROM blob_chunks WHERE upload_id = ? AND seq IN "
+            "(SELECT seq FROM blob_chunks WHERE upload_id = ? ORDER BY seq LIMIT ?)"
+        )
+
+    def delete_chunks_args(self, upload_id: str, limit: int) -> list[Any]:
+        return [upload_id, limit] if self.mysql else [upload_id, upload_id, limit]
+
+    delete_blob = "DELETE FROM blobs WHERE upload_id = ?"
+    find_blob = (
+        f"SELECT {_BLOB} FROM blobs WHERE sha256 = ? AND ready = 1 "
+        "ORDER BY created_at, upload_id LIMIT 1"
+    )
+    read_chunk = "SELECT data FROM blob_chunks WHERE upload_id = ? AND seq = ?"
+    list_blobs = f"SELECT {_BLOB} FROM blobs ORDER BY created_at, upload_id"
+
+
+SQLITE = Queries(mysql=False)
+MYSQL = Queries(mysql=True)
+
+
+# -- rows <-> records ------------------------------------------------------------------------
+
+
+def task_from_row(row: Row) -> Task:
+    values = dict(zip(TASK_COLUMNS, row, strict=True))
+    values["state"] = TaskState(values["state"])
+    values["progress_fraction"] = float(values["progress_fraction"])
+    return Task(**values)
+
+
+def task_args(task: Task) -> list[Any]:
+    """Values in TASK_COLUMNS order, for insert_task."""
+    return [int(v) if isinstance(v, TaskState) else v for v in dataclasses.astuple(task)]
+
+
+def task_update_args(task: Task) -> list[Any]:
+    """Values for update_task: every column but the id, then the id."""
+    values = task_args(task)
+    return [*values[1:], values[0]]
+
+
+def attempt_from_row(row: Row) -> Attempt:
+    return Attempt(**dict(zip(ATTEMPT_COLUMNS, row, strict=True)))
+
+
+def attempt_args(attempt: Attempt) -> list[Any]:
+    return list(dataclasses.astuple(attempt))
+
+
+def blob_from_row(row: Row) -> BlobRow:
+    values = dict(zip(BLOB_COLUMNS, row, strict=True))
+    values["ready"] = bool(values["ready"])
+    return BlobRow(**values)

@@ -1,0 +1,328 @@
+"""The store logic both SQL backends share.
+
+Every change reads the task row under a lock (MySQL: SELECT ... FOR UPDATE; SQLite: the
+database lock of BEGIN IMMEDIATE), decides the new row in Python with `broker.policy`, and writes
+it back in the same short transaction. A backend supplies only connections, transactions,
+retries and the translation of its driver's errors.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from broker import exceptions, policy
+from broker.models import Attempt, BlobRow, NewTask, PageCursor, Task, TaskFilter, TaskState
+from broker.store import queries
+from broker.store.base import Store
+
+T = TypeVar("T")
+
+#: Chunks deleted per transaction by blob_delete (at most this many MiB).
+DELETE_CHUNKS_PER_TX = 8
+
+
+class Tx(Protocol):
+    """One transaction (or one autocommit read) on one connection."""
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> queries.Row | None: ...
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[queries.Row]: ...
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Execute a statement; the number of rows it changed."""
+        ...
+
+
+class SqlStore(Store):
+    sql: queries.Queries
+
+    @abc.abstractmethod
+    async def _write(self, change: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `change` in one write transaction: committed when it returns, rolled back when
+        it raises. A backend may run it again after a deadlock, so it must only touch the
+        database."""
+
+    @abc.abstractmethod
+    async def _read(self, query: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `query` outside any explicit transaction (each statement sees committed data)."""
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def create_task(self, new: NewTask) -> tuple[Task, bool]:
+        task = Task(
+            **dataclasses.asdict(new), state=TaskState.INIT, worker_id="", attempts=0,
+            error_message="", started_at=None, finished_at=None, result_size=0,
+            result_sha256="", version=1, fence=0, lease_expires_at=None, not_before=0,
+            progress_phase="", progress_fraction=0.0,
+        )
+
+        async def change(tx: Tx) -> tuple[Task, bool]:
+            if await tx.run(self.sql.insert_task, queries.task_args(task)):
+                return task, True
+            return await self._task(tx, new.id), False
+
+        return await self._write(change)
+
+    async def get_task(self, task_id: str) -> Task:
+        return await self._read(lambda tx: self._task(tx, task_id))
+
+    async def list_tasks(
+        self, flt: TaskFilter, limit: int, after: PageCursor | None = None
+    ) -> list[Task]:
+        sql, args = self.sql.list_tasks(flt, limit, after)
+        rows = await self._read(lambda tx: tx.all(sql, args))
+        return [queries.task_from_row(r) for r in rows]
+
+    async def get_attempts(self, task_id: str) -> list[Attempt]:
+        return await self._read(lambda tx: self._history(tx, task_id))
+
+    async def delete_task(self, task_id: str) -> None:
+        await self._write(lambda tx: tx.run(self.sql.delete_task, [task_id]))
+
+    async def reset_task(self, task_id: str, now_ms: int) -> Task:
+        async def change(tx: Tx) -> Task:
+            task = await self._task(tx, task_id, lock=True)
+            if task.state != TaskState.ERROR:
+                raise _wrong_state(task, "only a task in error can be reset")
+            await self._add_attempt(tx, task, "", now_ms, now_ms, "reset", task.error_message)
+            return await self._save(
+                tx, task, state=TaskState.INIT, attempts=0, worker_id="", error_message="",
+                started_at=None, finished_at=None, lease_expires_at=None, not_before=now_ms,
+                progress_phase="", progress_fraction=0.0,
+            )
+
+        return await self._write(change)
+
+    async def cancel_task(self, task_id: str, reason: str, now_ms: int) -> Task:
+        async def change(tx: Tx) -> Task:
+            task = await self._task(tx, task_id, lock=True)
+            if task.state.terminal:
+                raise _wrong_state(task, "only an init or running task can be cancelled")
+            if task.state == TaskState.RUNNING:
+                await tx.run(self.sql.close_attempt, [now_ms, "cancelled", reason, task_id])
+            return await self._save(
+                tx, task, state=TaskState.ERROR, error_message=f"cancelled: {reason}",
+                fence=task.fence + 1, finished_at=now_ms, lease_expires_at=None,
+            )
+
+        return await self._write(change)
+
+    # -- the worker side -----------------------------------------------------------------
+
+    async def claim_task(
+        self, worker_id: str, task_types: Sequence[str], lease_ms: int, now_ms: int
+    ) -> Task | None:
+        if not task_types:
+            return None
+        sql, args = self.sql.claimable(task_types, now_ms)
+
+        async def change(tx: Tx) -> Task | None:
+            candidates = [queries.task_from_row(r) for r in await tx.all(sql, args)]
+            if not candidates:
+                return None
+            task = min(candidates, key=policy.claim_order)
+            claimed = await self._save(
+                tx, task, state=TaskState.RUNNING, worker_id=worker_id,
+                attempts=task.attempts + 1, fence=task.fence + 1, started_at=now_ms,
+                lease_expires_at=now_ms + lease_ms, progress_phase="", progress_fraction=0.0,
+            )
+            await self._add_attempt(tx, claimed, worker_id, now_ms, None, "running", "")
+            return claimed
+
+        return await self._write(change)
+
+    async def renew_lease(self, task_id: str, fence: int, lease_ms: int, now_ms: int) -> Task:
+        async def change(tx: Tx) -> Task:
+            task = await self._held(tx, task_id, fence)
+            return await self._save(tx, task, lease_expires_at=now_ms + lease_ms)
+
+        return await self._write(change)
+
+    async def set_progress(self, task_id: str, fence: int, phase: str, fraction: float) -> None:
+        async def change(tx: Tx) -> None:
+            task = await self._held(tx, task_id, fence)
+            await self._save(tx, task, progress_phase=phase, progress_fraction=fraction)
+
+        await self._write(change)
+
+    async def finish_task(
+        self, task_id: str, fence: int, result_size: int, result_sha256: str, now_ms: int
+    ) -> Task:
+        async def change(tx: Tx) -> Task:
+            task = await self._held(tx, task_id, fence)
+            await tx.run(self.sql.close_attempt, [now_ms, "finished", "", task_id])
+            return await self._save(
+                tx, task, state=TaskState.FINISHED, result_size=result_size,
+                result_sha256=result_sha256, finished_at=now_ms, lease_expires_at=None,
+            )
+
+        return await self._write(change)
+
+    async def fail_task(
+        self, task_id: str, fence: int, reason: str, retryable: bool, retry_at_ms: int,
+        now_ms: int,
+    ) -> Task:
+        async def change(tx: Tx) -> Task:
+            task = await self._held(tx, task_id, fence)
+            await tx.run(self.sql.close_attempt, [now_ms, "failed", reason, task_id])
+            if policy.should_retry(retryable, task.attempts, task.max_attempts):
+                return await self._save(
+                    tx, task, state=TaskState.INIT, not_before=retry_at_ms, lease_expires_at=None
+                )
+            return await self._give_up(tx, task, now_ms)
+
+        return await self._write(change)
+
+    async def requeue_expired(
+        self, now_ms: int, processing_timeouts_ms: Mapping[str, int], limit: int = 100
+    ) -> list[Task]:
+        sql, args = self.sql.expired(now_ms, processing_timeouts_ms, limit)
+
+        async def change(tx: Tx) -> list[Task]:
+            expired = [queries.task_from_row(r) for r in await tx.all(sql, args)]
+            return [await self._requeue(tx, t, now_ms, processing_timeouts_ms) for t in expired]
+
+        return await self._write(change)
+
+    async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
+        async def change(tx: Tx) -> Task:
+            task = await self._held(tx, task_id, fence)
+            await tx.run(self.sql.close_attempt, [now_ms, "released", reason, task_id])
+            return await self._save(
+                tx, task, state=TaskState.INIT, attempts=task.attempts - 1, not_before=now_ms,
+                lease_expires_at=None,
+            )
+
+        return await self._write(change)
+
+    # -- retention and payload references ----------------------------------------------------
+
+    async def delete_terminal_before(self, cutoff_ms: int, limit: int = 1000) -> int:
+        async def change(tx: Tx) -> int:
+            rows = await tx.all(self.sql.select_terminal_before, [cutoff_ms, limit])
+            if not rows:
+                return 0
+            return await tx.run(*self.sql.delete_terminal([r[0] for r in rows], cutoff_ms))
+
+        return await self._write(change)
+
+    async def referenced_blobs(self) -> set[str]:
+        rows = await self._read(lambda tx: tx.all(self.sql.referenced_blobs))
+        return {r[0] for r in rows}
+
+    async def payload_needed(self, sha256: str) -> bool:
+        return await self._read(lambda tx: tx.one(self.sql.payload_needed, [sha256])) is not None
+
+    # -- blobs kept in the database ------------------------------------------------------
+
+    async def blob_begin(self, upload_id: str, sha256: str, size: int, now_ms: int) -> None:
+        await self._write(
+            lambda tx: tx.run(self.sql.insert_blob, [upload_id, sha256, size, now_ms])
+        )
+
+    async def blob_put_chunk(self, upload_id: str, seq: int, data: bytes) -> None:
+        args = [upload_id, seq, data, upload_id]
+        if not await self._write(lambda tx: tx.run(self.sql.put_chunk, args)):
+            raise exceptions.PayloadNotFound(
+                f"Upload {upload_id} is gone (cleaned up or already complete): send it again",
+                upload_id=upload_id,
+            )
+
+    async def blob_commit(self, upload_id: str) -> None:
+        async def change(tx: Tx) -> bool:
+            """Whether this upload duplicates a ready one (a gone upload is left alone)."""
+            row = await tx.one(self.sql.select_upload_sha256, [upload_id])
+            if row is None:
+                return False
+            uploads = await tx.all(self.sql.lock_uploads_of_sha256, [row[0]])
+            if any(ready for other, ready in uploads if other != upload_id):
+                return True
+            await tx.run(self.sql.set_ready, [upload_id])
+            return False
+
+        if await self._write(change):
+            await self.blob_delete(upload_id)
+
+    async def blob_delete(self, upload_id: str) -> None:
+        # Hidden from readers first, so that nobody streams a blob losing its chunks.
+        await self._write(lambda tx: tx.run(self.sql.unset_ready, [upload_id]))
+        args = self.sql.delete_chunks_args(upload_id, DELETE_CHUNKS_PER_TX)
+        while await self._write(lambda tx: tx.run(self.sql.delete_chunks, args)):
+            pass
+        await self._write(lambda tx: tx.run(self.sql.delete_blob, [upload_id]))
+
+    async def blob_find(self, sha256: str) -> BlobRow | None:
+        row = await self._read(lambda tx: tx.one(self.sql.find_blob, [sha256]))
+        return None if row is None else queries.blob_from_row(row)
+
+    async def blob_read_chunk(self, upload_id: str, seq: int) -> bytes | None:
+        row = await self._read(lambda tx: tx.one(self.sql.read_chunk, [upload_id, seq]))
+        return None if row is None else bytes(row[0])
+
+    async def blob_list(self) -> list[BlobRow]:
+        rows = await self._read(lambda tx: tx.all(self.sql.list_blobs))
+        return [queries.blob_from_row(r) for r in rows]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _task(self, tx: Tx, task_id: str, *, lock: bool = False) -> Task:
+        row = await tx.one(self.sql.lock_task if lock else self.sql.select_task, [task_id])
+        if row is None:
+            raise exceptions.TaskNotFound(task_id=task_id)
+        return queries.task_from_row(row)
+
+    async def _held(self, tx: Tx, task_id: str, fence: int) -> Task:
+        """The task, locked, if it is running under this fencing token."""
+        row = await tx.one(self.sql.lock_task, [task_id])
+        task = None if row is None else queries.task_from_row(row)
+        if task is None or task.state != TaskState.RUNNING or task.fence != fence:
+            raise exceptions.StaleFence(task_id=task_id, fence=fence)
+        return task
+
+    async def _save(self, tx: Tx, task: Task, **changes: Any) -> Task:
+        new = dataclasses.replace(task, version=task.version + 1, **changes)
+        await tx.run(self.sql.update_task, queries.task_update_args(new))
+        return new
+
+    async def _history(self, tx: Tx, task_id: str) -> list[Attempt]:
+        rows = await tx.all(self.sql.select_attempts, [task_id])
+        return [queries.attempt_from_row(r) for r in rows]
+
+    async def _add_attempt(
+        self, tx: Tx, task: Task, worker_id: str, started_at: int, ended_at: int | None,
+        outcome: str, reason: str,
+    ) -> None:
+        row = await tx.one(self.sql.next_attempt_number, [task.id])
+        number = int(row[0]) if row is not None else 1
+        attempt = Attempt(
+            task_id=task.id, number=number, worker_id=worker_id, started_at=started_at,
+            ended_at=ended_at, outcome=outcome, reason=reason,
+        )
+        await tx.run(self.sql.insert_attempt, queries.attempt_args(attempt))
+
+    async def _give_up(self, tx: Tx, task: Task, now_ms: int, **changes: Any) -> Task:
+        """running -> error with every spent attempt's reason (the attempt already closed)."""
+        message = policy.exhausted_message(await self._history(tx, task.id))
+        return await self._save(
+            tx, task, state=TaskState.ERROR, error_message=message, finished_at=now_ms,
+            lease_expires_at=None, **changes,
+        )
+
+    async def _requeue(
+        self, tx: Tx, task: Task, now_ms: int, processing_timeouts_ms: Mapping[str, int]
+    ) -> Task:
+        reason = policy.expiry_reason(task, now_ms, processing_timeouts_ms) or "lease expired"
+        await tx.run(self.sql.close_attempt, [now_ms, "requeued", reason, task.id])
+        if policy.should_retry(True, task.attempts, task.max_attempts):
+            return await self._save(
+                tx, task, state=TaskState.INIT, fence=task.fence + 1, not_before=now_ms,
+                lease_expires_at=None,
+            )
+        return await self._give_up(tx, task, now_ms, fence=task.fence + 1)
+
+
+def _wrong_state(task: Task, detail: str) -> exceptions.WrongState:
+    return exceptions.WrongState(task_id=task.id, state=task.state.name.lower(), detail=detail)

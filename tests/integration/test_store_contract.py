@@ -1,0 +1,597 @@
+"""The store contract: every method of `broker.store.base.Store`, one body for every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from broker import exceptions
+from broker.models import NewTask, PageCursor, Task, TaskFilter, TaskState
+from broker.store import Store
+
+T0 = 1_700_000_000_000
+LEASE_MS = 30_000
+_seq = itertools.count()
+
+
+def new_task(**overrides: Any) -> NewTask:
+    n = next(_seq)
+    fields: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "task_type": "c2-32g",
+        "miner": "f01000",
+        "comment": f"sector {n}",
+        "priority": 0,
+        "payload_size": 1000 + n,
+        "payload_sha256": hashlib.sha256(f"payload {n}".encode()).hexdigest(),
+        "max_attempts": 3,
+        "created_at": T0 + n,
+    }
+    fields.update(overrides)
+    return NewTask(**fields)
+
+
+Submit = Callable[..., Awaitable[Task]]
+
+
+@pytest.fixture
+def submit(store: Store) -> Submit:
+    """Factory: create a task in the store under test and return it."""
+
+    async def _submit(**overrides: Any) -> Task:
+        task, created = await store.create_task(new_task(**overrides))
+        assert created
+        return task
+
+    return _submit
+
+
+async def claimed(store: Store, submit: Submit, **overrides: Any) -> Task:
+    """A new task claimed by worker w1 at T0."""
+    task = await submit(task_type="claim-me", **overrides)
+    got = await store.claim_task("w1", ["claim-me"], LEASE_MS, T0)
+    assert got is not None and got.id == task.id
+    return got
+
+
+# -- create, get, list, delete ---------------------------------------------------------------------
+
+
+async def test_create_stores_an_init_task_and_is_idempotent(store: Store) -> None:
+    new = new_task(comment="first", priority=5)
+
+    task, created = await store.create_task(new)
+    again, created_again = await store.create_task(
+        new_task(id=new.id, comment="second", priority=9)
+    )
+
+    assert created and not created_again
+    assert again == task == await store.get_task(new.id)
+    assert (task.state, task.comment, task.priority) == (TaskState.INIT, "first", 5)
+    assert (task.attempts, task.fence, task.version, task.worker_id) == (0, 0, 1, "")
+    assert task.payload_sha256 == new.payload_sha256 and task.max_attempts == 3
+    assert await store.get_attempts(new.id) == []
+
+
+async def test_get_unknown_task_raises_task_not_found(store: Store) -> None:
+    with pytest.raises(exceptions.TaskNotFound, match="no-such-id"):
+        await store.get_task("no-such-id")
+
+
+async def test_list_filters_by_state_type_miner_and_worker(
+    store: Store, submit: Submit
+) -> None:
+    a = await submit(task_type="c2-32g", miner="f01")
+    b = await submit(task_type="c2-64g", miner="f02")
+    c = await submit(task_type="c2-32g", miner="f02")
+    running = await store.claim_task("w7", ["c2-64g"], LEASE_MS, T0)
+    assert running is not None and running.id == b.id
+
+    async def ids(**flt: Any) -> list[str]:
+        return [t.id for t in await store.list_tasks(TaskFilter(**flt), 100)]
+
+    assert await ids() == [c.id, b.id, a.id]
+    assert await ids(states=(TaskState.INIT,)) == [c.id, a.id]
+    assert await ids(states=(TaskState.RUNNING, TaskState.ERROR)) == [b.id]
+    assert await ids(task_types=("c2-32g",)) == [c.id, a.id]
+    assert await ids(task_types=("c2-32g", "c2-64g")) == [c.id, b.id, a.id]
+    assert await ids(miner="f02") == [c.id, b.id]
+    assert await ids(miner="f02", task_types=("c2-32g",)) == [c.id]
+    assert await ids(worker_id="w7") == [b.id]
+    assert await ids(worker_id="w8") == []
+
+
+async def test_list_pages_newest_first_without_duplicates_or_gaps(
+    store: Store, submit: Submit
+) -> None:
+    # Given 25 tasks, several created in the same millisecond (ties broken by id)
+    tasks = [await submit(created_at=T0 + i // 3) for i in range(25)]
+    expected = sorted(tasks, key=lambda t: (t.created_at, t.id), reverse=True)
+
+    # When paging 4 at a time with the cursor of each page's last task
+    seen: list[Task] = []
+    cursor: PageCursor | None = None
+    while page := await store.list_tasks(TaskFilter(), 4, cursor):
+        assert len(page) <= 4
+        seen += page
+        cursor = PageCursor(created_at=page[-1].created_at, task_id=page[-1].id)
+
+    # Then every task comes exactly once, newest first
+    assert [t.id for t in seen] == [t.id for t in expected]
+
+
+async def test_delete_task_removes_it_and_its_history(store: Store, submit: Submit) -> None:
+    task = await claimed(store, submit)
+
+    await store.delete_task(task.id)
+
+    with pytest.raises(exceptions.TaskNotFound):
+        await store.get_task(task.id)
+    assert await store.get_attempts(task.id) == []
+    await store.delete_task(task.id)  # deleting again is harmless
+
+
+# -- claim -----------------------------------------------------------------------------------------
+
+
+async def test_claim_takes_highest_priority_then_oldest(store: Store, submit: Submit) -> None:
+    old_low = await submit(priority=0, created_at=T0)
+    new_high = await submit(priority=5, created_at=T0 + 20)
+    old_high = await submit(priority=5, created_at=T0 + 10)
+    new_low = await submit(priority=0, created_at=T0 + 30)
+
+    order = []
+    while (task := await store.claim_task("w1", ["c2-32g"], LEASE_MS, T0 + 100)) is not None:
+        order.append(task.id)
+
+    assert order == [old_high.id, new_high.id, old_low.id, new_low.id]
+
+
+async def test_claim_orders_across_several_types(store: Store, submit: Submit) -> None:
+    low = await submit(task_type="a", priority=1)
+    high = await submit(task_type="b", priority=2)
+    other = await submit(task_type="c", priority=9)
+
+    first = await store.claim_task("w1", ["a", "b"], LEASE_MS, T0 + 100)
+    second = await store.claim_task("w1", ["a", "b"], LEASE_MS, T0 + 100)
+
+    assert first is not None and second is not None
+    assert (first.id, second.id) == (high.id, low.id)
+    assert await store.claim_task("w1", ["a", "b"], LEASE_MS, T0 + 100) is None
+    assert (await store.get_task(other.id)).state == TaskState.INIT
+
+
+async def test_claim_respects_types_and_not_before(store: Store, submit: Submit) -> None:
+    task = await claimed(store, submit)
+    retry_at = T0 + 60_000
+    await store.fail_task(task.id, task.fence, "oom", True, retry_at, T0 + 1)
+
+    assert await store.claim_task("w2", ["other-type"], LEASE_MS, retry_at) is None
+    assert await store.claim_task("w2", [], LEASE_MS, retry_at) is None
+    assert await store.claim_task("w2", ["claim-me"], LEASE_MS, retry_at - 1) is None
+    again = await store.claim_task("w2", ["claim-me"], LEASE_MS, retry_at)
+    assert again is not None and again.id == task.id
+
+
+async def test_claim_sets_lease_fence_attempts_and_an_attempt_row(
+    store: Store, submit: Submit
+) -> None:
+    task = await submit(task_type="claim-me")
+
+    got = await store.claim_task("w1", ["claim-me"], LEASE_MS, T0 + 5)
+
+    assert got is not None
+    assert got == await store.get_task(task.id)
+    assert (got.state, got.worker_id, got.attempts, got.fence) == (TaskState.RUNNING, "w1", 1, 1)
+    assert (got.started_at, got.lease_expires_at) == (T0 + 5, T0 + 5 + LEASE_MS)
+    assert got.version == task.version + 1
+    [attempt] = await store.get_attempts(task.id)
+    assert (attempt.number, attempt.worker_id, attempt.outcome) == (1, "w1", "running")
+    assert (attempt.started_at, attempt.ended_at) == (T0 + 5, None)
+
+
+# -- the holder of a claim -------------------------------------------------------------------------
+
+
+async def test_renew_and_progress_change_the_running_task(store: Store, submit: Submit) -> None:
+    task = await claimed(store, submit)
+
+    renewed = await store.renew_lease(task.id, task.fence, 60_000, T0 + 10_000)
+    await store.set_progress(task.id, task.fence, "msm", 0.5)
+
+    now = await store.get_task(task.id)
+    assert renewed.lease_expires_at == now.lease_expires_at == T0 + 70_000
+    assert (now.progress_phase, now.progress_fraction) == ("msm", 0.5)
+    assert now.version == task.version + 2 and now.fence == task.fence
+
+
+async def test_finish_stores_the_result_and_closes_the_attempt(
+    store: Store, submit: Submit
+) -> None:
+    task = await claimed(store, submit)
+
+    done = await store.finish_task(task.id, task.fence, 1920, "ab" * 32, T0 + 500)
+
+    assert done == await store.get_task(task.id)
+    assert (done.state, done.result_size, done.result_sha256) == (
+        TaskState.FINISHED, 1920, "ab" * 32
+    )
+    assert (done.finished_at, done.lease_expires_at) == (T0 + 500, None)
+    [attempt] = await store.get_attempts(task.id)
+    assert (attempt.outcome, attempt.ended_at) == ("finished", T0 + 500)
+
+
+async def test_a_stale_fence_is_refused_everywhere(store: Store, submit: Submit) -> None:
+    task = await claimed(store, submit)
+    stale = task.fence - 1
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: store.renew_lease(task.id, stale, LEASE_MS, T0 + 1),
+        lambda: store.set_progress(task.id, stale, "msm", 0.1),
+        lambda: store.finish_task(task.id, stale, 1, "cd" * 32, T0 + 1),
+        lambda: store.fail_task(task.id, stale, "boom", True, T0 + 1, T0 + 1),
+        lambda: store.release_task(task.id, stale, "shutdown", T0 + 1),
+        lambda: store.renew_lease("no-such-task", 1, LEASE_MS, T0 + 1),
+    ]
+
+    for call in calls:
+        with pytest.raises(exceptions.StaleFence):
+            await call()
+
+    assert await store.get_task(task.id) == task
+
+
+async def test_fail_retryable_requeues_with_backoff_until_attempts_run_out(
+    store: Store, submit: Submit
+) -> None:
+    # Given a task of 3 attempts
+    task = await submit(task_type="gpu", max_attempts=3)
+    reasons = ["CUDA out of memory", "lease expired", "bad proof"]
+
+    # When each of 3 workers claims it and fails retryably
+    for n, reason in enumerate(reasons, 1):
+        now = T0 + n * 1000
+        got = await store.claim_task(f"w{n}", ["gpu"], LEASE_MS, now)
+        assert got is not None and got.attempts == n
+        after = await store.fail_task(task.id, got.fence, reason, True, now + 500, now + 1)
+        if n < 3:
+            # Then it waits in init for its retry time
+            assert (after.state, after.not_before, after.worker_id) == (
+                TaskState.INIT, now + 500, f"w{n}"
+            )
+
+    # Then the last failure ends it in error, listing every attempt's reason
+    assert after.state == TaskState.ERROR and after.finished_at == T0 + 3001
+    assert after.error_message == (
+        "failed after 3 attempts: #1 on worker w1: CUDA out of memory; "
+        "#2 on worker w2: lease expired; #3 on worker w3: bad proof"
+    )
+    history = await store.get_attempts(task.id)
+    assert [(a.number, a.outcome, a.reason) for a in history] == [
+        (1, "failed", reasons[0]), (2, "failed", reasons[1]), (3, "failed", reasons[2])
+    ]
+
+
+async def test_fail_not_retryable_ends_in_error_at_once(store: Store, submit: Submit) -> None:
+    task = await claimed(store, submit, max_attempts=5)
+
+    after = await store.fail_task(task.id, task.fence, "invalid C1 output", False, T0, T0 + 9)
+
+    assert after.state == TaskState.ERROR and after.attempts == 1
+    assert after.error_message == "failed after 1 attempt: #1 on worker w1: invalid C1 output"
+    assert await store.claim_task("w2", ["claim-me"], LEASE_MS, T0 + 10) is None
+
+
+async def test_release_hands_the_task_back_without_using_an_attempt(
+    store: Store, submit: Submit
+) -> None:
+    task = await claimed(store, submit)
+
+    back = await store.release_task(task.id, task.fence, "worker shutting down", T0 + 5)
+
+    assert (back.state, back.attempts, back.lease_expires_at) == (TaskState.INIT, 0, None)
+    assert [(a.outcome, a.reason) for a in await store.get_attempts(task.id)] == [
+        ("released", "worker shutting down")
+    ]
+    again = await store.claim_task("w2", ["claim-me"], LEASE_MS, T0 + 5)
+    assert again is not None and (again.attempts, again.fence) == (1, task.fence + 1)
+
+
+# -- housekeeping ----------------------------------------------------------------------------------
+
+
+async def test_requeue_expired_takes_back_tasks_whose_lease_expired(
+    store: Store, submit: Submit
+) -> None:
+    task = await claimed(store, submit)
+    expiry = T0 + LEASE_MS
+
+    assert await store.requeue_expired(expiry - 1, {}) == []
+    [back] = await store.requeue_expired(expiry, {})
+
+    assert back == await store.get_task(task.id)
+    assert (back.state, back.fence, back.not_before) == (TaskState.INIT, task.fence + 1, expiry)
+    [attempt] = await store.get_attempts(task.id)
+    assert (attempt.outcome, attempt.reason, attempt.ended_at) == (
+        "requeued", "lease expired", expiry
+    )
+    assert await store.requeue_expired(expiry + 1, {}) == []
+    with pytest.raises(exceptions.StaleFence):
+        await store.finish_task(task.id, task.fence, 1, "ef" * 32, expiry + 1)
+
+
+async def test_requeue_expired_enforces_the_processing_timeout_of_each_type(
+    store: Store, submit: Submit
+) -> None:
+    task = await claimed(store, submit)
+    # The worker keeps its lease alive, but the type allows 10 minutes of processing.
+    now = T0 + 600_000
+    await store.renew_lease(task.id, task.fence, LEASE_MS, now - 1)
+
+    assert await store.requeue_expired(now - 1, {"claim-me": 600_000}) == []
+    assert await store.requeue_expired(now, {"other-type": 1}) == []
+    [back] = await store.requeue_expired(now, {"claim-me": 600_000})
+
+    assert back.state == TaskState.INIT
+    [attempt] = await store.get_attempts(task.id)
+    assert attempt.outcome == "requeued" and "processing timeout of 600 s" in attempt.reason
+
+
+async def test_requeue_expired_of_the_last_attempt_ends_in_error(
+    store: Store, submit: Submit
+) -> None:
+    task = await submit(task_type="gpu", max_attempts=2)
+    first = await store.claim_task("w1", ["gpu"], LEASE_MS, T0)
+    assert first is not None
+    await store.fail_task(task.id, first.fence, "segfault", True, T0 + 1, T0 + 1)
+    second = await store.claim_task("w2", ["gpu"], LEASE_MS, T0 + 2)
+    assert second is not None
+
+    [dead] = await store.requeue_expired(T0 + 2 + LEASE_MS, {})
+
+    assert (dead.state, dead.fence) == (TaskState.ERROR, second.fence + 1)
+    assert dead.error_message == (
+        "failed after 2 attempts: #1 on worker w1: segfault; #2 on worker w2: lease expired"
+    )
+
+
+async def test_requeue_expired_honours_its_limit(store: Store, submit: Submit) -> None:
+    for _ in range(5):
+        await submit(task_type="claim-me")
+        assert await store.claim_task("w1", ["claim-me"], LEASE_MS, T0) is not None
+
+    first = await store.requeue_expired(T0 + LEASE_MS, {}, limit=3)
+    rest = await store.requeue_expired(T0 + LEASE_MS, {}, limit=3)
+
+    assert (len(first), len(rest)) == (3, 2)
+    assert not {t.id for t in first} & {t.id for t in rest}
+
+
+async def test_a_cancelled_call_leaves_the_store_consistent_and_usable(
+    store: Store, submit: Submit
+) -> None:
+    # Given claims cancelled at different points of their transaction (0 to 2 ms in)
+    for n in range(10):
+        task = await submit(task_type=f"cancel-{n}")
+        call = asyncio.ensure_future(store.claim_task("w1", [task.task_type], LEASE_MS, T0))
+        await asyncio.sleep(n * 0.0002)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+        # Then the claim happened entirely or not at all, and the store still works
+        await asyncio.sleep(0.05)  # let a shielded transaction finish
+        now = await store.get_task(task.id)
+        history = await store.get_attempts(task.id)
+        assert (now.state == TaskState.RUNNING) == (len(history) == 1)
+        assert now.attempts == len(history) == now.fence
+        await store.cancel_task(task.id, "cleanup", T0 + 1)
+
+
+# -- operator actions ------------------------------------------------------------------------------
+
+
+async def test_reset_sends_an_error_task_back_and_keeps_the_old_error(
+    store: Store, submit: Submit
+) -> None:
+    # Given a task that failed for good
+    task = await claimed(store, submit)
+    failed = await store.fail_task(task.id, task.fence, "bad params", False, T0, T0 + 1)
+
+    # When it is reset
+    reset = await store.reset_task(task.id, T0 + 2)
+
+    # Then it is init again with a fresh budget, and the history keeps the old error
+    assert reset == await store.get_task(task.id)
+    assert (reset.state, reset.attempts, reset.worker_id, reset.error_message) == (
+        TaskState.INIT, 0, "", ""
+    )
+    history = await store.get_attempts(task.id)
+    assert [(a.number, a.outcome, a.reason) for a in history] == [
+        (1, "failed", "bad params"), (2, "reset", failed.error_message)
+    ]
+    # And a later exhaustion counts only the attempts since the reset
+    again = await store.claim_task("w9", ["claim-me"], LEASE_MS, T0 + 3)
+    assert again is not None and again.attempts == 1
+    final = await store.fail_task(task.id, again.fence, "still bad", False, T0, T0 + 4)
+    assert final.error_message == "failed after 1 attempt: #1 on worker w9: still bad"
+
+
+async def test_reset_refuses_a_task_not_in_error(store: Store, submit: Submit) -> None:
+    task = await submit()
+
+    with pytest.raises(exceptions.WrongState, match="is init"):
+        await store.reset_task(task.id, T0)
+    with pytest.raises(exceptions.TaskNotFound):
+        await store.reset_task("no-such-task", T0)
+    assert await store.get_task(task.id) == task
+
+
+async def test_cancel_an_init_task(store: Store, submit: Submit) -> None:
+    task = await submit()
+
+    cancelled = await store.cancel_task(task.id, "operator", T0 + 1)
+
+    assert cancelled == await store.get_task(task.id)
+    assert (cancelled.state, cancelled.error_message) == (TaskState.ERROR, "cancelled: operator")
+    assert await store.claim_task("w1", ["c2-32g"], LEASE_MS, T0 + 2) is None
+
+
+async def test_cancel_a_running_task_fences_its_late_result(
+    store: Store, submit: Submit
+) -> None:
+    task = await claimed(store, submit)
+
+    cancelled = await store.cancel_task(task.id, "wrong sector", T0 + 1)
+
+    assert cancelled.state == TaskState.ERROR and cancelled.fence == task.fence + 1
+    [attempt] = await store.get_attempts(task.id)
+    assert (attempt.outcome, attempt.reason) == ("cancelled", "wrong sector")
+    with pytest.raises(exceptions.StaleFence):
+        await store.finish_task(task.id, task.fence, 1, "ab" * 32, T0 + 2)
+    with pytest.raises(exceptions.WrongState, match="is error"):
+        await store.cancel_task(task.id, "twice", T0 + 3)
+    with pytest.raises(exceptions.TaskNotFound):
+        await store.cancel_task("no-such-task", "x", T0 + 3)
+
+
+# -- retention and payload references --------------------------------------------------------------
+
+
+async def test_delete_terminal_before_removes_only_old_finished_and_error_tasks(
+    store: Store, submit: Submit
+) -> None:
+    old_done = await claimed(store, submit)
+    await store.finish_task(old_done.id, old_done.fence, 1, "ab" * 32, T0 + 10)
+    old_error = await submit()
+    await store.cancel_task(old_error.id, "x", T0 + 10)
+    new_error = await submit()
+    await store.cancel_task(new_error.id, "x", T0 + 100)
+    waiting = await submit()
+
+    assert await store.delete_terminal_before(T0 + 50, limit=1) == 1
+    assert await store.delete_terminal_before(T0 + 50) == 1
+    assert await store.delete_terminal_before(T0 + 50) == 0
+
+    left = {t.id for t in await store.list_tasks(TaskFilter(), 100)}
+    assert left == {new_error.id, waiting.id}
+    assert await store.get_attempts(old_done.id) == []
+
+
+async def test_referenced_blobs_and_payload_needed(store: Store, submit: Submit) -> None:
+    waiting = await submit()
+    done = await claimed(store, submit)
+    await store.finish_task(done.id, done.fence, 1, "ab" * 32, T0 + 1)
+    failed = await submit()
+    await store.cancel_task(failed.id, "x", T0 + 1)
+
+    assert await store.referenced_blobs() == {
+        waiting.payload_sha256, failed.payload_sha256, "ab" * 32
+    }
+    assert await store.payload_needed(waiting.payload_sha256)
+    assert await store.payload_needed(failed.payload_sha256)
+    assert not await store.payload_needed(done.payload_sha256)
+    assert not await store.payload_needed("00" * 32)
+
+
+# -- blobs -----------------------------------------------------------------------------------------
+
+
+async def put_blob(store: Store, data: bytes, chunk_bytes: int, now_ms: int = T0) -> str:
+    upload_id = uuid.uuid4().hex
+    await store.blob_begin(upload_id, hashlib.sha256(data).hexdigest(), len(data), now_ms)
+    for seq, start in enumerate(range(0, len(data), chunk_bytes)):
+        await store.blob_put_chunk(upload_id, seq, data[start : start + chunk_bytes])
+    return upload_id
+
+
+async def test_blob_upload_is_invisible_until_committed(store: Store) -> None:
+    data = bytes(range(256)) * 40
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    upload_id = await put_blob(store, data, 4096)
+    assert await store.blob_find(sha256) is None
+    [pending] = await store.blob_list()
+    assert (pending.upload_id, pending.ready, pending.size) == (upload_id, False, len(data))
+
+    await store.blob_commit(upload_id)
+
+    row = await store.blob_find(sha256)
+    assert row is not None and (row.upload_id, row.ready, row.created_at) == (upload_id, True, T0)
+    chunks = [await store.blob_read_chunk(upload_id, seq) for seq in range(3)]
+    assert b"".join(c for c in chunks if c is not None) == data
+    assert [len(c or b"") for c in chunks] == [4096, 4096, len(data) - 8192]
+    assert await store.blob_read_chunk(upload_id, 3) is None
+
+
+async def test_a_duplicate_commit_keeps_exactly_one_upload(store: Store) -> None:
+    data = b"the same payload" * 100
+    first = await put_blob(store, data, 1000)
+    second = await put_blob(store, data, 1000, now_ms=T0 + 1)
+
+    await store.blob_commit(first)
+    await store.blob_commit(second)
+
+    [row] = await store.blob_list()
+    assert row.upload_id == first and row.ready
+    assert await store.blob_read_chunk(second, 0) is None
+
+
+async def test_blob_delete_removes_row_and_chunks(store: Store) -> None:
+    data = b"x" * 50_000
+    upload_id = await put_blob(store, data, 1000)  # 50 chunks: several delete transactions
+    await store.blob_commit(upload_id)
+
+    await store.blob_delete(upload_id)
+
+    assert await store.blob_list() == []
+    assert await store.blob_find(hashlib.sha256(data).hexdigest()) is None
+    assert await store.blob_read_chunk(upload_id, 0) is None
+    with pytest.raises(exceptions.PayloadNotFound):
+        await store.blob_put_chunk(upload_id, 0, b"late chunk")
+
+
+async def test_blob_list_shows_ready_and_unready_uploads(store: Store) -> None:
+    ready = await put_blob(store, b"a" * 10, 10)
+    await store.blob_commit(ready)
+    pending = await put_blob(store, b"b" * 10, 10, now_ms=T0 + 1)
+
+    rows = await store.blob_list()
+
+    assert [(r.upload_id, r.ready) for r in rows] == [(ready, True), (pending, False)]
+
+
+# -- versions --------------------------------------------------------------------------------------
+
+
+async def test_every_change_bumps_the_version(store: Store, submit: Submit) -> None:
+    task = await submit(task_type="v")
+    versions = [task.version]
+
+    async def step(change: Awaitable[Any]) -> int:
+        """Run one change; the task's fence after it."""
+        await change
+        now = await store.get_task(task.id)
+        versions.append(now.version)
+        return now.fence
+
+    fence = await step(store.claim_task("w1", ["v"], LEASE_MS, T0))
+    await step(store.renew_lease(task.id, fence, LEASE_MS, T0 + 1))
+    await step(store.set_progress(task.id, fence, "fft", 0.2))
+    await step(store.fail_task(task.id, fence, "oom", True, T0, T0 + 2))
+    fence = await step(store.claim_task("w1", ["v"], LEASE_MS, T0 + 3))
+    await step(store.release_task(task.id, fence, "bye", T0 + 4))
+    await step(store.claim_task("w1", ["v"], LEASE_MS, T0 + 5))
+    await step(store.requeue_expired(T0 + 5 + LEASE_MS, {}))
+    await step(store.cancel_task(task.id, "stop", T0 + 6))
+    await step(store.reset_task(task.id, T0 + 7))
+    fence = await step(store.claim_task("w1", ["v"], LEASE_MS, T0 + 8))
+    await step(store.finish_task(task.id, fence, 1, "ab" * 32, T0 + 9))
+
+    assert versions == list(range(1, 14))
