@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from broker.client import BrokerClient  # noqa: E402
+from broker.client import BrokerClient
 
 BUDGET_MIB = 64
 
@@ -106,7 +106,8 @@ async def bench(args: argparse.Namespace, work: pathlib.Path) -> None:
         assert (size_back, sha_back) == (size, sha), "payload came back different"
         growth_mib = (sampler.peak - base) / 1024
         mib = size / (1 << 20)
-        print(f"payload            {mib:.0f} MiB  ({args.resource_type} store, {dsn.split(':')[0]})")
+        backend = dsn.split(":")[0]
+        print(f"payload            {mib:.0f} MiB  ({args.resource_type} store, {backend})")
         print(f"upload             {mib / (t1 - t0):8.1f} MiB/s  ({t1 - t0:.2f} s)")
         print(f"read back          {mib / (t2 - t1):8.1f} MiB/s  ({t2 - t1:.2f} s)")
         print(f"broker RSS before  {base / 1024:8.1f} MiB")

@@ -44,6 +44,11 @@ RUN_FLAGS = [
     Flag("max-payload-bytes", "largest accepted payload", broker_config.GIB, int),
     Flag("max-attempts", "default attempts per task before it goes to error", 3, int),
     Flag("lease-s", "seconds a worker keeps a task without a heartbeat", 60.0, float),
+    Flag("retry-backoff-s", "wait before a failed attempt is retried, doubled each time",
+         5.0, float),
+    Flag("type-max-attempts", "attempts per task type over --max-attempts, e.g. c2=5,groth16=3",
+         ""),
+    Flag("type-timeout-s", "longest one attempt of a type may run, e.g. c2=3600", ""),
     Flag("orphan-age-s", "age after which interrupted uploads and unneeded payloads go",
          3600.0, float),
     Flag("retention-s", "how long finished and errored tasks are kept", 7 * 86400.0, float),
@@ -68,6 +73,11 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
         max_payload_bytes=values["max_payload_bytes"],
         default_max_attempts=values["max_attempts"],
         lease_s=values["lease_s"],
+        retry_backoff_s=values["retry_backoff_s"],
+        type_max_attempts=tuple((k, int(v)) for k, v in _pairs("type-max-attempts",
+                                                                values["type_max_attempts"])),
+        type_timeout_s=tuple((k, float(v)) for k, v in _pairs("type-timeout-s",
+                                                              values["type_timeout_s"])),
         orphan_age_s=values["orphan_age_s"],
         retention_s=values["retention_s"],
         clean_interval_s=values["clean_interval_s"],
@@ -200,7 +210,7 @@ async def cmd_tasks_submit(args: argparse.Namespace) -> int:
         print(task.id, flush=True)
         if not args.wait:
             return 0
-        async for task in client.watch(task.id):
+        async for task in client.watch(task.id):  # noqa: B020 - the last one is kept
             log.info("task state", task_id=task.id, state=STATE_NAMES.get(task.state),
                      worker=task.worker_id or None)
         if task.state != 4:
@@ -225,6 +235,46 @@ async def cmd_tasks_payload(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         size, sha = await client.download_payload(args.id, pathlib.Path(args.output))
     print(f"{args.output} {size} bytes sha256 {sha}")
+    return 0
+
+
+def _pairs(field: str, value: str) -> list[tuple[str, str]]:
+    """TYPE=VALUE,TYPE=VALUE; a malformed item is a ConfigError naming the flag."""
+    pairs = []
+    for item in _csv(value):
+        key, sep, val = item.partition("=")
+        try:
+            float(val)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise exceptions.ConfigError(field=field, detail=f"{item!r} is not TYPE=NUMBER")
+        pairs.append((key.strip(), val.strip()))
+    return pairs
+
+
+async def cmd_workers_list(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        workers = await client.list_workers()
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(
+            w, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        ) for w in workers], indent=2))
+        return 0
+    print_table(
+        [(w.worker_id, w.hostname,
+          ",".join(f"{g.index}:{g.name}" for g in w.gpus) or "cpu",
+          "online" if w.online else "offline", ",".join(w.task_ids) or "-",
+          ",".join(w.task_types), _when(w.last_seen)) for w in workers],
+        ("ID", "HOST", "GPUS", "STATE", "TASKS", "TYPES", "LAST HEARTBEAT"),
+    )
+    return 0
+
+
+async def cmd_workers_remove(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await client.remove_worker(args.id)
+    print(f"{args.id} removed")
     return 0
 
 
@@ -302,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("payload", "download a task's payload as submitted", cmd_tasks_payload)
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True)
+
+    workers = sub.add_parser("workers", help="list and remove workers")
+    wsub = workers.add_subparsers(dest="workers_command", required=True)
+    p = wsub.add_parser("list", help="workers with their GPUs, state and current tasks")
+    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_workers_list)
+    p = wsub.add_parser("remove", help="forget an offline worker")
+    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+    p.add_argument("id")
+    p.set_defaults(func=cmd_workers_remove)
     return parser
 
 

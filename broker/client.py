@@ -9,13 +9,13 @@ import hashlib
 import os
 import pathlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from broker import exceptions
 from broker.payloads import CHUNK_BYTES
-from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
+from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -51,6 +51,7 @@ class BrokerClient:
         self.timeout_s = timeout_s
         self.channel = grpc.aio.insecure_channel(target_of(url), options=CHANNEL_OPTIONS)
         self.stub = tasks_pb2_grpc.TaskBrokerStub(self.channel)
+        self.workers = workers_pb2_grpc.WorkerServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -117,8 +118,8 @@ class BrokerClient:
         worker_id: str = "", page_size: int = 100, page_token: str = "",
     ) -> tasks_pb2.ListTasksResponse:
         return await self._unary(self.stub.ListTasks, tasks_pb2.ListTasksRequest(
-            states=list(states), task_types=list(task_types), miner=miner, worker_id=worker_id,
-            page_size=page_size, page_token=page_token,
+            states=cast(Any, list(states)), task_types=list(task_types), miner=miner,
+            worker_id=worker_id, page_size=page_size, page_token=page_token,
         ))
 
     async def watch(self, task_id: str) -> AsyncIterator[tasks_pb2.Task]:
@@ -141,6 +142,15 @@ class BrokerClient:
     async def cancel(self, task_id: str, reason: str = "") -> tasks_pb2.Task:
         return await self._unary(
             self.stub.CancelTask, tasks_pb2.CancelTaskRequest(id=task_id, reason=reason)
+        )
+
+    async def list_workers(self) -> list[workers_pb2.WorkerInfo]:
+        reply = await self._unary(self.workers.ListWorkers, workers_pb2.ListWorkersRequest())
+        return list(reply.workers)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._unary(
+            self.workers.RemoveWorker, workers_pb2.RemoveWorkerRequest(worker_id=worker_id)
         )
 
     async def download_result(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:

@@ -36,6 +36,10 @@ class BrokerConfig:
     max_payload_bytes: int = GIB
     default_max_attempts: int = 3
     lease_s: float = 60.0  #: a worker that stops heartbeating loses its task after this
+    retry_backoff_s: float = 5.0  #: first wait before a failed attempt is retried, then doubled
+    retry_backoff_max_s: float = 300.0
+    type_max_attempts: tuple[tuple[str, int], ...] = ()  #: per task type, over the default
+    type_timeout_s: tuple[tuple[str, float], ...] = ()  #: longest a type may run per attempt
     orphan_age_s: float = 3600.0  #: temp files and unreferenced payloads older than this go
     retention_s: float = 7 * 24 * 3600.0  #: finished and errored tasks are kept this long
     clean_interval_s: float = 300.0
@@ -51,9 +55,24 @@ class BrokerConfig:
             raise exceptions.ConfigError(
                 field="max-attempts", detail="must be at least 1 (3 is the default)"
             )
-        for name in ("max_payload_bytes", "lease_s", "orphan_age_s", "retention_s",
-                     "clean_interval_s", "watch_poll_s"):
+        for task_type, n in self.type_max_attempts:
+            if n < 1:
+                raise exceptions.ConfigError(
+                    field="type-max-attempts", detail=f"{task_type}={n}: must be at least 1"
+                )
+        for task_type, t in self.type_timeout_s:
+            _check_positive(f"type-timeout-s {task_type}", t)
+        for name in ("max_payload_bytes", "lease_s", "retry_backoff_s", "retry_backoff_max_s",
+                     "orphan_age_s", "retention_s", "clean_interval_s", "watch_poll_s"):
             _check_positive(name.replace("_", "-"), getattr(self, name))
+
+    def max_attempts_for(self, task_type: str) -> int:
+        return dict(self.type_max_attempts).get(task_type, self.default_max_attempts)
+
+    @property
+    def heartbeat_s(self) -> float:
+        # Three heartbeats per lease: one lost message never costs a task.
+        return self.lease_s / 3
 
     @property
     def dsn(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -18,8 +19,9 @@ def timestamp(ms: int | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def state_to_proto(state: TaskState) -> int:
-    return int(state)  # the proto enum shares gpuproxy's numbers
+def state_to_proto(state: TaskState) -> Any:
+    # The proto enum shares gpuproxy's numbers.
+    return int(state)
 
 
 def state_from_proto(value: int) -> TaskState:

@@ -10,7 +10,8 @@ class BrokerError(Exception):
 
     def __init__(self, message: str | None = None, **attrs: Any) -> None:
         self.__dict__.update(attrs)
-        text = message or (self.__doc__ or "").strip().format(**attrs)
+        # Docstrings wrap over lines; the message is one line.
+        text = message or " ".join((self.__doc__ or "").split()).format(**attrs)
         super().__init__(text)
 
 
@@ -20,8 +21,8 @@ class InvalidArgument(BrokerError):
 
 
 class ChecksumMismatch(InvalidArgument):
-    """Payload sha256 is {actual} but the header said {expected}: the upload was rejected and nothing
-    was kept; check that the file did not change while it was sent, then submit again."""
+    """Payload sha256 is {actual} but the header said {expected}: the upload was rejected and
+    nothing was kept; check that the file did not change while it was sent, then submit again."""
 
 
 class TruncatedUpload(InvalidArgument):
@@ -44,7 +45,12 @@ class ResultNotFound(BrokerError):
 
 
 class PayloadNotFound(BrokerError):
-    """Payload {sha256} is not stored: it was cleaned up or never uploaded; submit the task again."""
+    """Payload {sha256} is not stored: it was cleaned up or never uploaded; submit the task
+    again."""
+
+
+class WorkerNotFound(BrokerError):
+    """No worker {worker_id}: check the id with `gpuproxy workers list`."""
 
 
 # FAILED_PRECONDITION

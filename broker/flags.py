@@ -86,7 +86,9 @@ def _convert(flag: Flag, raw: str, source: str) -> Any:
     try:
         value = flag.type(raw)
     except (TypeError, ValueError) as exc:
-        raise exceptions.ConfigError(field=flag.name, detail=f"{raw!r} from {source}: {exc}") from exc
+        raise exceptions.ConfigError(
+            field=flag.name, detail=f"{raw!r} from {source}: {exc}"
+        ) from exc
     if flag.choices and value not in flag.choices:
         raise exceptions.ConfigError(
             field=flag.name, detail=f"{raw!r} from {source} is not one of {list(flag.choices)}"

@@ -114,3 +114,26 @@ class BlobRow:
     size: int
     ready: bool  #: False while the upload runs or after it was interrupted
     created_at: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Gpu:
+    index: int
+    name: str
+    uuid: str
+    memory_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerRecord:
+    """A worker as last registered; online while it keeps heartbeating."""
+
+    worker_id: str
+    hostname: str
+    addresses: tuple[str, ...]
+    version: str
+    task_types: tuple[str, ...]
+    max_tasks: int
+    gpus: tuple[Gpu, ...]
+    registered_at: int
+    last_seen_at: int

@@ -20,13 +20,18 @@ def should_retry(retryable: bool, attempts: int, max_attempts: int) -> bool:
     return retryable and attempts < max_attempts
 
 
+def retry_delay_ms(attempts: int, base_s: float, max_s: float) -> int:
+    """Exponential backoff before a failed attempt is retried: base, 2 x base, 4 x base..."""
+    return int(min(base_s * 2 ** max(attempts - 1, 0), max_s) * 1000)
+
+
 def expiry_reason(task: Task, now_ms: int, processing_timeouts_ms: Mapping[str, int]) -> str:
     """Why the housekeeper takes a running task back; "" when it may keep running."""
     timeout_ms = processing_timeouts_ms.get(task.task_type, 0)
     if timeout_ms > 0 and task.started_at is not None and now_ms - task.started_at >= timeout_ms:
         return f"ran longer than the {task.task_type} processing timeout of {timeout_ms / 1000:g} s"
     if task.lease_expires_at is not None and task.lease_expires_at <= now_ms:
-        return "lease expired"
+        return f"lease expired: worker {task.worker_id} stopped heartbeating"
     return ""
 
 

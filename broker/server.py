@@ -12,14 +12,16 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker import cleaner
+from broker import cleaner, housekeeper
 from broker.config import BrokerConfig
+from broker.dispatcher import Dispatcher
 from broker.payloads import open_payload_store
 from broker.service import TaskBrokerService
 from broker.store import Store, open_store
 from broker.tasks import TaskManager
 from broker.watch import ChangeHub
-from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
+from broker.workers import WorkerService
+from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -55,13 +57,20 @@ class Broker:
         self.store = store
         self.payloads = open_payload_store(cfg.resource_type, cfg.payload_path, store)
         await self.payloads.open()
-        self.tasks = TaskManager(store=store, payloads=self.payloads, config=cfg, hub=ChangeHub())
+        hub = ChangeHub()
+        self.tasks = TaskManager(store=store, payloads=self.payloads, config=cfg, hub=hub)
+        self.dispatcher = Dispatcher(store, lease_s=cfg.lease_s)
+        hub.listen(self.dispatcher.task_changed)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
+        workers_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerService(self.tasks, self.dispatcher, cfg), self.server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
             tasks_pb2.DESCRIPTOR.services_by_name["TaskBroker"].full_name,
+            workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
@@ -70,8 +79,12 @@ class Broker:
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen}: is another broker using the port?")
         await self.server.start()
-        for name in ("", names[0]):
+        for name in ("", names[0], names[1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._spawn("dispatcher", self.dispatcher.run_forever)
+        self._spawn("housekeeper", lambda: housekeeper.run_forever(
+            store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
+        ))
         self._spawn("cleaner", lambda: cleaner.run_forever(
             store, self.payloads, orphan_age_s=cfg.orphan_age_s,
             retention_s=cfg.retention_s, interval_s=cfg.clean_interval_s,

@@ -30,6 +30,7 @@ STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
     exceptions.TaskNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.ResultNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.PayloadNotFound: grpc.StatusCode.NOT_FOUND,
+    exceptions.WorkerNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.StaleFence: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -122,7 +123,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         self.tasks = tasks
 
     @mapped_errors
-    async def SubmitTask(  # noqa: N802 - gRPC method names
+    async def SubmitTask(
         self, request_iterator: AsyncIterator[tasks_pb2.SubmitTaskRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[tasks_pb2.SubmitTaskResponse]:
@@ -144,17 +145,17 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         yield tasks_pb2.SubmitTaskResponse(task=convert.task_to_proto(task))
 
     @mapped_errors
-    async def GetTask(  # noqa: N802
+    async def GetTask(
         self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.Task:
         task, history = await self.tasks.get(request.id)
         return convert.task_to_proto(task, history)
 
     @mapped_errors
-    async def ListTasks(  # noqa: N802
+    async def ListTasks(
         self, request: tasks_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.ListTasksResponse:
-        tasks, cursor = await self.tasks.list(
+        tasks, cursor = await self.tasks.list_tasks(
             filter_from(request), request.page_size, decode_cursor(request.page_token)
         )
         return tasks_pb2.ListTasksResponse(
@@ -162,14 +163,14 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         )
 
     @mapped_errors
-    async def WatchTask(  # noqa: N802
+    async def WatchTask(
         self, request: tasks_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tasks_pb2.Task]:
         async for task in self.tasks.watch(request.id):
             yield convert.task_to_proto(task)
 
     @mapped_errors
-    async def ResetTasks(  # noqa: N802
+    async def ResetTasks(
         self, request: tasks_pb2.ResetTasksRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.ResetTasksResponse:
         if not request.ids:
@@ -178,13 +179,13 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         return tasks_pb2.ResetTasksResponse(tasks=[convert.task_to_proto(t) for t in tasks])
 
     @mapped_errors
-    async def CancelTask(  # noqa: N802
+    async def CancelTask(
         self, request: tasks_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.Task:
         return convert.task_to_proto(await self.tasks.cancel(request.id, request.reason))
 
     @mapped_errors
-    async def GetResult(  # noqa: N802
+    async def GetResult(
         self, request: tasks_pb2.GetResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tasks_pb2.BlobChunk]:
         task, chunks = await self.tasks.open_result(request.id)
@@ -192,7 +193,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
             yield msg
 
     @mapped_errors
-    async def GetPayload(  # noqa: N802
+    async def GetPayload(
         self, request: tasks_pb2.GetPayloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tasks_pb2.BlobChunk]:
         task, chunks = await self.tasks.open_payload(request.id)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import structlog
 
-from broker import cleaner, exceptions, models
+from broker import cleaner, exceptions, models, policy
 from broker.config import BrokerConfig
 from broker.models import Attempt, PageCursor, Task, TaskFilter, TaskState
 from broker.payloads import PayloadStore
@@ -89,7 +89,7 @@ class TaskManager:
             priority=header.priority,
             payload_size=header.payload_size,
             payload_sha256=header.payload_sha256,
-            max_attempts=header.max_attempts or self.config.default_max_attempts,
+            max_attempts=header.max_attempts or self.config.max_attempts_for(header.task_type),
             created_at=models.now_ms(),
         )
         try:
@@ -130,7 +130,7 @@ class TaskManager:
         task = await self.store.get_task(task_id)
         return task, await self.store.get_attempts(task_id)
 
-    async def list(
+    async def list_tasks(
         self, flt: TaskFilter, page_size: int, after: PageCursor | None
     ) -> tuple[list[Task], PageCursor | None]:
         page_size = min(max(page_size or 100, 1), 1000)
@@ -186,6 +186,42 @@ class TaskManager:
     async def open_payload(self, task_id: str) -> tuple[Task, AsyncIterator[bytes]]:
         task = await self.store.get_task(task_id)
         return task, self.payloads.read(task.payload_sha256)
+
+    # -- the worker side -------------------------------------------------------------------
+
+    async def check_held(self, task_id: str, fence: int) -> Task:
+        """The task, when it is running under this fence; StaleFence otherwise."""
+        task = await self.store.get_task(task_id)
+        if task.state != TaskState.RUNNING or task.fence != fence:
+            raise exceptions.StaleFence(task_id=task_id, fence=fence)
+        return task
+
+    async def renew(self, task_id: str, fence: int) -> Task:
+        return await self.store.renew_lease(
+            task_id, fence, int(self.config.lease_s * 1000), models.now_ms()
+        )
+
+    async def progress(self, task_id: str, fence: int, phase: str, fraction: float) -> None:
+        await self.store.set_progress(task_id, fence, phase[:64], min(max(fraction, 0.0), 1.0))
+        self.hub.notify(task_id)
+
+    async def fail(self, task_id: str, fence: int, message: str, retryable: bool) -> Task:
+        held = await self.check_held(task_id, fence)
+        now = models.now_ms()
+        retry_at = now + policy.retry_delay_ms(
+            held.attempts, self.config.retry_backoff_s, self.config.retry_backoff_max_s
+        )
+        task = await self.store.fail_task(task_id, fence, message, retryable, retry_at, now)
+        self.hub.notify(task_id)
+        log.warning("task attempt failed", task_id=task_id, worker_id=held.worker_id,
+                    retryable=retryable, reason=message, state=task.state.name.lower())
+        return task
+
+    async def release(self, task_id: str, fence: int, reason: str) -> Task:
+        task = await self.store.release_task(task_id, fence, reason, models.now_ms())
+        self.hub.notify(task_id)
+        log.info("task handed back", task_id=task_id, reason=reason)
+        return task
 
     async def finish(
         self, task_id: str, fence: int, size: int, sha256: str, chunks: AsyncIterable[bytes]

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 
 
 class ChangeHub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = collections.defaultdict(set)
+        self._listeners: list[Callable[[str], None]] = []
+
+    def listen(self, callback: Callable[[str], None]) -> None:
+        """Call back on every change of any task (the dispatcher listens)."""
+        self._listeners.append(callback)
 
     def notify(self, task_id: str) -> None:
+        for callback in self._listeners:
+            callback(task_id)
         for event in self._waiters.get(task_id, ()):
             event.set()
 

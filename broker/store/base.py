@@ -10,7 +10,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 
-from broker.models import Attempt, BlobRow, NewTask, PageCursor, Task, TaskFilter
+from broker.models import (
+    Attempt,
+    BlobRow,
+    NewTask,
+    PageCursor,
+    Task,
+    TaskFilter,
+    WorkerRecord,
+)
 
 
 class Store(abc.ABC):
@@ -172,3 +180,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def blob_list(self) -> list[BlobRow]:
         """Every upload, ready or not (for the cleaner)."""
+
+    # -- workers ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def upsert_worker(self, worker: WorkerRecord) -> None:
+        """Insert or replace a worker's registration (registered_at kept from the first)."""
+
+    @abc.abstractmethod
+    async def touch_worker(self, worker_id: str, now_ms: int) -> None:
+        """Record a heartbeat: last_seen_at = now_ms."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every known worker, by worker_id."""
+
+    @abc.abstractmethod
+    async def remove_worker(self, worker_id: str) -> bool:
+        """Forget a worker; False when unknown."""

@@ -181,8 +181,33 @@ CREATE TABLE blob_chunks (
 """,
 )
 
+_V2_MYSQL = (
+    f"""
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id VARCHAR(255) NOT NULL PRIMARY KEY,
+    hostname VARCHAR(255) NOT NULL,
+    info MEDIUMTEXT NOT NULL,
+    registered_at BIGINT NOT NULL,
+    last_seen_at BIGINT NOT NULL
+) {_MYSQL_TABLE}
+""",
+)
+
+_V2_SQLITE = (
+    """
+CREATE TABLE workers (
+    worker_id TEXT NOT NULL PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    info TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(version=1, name="tasks, attempts and blobs", mysql=_V1_MYSQL, sqlite=_V1_SQLITE),
+    Migration(version=2, name="workers", mysql=_V2_MYSQL, sqlite=_V2_SQLITE),
 )
 
 

@@ -10,10 +10,20 @@ lives in `migrations.py`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from broker.models import Attempt, BlobRow, PageCursor, Task, TaskFilter, TaskState
+from broker.models import (
+    Attempt,
+    BlobRow,
+    Gpu,
+    PageCursor,
+    Task,
+    TaskFilter,
+    TaskState,
+    WorkerRecord,
+)
 
 Row = Sequence[Any]
 Statement = tuple[str, list[Any]]
@@ -192,6 +202,27 @@ class Queries:
         f"SELECT {_BLOB} FROM blobs WHERE sha256 = ? AND ready = 1 "
         "ORDER BY created_at, upload_id LIMIT 1"
     )
+    # -- workers -------------------------------------------------------------------------
+
+    @property
+    def upsert_worker(self) -> str:
+        """Replace a registration but keep when the worker first registered."""
+        cols = "worker_id, hostname, info, registered_at, last_seen_at"
+        if self.mysql:
+            update = ("ON DUPLICATE KEY UPDATE hostname = VALUES(hostname), info = VALUES(info), "
+                      "last_seen_at = VALUES(last_seen_at)")
+        else:
+            update = ("ON CONFLICT (worker_id) DO UPDATE SET hostname = excluded.hostname, "
+                      "info = excluded.info, last_seen_at = excluded.last_seen_at")
+        return f"INSERT INTO workers ({cols}) VALUES (?, ?, ?, ?, ?) {update}"
+
+    touch_worker = "UPDATE workers SET last_seen_at = ? WHERE worker_id = ?"
+    list_workers = (
+        "SELECT worker_id, hostname, info, registered_at, last_seen_at FROM workers "
+        "ORDER BY worker_id"
+    )
+    delete_worker = "DELETE FROM workers WHERE worker_id = ?"
+
     read_chunk = "SELECT data FROM blob_chunks WHERE upload_id = ? AND seq = ?"
     list_blobs = f"SELECT {_BLOB} FROM blobs ORDER BY created_at, upload_id"
 
@@ -233,3 +264,22 @@ def blob_from_row(row: Row) -> BlobRow:
     values = dict(zip(BLOB_COLUMNS, row, strict=True))
     values["ready"] = bool(values["ready"])
     return BlobRow(**values)
+
+
+def worker_args(w: WorkerRecord) -> list[Any]:
+    info = {
+        "addresses": list(w.addresses), "version": w.version, "task_types": list(w.task_types),
+        "max_tasks": w.max_tasks, "gpus": [dataclasses.asdict(g) for g in w.gpus],
+    }
+    return [w.worker_id, w.hostname, json.dumps(info), w.registered_at, w.last_seen_at]
+
+
+def worker_from_row(row: Row) -> WorkerRecord:
+    worker_id, hostname, info_json, registered_at, last_seen_at = row
+    info = json.loads(info_json)
+    return WorkerRecord(
+        worker_id=worker_id, hostname=hostname, addresses=tuple(info["addresses"]),
+        version=info["version"], task_types=tuple(info["task_types"]),
+        max_tasks=int(info["max_tasks"]), gpus=tuple(Gpu(**g) for g in info["gpus"]),
+        registered_at=int(registered_at), last_seen_at=int(last_seen_at),
+    )

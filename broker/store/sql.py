@@ -14,7 +14,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from broker import exceptions, policy
-from broker.models import Attempt, BlobRow, NewTask, PageCursor, Task, TaskFilter, TaskState
+from broker.models import (
+    Attempt,
+    BlobRow,
+    NewTask,
+    PageCursor,
+    Task,
+    TaskFilter,
+    TaskState,
+    WorkerRecord,
+)
 from broker.store import queries
 from broker.store.base import Store
 
@@ -265,6 +274,22 @@ class SqlStore(Store):
     async def blob_list(self) -> list[BlobRow]:
         rows = await self._read(lambda tx: tx.all(self.sql.list_blobs))
         return [queries.blob_from_row(r) for r in rows]
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def upsert_worker(self, worker: WorkerRecord) -> None:
+        args = queries.worker_args(worker)
+        await self._write(lambda tx: tx.run(self.sql.upsert_worker, args))
+
+    async def touch_worker(self, worker_id: str, now_ms: int) -> None:
+        await self._write(lambda tx: tx.run(self.sql.touch_worker, [now_ms, worker_id]))
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        rows = await self._read(lambda tx: tx.all(self.sql.list_workers))
+        return [queries.worker_from_row(r) for r in rows]
+
+    async def remove_worker(self, worker_id: str) -> bool:
+        return bool(await self._write(lambda tx: tx.run(self.sql.delete_worker, [worker_id])))
 
     # -- helpers -------------------------------------------------------------------------
 

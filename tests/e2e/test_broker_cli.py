@@ -81,7 +81,8 @@ async def test_submit_list_show_and_resubmit(
     rows = json.loads(listed.stdout)
     assert [r["miner"] for r in rows] == ["f02000", "f01000"]  # newest first
     assert {r["state"] for r in rows} == {"init"}
-    assert rows[1]["payload_sha256"] == sha and int(rows[1]["payload_size"]) == payload.stat().st_size
+    assert rows[1]["payload_sha256"] == sha
+    assert int(rows[1]["payload_size"]) == payload.stat().st_size
     assert rows[1]["max_attempts"] == 3
 
     table = gpuproxy("tasks", "list", "--url", broker.url, "--state", "init", "--type", "c2")
@@ -115,7 +116,7 @@ async def test_result_roundtrip_and_watch_across_processes(
     await finish_from_outside(sqlite_dsn, payload_dir, proof)
 
     # Then the waiter sees it (watch), downloads the proof, and exits 0
-    out, err = waiter.communicate(timeout=30)
+    _out, err = waiter.communicate(timeout=30)
     assert waiter.returncode == 0, err
     assert (tmp_path / "proof.bin").read_bytes() == proof
     got = gpuproxy("tasks", "result", "--url", broker.url, task_id, "-o", str(tmp_path / "again"))

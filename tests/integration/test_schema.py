@@ -21,6 +21,7 @@ DECLARED = {
     "task_attempts": {f.name for f in dataclasses.fields(Attempt)},
     "blobs": {f.name for f in dataclasses.fields(BlobRow)},
     "blob_chunks": {"upload_id", "seq", "data"},
+    "workers": {"worker_id", "hostname", "info", "registered_at", "last_seen_at"},
 }
 INDEXES = {
     "tasks_claim": ["state", "task_type", "priority", "created_at", "id"],

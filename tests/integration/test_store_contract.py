@@ -319,7 +319,7 @@ async def test_requeue_expired_takes_back_tasks_whose_lease_expired(
     assert (back.state, back.fence, back.not_before) == (TaskState.INIT, task.fence + 1, expiry)
     [attempt] = await store.get_attempts(task.id)
     assert (attempt.outcome, attempt.reason, attempt.ended_at) == (
-        "requeued", "lease expired", expiry
+        "requeued", f"lease expired: worker {task.worker_id} stopped heartbeating", expiry
     )
     assert await store.requeue_expired(expiry + 1, {}) == []
     with pytest.raises(exceptions.StaleFence):
@@ -357,7 +357,8 @@ async def test_requeue_expired_of_the_last_attempt_ends_in_error(
 
     assert (dead.state, dead.fence) == (TaskState.ERROR, second.fence + 1)
     assert dead.error_message == (
-        "failed after 2 attempts: #1 on worker w1: segfault; #2 on worker w2: lease expired"
+        "failed after 2 attempts: #1 on worker w1: segfault; #2 on worker w2: lease expired: "
+            "worker w2 stopped heartbeating"
     )
 
 

@@ -43,7 +43,7 @@ def test_unknown_config_keys_are_refused(tmp_path: pathlib.Path) -> None:
 
 
 def test_unreadable_config_file_is_named(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(exceptions.ConfigError, match="missing.toml"):
+    with pytest.raises(exceptions.ConfigError, match=r"missing\.toml"):
         load_toml(str(tmp_path / "missing.toml"))
     bad = tmp_path / "bad.toml"
     bad.write_text("= nope")

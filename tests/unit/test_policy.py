@@ -62,15 +62,18 @@ def test_should_retry(retryable: bool, attempts: int, max_attempts: int, retry: 
     assert policy.should_retry(retryable, attempts, max_attempts) is retry
 
 
+LEASE_EXPIRED = "lease expired: worker w1 stopped heartbeating"
+
+
 def test_expiry_reason_prefers_the_processing_timeout_to_the_lease() -> None:
     t = task(started_at=1000, lease_expires_at=5000)
 
     assert policy.expiry_reason(t, 4999, {"c2": 10_000}) == ""
-    assert policy.expiry_reason(t, 5000, {"c2": 10_000}) == "lease expired"
+    assert policy.expiry_reason(t, 5000, {"c2": 10_000}) == LEASE_EXPIRED
     assert policy.expiry_reason(t, 11_000, {"c2": 10_000}) == (
         "ran longer than the c2 processing timeout of 10 s"
     )
-    assert policy.expiry_reason(t, 11_000, {"other": 1}) == "lease expired"
+    assert policy.expiry_reason(t, 11_000, {"other": 1}) == LEASE_EXPIRED
 
 
 def test_claim_order_is_priority_then_age_then_id() -> None:

@@ -1,0 +1,152 @@
+"""Pushes tasks to connected workers as soon as a task and a free slot meet.
+
+Each connected worker has a session with its free capacity and an outbox that its `Work` stream
+drains. The dispatcher claims tasks for sessions with free slots when woken (a submit, a reset,
+a requeue, new capacity) and also every `poll_s`, which is how tasks submitted through another
+broker sharing the database reach this broker's workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import structlog
+
+from broker import convert, models
+from broker.models import Task, TaskState
+from broker.store import Store
+from protos.gpuproxy.v1 import workers_pb2
+
+log = structlog.get_logger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class Session:
+    """One live `Work` stream."""
+
+    worker_id: str
+    task_types: tuple[str, ...]
+    max_tasks: int
+    accepting: bool = False  #: the worker announced capacity and is not draining
+    held: dict[str, int] = dataclasses.field(default_factory=dict)  #: task id -> fence
+    outbox: asyncio.Queue[workers_pb2.BrokerMessage] = dataclasses.field(
+        default_factory=asyncio.Queue
+    )
+    closed: bool = False
+
+    @property
+    def free(self) -> int:
+        # Counted here, not from the worker's number, so that assignments in flight count.
+        return max(self.max_tasks - len(self.held), 0) if self.accepting else 0
+
+    def close(self) -> None:
+        """End the stream: its handler wakes on the empty message and sees `closed`."""
+        self.closed = True
+        self.outbox.put_nowait(workers_pb2.BrokerMessage())
+
+    def send(self, msg: workers_pb2.BrokerMessage) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(msg)
+
+    def revoke(self, task_id: str, reason: str) -> None:
+        self.held.pop(task_id, None)
+        self.send(workers_pb2.BrokerMessage(
+            revoke=workers_pb2.Revoke(task_id=task_id, reason=reason)
+        ))
+
+
+class Dispatcher:
+    def __init__(self, store: Store, *, lease_s: float, poll_s: float = 0.5) -> None:
+        self.store = store
+        self.lease_ms = int(lease_s * 1000)
+        self.poll_s = poll_s
+        self.sessions: list[Session] = []
+        self._wake = asyncio.Event()
+        self._checks: set[str] = set()
+
+    def add(self, session: Session) -> None:
+        # A worker that reconnects before its old stream was noticed dead replaces it.
+        for old in [s for s in self.sessions if s.worker_id == session.worker_id]:
+            log.info("worker reconnected; closing its previous stream", worker_id=old.worker_id)
+            self.remove(old)
+        self.sessions.append(session)
+        self.wake()
+
+    def remove(self, session: Session) -> None:
+        if not session.closed:
+            session.close()
+        if session in self.sessions:
+            self.sessions.remove(session)
+
+    def done(self, task_id: str) -> None:
+        """A held task ended (finished, failed, released): its slot is free again."""
+        for s in self.sessions:
+            s.held.pop(task_id, None)
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def task_changed(self, task_id: str) -> None:
+        """A task changed here: maybe new work, maybe a held task was cancelled."""
+        if any(task_id in s.held for s in self.sessions):
+            self._checks.add(task_id)
+        self.wake()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self._revoke_lost()
+            await self._assign()
+
+    async def _revoke_lost(self) -> None:
+        checks, self._checks = self._checks, set()
+        for task_id in checks:
+            task = await self.store.get_task(task_id)
+            for s in self.sessions:
+                fence = s.held.get(task_id)
+                if fence is not None and not _held_by(task, s.worker_id, fence) and not (
+                    task.state == TaskState.FINISHED and task.fence == fence
+                ):
+                    log.info("task revoked", task_id=task_id, worker_id=s.worker_id,
+                             state=task.state.name.lower())
+                    s.revoke(task_id, f"task is {task.state.name.lower()}: "
+                             f"{task.error_message or 'taken back by the broker'}")
+
+    async def _assign(self) -> None:
+        """Round-robin: one claim per hungry session per round, until nothing is left."""
+        hungry = [s for s in self.sessions if s.free > 0 and not s.closed]
+        while hungry:
+            for s in list(hungry):
+                task = await self.store.claim_task(
+                    s.worker_id, s.task_types, self.lease_ms, models.now_ms()
+                )
+                if task is None or s.closed:
+                    hungry.remove(s)
+                    if task is not None:  # the stream closed meanwhile: hand it back
+                        await self.store.release_task(
+                            task.id, task.fence, "worker disconnected", models.now_ms()
+                        )
+                    continue
+                self.assign(s, task)
+                if s.free <= 0:
+                    hungry.remove(s)
+
+    def assign(self, s: Session, task: Task) -> None:
+        s.held[task.id] = task.fence
+        msg = workers_pb2.Assignment(task=convert.task_to_proto(task), fence=task.fence)
+        ts = convert.timestamp(task.lease_expires_at)
+        if ts is not None:
+            msg.lease_expires_at.CopyFrom(ts)
+        s.send(workers_pb2.BrokerMessage(assignment=msg))
+        log.info("task assigned", task_id=task.id, worker_id=s.worker_id, fence=task.fence,
+                 attempt=task.attempts)
+
+
+def _held_by(task: Task, worker_id: str, fence: int) -> bool:
+    return task.state == TaskState.RUNNING and task.worker_id == worker_id and task.fence == fence

@@ -1,0 +1,43 @@
+"""Requeues tasks whose worker is gone: an expired lease, or a type's processing timeout.
+
+It runs inside every broker; the store's requeue is safe when several brokers run it at once,
+so a task is requeued exactly once whichever broker sees it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from broker import models
+from broker.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+async def sweep(
+    store: Store, timeouts_s: Mapping[str, float], on_change: Callable[[str], None]
+) -> int:
+    timeouts_ms = {t: int(s * 1000) for t, s in timeouts_s.items()}
+    requeued = await store.requeue_expired(models.now_ms(), timeouts_ms)
+    for task in requeued:
+        log.warning("task taken back from its worker", task_id=task.id,
+                    state=task.state.name.lower(), attempts=task.attempts,
+                    max_attempts=task.max_attempts, error=task.error_message or None)
+        on_change(task.id)
+    return len(requeued)
+
+
+async def run_forever(
+    store: Store, timeouts_s: Mapping[str, float], on_change: Callable[[str], None],
+    interval_s: float,
+) -> None:
+    """Sweep every interval; a failed sweep is logged and the next one runs as usual."""
+    while True:
+        try:
+            await sweep(store, timeouts_s, on_change)
+        except Exception:
+            log.exception("housekeeper sweep failed; retrying at the next interval")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,241 @@
+"""The WorkerService gRPC service: the `Work` stream of each worker, fenced payload fetch and
+result upload, and the worker registry for operators."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import structlog
+
+from broker import convert, exceptions, models
+from broker.config import BrokerConfig
+from broker.dispatcher import Dispatcher, Session
+from broker.models import Gpu, TaskFilter, TaskState, WorkerRecord
+from broker.payloads import CHUNK_BYTES
+from broker.service import _blob_chunks, mapped_errors
+from broker.tasks import TaskManager
+from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+
+def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
+    if not reg.worker_id:
+        raise exceptions.InvalidArgument(detail="register needs a worker_id")
+    if not reg.task_types:
+        raise exceptions.InvalidArgument(detail="register needs at least one task type")
+    if reg.max_tasks < 1:
+        raise exceptions.InvalidArgument(detail="max_tasks must be at least 1")
+    return WorkerRecord(
+        worker_id=reg.worker_id, hostname=reg.hostname, addresses=tuple(reg.addresses),
+        version=reg.version, task_types=tuple(reg.task_types), max_tasks=reg.max_tasks,
+        gpus=tuple(Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_bytes=g.memory_bytes)
+                   for g in reg.gpus),
+        registered_at=now_ms, last_seen_at=now_ms,
+    )
+
+
+class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, tasks: TaskManager, dispatcher: Dispatcher, config: BrokerConfig) -> None:
+        self.tasks = tasks
+        self.store = tasks.store
+        self.dispatcher = dispatcher
+        self.config = config
+
+    # -- the Work stream -------------------------------------------------------------------
+
+    @mapped_errors
+    async def Work(
+        self, request_iterator: AsyncIterator[workers_pb2.WorkerMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[workers_pb2.BrokerMessage]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("msg") != "register":
+            raise exceptions.InvalidArgument(detail="the first message must be register")
+        record = record_from(first.register, models.now_ms())
+        await self.store.upsert_worker(record)
+        session = Session(record.worker_id, record.task_types, record.max_tasks)
+        await self._resume(session, first.register.held)
+        log.info("worker connected", worker_id=record.worker_id, host=record.hostname,
+                 types=list(record.task_types), gpus=[g.uuid for g in record.gpus],
+                 resumed=list(session.held))
+        yield workers_pb2.BrokerMessage(registered=workers_pb2.Registered(
+            worker_id=record.worker_id, lease_s=self.config.lease_s,
+            heartbeat_s=self.config.heartbeat_s,
+        ))
+        self.dispatcher.add(session)
+        reader = asyncio.create_task(self._read(session, request_iterator),
+                                     name=f"work-reader-{record.worker_id}")
+        try:
+            while not session.closed:
+                getter = asyncio.ensure_future(session.outbox.get())
+                done, _ = await asyncio.wait({getter, reader},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    reader.result()  # the worker hung up, or its message was bad
+                    return
+                msg = getter.result()
+                if msg.WhichOneof("msg") is not None:
+                    yield msg
+        finally:
+            self.dispatcher.remove(session)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self._hand_back_undelivered(session)
+            log.info("worker disconnected", worker_id=record.worker_id,
+                     holding=list(session.held))
+
+    async def _resume(self, session: Session, held: Sequence[workers_pb2.HeldTask]) -> None:
+        """After a reconnect the worker keeps what is still its own and drops the rest."""
+        for h in held:
+            try:
+                task = await self.tasks.check_held(h.task_id, h.fence)
+                if task.worker_id != session.worker_id:
+                    raise exceptions.StaleFence(task_id=h.task_id, fence=h.fence)
+                await self.tasks.renew(h.task_id, h.fence)
+                session.held[h.task_id] = h.fence
+            except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
+                session.revoke(h.task_id, str(exc))
+
+    async def _read(
+        self, session: Session, requests: AsyncIterator[workers_pb2.WorkerMessage]
+    ) -> None:
+        async for msg in requests:
+            kind = msg.WhichOneof("msg")
+            if kind == "capacity":
+                session.accepting = msg.capacity.free > 0
+                self.dispatcher.wake()
+            elif kind == "heartbeat":
+                await self._heartbeat(session, msg.heartbeat.held)
+            elif kind == "progress":
+                p = msg.progress
+                with contextlib.suppress(exceptions.StaleFence):
+                    await self.tasks.progress(p.task.task_id, p.task.fence, p.phase, p.fraction)
+            elif kind == "failure":
+                f = msg.failure
+                self.dispatcher.done(f.task.task_id)
+                await self._fenced(self.tasks.fail(
+                    f.task.task_id, f.task.fence, f.message, f.retryable
+                ), session, f.task.task_id)
+            elif kind == "release":
+                r = msg.release
+                self.dispatcher.done(r.task.task_id)
+                await self._fenced(self.tasks.release(r.task.task_id, r.task.fence, r.reason),
+                                   session, r.task.task_id)
+            else:
+                raise exceptions.InvalidArgument(detail=f"unexpected message {kind!r}")
+
+    async def _heartbeat(self, session: Session, held: Sequence[workers_pb2.HeldTask]) -> None:
+        await self.store.touch_worker(session.worker_id, models.now_ms())
+        for h in held:
+            try:
+                await self.tasks.renew(h.task_id, h.fence)
+            except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
+                log.warning("heartbeat for a task the worker no longer holds",
+                            worker_id=session.worker_id, task_id=h.task_id, fence=h.fence)
+                session.revoke(h.task_id, str(exc))
+
+    async def _fenced(self, op: object, session: Session, task_id: str) -> None:
+        try:
+            await op  # type: ignore[misc]
+        except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
+            log.warning("late report refused", worker_id=session.worker_id, task_id=task_id,
+                        reason=str(exc))
+
+    async def _hand_back_undelivered(self, session: Session) -> None:
+        while not session.outbox.empty():
+            msg = session.outbox.get_nowait()
+            if msg.WhichOneof("msg") == "assignment":
+                a = msg.assignment
+                with contextlib.suppress(exceptions.BrokerError):
+                    await self.tasks.release(a.task.id, a.fence, "assignment never delivered")
+
+    # -- payload and result ------------------------------------------------------------------
+
+    @mapped_errors
+    async def FetchPayload(
+        self, request: workers_pb2.FetchPayloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[object]:
+        task = await self.tasks.check_held(request.task.task_id, request.task.fence)
+        chunks = self.tasks.payloads.read(task.payload_sha256)
+        async for msg in _blob_chunks(task.payload_size, task.payload_sha256, chunks):
+            yield msg
+
+    @mapped_errors
+    async def UploadResult(
+        self, request_iterator: AsyncIterator[workers_pb2.UploadResultRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> object:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("msg") != "header":
+            raise exceptions.InvalidArgument(detail="the first message must be the header")
+        h = first.header
+        try:
+            await self.tasks.check_held(h.task.task_id, h.task.fence)
+        except exceptions.StaleFence:
+            log.warning("late result refused", task_id=h.task.task_id, fence=h.task.fence)
+            raise
+        if h.size > self.config.max_payload_bytes:
+            raise exceptions.PayloadTooLarge(size=h.size, limit=self.config.max_payload_bytes)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for req in request_iterator:
+                if req.WhichOneof("msg") != "chunk" or len(req.chunk) > CHUNK_BYTES:
+                    raise exceptions.InvalidArgument(
+                        detail=f"only result chunks of at most {CHUNK_BYTES} bytes may follow"
+                    )
+                yield req.chunk
+
+        try:
+            task = await self.tasks.finish(h.task.task_id, h.task.fence, h.size, h.sha256,
+                                           chunks())
+        finally:
+            self.dispatcher.done(h.task.task_id)
+        return convert.task_to_proto(task)
+
+    # -- registry ----------------------------------------------------------------------------
+
+    @mapped_errors
+    async def ListWorkers(
+        self, request: workers_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.ListWorkersResponse:
+        now = models.now_ms()
+        running = await self.store.list_tasks(TaskFilter(states=(TaskState.RUNNING,)), 10_000)
+        reply = workers_pb2.ListWorkersResponse()
+        for w in await self.store.list_workers():
+            info = reply.workers.add(
+                worker_id=w.worker_id, hostname=w.hostname, addresses=list(w.addresses),
+                version=w.version, task_types=list(w.task_types), max_tasks=w.max_tasks,
+                online=self.online(w, now),
+                task_ids=[t.id for t in running if t.worker_id == w.worker_id],
+            )
+            for g in w.gpus:
+                info.gpus.add(index=g.index, name=g.name, uuid=g.uuid,
+                              memory_bytes=g.memory_bytes)
+            info.last_seen.FromMilliseconds(w.last_seen_at)
+            info.registered_at.FromMilliseconds(w.registered_at)
+        return reply
+
+    @mapped_errors
+    async def RemoveWorker(
+        self, request: workers_pb2.RemoveWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.RemoveWorkerResponse:
+        now = models.now_ms()
+        for w in await self.store.list_workers():
+            if w.worker_id == request.worker_id and self.online(w, now):
+                raise exceptions.WrongState(
+                    task_id=f"worker {w.worker_id}", state="online",
+                    detail="stop the worker first; an offline worker can be removed",
+                )
+        if not await self.store.remove_worker(request.worker_id):
+            raise exceptions.WorkerNotFound(worker_id=request.worker_id)
+        return workers_pb2.RemoveWorkerResponse()
+
+    def online(self, w: WorkerRecord, now_ms: int) -> bool:
+        live = any(s.worker_id == w.worker_id for s in self.dispatcher.sessions)
+        return live or now_ms - w.last_seen_at < self.config.lease_s * 1000
