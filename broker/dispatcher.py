@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import structlog
 
@@ -34,11 +35,18 @@ class Session:
         default_factory=asyncio.Queue
     )
     closed: bool = False
+    stale_after_s: float = 60.0  #: a worker silent this long (hung, stopped) gets no new work
+    last_seen: float = dataclasses.field(default_factory=time.monotonic)
+
+    def seen(self) -> None:
+        self.last_seen = time.monotonic()
 
     @property
     def free(self) -> int:
         # Counted here, not from the worker's number, so that assignments in flight count.
-        return max(self.max_tasks - len(self.held), 0) if self.accepting else 0
+        if not self.accepting or time.monotonic() - self.last_seen > self.stale_after_s:
+            return 0
+        return max(self.max_tasks - len(self.held), 0)
 
     def close(self) -> None:
         """End the stream: its handler wakes on the empty message and sees `closed`."""

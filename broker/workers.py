@@ -57,7 +57,8 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             raise exceptions.InvalidArgument(detail="the first message must be register")
         record = record_from(first.register, models.now_ms())
         await self.store.upsert_worker(record)
-        session = Session(record.worker_id, record.task_types, record.max_tasks)
+        session = Session(record.worker_id, record.task_types, record.max_tasks,
+                          stale_after_s=self.config.lease_s)
         await self._resume(session, first.register.held)
         log.info("worker connected", worker_id=record.worker_id, host=record.hostname,
                  types=list(record.task_types), gpus=[g.uuid for g in record.gpus],
@@ -106,6 +107,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         self, session: Session, requests: AsyncIterator[workers_pb2.WorkerMessage]
     ) -> None:
         async for msg in requests:
+            session.seen()
             kind = msg.WhichOneof("msg")
             if kind == "capacity":
                 session.accepting = msg.capacity.free > 0

@@ -1,0 +1,263 @@
+"""The broker's side of the worker protocol, driven over the wire by a scripted worker: the
+push of assignments, leases and heartbeats, fencing of late results, resume after a reconnect,
+and the housekeeper's requeue."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import pathlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from broker.client import BrokerClient
+from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
+from tests.e2e.conftest import BrokerFactory
+
+LEASE_S = 1.5
+
+
+class ScriptedWorker:
+    """One `Work` stream whose messages the test writes by hand."""
+
+    def __init__(self, url: str, worker_id: str, types: tuple[str, ...] = ("c2",)) -> None:
+        self.channel = grpc.aio.insecure_channel(url)
+        self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
+        self.worker_id = worker_id
+        self.types = types
+        self.call: grpc.aio.StreamStreamCall | None = None
+
+    async def connect(self, held: list[workers_pb2.HeldTask] | None = None,
+                      free: int = 1) -> workers_pb2.Registered:
+        self.call = self.stub.Work()
+        await self.call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
+            worker_id=self.worker_id, hostname="test", task_types=list(self.types),
+            max_tasks=1, held=held or [],
+            gpus=[workers_pb2.Gpu(index=0, name="Fake GPU", uuid=f"GPU-{self.worker_id}")],
+        )))
+        reply = await self.call.read()
+        assert reply.WhichOneof("msg") == "registered"
+        if free:
+            await self.send(capacity=workers_pb2.Capacity(free=free))
+        return reply.registered
+
+    async def send(self, **kwargs: object) -> None:
+        assert self.call is not None
+        await self.call.write(workers_pb2.WorkerMessage(**kwargs))  # type: ignore[arg-type]
+
+    async def next(self, timeout_s: float = 5.0) -> workers_pb2.BrokerMessage:
+        assert self.call is not None
+        return await asyncio.wait_for(self.call.read(), timeout_s)
+
+    async def heartbeat(self, *held: workers_pb2.HeldTask) -> None:
+        await self.send(heartbeat=workers_pb2.Heartbeat(held=list(held)))
+
+    async def upload(self, held: workers_pb2.HeldTask, result: bytes):  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[workers_pb2.UploadResultRequest]:
+            yield workers_pb2.UploadResultRequest(header=workers_pb2.ResultHeader(
+                task=held, size=len(result), sha256=hashlib.sha256(result).hexdigest()))
+            yield workers_pb2.UploadResultRequest(chunk=result)
+
+        return await self.stub.UploadResult(requests())
+
+    async def fetch(self, held: workers_pb2.HeldTask) -> bytes:
+        return b"".join([c.data async for c in self.stub.FetchPayload(
+            workers_pb2.FetchPayloadRequest(task=held))])
+
+    async def close(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+        await self.channel.close()
+
+
+def held_of(msg: workers_pb2.BrokerMessage) -> workers_pb2.HeldTask:
+    assert msg.WhichOneof("msg") == "assignment", msg
+    return workers_pb2.HeldTask(task_id=msg.assignment.task.id, fence=msg.assignment.fence)
+
+
+@pytest.fixture
+def broker(sqlite_dsn: str, broker_factory: BrokerFactory):  # type: ignore[no-untyped-def]
+    return broker_factory(sqlite_dsn, "fs", extra=[
+        "--lease-s", str(LEASE_S), "--retry-backoff-s", "0.1", "--max-attempts", "2",
+    ])
+
+
+async def submit(url: str, tmp_path: pathlib.Path, data: bytes, miner: str = "f01000") -> str:
+    path = tmp_path / hashlib.sha256(data).hexdigest()[:8]
+    path.write_bytes(data)
+    async with BrokerClient(url) as client:
+        return (await client.submit_file(path, task_type="c2", miner=miner)).id
+
+
+async def test_task_is_pushed_at_once_and_finished_with_its_result(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        reg = await w.connect()
+        assert reg.lease_s == LEASE_S and reg.heartbeat_s == pytest.approx(LEASE_S / 3)
+        payload = os.urandom(3 * 1024 * 1024 + 1)
+        t0 = time.monotonic()
+        task_id = await submit(broker.url, tmp_path, payload)
+        held = held_of(await w.next())
+        latency = time.monotonic() - t0
+        assert held.task_id == task_id and latency < 1.0  # pushed, not polled
+        assert await w.fetch(held) == payload
+
+        finished = await w.upload(held, b"proof" * 100)
+        assert finished.state == 4 and finished.result_size == 500
+        async with BrokerClient(broker.url) as client:
+            [info] = await client.list_workers()
+            assert info.worker_id == "w1" and info.online and info.gpus[0].name == "Fake GPU"
+            out = tmp_path / "proof"
+            await client.download_result(task_id, out)
+            assert out.read_bytes() == b"proof" * 100
+    finally:
+        await w.close()
+
+
+async def test_heartbeats_keep_a_long_task_and_a_dead_workers_task_moves_on(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    w1, w2 = ScriptedWorker(broker.url, "w1"), ScriptedWorker(broker.url, "w2")
+    try:
+        await w1.connect()
+        task_id = await submit(broker.url, tmp_path, b"c1 output")
+        held = held_of(await w1.next())
+        await w2.connect()
+
+        async def idle_heartbeats() -> None:  # w2 is alive and idle
+            while True:
+                await w2.heartbeat()
+                await asyncio.sleep(LEASE_S / 3)
+
+        beating = asyncio.create_task(idle_heartbeats())
+
+        # Given heartbeats for three lease periods, the task stays with w1
+        for _ in range(9):
+            await w1.heartbeat(held)
+            await asyncio.sleep(LEASE_S / 3)
+        async with BrokerClient(broker.url) as client:
+            task = await client.get_task(task_id)
+            assert task.state == 2 and task.worker_id == "w1" and task.attempts == 1
+
+        # When w1 goes silent, w2 gets the task within the lease plus a second
+        t0 = time.monotonic()
+        moved = held_of(await w2.next(timeout_s=LEASE_S + 1.5))
+        assert moved.task_id == task_id and moved.fence > held.fence
+        assert time.monotonic() - t0 < LEASE_S + 1.5
+
+        # Then w1's late result is refused, and w1 is told to drop the task
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await w1.upload(held, b"late")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        await w1.heartbeat(held)
+        revoke = await w1.next()
+        assert revoke.WhichOneof("msg") == "revoke" and revoke.revoke.task_id == task_id
+        assert (await w2.upload(moved, b"good")).state == 4
+        beating.cancel()
+        async with BrokerClient(broker.url) as client:
+            shown = await client.get_task(task_id)
+        assert [a.outcome for a in shown.history] == ["requeued", "finished"]
+        assert "w1 stopped heartbeating" in shown.history[0].reason
+    finally:
+        await w1.close()
+        await w2.close()
+
+
+async def test_failures_retry_then_end_in_error_listing_each_reason(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, b"poison")
+        for reason in ("CUDA out of memory", "GPU fell off the bus"):
+            held = held_of(await w.next())
+            await w.send(failure=workers_pb2.ReportFailure(task=held, message=reason,
+                                                           retryable=True))
+            await w.send(capacity=workers_pb2.Capacity(free=1))
+        async with BrokerClient(broker.url) as client:
+            async for task in client.watch(task_id):
+                pass
+        assert task.state == 3 and task.attempts == 2
+        assert "CUDA out of memory" in task.error_message
+        assert "GPU fell off the bus" in task.error_message
+
+        bad = await submit(broker.url, tmp_path, b"malformed")
+        held = held_of(await w.next())
+        assert held.task_id == bad
+        await w.send(failure=workers_pb2.ReportFailure(task=held, message="not JSON",
+                                                       retryable=False))
+        async with BrokerClient(broker.url) as client:
+            async for task in client.watch(bad):
+                pass
+        assert task.state == 3 and task.attempts == 1 and "not JSON" in task.error_message
+    finally:
+        await w.close()
+
+
+async def test_release_hands_back_at_once_and_reconnect_resumes(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, b"resume me")
+        held = held_of(await w.next())
+
+        # A reconnect within the lease keeps the task (no revoke, same fence)
+        w.call.cancel()  # type: ignore[union-attr]
+        await w.connect(held=[held], free=0)
+        await w.heartbeat(held)
+        async with BrokerClient(broker.url) as client:
+            task = await client.get_task(task_id)
+            assert task.state == 2 and task.attempts == 1
+
+            # SIGTERM path: the worker hands it back, and it is init at once
+            await w.send(release=workers_pb2.ReleaseTask(task=held, reason="worker stopping"))
+            for _ in range(50):
+                task = await client.get_task(task_id)
+                if task.state == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert task.state == 1 and task.attempts == 0
+    finally:
+        await w.close()
+
+
+async def test_cancel_revokes_the_running_task(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, b"cancel me")
+        held_of(await w.next())
+        async with BrokerClient(broker.url) as client:
+            await client.cancel(task_id, "wrong sector")
+        revoke = await w.next()
+        assert revoke.WhichOneof("msg") == "revoke" and "wrong sector" in revoke.revoke.reason
+    finally:
+        await w.close()
+
+
+async def test_two_brokers_on_one_database_hand_out_each_others_tasks(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    a = broker_factory(mariadb_dsn, "db")
+    b = broker_factory(mariadb_dsn, "db")
+    w = ScriptedWorker(b.url, "wb")
+    try:
+        await w.connect()
+        t0 = time.monotonic()
+        task_id = await submit(a.url, tmp_path, b"through broker a")
+        held = held_of(await w.next(timeout_s=3))
+        assert held.task_id == task_id and time.monotonic() - t0 < 1.5
+        assert await w.fetch(held) == b"through broker a"
+    finally:
+        await w.close()
