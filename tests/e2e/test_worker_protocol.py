@@ -86,6 +86,12 @@ def broker(sqlite_dsn: str, broker_factory: BrokerFactory):  # type: ignore[no-u
     ])
 
 
+async def last_state(url: str, task_id: str):  # type: ignore[no-untyped-def]
+    """Wait on the watch stream until the task ends; its final version."""
+    async with BrokerClient(url) as client:
+        return [t async for t in client.watch(task_id)][-1]
+
+
 async def submit(url: str, tmp_path: pathlib.Path, data: bytes, miner: str = "f01000") -> str:
     path = tmp_path / hashlib.sha256(data).hexdigest()[:8]
     path.write_bytes(data)
@@ -181,9 +187,7 @@ async def test_failures_retry_then_end_in_error_listing_each_reason(
             await w.send(failure=workers_pb2.ReportFailure(task=held, message=reason,
                                                            retryable=True))
             await w.send(capacity=workers_pb2.Capacity(free=1))
-        async with BrokerClient(broker.url) as client:
-            async for task in client.watch(task_id):
-                pass
+        task = await last_state(broker.url, task_id)
         assert task.state == 3 and task.attempts == 2
         assert "CUDA out of memory" in task.error_message
         assert "GPU fell off the bus" in task.error_message
@@ -193,9 +197,7 @@ async def test_failures_retry_then_end_in_error_listing_each_reason(
         assert held.task_id == bad
         await w.send(failure=workers_pb2.ReportFailure(task=held, message="not JSON",
                                                        retryable=False))
-        async with BrokerClient(broker.url) as client:
-            async for task in client.watch(bad):
-                pass
+        task = await last_state(broker.url, bad)
         assert task.state == 3 and task.attempts == 1 and "not JSON" in task.error_message
     finally:
         await w.close()
