@@ -1,21 +1,278 @@
-"""`gpuproxy-worker`: the per-GPU worker daemon (its own issue fills this in)."""
+"""`gpuproxy-worker`: run one worker (`run`), or one per GPU (`supervise`).
+
+Every flag also reads GPUPROXY_<FLAG> and the TOML file given with --config (flag names as keys,
+plus venus-worker style `[[processors.c2]]` blocks with bin, args and envs). Logs and errors go
+to stderr; errors print their chain of causes and exit with status 1 (2 for wrong flags).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import pathlib
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from broker import exceptions as broker_exceptions
+from broker import logs
+from broker.cli import report
+from broker.flags import Flag, add_flags, load_toml, resolve
+from worker import config as worker_config
+from worker import daemon, exceptions, gpus
+from worker.supervisor import Supervisor
+
+log = structlog.get_logger(__name__)
+
+LOG_FLAGS = [
+    Flag("log-level", "log level", "info", choices=logs.LEVELS),
+    Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
+]
+COMMON_FLAGS = [
+    Flag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy works too)",
+         "127.0.0.1:18888"),
+    Flag("max-tasks", "tasks this worker runs at once", 1, int),
+    Flag("allow-type", "task types this worker runs, comma separated", "c2"),
+    Flag("nvidia-smi", "GPU inventory command; '' (or none installed) makes a CPU worker",
+         "nvidia-smi"),
+    Flag("lock-dir", "folder of the per-GPU lock files shared by this host's workers",
+         "/tmp/gpuproxy-gpu-locks"),
+    Flag("work-dir", "worker id and temp payloads; {gpu} becomes gpu0, gpu1, ... or cpu",
+         "~/.gpuproxy/worker-{gpu}"),
+    Flag("resource-type", "stream: payloads from the broker over gRPC (db is taken as stream, "
+         "as in gpuproxy); fs: read them from the broker's shared folder", "stream",
+         choices=("stream", "fs", "db")),
+    Flag("fs-resource-path", "with --resource-type fs: the broker's payload folder as mounted "
+         "here (NFS)"),
+    Flag("task-timeout-s", "longest a task may run in its executor before it is killed",
+         7200.0, float),
+    Flag("grace-s", "on SIGTERM/SIGINT, how long running tasks may finish before they are "
+         "handed back", 60.0, float),
+    Flag("c2-bin", "the external C2 processor (bin of venus-worker's [[processors.c2]])"),
+    *LOG_FLAGS,
+]
+RUN_FLAGS = [
+    Flag("gpu", "GPU index as nvidia-smi numbers it; sets CUDA_VISIBLE_DEVICES for the worker "
+         "and its children", None, int),
+    *COMMON_FLAGS,
+]
+SUPERVISE_FLAGS = [
+    Flag("gpus", "GPU indices, comma separated; default every visible GPU"),
+    *COMMON_FLAGS,
+]
+#: Keys of venus-worker's [[processors.*]] blocks that have no meaning here.
+VENUS_ONLY_KEYS = frozenset({"name", "weight", "concurrent", "cgroup", "locks",
+                             "auto_restart", "inherit_envs", "stable_wait"})
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def split_args(values: Sequence[str]) -> list[str]:
+    """--c2-args values: each is shell-split, so both `--c2-args "run --x 1"` and repeats work."""
+    return [word for value in values for word in shlex.split(value)]
+
+
+def parse_envs(items: Sequence[str], source: str) -> dict[str, str]:
+    envs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise exceptions.ConfigError(field="c2-env", detail=f"{item!r} from {source} is "
+                                         "not KEY=VALUE")
+        envs[key] = value
+    return envs
+
+
+def processors_from(
+    args: argparse.Namespace, c2_bin: str | None, section: Any, environ: Mapping[str, str]
+) -> dict[str, worker_config.ProcessorConfig]:
+    """External processors from [[processors.<stage>]]; for c2, flags and env override."""
+    blocks = _processor_blocks(section)
+    c2 = blocks.get("c2", {})
+    if args.c2_args:
+        c2["args"] = split_args(args.c2_args)
+    elif "GPUPROXY_C2_ARGS" in environ:
+        c2["args"] = shlex.split(environ["GPUPROXY_C2_ARGS"])
+    if args.c2_env:
+        c2["envs"] = parse_envs(args.c2_env, "--c2-env")
+    elif "GPUPROXY_C2_ENV" in environ:
+        c2["envs"] = parse_envs(shlex.split(environ["GPUPROXY_C2_ENV"]), "GPUPROXY_C2_ENV")
+    if c2_bin:
+        c2["bin"] = c2_bin
+    if c2 and "bin" not in c2:
+        raise exceptions.ConfigError(field="c2-bin", detail="C2 args or envs are set but not the "
+                                     "processor binary")
+    if c2:
+        blocks["c2"] = c2
+    return {
+        stage: worker_config.ProcessorConfig(
+            bin=block["bin"], args=tuple(block.get("args", ())), envs=dict(block.get("envs", {}))
+        )
+        for stage, block in blocks.items()
+    }
+
+
+def _processor_blocks(section: Any) -> dict[str, dict[str, Any]]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise exceptions.ConfigError(field="processors", detail="must be [[processors.<stage>]]")
+    blocks = {}
+    for stage, entries in section.items():
+        entries = entries if isinstance(entries, list) else [entries]
+        if len(entries) != 1:
+            log.warning("only the first processor of a stage is used; run one worker per GPU "
+                        "instead", stage=stage, found=len(entries))
+        blocks[stage] = _check_block(stage, entries[0] if entries else {})
+    return blocks
+
+
+def _check_block(stage: str, block: Any) -> dict[str, Any]:
+    field = f"processors.{stage}"
+    if not isinstance(block, dict) or not isinstance(block.get("bin"), str):
+        raise exceptions.ConfigError(field=field, detail="needs bin = \"/path/to/processor\"")
+    args, envs = block.get("args", []), block.get("envs", {})
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise exceptions.ConfigError(field=field, detail="args must be a list of strings")
+    if not isinstance(envs, dict) or not all(isinstance(v, str) for v in envs.values()):
+        raise exceptions.ConfigError(field=field, detail="envs must be a table of strings")
+    ignored = sorted(set(block) - {"bin", "args", "envs"})
+    if set(ignored) - VENUS_ONLY_KEYS:
+        raise exceptions.ConfigError(field=field, detail=f"unknown keys {ignored}")
+    if ignored:
+        log.info("venus-worker processor keys ignored", stage=stage, keys=ignored)
+    return {"bin": block["bin"], "args": list(args), "envs": dict(envs)}
+
+
+def settings(
+    args: argparse.Namespace, flags: Sequence[Flag], environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], worker_config.WorkerConfig]:
+    """Flag values and the WorkerConfig they make; configures logging on the way."""
+    environ = os.environ if environ is None else environ
+    file = load_toml(args.config)
+    section = file.pop("processors", None)
+    values = resolve(args, flags, file, environ)
+    logs.configure(values["log_level"], values["log_format"])
+    fs_path = values["fs_resource_path"]
+    config = worker_config.WorkerConfig(
+        url=values["gpuproxy_url"],
+        max_tasks=values["max_tasks"],
+        task_types=tuple(_csv(values["allow_type"])),
+        gpu=values.get("gpu"),
+        nvidia_smi=values["nvidia_smi"],
+        lock_dir=pathlib.Path(values["lock_dir"]).expanduser(),
+        work_dir=pathlib.Path(values["work_dir"]),
+        resource_type="stream" if values["resource_type"] == "db" else values["resource_type"],
+        fs_resource_path=pathlib.Path(fs_path).expanduser() if fs_path else None,
+        task_timeout_s=values["task_timeout_s"],
+        grace_s=values["grace_s"],
+        processors=processors_from(args, values["c2_bin"], section, environ),
+    )
+    return values, config
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+async def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    _, config = settings(args, RUN_FLAGS)
+    return await daemon.serve(config)
+
+
+async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    values, config = settings(args, SUPERVISE_FLAGS)
+    indices = [_gpu_index(v) for v in _csv(values["gpus"])]
+    if not indices:
+        found = await gpus.inventory(config.nvidia_smi)
+        indices = [g.index for g in gpus.visible(found or [], os.environ.get(
+            "CUDA_VISIBLE_DEVICES"))]
+    if not indices:
+        raise exceptions.ConfigError(
+            field="gpus", detail="no GPU found to supervise; check nvidia-smi, or run a CPU "
+            "worker with `gpuproxy-worker run`",
+        )
+    if len(indices) > 1 and worker_config.GPU_PLACEHOLDER not in str(config.work_dir):
+        raise exceptions.ConfigError(
+            field="work-dir", detail="must contain {gpu} so that each worker has its own"
+        )
+    return await Supervisor(indices, without_gpus_flag(argv)).run()
+
+
+def _gpu_index(value: str) -> int:
+    if not value.isdigit():
+        raise exceptions.ConfigError(field="gpus", detail=f"{value!r} is not a GPU index")
+    return int(value)
+
+
+def without_gpus_flag(argv: Sequence[str]) -> list[str]:
+    """The supervise arguments to pass on to each `run`: all but the subcommand and --gpus."""
+    rest, skip = [], True  # skip the subcommand name
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            rest.append(arg)
+    return rest
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuproxy-worker", allow_abbrev=False,
+        description="Per-GPU worker that runs C2 (and other) tasks pushed by the gpuproxy broker.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one worker", allow_abbrev=False)
+    _add_worker_flags(run, RUN_FLAGS)
+    run.set_defaults(func=cmd_run)
+    supervise = sub.add_parser(
+        "supervise", allow_abbrev=False,
+        help="run and restart one worker per GPU (the run flags apply to each)",
+    )
+    _add_worker_flags(supervise, SUPERVISE_FLAGS)
+    supervise.set_defaults(func=cmd_supervise)
+    return parser
+
+
+def _add_worker_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    parser.add_argument("--config", help="TOML file: flag names as keys, and [[processors.c2]] "
+                        "blocks with bin, args, envs as in venus-worker")
+    add_flags(parser, flags)
+    parser.add_argument("--c2-args", action="append", default=[], metavar="ARGS",
+                        help="arguments of the C2 processor, shell-split; repeatable "
+                        "[env GPUPROXY_C2_ARGS]")
+    parser.add_argument("--c2-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment of the C2 processor; repeatable "
+                        "[env GPUPROXY_C2_ENV, shell-split]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="gpuproxy-worker", description="Per-GPU worker that runs C2 tasks from the broker."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run one worker (not yet available)")
-    parser.parse_args(argv)
-    print("gpuproxy-worker: not yet available in this version", file=sys.stderr)
-    return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(args.func(args, argv))
+    except KeyboardInterrupt:
+        return 130
+    except (exceptions.WorkerError, broker_exceptions.BrokerError) as exc:
+        report(exc)
+        log.debug("worker failed", exc_info=exc)
+        return 1
+    except OSError as exc:
+        report(exc)
+        return 1
 
 
 if __name__ == "__main__":

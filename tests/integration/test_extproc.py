@@ -1,0 +1,234 @@
+"""The c2 executor against a real ext-processor child: tests/fixtures/fake_c2.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from tests.fixtures import fake_c2
+from worker import exceptions, executors
+from worker.config import ProcessorConfig, WorkerConfig
+from worker.executors.c2 import C2Executor
+
+FAKE = pathlib.Path(fake_c2.__file__)
+
+ExecutorFactory = Callable[..., C2Executor]
+
+
+def c2_input(sector_id: int = 7, partitions: int = 1) -> dict[str, Any]:
+    c1out = {"registered_proof": "StackedDrg2KiBV1_1", "comm_r": [1] * 32,
+             "vanilla_proofs": {"StackedDrg2KiBV1": [[{"p": i}] for i in range(partitions)]}}
+    return {"c1out": c1out, "prover_id": [1] + [0] * 31, "sector_id": sector_id, "miner_id": 1000}
+
+
+@pytest.fixture
+async def make_executor(tmp_path: pathlib.Path) -> AsyncIterator[ExecutorFactory]:
+    """factory(env={...}, bin=..., ready_timeout_s=...): a C2Executor closed after the test."""
+    made: list[C2Executor] = []
+
+    def make(env: dict[str, str] | None = None, bin: str = sys.executable,
+             ready_timeout_s: float = 10.0) -> C2Executor:
+        envs = {"FAKE_C2_PIDS": str(tmp_path / "pids"), "FAKE_C2_RECORD": str(tmp_path / "rec"),
+                **(env or {})}
+        processor = ProcessorConfig(bin=bin, args=(str(FAKE),), envs=envs,
+                                    ready_timeout_s=ready_timeout_s)
+        executor = C2Executor(WorkerConfig(processors={"c2": processor}))
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        await executor.close()
+
+
+@pytest.fixture
+def job(tmp_path: pathlib.Path) -> Callable[..., executors.Job]:
+    """factory(payload bytes, timeout_s=10): a Job whose payload file holds those bytes."""
+    count = 0
+
+    async def progress(phase: str, fraction: float) -> None:
+        pass
+
+    def make(payload: bytes, timeout_s: float = 10.0) -> executors.Job:
+        nonlocal count
+        count += 1
+        path = tmp_path / f"payload-{count}.json"
+        path.write_bytes(payload)
+        return executors.Job(task_id=f"t{count}", task_type="c2", payload=path,
+                             timeout_s=timeout_s, progress=progress)
+
+    return make
+
+
+def pids(tmp_path: pathlib.Path) -> list[int]:
+    path = tmp_path / "pids"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); its state in /proc says it is gone.
+    stat = pathlib.Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][:1] not in ("Z", "X")
+
+
+async def test_proof_comes_back_and_the_child_is_kept(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    executor = make_executor()
+    await executor.start()
+    for sector in (1, 2):
+        proof = await executor.run(job(json.dumps(c2_input(sector)).encode()))
+        assert proof == fake_c2.expected_proof(c2_input(sector))
+        assert len(proof) == 192
+    assert len(pids(tmp_path)) == 1
+
+
+async def test_the_task_reaches_the_child_byte_for_byte(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    # Given a payload whose key order and number formats a JSON round trip would change
+    payload = (b'{"sector_id":9,"miner_id":1000,"prover_id":[' + b",".join([b"0"] * 32)
+               + b'],"c1out":{"z":1.50,"a":1e3,"s":"x\\ny"}}')
+    # When it runs
+    await make_executor().run(job(payload))
+    # Then the child received exactly those bytes as the task
+    line = (tmp_path / "rec").read_bytes()
+    assert line == b'{"id":1,"task":' + payload + b"}\n"
+
+
+async def test_multi_line_payload_is_sent_on_one_line(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    payload = json.dumps(c2_input(), indent=2).encode() + b"\n"
+    proof = await make_executor().run(job(payload))
+    assert proof == fake_c2.expected_proof(c2_input())
+    assert (tmp_path / "rec").read_bytes().count(b"\n") == 1
+
+
+async def test_proof_has_192_bytes_per_partition(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job]
+) -> None:
+    proof = await make_executor().run(job(json.dumps(c2_input(partitions=10)).encode()))
+    assert len(proof) == 1920
+
+
+async def test_requests_run_concurrently_in_one_child(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    executor = make_executor({"FAKE_C2_SLEEP_S": "0.6"})
+    await executor.start()
+    started = time.monotonic()
+    proofs = await asyncio.gather(
+        *(executor.run(job(json.dumps(c2_input(s)).encode())) for s in range(3))
+    )
+    assert time.monotonic() - started < 1.5
+    assert proofs == [fake_c2.expected_proof(c2_input(s)) for s in range(3)]
+    assert len(pids(tmp_path)) == 1
+
+
+async def test_err_msg_fails_the_task_retryably(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job]
+) -> None:
+    executor = make_executor({"FAKE_C2_FAIL": "cuda error 2: out of memory"})
+    with pytest.raises(exceptions.ProcessorFailed, match="out of memory") as info:
+        await executor.run(job(json.dumps(c2_input()).encode()))
+    assert info.value.retryable
+
+
+async def test_crash_fails_the_attempt_and_the_child_is_restarted(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    executor = make_executor({"FAKE_C2_CRASH": "1",
+                              "FAKE_C2_CRASH_MARKER": str(tmp_path / "crashed")})
+    with pytest.raises(exceptions.ProcessorDied, match="exited with status 3") as info:
+        await executor.run(job(json.dumps(c2_input()).encode()))
+    assert info.value.retryable
+    proof = await executor.run(job(json.dumps(c2_input()).encode()))
+    assert proof == fake_c2.expected_proof(c2_input())
+    assert len(pids(tmp_path)) == 2
+
+
+async def test_non_json_line_is_a_clear_error_naming_the_child(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    executor = make_executor({"FAKE_C2_GARBAGE": "thread 'main' panicked at bellperson"})
+    with pytest.raises(exceptions.ProcessorProtocolError) as info:
+        await executor.run(job(json.dumps(c2_input()).encode()))
+    message = str(info.value)
+    assert f"c2 processor {sys.executable}" in message
+    assert "not JSON" in message
+    assert "line starts \"thread 'main' panicked at bellperson\"" in message
+    assert info.value.retryable
+    await asyncio.sleep(0.2)
+    assert not alive(pids(tmp_path)[0])
+
+
+async def test_timeout_kills_the_child(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    executor = make_executor({"FAKE_C2_SLEEP_S": "30"})
+    with pytest.raises(exceptions.ProcessorTimeout, match="--task-timeout-s") as info:
+        await executor.run(job(json.dumps(c2_input()).encode(), timeout_s=0.5))
+    assert info.value.retryable
+    await asyncio.sleep(0.2)
+    assert not alive(pids(tmp_path)[0])
+
+
+async def test_cancelled_task_stops_the_child(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    # Given a task running in the child
+    executor = make_executor({"FAKE_C2_SLEEP_S": "30"})
+    running = asyncio.create_task(executor.run(job(json.dumps(c2_input()).encode())))
+    await asyncio.sleep(0.5)
+    # When it is revoked
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    # Then the child stops working on it
+    await asyncio.sleep(0.2)
+    assert not alive(pids(tmp_path)[0])
+
+
+@pytest.mark.parametrize(("payload", "complaint"), [
+    (b"not json at all", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"c1out": {}, "prover_id": [0], "sector_id": 1, "miner_id": 2}', "prover_id"),
+    (b'{"c1out": {}, "prover_id": [' + b",".join([b"0"] * 32) + b'], "miner_id": 2}',
+     "missing sector_id"),
+    (b'{"c1out": {}, "prover_id": [' + b",".join([b"0"] * 32) + b'], "sector_id": -1, '
+     b'"miner_id": 2}', "sector_id"),
+])
+async def test_malformed_payload_fails_for_good_before_the_child_is_used(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], payload: bytes,
+    complaint: str,
+) -> None:
+    # The processor binary does not even exist: the payload is refused before it is needed.
+    executor = make_executor(bin="/nonexistent/c2-processor")
+    with pytest.raises(exceptions.MalformedPayload, match=complaint) as info:
+        await executor.run(job(payload))
+    assert not info.value.retryable
+
+
+async def test_missing_binary_is_named(make_executor: ExecutorFactory) -> None:
+    executor = make_executor(bin="/nonexistent/c2-processor")
+    with pytest.raises(exceptions.ProcessorUnavailable, match="/nonexistent/c2-processor"):
+        await executor.start()
+
+
+async def test_child_that_never_gets_ready_is_refused(make_executor: ExecutorFactory) -> None:
+    executor = make_executor({"FAKE_C2_NO_READY": "1"}, ready_timeout_s=0.5)
+    with pytest.raises(exceptions.ProcessorUnavailable, match="c2 processor ready"):
+        await executor.start()

@@ -1,0 +1,81 @@
+"""Worker settings: frozen dataclasses, validated field by field, built by the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Mapping
+
+from worker import exceptions
+
+#: Placeholder in --work-dir replaced by "gpu0", "gpu1", ... or "cpu".
+GPU_PLACEHOLDER = "{gpu}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProcessorConfig:
+    """An external processor, as in venus-worker's `[[processors.<stage>]]` block."""
+
+    bin: str
+    args: tuple[str, ...] = ()
+    envs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: How long the child may take to print "<stage> processor ready".
+    ready_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.bin:
+            raise exceptions.ConfigError(field="c2-bin", detail="the processor binary is empty")
+        for key in self.envs:
+            if not key or "=" in key:
+                raise exceptions.ConfigError(
+                    field="c2-env", detail=f"{key!r} is not an environment variable name"
+                )
+        _check_positive("ready_timeout_s", self.ready_timeout_s)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    url: str = "127.0.0.1:18888"
+    max_tasks: int = 1
+    task_types: tuple[str, ...] = ("c2",)
+    gpu: int | None = None  #: None: no --gpu, the worker uses what is visible
+    nvidia_smi: str = "nvidia-smi"  #: "" skips the inventory: a CPU worker
+    lock_dir: pathlib.Path = pathlib.Path("/tmp/gpuproxy-gpu-locks")
+    work_dir: pathlib.Path = pathlib.Path("~/.gpuproxy/worker-" + GPU_PLACEHOLDER)
+    resource_type: str = "stream"  #: stream: payloads over gRPC; fs: the broker's shared folder
+    fs_resource_path: pathlib.Path | None = None
+    task_timeout_s: float = 7200.0
+    grace_s: float = 60.0  #: on SIGTERM, how long the current task may still run
+    processors: Mapping[str, ProcessorConfig] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.url.strip():
+            raise exceptions.ConfigError(field="gpuproxy-url", detail="the broker address is empty")
+        if self.max_tasks < 1:
+            raise exceptions.ConfigError(field="max-tasks", detail="must be at least 1")
+        if not self.task_types:
+            raise exceptions.ConfigError(field="allow-type", detail="name at least one type")
+        if self.gpu is not None and self.gpu < 0:
+            raise exceptions.ConfigError(field="gpu", detail=f"{self.gpu} is not a GPU index")
+        if self.resource_type not in ("stream", "fs"):
+            raise exceptions.ConfigError(
+                field="resource-type", detail=f"{self.resource_type!r} is neither stream nor fs"
+            )
+        if self.resource_type == "fs" and self.fs_resource_path is None:
+            raise exceptions.ConfigError(
+                field="fs-resource-path",
+                detail="resource-type fs reads payloads from the broker's shared folder: "
+                "give its mount point here, or use resource-type stream",
+            )
+        _check_positive("task-timeout-s", self.task_timeout_s)
+        if self.grace_s < 0:
+            raise exceptions.ConfigError(field="grace-s", detail="must not be negative")
+
+    def work_dir_for(self, label: str) -> pathlib.Path:
+        """--work-dir with "{gpu}" replaced by the worker's label ("gpu0" or "cpu")."""
+        return pathlib.Path(str(self.work_dir).replace(GPU_PLACEHOLDER, label)).expanduser()
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise exceptions.ConfigError(field=name, detail=f"must be positive, got {value}")

@@ -1,0 +1,487 @@
+"""The worker daemon: one stream to the broker, tasks pushed on it, leases kept by heartbeats.
+
+Read top to bottom. `serve` readies the host (GPU, work folder, worker id, GPU lock, executors)
+and runs a `Worker`. `Worker.run` starts three named loops and watches them; if one dies, the
+worker says so and stops cleanly:
+
+- connection: keeps the Work stream up: Register (with the tasks still running here, so that a
+  broker restart or a network blip within the lease loses no work), Capacity, then whatever
+  the broker pushes (Assignment, Revoke). Reconnects with backoff, logging once per outage.
+- heartbeat: every heartbeat_s, the tasks held here; the broker renews their leases.
+- drain: on SIGTERM/SIGINT, Capacity 0, the running tasks get the grace period, then whatever
+  still runs is stopped and handed back at once with ReleaseTask. A second signal ends the
+  grace period.
+
+Each task runs in its own asyncio task (`_run_task`): payload, executor, then the result (or the
+failure) goes back to the broker, retried across reconnects while the lease is ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import structlog
+
+import worker
+from broker.client import target_of
+from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
+from worker import exceptions, executors, gpus, locks, notify, state
+from worker.backoff import Backoff, Outage
+from worker.config import WorkerConfig
+from worker.executors import Executor
+from worker.payloads import Payload, PayloadFetcher
+from worker.remote import Remote, Stream, held
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+REGISTER_TIMEOUT_S = 30.0
+#: Payload fetches that fail while the broker looks reachable before the task fails (retryable).
+FETCH_ATTEMPTS = 5
+#: How long a stopping worker tries to hand its tasks back before it leaves them to their leases.
+RELEASE_WAIT_S = 5.0
+#: After the grace period, a task already sending its result gets this much longer.
+REPORT_WAIT_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """What the worker tells the broker about itself in Register."""
+
+    worker_id: str
+    hostname: str
+    addresses: tuple[str, ...]
+    version: str
+    gpus: tuple[gpus.Gpu, ...]
+
+
+async def serve(config: WorkerConfig) -> int:
+    """Run one worker until it is stopped; the exit status."""
+    chosen = await choose_gpus(config)
+    label = "gpu" + "-".join(str(g.index) for g in chosen) if chosen else (
+        f"gpu{config.gpu}" if config.gpu is not None else "cpu"
+    )
+    work_dir = config.work_dir_for(label)
+    worker_id = state.load_or_create(work_dir, label).worker_id
+    structlog.contextvars.bind_contextvars(worker_id=worker_id)
+    held_locks = locks.acquire_all(config.lock_dir, chosen, worker_id)
+    remote = Remote(config.url)
+    runners: dict[str, Executor] = {}
+    try:
+        runners = executors.create(config)
+        fetcher = PayloadFetcher(
+            work_dir / "tmp", remote,
+            config.fs_resource_path if config.resource_type == "fs" else None,
+        )
+        if removed := fetcher.remove_leftovers():
+            log.info("removed payloads left by a previous run", files=removed)
+        await asyncio.gather(*(e.start() for e in runners.values()))
+        identity = Identity(
+            worker_id=worker_id, hostname=socket.gethostname(),
+            addresses=tuple(await asyncio.to_thread(local_addresses, config.url)),
+            version=worker.__version__, gpus=tuple(chosen),
+        )
+        log.info("worker ready", broker=config.url, gpus=[g.label for g in chosen] or "none",
+                 task_types=list(config.task_types), max_tasks=config.max_tasks,
+                 work_dir=str(work_dir))
+        notify.notify("READY=1")
+        return await Worker(
+            config=config, identity=identity, remote=remote, payloads=fetcher, executors=runners
+        ).run()
+    finally:
+        await asyncio.gather(*(e.close() for e in runners.values()), return_exceptions=True)
+        await remote.close()
+        for lock in held_locks:
+            lock.release()
+
+
+async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
+    """The GPUs this worker uses; with --gpu, also set CUDA_VISIBLE_DEVICES for its children."""
+    found = await gpus.inventory(config.nvidia_smi)
+    if config.gpu is not None:
+        os.environ.update(gpus.cuda_env(config.gpu))
+        if found is None:
+            log.warning("no nvidia-smi: GPU used without inventory or lock", gpu=config.gpu,
+                        nvidia_smi=config.nvidia_smi)
+            return []
+        return [gpus.select(found, config.gpu)]
+    if found is None:
+        log.info("no nvidia-smi: this is a CPU worker", nvidia_smi=config.nvidia_smi or "(off)")
+        return []
+    seen = gpus.visible(found, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if len(seen) > 1:
+        log.warning("no --gpu: this worker uses every visible GPU; run one worker per GPU "
+                    "with --gpu, or `gpuproxy-worker supervise`", gpus=[g.index for g in seen])
+    return seen
+
+
+def local_addresses(url: str) -> list[str]:
+    """The address this host reaches the broker from (no packet is sent)."""
+    host, _, port = target_of(url).rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_DGRAM
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.connect(address)
+            return [str(s.getsockname()[0])]
+    except (OSError, ValueError, IndexError):
+        return []
+
+
+@dataclasses.dataclass
+class Running:
+    """A task this worker holds, from its assignment until its outcome is delivered."""
+
+    task: tasks_pb2.Task
+    fence: int
+    runner: asyncio.Task[None] | None = None
+    phase: str = "starting"
+    payload: Payload | None = None
+
+    @property
+    def held(self) -> workers_pb2.HeldTask:
+        return held(self.task.id, self.fence)
+
+
+class Worker:
+    def __init__(self, *, config: WorkerConfig, identity: Identity, remote: Remote,
+                 payloads: PayloadFetcher, executors: dict[str, Executor]) -> None:
+        self.config = config
+        self.identity = identity
+        self.remote = remote
+        self.payloads = payloads
+        self.executors = executors
+        self.tasks: dict[str, Running] = {}
+        self.stream: Stream | None = None
+        self.connected = asyncio.Event()
+        self.draining = asyncio.Event()
+        self.stop_now = asyncio.Event()
+        self.heartbeat_s = 10.0
+        self.outage = Outage()
+        self.backoff = Backoff()
+        self.registered_once = False
+
+    # -- the monitor ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        loops = [
+            self._spawn("connection", self._connect_forever),
+            self._spawn("heartbeat", self._heartbeat_forever),
+            self._spawn("drain", self._drain_on_signal),
+        ]
+        try:
+            finished, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            return self._verdict(finished)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if self.tasks:
+                await self._release_all("the worker stopped")
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(fn(), name=name)
+
+    def _verdict(self, finished: set[asyncio.Task[None]]) -> int:
+        for task in finished:
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, exceptions.WorkerError):
+                raise exc  # the CLI prints it with its causes
+            if exc is not None:
+                log.error("worker loop died; stopping", loop=task.get_name(), exc_info=exc)
+                return 1
+            if task.get_name() != "drain":
+                log.error("worker loop ended; stopping", loop=task.get_name())
+                return 1
+        return 0
+
+    def on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if not self.draining.is_set():
+            log.info("stopping: no new tasks; running ones get the grace period", signal=name,
+                     grace_s=self.config.grace_s, tasks=list(self.tasks))
+            self.draining.set()
+        else:
+            log.warning("second signal: stopping at once", signal=name)
+            self.stop_now.set()
+
+    # -- connection loop ----------------------------------------------------------------------
+
+    async def _connect_forever(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except exceptions.BrokerUnavailable as exc:
+                error = str(exc)
+            if self.outage.failed(time.monotonic()):
+                log.warning("broker unreachable; reconnecting in the background", error=error,
+                            tasks=list(self.tasks))
+            else:
+                log.debug("broker still unreachable", error=error, attempt=self.outage.failures)
+            await asyncio.sleep(self.backoff.delay_s(self.outage.attempt))
+
+    async def _session(self) -> None:
+        stream = self.remote.open_stream()
+        try:
+            registered = await stream.register(self._register_message(), REGISTER_TIMEOUT_S)
+            self._on_registered(registered)
+            self.stream = stream
+            self.connected.set()
+            self._post_capacity()
+            while (message := await stream.receive()) is not None:
+                await self._dispatch(message)
+            raise exceptions.BrokerUnavailable(
+                url=self.config.url, detail="the broker ended the Work stream"
+            )
+        finally:
+            self.connected.clear()
+            self.stream = None
+            await stream.close()
+
+    def _register_message(self) -> workers_pb2.Register:
+        me = self.identity
+        return workers_pb2.Register(
+            worker_id=me.worker_id, hostname=me.hostname, addresses=list(me.addresses),
+            version=me.version, task_types=list(self.config.task_types),
+            max_tasks=self.config.max_tasks,
+            gpus=[workers_pb2.Gpu(index=g.index, name=g.name, uuid=g.uuid,
+                                  memory_bytes=g.memory_bytes) for g in me.gpus],
+            held=[t.held for t in self.tasks.values()],
+        )
+
+    def _on_registered(self, registered: workers_pb2.Registered) -> None:
+        if registered.heartbeat_s > 0:
+            self.heartbeat_s = registered.heartbeat_s
+        elif registered.lease_s > 0:
+            self.heartbeat_s = registered.lease_s / 3
+        down_s = self.outage.recovered(time.monotonic())
+        if registered.worker_id and registered.worker_id != self.identity.worker_id:
+            log.warning("the broker knows this worker by another id",
+                        broker_worker_id=registered.worker_id)
+        what = "reconnected to the broker" if self.registered_once else "registered"
+        self.registered_once = True
+        log.info(what, broker=self.config.url, lease_s=registered.lease_s,
+                 heartbeat_s=self.heartbeat_s, tasks=list(self.tasks),
+                 down_s=None if down_s is None else round(down_s, 1))
+
+    def _free(self) -> int:
+        if self.draining.is_set():
+            return 0
+        return max(0, self.config.max_tasks - len(self.tasks))
+
+    def _post(self, **message: Any) -> None:
+        """Queue a message if connected; dropped otherwise (Register says it all again)."""
+        if self.stream is not None:
+            self.stream.post(workers_pb2.WorkerMessage(**message))
+
+    def _post_capacity(self) -> None:
+        self._post(capacity=workers_pb2.Capacity(free=self._free()))
+
+    async def _dispatch(self, message: workers_pb2.BrokerMessage) -> None:
+        kind = message.WhichOneof("msg")
+        if kind == "assignment":
+            await self._accept(message.assignment)
+        elif kind == "revoke":
+            self._revoke(message.revoke)
+        else:
+            log.warning("unexpected broker message ignored", kind=kind)
+
+    async def _accept(self, assignment: workers_pb2.Assignment) -> None:
+        task = assignment.task
+        running = self.tasks.get(task.id)
+        if running is not None:
+            # Same task, new fence (the broker requeued it and gave it back to us): the work
+            # in progress is still the right work.
+            log.info("task assigned again; it keeps running", task_id=task.id,
+                     old_fence=running.fence, fence=assignment.fence)
+            running.fence = assignment.fence
+            return
+        refusal = self._refusal(task)
+        if refusal:
+            log.warning("assignment handed back", task_id=task.id, reason=refusal)
+            self._post(release=workers_pb2.ReleaseTask(
+                task=held(task.id, assignment.fence), reason=refusal
+            ))
+            return
+        running = Running(task=task, fence=assignment.fence)
+        self.tasks[task.id] = running
+        running.runner = asyncio.create_task(self._run_task(running), name=f"task {task.id}")
+
+    def _refusal(self, task: tasks_pb2.Task) -> str:
+        if self.draining.is_set():
+            return "the worker is stopping"
+        if len(self.tasks) >= self.config.max_tasks:
+            return f"the worker already runs {len(self.tasks)} of {self.config.max_tasks} tasks"
+        if task.task_type not in self.executors:
+            return f"this worker does not run {task.task_type!r} tasks"
+        return ""
+
+    def _revoke(self, revoke: workers_pb2.Revoke) -> None:
+        running = self.tasks.get(revoke.task_id)
+        if running is None or running.runner is None:
+            log.debug("revoke for a task not held here", task_id=revoke.task_id)
+            return
+        log.warning("task revoked by the broker; stopping it", task_id=revoke.task_id,
+                    reason=revoke.reason)
+        running.phase = "revoked"
+        running.runner.cancel()
+
+    # -- heartbeat loop -------------------------------------------------------------------------
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            self._post(heartbeat=workers_pb2.Heartbeat(held=[t.held for t in self.tasks.values()]))
+
+    # -- drain loop -----------------------------------------------------------------------------
+
+    async def _drain_on_signal(self) -> None:
+        await self.draining.wait()
+        notify.notify("STOPPING=1")
+        self._post_capacity()
+        runners = [t.runner for t in self.tasks.values() if t.runner is not None]
+        if runners:
+            waiters = [asyncio.ensure_future(asyncio.wait(runners)),
+                       asyncio.ensure_future(self.stop_now.wait())]
+            await asyncio.wait(waiters, timeout=self.config.grace_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        if self.tasks:
+            await self._release_all("the worker stopped before the task ended")
+        log.info("worker stopped")
+
+    async def _release_all(self, reason: str) -> None:
+        """Stop every task and hand it back at once, rather than after its lease runs out."""
+        reporting = [t.runner for t in self.tasks.values()
+                     if t.phase == "reporting" and t.runner is not None]
+        if reporting and not self.stop_now.is_set():
+            await asyncio.wait(reporting, timeout=REPORT_WAIT_S)
+        stopped = list(self.tasks.values())
+        for running in stopped:
+            running.phase = "released"
+            if running.runner is not None:
+                running.runner.cancel()
+        await asyncio.gather(*(t.runner for t in stopped if t.runner), return_exceptions=True)
+        releases = [self._deliver(release=workers_pb2.ReleaseTask(task=t.held, reason=reason))
+                    for t in stopped]
+        try:
+            async with asyncio.timeout(RELEASE_WAIT_S):
+                await asyncio.gather(*releases)
+            log.info("tasks handed back to the broker", tasks=[t.task.id for t in stopped])
+        except TimeoutError:
+            log.warning("could not hand tasks back; they return to the queue when their leases "
+                        "expire", tasks=[t.task.id for t in stopped])
+
+    # -- one task -------------------------------------------------------------------------------
+
+    async def _run_task(self, running: Running) -> None:
+        task = running.task
+        bound = log.bind(task_id=task.id, task_type=task.task_type)
+        bound.info("task started", fence=running.fence, payload_bytes=task.payload_size)
+        started = time.monotonic()
+        try:
+            outcome = await self._outcome(running)
+            running.phase = "reporting"
+            await self._report(running, outcome)
+        except exceptions.TaskLost as exc:
+            bound.warning("task dropped", reason=str(exc))
+        finally:
+            if running.payload is not None:
+                running.payload.discard()
+            if self.tasks.get(task.id) is running:
+                del self.tasks[task.id]
+            self._post_capacity()
+            bound.debug("task ended", phase=running.phase, took_s=round(time.monotonic() - started))
+
+    async def _outcome(self, running: Running) -> bytes | exceptions.TaskFailed:
+        try:
+            return await self._execute(running)
+        except exceptions.TaskFailed as exc:
+            return exc
+        except (exceptions.TaskLost, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.error("task crashed in the worker", task_id=running.task.id, exc_info=exc)
+            return exceptions.TaskFailed(detail=f"the worker crashed: {exc!r}")
+
+    async def _execute(self, running: Running) -> bytes:
+        task = running.task
+
+        async def progress(phase: str, fraction: float) -> None:
+            running.phase = phase
+            self._post(progress=workers_pb2.ReportProgress(
+                task=running.held, phase=phase, fraction=max(0.0, min(1.0, fraction))
+            ))
+
+        await progress("fetching", 0.0)
+        running.payload = await self._retrying(
+            "fetch the payload", lambda: self.payloads.fetch(task, running.fence, progress),
+            attempts=FETCH_ATTEMPTS,
+        )
+        job = executors.Job(
+            task_id=task.id, task_type=task.task_type, payload=running.payload.path,
+            timeout_s=self.config.task_timeout_s, progress=progress,
+        )
+        return await self.executors[task.task_type].run(job)
+
+    async def _report(self, running: Running, outcome: bytes | exceptions.TaskFailed) -> None:
+        task_id = running.task.id
+        if isinstance(outcome, bytes):
+            result = outcome
+            try:
+                await self._retrying(
+                    "upload the result", lambda: self.remote.upload_result(running.held, result)
+                )
+                log.info("task finished", task_id=task_id, result_bytes=len(result))
+                return
+            except exceptions.BrokerRefused as exc:
+                outcome = exceptions.TaskFailed(detail=str(exc))
+                outcome.retryable = False
+        log.warning("task failed", task_id=task_id, error=str(outcome),
+                    retryable=outcome.retryable)
+        await self._deliver(failure=workers_pb2.ReportFailure(
+            task=running.held, message=str(outcome), retryable=outcome.retryable
+        ))
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]],
+                        attempts: int | None = None) -> T:
+        """`call`, again after each BrokerUnavailable once the Work stream is back up."""
+        failures = 0
+        while True:
+            await self.connected.wait()
+            try:
+                return await call()
+            except exceptions.BrokerUnavailable as exc:
+                failures += 1
+                if attempts is not None and failures >= attempts:
+                    raise exceptions.TaskFailed(detail=f"could not {what}: {exc}") from exc
+                log.info("broker call failed; retrying", what=what, error=str(exc))
+                await asyncio.sleep(self.backoff.delay_s(failures - 1))
+
+    async def _deliver(self, **message: Any) -> None:
+        """Write one message on the Work stream, waiting for (re)connection as long as it takes."""
+        while True:
+            await self.connected.wait()
+            if self.stream is None:
+                await asyncio.sleep(0)
+                continue
+            with contextlib.suppress(exceptions.BrokerUnavailable):
+                await self.stream.send(workers_pb2.WorkerMessage(**message))
+                return
+            await asyncio.sleep(0.1)  # the connection loop notices the break and clears it

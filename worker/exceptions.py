@@ -1,0 +1,101 @@
+"""Errors of the worker. Each class docstring is the default message, phrased as the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WorkerError(Exception):
+    """The worker failed: see the log for details."""
+
+    def __init__(self, message: str | None = None, **attrs: Any) -> None:
+        self.__dict__.update(attrs)
+        text = message or " ".join((self.__doc__ or "").split()).format(**attrs)
+        super().__init__(text)
+
+
+# -- start-up: the worker cannot run as configured --------------------------------------------
+
+
+class ConfigError(WorkerError):
+    """Invalid setting {field}: {detail}"""
+
+
+class GpuNotFound(WorkerError):
+    """GPU {index} is not on this host ({available}): pick one of those with --gpu."""
+
+
+class InventoryFailed(WorkerError):
+    """`{command}` failed: {detail}. Fix the NVIDIA driver, or pass --nvidia-smi '' to run as
+    a CPU worker."""
+
+
+class GpuBusy(WorkerError):
+    """GPU {index} ({uuid}) is already used by worker {holder} (pid {holder_pid}); worker
+    {worker_id} would share it. Give each worker its own --gpu, or stop worker {holder} first
+    (lock file {path})."""
+
+
+class RegistrationRefused(WorkerError):
+    """The broker at {url} refused this worker ({code}): {detail}"""
+
+
+class BrokerUnavailable(WorkerError):
+    """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
+
+
+class BrokerRefused(WorkerError):
+    """The broker refused to {what} ({code}): {detail}"""
+
+
+class TaskLost(WorkerError):
+    """Task {task_id} is no longer held by this worker ({detail}): it was requeued or cancelled
+    and may run elsewhere; its work here is dropped."""
+
+
+# -- task outcomes: reported to the broker as a failure -----------------------------------------
+
+
+class TaskFailed(WorkerError):
+    """Task failed: {detail}"""
+
+    #: Whether another attempt (here or on another worker) may succeed.
+    retryable: bool = True
+
+
+class MalformedPayload(TaskFailed):
+    """Malformed {task_type} payload: {detail}. Retrying will not help: fix what submitted it."""
+
+    retryable = False
+
+
+class PayloadDamaged(TaskFailed):
+    """The payload of task {task_id} arrived damaged: {detail}."""
+
+
+class ProcessorError(TaskFailed):
+    """{processor} failed: {detail}"""
+
+
+class ProcessorUnavailable(ProcessorError):
+    """{processor} cannot be started: {detail}. Check --c2-bin / [[processors.c2]] bin, args
+    and envs."""
+
+
+class ProcessorDied(ProcessorError):
+    """{processor} (pid {pid}) exited with status {returncode} while running this task; it is
+    restarted for the next one. Its stderr, in the worker's log, says why."""
+
+
+class ProcessorTimeout(ProcessorError):
+    """{processor} (pid {pid}) took longer than {timeout_s:g} s and was killed; raise
+    --task-timeout-s if such tasks need longer."""
+
+
+class ProcessorProtocolError(ProcessorError):
+    """{processor} (pid {pid}) broke the ext-processor protocol: {detail}. Only protocol lines
+    may go to its stdout (logs belong on stderr); line starts {line!r}"""
+
+
+class ProcessorFailed(ProcessorError):
+    """{processor} answered with an error: {detail}"""

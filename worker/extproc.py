@@ -1,0 +1,300 @@
+"""The parent side of venus-worker's external processor protocol, for any stage (c2 here).
+
+The child is started with the configured bin, args and envs; it prints "<stage> processor ready",
+then reads one JSON request per line on stdin, `{"id":N,"task":...}`, and answers each on stdout,
+`{"id":N,"err_msg":...,"output":...}`, in any order. Its stderr is relayed to our log.
+
+Framing and parsing are pure functions below; `ExtProcessor` does the I/O. The child is started
+once and kept between tasks; when it dies, the requests in flight fail (retryable) and the next
+request starts a new one. A request that runs out of time kills the child, since the protocol has
+no way to cancel one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import signal
+from typing import Any
+
+import structlog
+
+from worker import exceptions
+from worker.config import ProcessorConfig
+
+log = structlog.get_logger(__name__)
+
+#: Longest line read from the child; a C2 answer is a few kB, a request may be tens of MB.
+LINE_LIMIT_BYTES = 16 * 1024 * 1024
+#: How much of an offending line an error quotes.
+QUOTE_CHARS = 120
+
+
+# -- framing (pure) -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    id: int
+    err_msg: str | None
+    output: Any
+
+
+def ready_line(stage: str) -> str:
+    return f"{stage} processor ready"
+
+
+def encode_request(request_id: int, task: bytes) -> bytes:
+    """`{"id":N,"task":<task>}` and a newline, with the task's bytes as they were submitted.
+
+    Only line breaks change: in valid JSON they are whitespace (never inside a string, where
+    they must be escaped), so turning them into spaces keeps every value, key order and number
+    format, and keeps the request on one line.
+    """
+    body = task.strip().replace(b"\r", b" ").replace(b"\n", b" ")
+    return b'{"id":%d,"task":%s}\n' % (request_id, body)
+
+
+def parse_response(line: bytes) -> Response:
+    """One response line; raises ValueError saying what is wrong with it."""
+    try:
+        data = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"the response is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("the response is not a JSON object")
+    request_id = data.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id < 0:
+        raise ValueError("the response has no integer id")
+    err_msg, output = data.get("err_msg"), data.get("output")
+    if err_msg is not None and not isinstance(err_msg, str):
+        raise ValueError("err_msg is neither a string nor null")
+    if err_msg is None and output is None:
+        raise ValueError("the response has neither err_msg nor output")
+    return Response(id=request_id, err_msg=err_msg, output=output)
+
+
+def quote(line: bytes | str) -> str:
+    """The start of a line, for error messages."""
+    text = line.decode(errors="replace") if isinstance(line, bytes) else line
+    text = text.rstrip("\r\n")
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
+
+
+# -- the child process ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Child:
+    proc: asyncio.subprocess.Process
+    pending: dict[int, asyncio.Future[Response]] = dataclasses.field(default_factory=dict)
+    write_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    #: Why we killed it, when we did; the requests still in flight fail with this.
+    killed_because: exceptions.ProcessorError | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and self.killed_because is None
+
+    def kill(self, because: exceptions.ProcessorError) -> None:
+        self.killed_because = self.killed_because or because
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # The child leads its own process group: its helpers go too.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class ExtProcessor:
+    """One external processor child for `stage`, started on first use and restarted after death."""
+
+    def __init__(self, stage: str, config: ProcessorConfig) -> None:
+        self.stage = stage
+        self.config = config
+        self.name = f"{stage} processor {config.bin}"
+        self._child: _Child | None = None
+        self._start_lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._closing = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.proc.pid if self._child and self._child.alive else None
+
+    async def start(self) -> None:
+        """Start the child now (it is started on first use otherwise) and wait until ready."""
+        await self._running()
+
+    async def call(self, task: bytes, timeout_s: float) -> Any:
+        """Send one task; its output, or ProcessorError (TaskFailed, retryable)."""
+        child = await self._running()
+        request_id = next(self._ids)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        child.pending[request_id] = future
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._send(child, encode_request(request_id, task))
+                response = await future
+        except TimeoutError:
+            child.kill(exceptions.ProcessorError(
+                processor=self.name, detail=f"killed: request {request_id} ran out of time"
+            ))
+            raise exceptions.ProcessorTimeout(
+                processor=self.name, pid=child.proc.pid, timeout_s=timeout_s
+            ) from None
+        except asyncio.CancelledError:
+            child.pending.pop(request_id, None)
+            if not child.pending:
+                # Nobody else waits on it: stop the work at once rather than let it finish.
+                child.kill(exceptions.ProcessorError(
+                    processor=self.name, detail="killed: its task was stopped"
+                ))
+            raise
+        finally:
+            child.pending.pop(request_id, None)
+        if response.err_msg is not None:
+            raise exceptions.ProcessorFailed(processor=self.name, detail=response.err_msg)
+        return response.output
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close the child's stdin (it exits when its work is done), then kill it if it lingers."""
+        self._closing = True
+        child, self._child = self._child, None
+        if child is None:
+            return
+        if child.proc.stdin is not None:
+            child.proc.stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(child.proc.wait()), timeout_s)
+        except TimeoutError:
+            child.kill(exceptions.ProcessorError(processor=self.name, detail="killed at shutdown"))
+        await asyncio.gather(*child.tasks, return_exceptions=True)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _running(self) -> _Child:
+        async with self._start_lock:
+            if self._child is not None and self._child.alive:
+                return self._child
+            if self._child is not None:
+                log.info("restarting the processor", processor=self.name)
+            self._child = await self._spawn()
+            return self._child
+
+    async def _spawn(self) -> _Child:
+        cfg = self.config
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                cfg.bin, *cfg.args, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, **cfg.envs}, limit=LINE_LIMIT_BYTES,
+                # Its own session: a Ctrl-C meant for the worker must not kill the task it runs
+                # while the worker drains. It still sees EOF on stdin when the worker dies.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise exceptions.ProcessorUnavailable(
+                processor=self.name, detail=exc.strerror or str(exc)
+            ) from exc
+        child = _Child(proc)
+        relay = asyncio.create_task(self._relay_stderr(proc), name=f"{self.stage} stderr")
+        try:
+            await asyncio.wait_for(self._await_ready(proc), cfg.ready_timeout_s)
+        except BaseException as exc:
+            child.kill(exceptions.ProcessorError(processor=self.name, detail="not ready"))
+            await proc.wait()
+            await asyncio.gather(relay, return_exceptions=True)
+            if isinstance(exc, TimeoutError):
+                raise exceptions.ProcessorUnavailable(
+                    processor=self.name, detail=f"it did not print {ready_line(self.stage)!r} "
+                    f"within {cfg.ready_timeout_s:g} s",
+                ) from None
+            raise
+        reader = asyncio.create_task(self._read_responses(child), name=f"{self.stage} responses")
+        child.tasks = [reader, relay]
+        log.info("processor ready", processor=self.name, pid=proc.pid)
+        return child
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        want = ready_line(self.stage)
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                code = await proc.wait()
+                raise exceptions.ProcessorUnavailable(
+                    processor=self.name, detail=f"it exited with status {code} before it was ready"
+                )
+            if line.strip() == want.encode():
+                return
+            log.warning("processor line before ready ignored", processor=self.name,
+                        line=quote(line))
+
+    async def _send(self, child: _Child, request: bytes) -> None:
+        assert child.proc.stdin is not None
+        try:
+            async with child.write_lock:
+                child.proc.stdin.write(request)
+                await child.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            # The child died; the reader fails this request with the reason once it has exited.
+            pass
+
+    async def _read_responses(self, child: _Child) -> None:
+        proc = child.proc
+        assert proc.stdout is not None
+        while child.killed_because is None:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:
+                line = await proc.stdout.read(QUOTE_CHARS)
+                self._broken(child, f"a line longer than {LINE_LIMIT_BYTES} bytes", line)
+                break
+            if not line:
+                break
+            try:
+                response = parse_response(line)
+            except ValueError as exc:
+                self._broken(child, str(exc), line)
+                break
+            future = child.pending.pop(response.id, None)
+            if future is None:
+                log.warning("processor answered an unknown request", processor=self.name,
+                            id=response.id)
+            elif not future.done():
+                future.set_result(response)
+        code = await proc.wait()
+        error = child.killed_because or exceptions.ProcessorDied(
+            processor=self.name, pid=proc.pid, returncode=code
+        )
+        for future in child.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        child.pending.clear()
+        if not self._closing and child.killed_because is None:
+            log.warning("processor exited; it is restarted for the next task",
+                        processor=self.name, pid=proc.pid, status=code)
+
+    def _broken(self, child: _Child, detail: str, line: bytes) -> None:
+        # Its answers can no longer be matched to requests: fail them all and start afresh.
+        error = exceptions.ProcessorProtocolError(
+            processor=self.name, pid=child.proc.pid, detail=detail, line=quote(line)
+        )
+        log.error("processor broke the protocol; killing it", processor=self.name,
+                  pid=child.proc.pid, error=str(error))
+        child.kill(error)
+
+    async def _relay_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while True:
+            try:
+                line = await proc.stderr.readline()
+            except ValueError:
+                line = await proc.stderr.read(LINE_LIMIT_BYTES)
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            log.info("processor", processor=self.stage, pid=proc.pid, line=text)

@@ -1,0 +1,132 @@
+"""`gpuproxy-worker supervise`: one worker process per GPU, restarted with backoff when it dies.
+
+Each child is `gpuproxy-worker run --gpu N` with the supervisor's other flags, in its own process
+group, so that a Ctrl-C reaches the supervisor only and is passed on in order. Children report
+READY=1 on an sd_notify socket the supervisor gives each of them. The first SIGTERM/SIGINT is
+passed on (the children drain), so is the second (they stop at once and hand their tasks back);
+a third kills them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import pathlib
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from worker import notify
+from worker.backoff import Backoff
+
+log = structlog.get_logger(__name__)
+
+RESTART_BACKOFF = Backoff(initial_s=1.0, max_s=60.0)
+#: A child that ran this long before dying restarts without delay; shorter runs back off.
+STABLE_S = 60.0
+
+
+@dataclasses.dataclass
+class Child:
+    gpu: int
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    failures: int = 0  #: quick deaths in a row, for the backoff
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+class Supervisor:
+    def __init__(self, gpus: Sequence[int], child_args: Sequence[str],
+                 backoff: Backoff = RESTART_BACKOFF) -> None:
+        self.children = [Child(gpu=g) for g in gpus]
+        self.child_args = list(child_args)
+        self.backoff = backoff
+        self.signals = 0
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        log.info("supervising workers", gpus=[c.gpu for c in self.children])
+        try:
+            with tempfile.TemporaryDirectory(prefix="gpuproxy-supervise-") as folder:
+                keepers = [
+                    asyncio.create_task(self._keep(c, pathlib.Path(folder)), name=f"gpu{c.gpu}")
+                    for c in self.children
+                ]
+                await asyncio.gather(*keepers)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("all workers stopped")
+        return 0
+
+    def on_signal(self, sig: int) -> None:
+        self.signals += 1
+        self.stopping.set()
+        forward = signal.SIGKILL if self.signals >= 3 else signal.SIGTERM
+        log.info("stopping workers", signal=signal.Signals(sig).name,
+                 sending=forward.name, time=self.signals)
+        for child in self.children:
+            if child.alive and child.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(forward)
+
+    async def _keep(self, child: Child, folder: pathlib.Path) -> None:
+        """Start the child's worker, and again each time it dies, until stopping."""
+        with notify.listener(str(folder / f"gpu{child.gpu}.sock")) as sock:
+            readiness = asyncio.create_task(self._relay_readiness(child, sock))
+            try:
+                while not self.stopping.is_set():
+                    await self._start(child, sock.getsockname())
+                    assert child.proc is not None
+                    status = await child.proc.wait()
+                    if self.stopping.is_set():
+                        log.info("worker stopped", gpu=child.gpu, status=status)
+                        return
+                    await self._pause_after_death(child, status)
+            finally:
+                readiness.cancel()
+
+    async def _start(self, child: Child, notify_path: str) -> None:
+        env = {**os.environ, notify.ENV: notify_path}
+        argv = [sys.executable, "-m", "worker.cli", "run", "--gpu", str(child.gpu),
+                *self.child_args]
+        child.proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+        child.started_at = time.monotonic()
+        log.info("worker started", gpu=child.gpu, pid=child.proc.pid)
+        if self.stopping.is_set():  # a signal came while it was starting
+            child.proc.send_signal(signal.SIGTERM)
+
+    async def _pause_after_death(self, child: Child, status: int) -> None:
+        ran_s = time.monotonic() - child.started_at
+        child.failures = 0 if ran_s >= STABLE_S else child.failures + 1
+        delay_s = self.backoff.delay_s(child.failures - 1) if child.failures else 0.0
+        log.warning("worker exited; restarting it", gpu=child.gpu, status=status,
+                    ran_s=round(ran_s, 1), restart_in_s=round(delay_s, 1))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay_s)
+
+    async def _relay_readiness(self, child: Child, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await loop.sock_recv(sock, 4096)
+            for line in data.decode(errors="replace").splitlines():
+                if line == "READY=1":
+                    log.info("worker ready", gpu=child.gpu,
+                             pid=child.proc.pid if child.proc else None)
+                elif line == "STOPPING=1":
+                    log.info("worker draining", gpu=child.gpu)
