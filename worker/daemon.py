@@ -47,8 +47,13 @@ T = TypeVar("T")
 REGISTER_TIMEOUT_S = 30.0
 #: Payload fetches that fail while the broker looks reachable before the task fails (retryable).
 FETCH_ATTEMPTS = 5
+#: The same for result uploads: a proof took minutes of GPU time, so try harder (~10 minutes).
+UPLOAD_ATTEMPTS = 25
 #: How long a stopping worker tries to hand its tasks back before it leaves them to their leases.
 RELEASE_WAIT_S = 5.0
+#: Reconnection attempts are cheap (one TCP connect): an idle worker is back within 10 s of the
+#: broker; a worker holding tasks tries at least once per heartbeat.
+RECONNECT_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 #: After the grace period, a task already sending its result gets this much longer.
 REPORT_WAIT_S = 10.0
 
@@ -66,6 +71,7 @@ class Identity:
 
 async def serve(config: WorkerConfig) -> int:
     """Run one worker until it is stopped; the exit status."""
+    runners = executors.create(config)  # settings errors first, before anything is written
     chosen = await choose_gpus(config)
     label = "gpu" + "-".join(str(g.index) for g in chosen) if chosen else (
         f"gpu{config.gpu}" if config.gpu is not None else "cpu"
@@ -75,9 +81,7 @@ async def serve(config: WorkerConfig) -> int:
     structlog.contextvars.bind_contextvars(worker_id=worker_id)
     held_locks = locks.acquire_all(config.lock_dir, chosen, worker_id)
     remote = Remote(config.url)
-    runners: dict[str, Executor] = {}
     try:
-        runners = executors.create(config)
         fetcher = PayloadFetcher(
             work_dir / "tmp", remote,
             config.fs_resource_path if config.resource_type == "fs" else None,
@@ -168,7 +172,7 @@ class Worker:
         self.stop_now = asyncio.Event()
         self.heartbeat_s = 10.0
         self.outage = Outage()
-        self.backoff = Backoff()
+        self.backoff = RECONNECT_BACKOFF
         self.registered_once = False
 
     # -- the monitor ----------------------------------------------------------------------------
@@ -233,7 +237,13 @@ class Worker:
                             tasks=list(self.tasks))
             else:
                 log.debug("broker still unreachable", error=error, attempt=self.outage.failures)
-            await asyncio.sleep(self.backoff.delay_s(self.outage.attempt))
+            await asyncio.sleep(self._retry_delay_s())
+
+    def _retry_delay_s(self) -> float:
+        delay_s = self.backoff.delay_s(self.outage.attempt)
+        # Holding tasks, try at least once per heartbeat: a broker back within the lease must
+        # see us again before the lease runs out.
+        return min(delay_s, self.heartbeat_s) if self.tasks else delay_s
 
     async def _session(self) -> None:
         stream = self.remote.open_stream()
@@ -276,7 +286,7 @@ class Worker:
         what = "reconnected to the broker" if self.registered_once else "registered"
         self.registered_once = True
         log.info(what, broker=self.config.url, lease_s=registered.lease_s,
-                 heartbeat_s=self.heartbeat_s, tasks=list(self.tasks),
+                 heartbeat_s=round(self.heartbeat_s, 3), tasks=list(self.tasks),
                  down_s=None if down_s is None else round(down_s, 1))
 
     def _free(self) -> int:
@@ -340,6 +350,8 @@ class Worker:
                     reason=revoke.reason)
         running.phase = "revoked"
         running.runner.cancel()
+        # Forget it now: a new assignment of the same task must not find the stopping one.
+        del self.tasks[revoke.task_id]
 
     # -- heartbeat loop -------------------------------------------------------------------------
 
@@ -401,6 +413,8 @@ class Worker:
             await self._report(running, outcome)
         except exceptions.TaskLost as exc:
             bound.warning("task dropped", reason=str(exc))
+        except Exception as exc:  # a bug here must not leave the slot taken
+            bound.error("task handling failed", exc_info=exc)
         finally:
             if running.payload is not None:
                 running.payload.discard()
@@ -414,6 +428,8 @@ class Worker:
             return await self._execute(running)
         except exceptions.TaskFailed as exc:
             return exc
+        except exceptions.BrokerRefused as exc:
+            return exceptions.TaskFailed(detail=str(exc))
         except (exceptions.TaskLost, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -446,13 +462,16 @@ class Worker:
             result = outcome
             try:
                 await self._retrying(
-                    "upload the result", lambda: self.remote.upload_result(running.held, result)
+                    "upload the result", lambda: self.remote.upload_result(running.held, result),
+                    attempts=UPLOAD_ATTEMPTS,
                 )
                 log.info("task finished", task_id=task_id, result_bytes=len(result))
                 return
             except exceptions.BrokerRefused as exc:
                 outcome = exceptions.TaskFailed(detail=str(exc))
                 outcome.retryable = False
+            except exceptions.TaskFailed as exc:
+                outcome = exc
         log.warning("task failed", task_id=task_id, error=str(outcome),
                     retryable=outcome.retryable)
         await self._deliver(failure=workers_pb2.ReportFailure(

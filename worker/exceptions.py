@@ -69,6 +69,12 @@ class MalformedPayload(TaskFailed):
     retryable = False
 
 
+class PayloadMissing(TaskFailed):
+    """The broker has no payload for task {task_id} ({detail}): submit the task again."""
+
+    retryable = False
+
+
 class PayloadDamaged(TaskFailed):
     """The payload of task {task_id} arrived damaged: {detail}."""
 

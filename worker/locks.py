@@ -52,13 +52,16 @@ class GpuLock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = False
         except BlockingIOError:
-            content = os.pread(fd, 4096, 0).decode(errors="replace")
-            os.close(fd)
-            raise busy_error(gpu, worker_id, path, content) from None
+            busy = True
         except BaseException:
             os.close(fd)
             raise
+        if busy:
+            content = os.pread(fd, 4096, 0).decode(errors="replace")
+            os.close(fd)
+            raise busy_error(gpu, worker_id, path, content)
         record = json.dumps({"worker_id": worker_id, "pid": os.getpid(), "gpu": gpu.uuid})
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode() + b"\n", 0)

@@ -21,10 +21,18 @@ from worker import exceptions
 #: Chunk size of result uploads; gRPC messages stay far below the 4 MiB limit.
 CHUNK_BYTES = 1024 * 1024
 
+#: The broker client's options (message sizes, keepalive), and a short reconnect backoff: grpc's
+#: own grows to two minutes, and a worker must be back well within a lease once the broker is.
+WORKER_CHANNEL_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 TRANSIENT = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
 LOST = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
 #: Codes that refuse a Work stream for good: retrying the same registration cannot help.
@@ -44,7 +52,7 @@ class Remote:
     def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(target_of(url), options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(target_of(url), options=WORKER_CHANNEL_OPTIONS)
         self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
 
     async def close(self) -> None:
@@ -71,6 +79,9 @@ class Remote:
             async for chunk in call:
                 yield chunk
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                # The task is ours (a stale fence is FAILED_PRECONDITION) but its payload is gone.
+                raise exceptions.PayloadMissing(task_id=task.task_id, detail=exc.details()) from exc
             raise self.translate(exc, "send the payload", task.task_id) from exc
         finally:
             call.cancel()
