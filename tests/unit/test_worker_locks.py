@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from worker import exceptions, locks
+from worker.gpus import Gpu
+
+GPU = Gpu(0, "NVIDIA GeForce RTX 3090", "GPU-5f1c2a9e", 24 << 30)
+
+
+def test_second_worker_on_a_gpu_is_refused_naming_both(tmp_path: pathlib.Path) -> None:
+    # Given worker A holds GPU 0
+    held = locks.GpuLock.acquire(tmp_path, GPU, "host-gpu0-aaaa")
+    try:
+        # When worker B asks for the same GPU
+        with pytest.raises(exceptions.GpuBusy) as info:
+            locks.GpuLock.acquire(tmp_path, GPU, "host-gpu0-bbbb")
+        # Then the refusal names both workers, A's pid and the GPU
+        message = str(info.value)
+        assert "host-gpu0-aaaa" in message
+        assert f"pid {os.getpid()}" in message
+        assert "host-gpu0-bbbb" in message
+        assert "GPU 0 (GPU-5f1c2a9e)" in message
+        assert info.value.__cause__ is None and info.value.__context__ is None
+    finally:
+        held.release()
+    # And once A is gone, B gets it
+    locks.GpuLock.acquire(tmp_path, GPU, "host-gpu0-bbbb").release()
+
+
+def test_lock_file_records_the_holder(tmp_path: pathlib.Path) -> None:
+    held = locks.GpuLock.acquire(tmp_path, GPU, "host-gpu0-aaaa")
+    record = json.loads(held.path.read_text())
+    assert record == {"worker_id": "host-gpu0-aaaa", "pid": os.getpid(), "gpu": "GPU-5f1c2a9e"}
+    held.release()
+    held.release()  # twice is harmless
+
+
+def test_refusal_without_a_readable_holder() -> None:
+    error = locks.busy_error(GPU, "me", pathlib.Path("/x.lock"), "")
+    assert "(unknown)" in str(error) and "me" in str(error)
+
+
+def test_all_or_nothing(tmp_path: pathlib.Path) -> None:
+    other = Gpu(1, "B", "GPU-other", 1)
+    blocker = locks.GpuLock.acquire(tmp_path, other, "someone")
+    with pytest.raises(exceptions.GpuBusy):
+        locks.acquire_all(tmp_path, [GPU, other], "me")
+    blocker.release()
+    # GPU 0 was let go when GPU 1 was refused
+    locks.GpuLock.acquire(tmp_path, GPU, "third").release()
+
+
+def test_uuid_cannot_escape_the_lock_folder(tmp_path: pathlib.Path) -> None:
+    path = locks.lock_path(tmp_path, Gpu(0, "x", "../../etc/passwd", 0))
+    assert path.parent == tmp_path
