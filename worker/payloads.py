@@ -105,6 +105,8 @@ class PayloadFetcher:
             log.warning("shared payload file is damaged; streaming from the broker",
                         task_id=task.id, path=str(path), size=size, sha256=sha)
             return None
+        log.info("payload read in place from the shared folder", task_id=task.id,
+                 path=str(path))
         return Payload(path=path, size=size, temporary=False)
 
     async def _from_stream(self, task: tasks_pb2.Task, fence: int,

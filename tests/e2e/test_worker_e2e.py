@@ -1,0 +1,333 @@
+"""Real `gpuproxy` brokers and `gpuproxy-worker` processes running the stand-in C2 processor
+(tests/fixtures/fake_c2.py): proofs, failures, revokes, signals, a broker restart, GPU locks and
+the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from broker.client import BrokerClient
+from protos.gpuproxy.v1 import tasks_pb2
+from tests.e2e.conftest import BIN, BrokerFactory, BrokerProcess, cli_env
+from tests.fixtures import fake_c2
+
+FAKE_C2 = pathlib.Path(fake_c2.__file__)
+LEASE_S = 6.0
+SMI_OUTPUT = "0, Fake GPU A, GPU-e2e-0, 24576\n1, Fake GPU B, GPU-e2e-1, 24576\n"
+
+
+@dataclasses.dataclass
+class WorkerProcess:
+    argv: list[str]
+    env: dict[str, str]
+    log_path: pathlib.Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([str(BIN / "gpuproxy-worker"), *self.argv],
+                                         stdout=log, stderr=log, env=self.env,
+                                         stdin=subprocess.DEVNULL)
+        return self
+
+    def wait_for(self, text: str, timeout_s: float = 20.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.logs().count(text) >= count:
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.logs()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} in the worker log after {timeout_s}s:\n{self.logs()}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 15.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout_s)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def worker_factory(
+    tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> Iterator[WorkerFactory]:
+    """factory(url, gpu=0, extra=[...], env={...}, command="run"): a started worker process."""
+    smi = tmp_path / "fake-nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat <<'EOF'\n{SMI_OUTPUT}EOF\n")
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    started: list[WorkerProcess] = []
+
+    def make(url: str, gpu: int | None = 0, extra: list[str] | None = None,
+             env: dict[str, str] | None = None, command: str = "run",
+             work_dir: str | None = None) -> WorkerProcess:
+        argv = [command, "--gpuproxy-url", url, "--nvidia-smi", str(smi),
+                "--lock-dir", str(tmp_path / "locks"),
+                "--work-dir", work_dir or str(tmp_path / "workers" / "{gpu}"),
+                "--c2-bin", sys.executable, "--c2-args", str(FAKE_C2), "--log-level", "debug",
+                *(["--gpu", str(gpu)] if gpu is not None else []), *(extra or [])]
+        full_env = {**cli_env(tmp_path), "FAKE_C2_PIDS": str(tmp_path / "c2-pids"),
+                    **(env or {})}
+        w = WorkerProcess(argv, full_env, tmp_path / f"worker-{len(started)}.log")
+        started.append(w)
+        return w.start()
+
+    yield make
+    for w in started:
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+    for pid in _pids(tmp_path):
+        _kill(pid)
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for w in started:
+            print(f"--- {w.log_path.name} ---\n{w.logs()}")
+
+
+@pytest.fixture
+def broker(sqlite_dsn: str, broker_factory: BrokerFactory) -> BrokerProcess:
+    return broker_factory(sqlite_dsn, "fs", extra=[
+        "--lease-s", str(LEASE_S), "--retry-backoff-s", "0.1", "--max-attempts", "2",
+    ])
+
+
+def c2_input(sector_id: int = 163) -> dict[str, Any]:
+    c1out = {"registered_proof": "StackedDrg2KiBV1_1", "vanilla_proofs": {"v": [[1], [2]]}}
+    return {"c1out": c1out, "prover_id": [1] + [0] * 31, "sector_id": sector_id,
+            "miner_id": 1000}
+
+
+async def submit(url: str, tmp_path: pathlib.Path, data: bytes) -> str:
+    path = tmp_path / f"payload-{time.monotonic_ns()}"
+    path.write_bytes(data)
+    async with BrokerClient(url) as client:
+        return (await client.submit_file(path, task_type="c2", miner="f01000")).id
+
+
+async def final(url: str, task_id: str, timeout_s: float = 30.0) -> tasks_pb2.Task:
+    async with BrokerClient(url) as client:
+        async with asyncio.timeout(timeout_s):
+            return [t async for t in client.watch(task_id)][-1]
+
+
+async def until_proving(url: str, task_id: str, timeout_s: float = 15.0) -> tasks_pb2.Task:
+    async with BrokerClient(url) as client, asyncio.timeout(timeout_s):
+        async for task in client.watch(task_id):
+            if task.progress.phase == "proving":
+                return task
+    raise AssertionError(f"task {task_id} ended before it was proving")
+
+
+def _pids(tmp_path: pathlib.Path) -> list[int]:
+    path = tmp_path / "c2-pids"
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    stat_path = pathlib.Path(f"/proc/{pid}/stat")
+    try:
+        return stat_path.read_text().split(") ")[-1][:1] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _kill(pid: int) -> None:
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_worker_proves_a_submitted_task(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a worker on GPU 1
+    worker = worker_factory(broker.url, gpu=1)
+    worker.wait_for("registered")
+    # When a C2 input is submitted
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    task = await final(broker.url, task_id)
+    # Then the worker's proof is the task's result
+    assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
+    async with BrokerClient(broker.url) as client:
+        out = tmp_path / "proof"
+        await client.download_result(task_id, out)
+        [info] = await client.list_workers()
+    assert out.read_bytes() == fake_c2.expected_proof(c2_input())
+    assert [(g.index, g.uuid) for g in info.gpus] == [(1, "GPU-e2e-1")] and info.online
+    assert info.task_types == ["c2"] and info.max_tasks == 1
+    assert not list((tmp_path / "workers" / "gpu1" / "tmp").iterdir())  # no temp files left
+
+
+async def test_payload_is_read_from_the_shared_folder(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, extra=[
+        "--resource-type", "fs", "--fs-resource-path", str(tmp_path / "payloads"),
+    ])
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input(7)).encode())
+    assert (await final(broker.url, task_id)).state == tasks_pb2.TASK_STATE_FINISHED
+    assert "payload read in place from the shared folder" in worker.logs()
+
+
+async def test_malformed_payload_fails_once_for_good(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url)
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, b'{"c1out": {}, "sector_id": 1}')
+    task = await final(broker.url, task_id)
+    assert task.state == tasks_pb2.TASK_STATE_ERROR and task.attempts == 1
+    assert "Malformed c2 payload: missing prover_id, miner_id" in task.error_message
+    assert _pids(tmp_path) and all(_alive(p) for p in _pids(tmp_path))  # never used
+
+
+async def test_crashed_processor_fails_the_attempt_and_the_retry_succeeds(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, env={
+        "FAKE_C2_CRASH": "1", "FAKE_C2_CRASH_MARKER": str(tmp_path / "crashed"),
+    })
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    task = await final(broker.url, task_id)
+    assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 2
+    async with BrokerClient(broker.url) as client:
+        history = (await client.get_task(task_id)).history
+    assert [a.outcome for a in history] == ["failed", "finished"]
+    assert "exited with status 3" in history[0].reason
+    assert len(_pids(tmp_path)) == 2  # restarted once
+
+
+async def test_cancel_stops_the_work_on_the_worker(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, env={"FAKE_C2_SLEEP_S": "60"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(broker.url, task_id)
+    [pid] = _pids(tmp_path)
+    async with BrokerClient(broker.url) as client:
+        await client.cancel(task_id, "wrong sector")
+    worker.wait_for("task revoked by the broker")
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(pid)
+    assert "task failed" not in worker.logs()  # a revoked task is not reported
+
+
+async def test_sigterm_finishes_the_task_within_the_grace_period(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, extra=["--grace-s", "30"], env={"FAKE_C2_SLEEP_S": "2"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(broker.url, task_id)
+    worker.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait) == 0
+    assert (await final(broker.url, task_id)).state == tasks_pb2.TASK_STATE_FINISHED
+
+
+async def test_sigterm_after_the_grace_period_hands_the_task_back_at_once(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, extra=["--grace-s", "0.5"],
+                            env={"FAKE_C2_SLEEP_S": "60"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(broker.url, task_id)
+    t0 = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait) == 0
+    assert time.monotonic() - t0 < LEASE_S  # not after the lease ran out
+    async with BrokerClient(broker.url) as client:
+        task = await client.get_task(task_id)
+    assert task.state == tasks_pb2.TASK_STATE_INIT and task.attempts == 0
+    assert task.history[-1].outcome == "released"
+    assert not any(_alive(p) for p in _pids(tmp_path))
+
+
+async def test_second_signal_stops_at_once(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, extra=["--grace-s", "600"],
+                            env={"FAKE_C2_SLEEP_S": "60"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(broker.url, task_id)
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("stopping: no new tasks")
+    worker.signal(signal.SIGINT)
+    assert await asyncio.to_thread(worker.wait, 5.0) == 0
+    async with BrokerClient(broker.url) as client:
+        assert (await client.get_task(task_id)).state == tasks_pb2.TASK_STATE_INIT
+
+
+async def test_broker_restart_within_the_lease_loses_no_work(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a worker proving a task
+    worker = worker_factory(broker.url, env={"FAKE_C2_SLEEP_S": "4"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(broker.url, task_id)
+    # When the broker dies and comes back within the lease
+    broker.stop(signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(broker.start)
+    # Then the worker resumes and delivers in the same attempt, logging the outage once
+    task = await final(broker.url, task_id)
+    assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
+    worker.wait_for("reconnected to the broker")
+    assert worker.logs().count("broker unreachable") == 1
+
+
+async def test_two_workers_on_one_gpu_are_refused_naming_both(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    first = worker_factory(broker.url, gpu=0)
+    first.wait_for("registered")
+    second = worker_factory(broker.url, gpu=0, work_dir=str(tmp_path / "other" / "{gpu}"))
+    assert await asyncio.to_thread(second.wait) == 1
+    ids = [json.loads((root / "gpu0" / "state.json").read_text())["worker_id"]
+           for root in (tmp_path / "workers", tmp_path / "other")]
+    message = second.logs()
+    assert f"already used by worker {ids[0]}" in message
+    assert f"worker {ids[1]} would share it" in message
+    assert "GPU 0 (GPU-e2e-0)" in message
+
+
+async def test_supervise_runs_a_worker_per_gpu(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    supervisor = worker_factory(broker.url, gpu=None, command="supervise")
+    supervisor.wait_for("registered", count=2)
+    supervisor.wait_for("worker ready", count=4)  # each worker's own line and the supervisor's
+    async with BrokerClient(broker.url) as client:
+        workers = await client.list_workers()
+    assert sorted(g.uuid for w in workers for g in w.gpus) == ["GPU-e2e-0", "GPU-e2e-1"]
+    supervisor.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(supervisor.wait) == 0
+    assert supervisor.logs().count("worker stopped") >= 2
