@@ -254,7 +254,7 @@ class Worker:
             self.connected.set()
             self._post_capacity()
             while (message := await stream.receive()) is not None:
-                await self._dispatch(message)
+                self._dispatch(message)
             raise exceptions.BrokerUnavailable(
                 url=self.config.url, detail="the broker ended the Work stream"
             )
@@ -302,16 +302,16 @@ class Worker:
     def _post_capacity(self) -> None:
         self._post(capacity=workers_pb2.Capacity(free=self._free()))
 
-    async def _dispatch(self, message: workers_pb2.BrokerMessage) -> None:
+    def _dispatch(self, message: workers_pb2.BrokerMessage) -> None:
         kind = message.WhichOneof("msg")
         if kind == "assignment":
-            await self._accept(message.assignment)
+            self._accept(message.assignment)
         elif kind == "revoke":
             self._revoke(message.revoke)
         else:
             log.warning("unexpected broker message ignored", kind=kind)
 
-    async def _accept(self, assignment: workers_pb2.Assignment) -> None:
+    def _accept(self, assignment: workers_pb2.Assignment) -> None:
         task = assignment.task
         running = self.tasks.get(task.id)
         if running is not None:
@@ -357,6 +357,7 @@ class Worker:
 
     async def _heartbeat_forever(self) -> None:
         while True:
+            await self.connected.wait()  # and heartbeat_s is the broker's
             await asyncio.sleep(self.heartbeat_s)
             self._post(heartbeat=workers_pb2.Heartbeat(held=[t.held for t in self.tasks.values()]))
 

@@ -176,6 +176,19 @@ async def test_worker_proves_a_submitted_task(
     assert [(g.index, g.uuid) for g in info.gpus] == [(1, "GPU-e2e-1")] and info.online
     assert info.task_types == ["c2"] and info.max_tasks == 1
     assert not list((tmp_path / "workers" / "gpu1" / "tmp").iterdir())  # no temp files left
+    assert "ready (CUDA_VISIBLE_DEVICES=1)" in worker.logs()  # the processor sees GPU 1 only
+
+
+async def test_heartbeats_keep_a_task_that_outlasts_its_lease(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    broker = broker_factory(sqlite_dsn, "fs", extra=["--lease-s", "1.5"])
+    worker = worker_factory(broker.url, env={"FAKE_C2_SLEEP_S": "4"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    task = await final(broker.url, task_id)
+    assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
 
 
 async def test_payload_is_read_from_the_shared_folder(
