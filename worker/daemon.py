@@ -170,6 +170,7 @@ class Worker:
         self.connected = asyncio.Event()
         self.draining = asyncio.Event()
         self.stop_now = asyncio.Event()
+        self.releasing = False
         self.heartbeat_s = 10.0
         self.outage = Outage()
         self.backoff = RECONNECT_BACKOFF
@@ -290,7 +291,7 @@ class Worker:
                  down_s=None if down_s is None else round(down_s, 1))
 
     def _free(self) -> int:
-        if self.draining.is_set():
+        if self.draining.is_set() or self.releasing:
             return 0
         return max(0, self.config.max_tasks - len(self.tasks))
 
@@ -333,7 +334,7 @@ class Worker:
         running.runner = asyncio.create_task(self._run_task(running), name=f"task {task.id}")
 
     def _refusal(self, task: tasks_pb2.Task) -> str:
-        if self.draining.is_set():
+        if self.draining.is_set() or self.releasing:
             return "the worker is stopping"
         if len(self.tasks) >= self.config.max_tasks:
             return f"the worker already runs {len(self.tasks)} of {self.config.max_tasks} tasks"
@@ -381,6 +382,7 @@ class Worker:
 
     async def _release_all(self, reason: str) -> None:
         """Stop every task and hand it back at once, rather than after its lease runs out."""
+        self.releasing = True  # and take no new one meanwhile
         reporting = [t.runner for t in self.tasks.values()
                      if t.phase == "reporting" and t.runner is not None]
         if reporting and not self.stop_now.is_set():
