@@ -193,6 +193,8 @@ class Worker:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            self.releasing = True
+            self._post_capacity()  # nothing new while the stream closes
             if self.tasks:
                 await self._release_all("the worker stopped")
             for task in loops:

@@ -116,10 +116,12 @@ class Stream:
     def __init__(self, remote: Remote, call: grpc.aio.StreamStreamCall) -> None:
         self.remote = remote
         self.call = call
-        self._outbox: asyncio.Queue[tuple[workers_pb2.WorkerMessage, asyncio.Future[None]]] = (
-            asyncio.Queue()
-        )
+        #: Messages to write with their "written" futures; None ends the writer.
+        self._outbox: asyncio.Queue[
+            tuple[workers_pb2.WorkerMessage, asyncio.Future[None]] | None
+        ] = asyncio.Queue()
         self._broken: exceptions.WorkerError | None = None
+        self._closing = False
         self._writer = asyncio.create_task(self._write_all(), name="stream writer")
 
     async def register(
@@ -170,26 +172,32 @@ class Stream:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Nobody may wait on it: retrieve its outcome so that it is never reported as lost.
         done.add_done_callback(lambda f: f.cancelled() or f.exception())
-        if self._broken is not None:
-            done.set_exception(self._broken)
+        if self._broken is not None or self._closing:
+            done.set_exception(self._broken or exceptions.BrokerUnavailable(
+                url=self.remote.url, detail="stream closing"
+            ))
         else:
             self._outbox.put_nowait((message, done))
         return done
 
-    async def close(self) -> None:
-        """End the stream: half-close so the broker sees a clean goodbye, then cancel."""
-        self._fail(exceptions.BrokerUnavailable(url=self.remote.url, detail="stream closed"))
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """End the stream cleanly: what is queued goes out, then a half-close, then we wait for
+        the broker to end it (so that a last ReleaseTask is read, not cut off), then cancel."""
+        self._closing = True
+        self._outbox.put_nowait(None)
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._writer)
                 await self.call.done_writing()
+                while await self.call.read() is not grpc.aio.EOF:
+                    pass
+        self._writer.cancel()
+        self._fail(exceptions.BrokerUnavailable(url=self.remote.url, detail="stream closed"))
         self.call.cancel()
 
     async def _write_all(self) -> None:
-        while True:
-            message, done = await self._outbox.get()
+        while (item := await self._outbox.get()) is not None:
+            message, done = item
             try:
                 await self.call.write(message)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
@@ -203,6 +211,6 @@ class Stream:
     def _fail(self, error: exceptions.WorkerError) -> None:
         self._broken = self._broken or error
         while not self._outbox.empty():
-            _, done = self._outbox.get_nowait()
-            if not done.done():
-                done.set_exception(self._broken)
+            item = self._outbox.get_nowait()
+            if item is not None and not item[1].done():
+                item[1].set_exception(self._broken)
