@@ -347,6 +347,11 @@ async def test_supervise_runs_a_worker_per_gpu(
     async with BrokerClient(broker.url) as client:
         workers = await client.list_workers()
     assert sorted(g.uuid for w in workers for g in w.gpus) == ["GPU-e2e-0", "GPU-e2e-1"]
+    # A worker that dies is started again
+    holder = json.loads((tmp_path / "locks" / "GPU-e2e-0.lock").read_text())
+    os.kill(holder["pid"], signal.SIGKILL)
+    supervisor.wait_for("worker exited; restarting it")
+    supervisor.wait_for("registered", count=3)
     supervisor.signal(signal.SIGTERM)
     assert await asyncio.to_thread(supervisor.wait) == 0
     assert supervisor.logs().count("worker stopped") >= 2
