@@ -57,10 +57,12 @@ class Session:
         if not self.closed:
             self.outbox.put_nowait(msg)
 
-    def revoke(self, task_id: str, reason: str) -> None:
-        self.held.pop(task_id, None)
+    def revoke(self, task_id: str, fence: int, reason: str) -> None:
+        """Tell the worker to drop this claim (only this fence: a newer claim stays)."""
+        if self.held.get(task_id) == fence:
+            del self.held[task_id]
         self.send(workers_pb2.BrokerMessage(
-            revoke=workers_pb2.Revoke(task_id=task_id, reason=reason)
+            revoke=workers_pb2.Revoke(task_id=task_id, reason=reason, fence=fence)
         ))
 
 
@@ -80,6 +82,11 @@ class Dispatcher:
             self.remove(old)
         self.sessions.append(session)
         self.wake()
+
+    def close_all(self) -> None:
+        """End every Work stream (broker shutdown); workers reconnect and resume elsewhere."""
+        for s in list(self.sessions):
+            self.remove(s)
 
     def remove(self, session: Session) -> None:
         if not session.closed:
@@ -123,7 +130,7 @@ class Dispatcher:
                 ):
                     log.info("task revoked", task_id=task_id, worker_id=s.worker_id,
                              state=task.state.name.lower())
-                    s.revoke(task_id, f"task is {task.state.name.lower()}: "
+                    s.revoke(task_id, fence, f"task is {task.state.name.lower()}: "
                              f"{task.error_message or 'taken back by the broker'}")
 
     async def _assign(self) -> None:

@@ -12,7 +12,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker import cleaner, housekeeper
+from broker import cleaner, housekeeper, models
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
 from broker.payloads import open_payload_store
@@ -46,6 +46,7 @@ class Broker:
         self.config = config
         self.health: health.aio.HealthServicer | None = None
         self.store: Store | None = None
+        self.dispatcher: Dispatcher | None = None
         self.server: grpc.aio.Server | None = None
         self.loops: list[asyncio.Task[None]] = []
         self.port = 0
@@ -61,6 +62,11 @@ class Broker:
         self.tasks = TaskManager(store=store, payloads=self.payloads, config=cfg, hub=hub)
         self.dispatcher = Dispatcher(store, lease_s=cfg.lease_s)
         hub.listen(self.dispatcher.task_changed)
+        # Workers could not heartbeat while this broker was down: give them a lease to come back.
+        extended = await store.extend_leases(models.now_ms() + int(cfg.lease_s * 1000))
+        if extended:
+            log.info("leases of running tasks extended for their workers to reconnect",
+                     tasks=extended, lease_s=cfg.lease_s)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -118,6 +124,8 @@ class Broker:
     async def stop(self, grace_s: float = 5.0) -> None:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.dispatcher is not None:
+            self.dispatcher.close_all()
         if self.server is not None:
             await self.server.stop(grace_s)
         for task in self.loops:

@@ -101,7 +101,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 await self.tasks.renew(h.task_id, h.fence)
                 session.held[h.task_id] = h.fence
             except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
-                session.revoke(h.task_id, str(exc))
+                session.revoke(h.task_id, h.fence, str(exc))
 
     async def _read(
         self, session: Session, requests: AsyncIterator[workers_pb2.WorkerMessage]
@@ -140,7 +140,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
                 log.warning("heartbeat for a task the worker no longer holds",
                             worker_id=session.worker_id, task_id=h.task_id, fence=h.fence)
-                session.revoke(h.task_id, str(exc))
+                session.revoke(h.task_id, h.fence, str(exc))
 
     async def _fenced(self, op: object, session: Session, task_id: str) -> None:
         try:

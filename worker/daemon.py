@@ -349,6 +349,11 @@ class Worker:
         if running is None or running.runner is None:
             log.debug("revoke for a task not held here", task_id=revoke.task_id)
             return
+        if revoke.fence and revoke.fence != running.fence:
+            # An older claim of a task this worker now holds again under a newer fence.
+            log.debug("revoke of an older claim ignored", task_id=revoke.task_id,
+                      fence=revoke.fence, held_fence=running.fence)
+            return
         log.warning("task revoked by the broker; stopping it", task_id=revoke.task_id,
                     reason=revoke.reason)
         running.phase = "revoked"

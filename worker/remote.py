@@ -21,14 +21,9 @@ from worker import exceptions
 #: Chunk size of result uploads; gRPC messages stay far below the 4 MiB limit.
 CHUNK_BYTES = 1024 * 1024
 
-#: The broker client's options (message sizes, keepalive), and a short reconnect backoff: grpc's
-#: own grows to two minutes, and a worker must be back well within a lease once the broker is.
-WORKER_CHANNEL_OPTIONS = [
-    *CHANNEL_OPTIONS,
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
+#: The broker client's options: message sizes, keepalive, and a reconnect backoff short enough
+#: that a worker is back well within a lease once the broker is.
+WORKER_CHANNEL_OPTIONS = CHANNEL_OPTIONS
 
 TRANSIENT = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,

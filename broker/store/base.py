@@ -132,6 +132,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def extend_leases(self, until_ms: int) -> int:
+        """Give every running task a lease until at least until_ms (a broker starting up: its
+        workers could not heartbeat while it was down). Returns how many were extended."""
+
+    @abc.abstractmethod
     async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
         """Hand a running task back to init at once (worker shutting down), attempts - 1 so the
         hand-back does not use up an attempt. Raises StaleFence."""

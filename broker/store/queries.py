@@ -202,6 +202,10 @@ class Queries:
         f"SELECT {_BLOB} FROM blobs WHERE sha256 = ? AND ready = 1 "
         "ORDER BY created_at, upload_id LIMIT 1"
     )
+    extend_leases = (
+        "UPDATE tasks SET lease_expires_at = ? WHERE state = 2 AND lease_expires_at < ?"
+    )
+
     # -- workers -------------------------------------------------------------------------
 
     @property

@@ -196,6 +196,11 @@ class SqlStore(Store):
 
         return await self._write(change)
 
+    async def extend_leases(self, until_ms: int) -> int:
+        return await self._write(
+            lambda tx: tx.run(self.sql.extend_leases, [until_ms, until_ms])
+        )
+
     async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
         async def change(tx: Tx) -> Task:
             task = await self._held(tx, task_id, fence)

@@ -596,3 +596,20 @@ async def test_every_change_bumps_the_version(store: Store, submit: Submit) -> N
     await step(store.finish_task(task.id, fence, 1, "ab" * 32, T0 + 9))
 
     assert versions == list(range(1, 14))
+
+
+async def test_extend_leases_gives_running_tasks_time_to_come_back(
+    store: Store, submit: Submit
+) -> None:
+    # Given a running task whose lease ran out while the broker was down
+    task = await claimed(store, submit)
+    restart = T0 + LEASE_MS + 5_000
+
+    # When the broker starts again
+    assert await store.extend_leases(restart + LEASE_MS) == 1
+
+    # Then the housekeeper leaves it to its worker, who can still renew with its fence
+    assert await store.requeue_expired(restart, {}) == []
+    renewed = await store.renew_lease(task.id, task.fence, LEASE_MS, restart + 1)
+    assert renewed.state == TaskState.RUNNING and renewed.attempts == 1
+    assert await store.extend_leases(restart) == 0  # never shortens a lease

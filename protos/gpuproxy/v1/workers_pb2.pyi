@@ -127,12 +127,14 @@ class Assignment(_message.Message):
     def __init__(self, task: _Optional[_Union[_tasks_pb2.Task, _Mapping]] = ..., fence: _Optional[int] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Revoke(_message.Message):
-    __slots__ = ("task_id", "reason")
+    __slots__ = ("task_id", "reason", "fence")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     reason: str
-    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    fence: int
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., fence: _Optional[int] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
     __slots__ = ("registered", "assignment", "revoke")
