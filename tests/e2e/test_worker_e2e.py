@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -355,3 +356,20 @@ async def test_supervise_runs_a_worker_per_gpu(
     supervisor.signal(signal.SIGTERM)
     assert await asyncio.to_thread(supervisor.wait) == 0
     assert supervisor.logs().count("worker stopped") >= 2
+
+
+async def test_noop_tasks_return_the_payload_digest(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, gpu=None, extra=["--allow-type", "noop,c2"])
+    worker.wait_for("registered")
+    path = tmp_path / "noop-payload"
+    path.write_bytes(b"check the deployment")
+    async with BrokerClient(broker.url) as client:
+        task = await client.submit_file(path, task_type="noop", miner="f01000")
+    done = await final(broker.url, task.id)
+    assert done.state == tasks_pb2.TASK_STATE_FINISHED
+    out = tmp_path / "noop-result"
+    async with BrokerClient(broker.url) as client:
+        await client.download_result(task.id, out)
+    assert out.read_text() == hashlib.sha256(b"check the deployment").hexdigest()
