@@ -373,3 +373,76 @@ async def test_noop_tasks_return_the_payload_digest(
     async with BrokerClient(broker.url) as client:
         await client.download_result(task.id, out)
     assert out.read_text() == hashlib.sha256(b"check the deployment").hexdigest()
+
+
+async def test_kill_9_of_the_busy_worker_moves_its_task_to_the_other(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given worker A proving a task, and an idle worker B
+    a = worker_factory(broker.url, gpu=0, env={"FAKE_C2_SLEEP_S": "1"})
+    a.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(broker.url, task_id)
+    b = worker_factory(broker.url, gpu=1, env={"FAKE_C2_SLEEP_S": "1"})
+    b.wait_for("registered")
+
+    # When A is killed with -9
+    killed_at_ms = time.time() * 1000
+    a.signal(signal.SIGKILL)
+    a.wait()
+
+    # Then B gets the task within the lease plus a second, and finishes it
+    task = await final(broker.url, task_id, timeout_s=LEASE_S + 10)
+    assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 2
+    async with BrokerClient(broker.url) as client:
+        history = (await client.get_task(task_id)).history
+    assert [h.outcome for h in history] == ["requeued", "finished"]
+    assert "stopped heartbeating" in history[0].reason
+    assert history[1].worker_id != history[0].worker_id
+    assert history[1].started_at.ToMilliseconds() - killed_at_ms < (LEASE_S + 1) * 1000
+
+
+async def test_a_stopped_workers_late_result_is_refused(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given worker A frozen (SIGSTOP) in the middle of a task, and worker B
+    a = worker_factory(broker.url, gpu=0, env={"FAKE_C2_SLEEP_S": "2"})
+    a.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(broker.url, task_id)
+    a.signal(signal.SIGSTOP)
+    b = worker_factory(broker.url, gpu=1)
+    b.wait_for("registered")
+    try:
+        # When B finishes the requeued task, and A wakes up and delivers its own proof
+        task = await final(broker.url, task_id, timeout_s=LEASE_S + 10)
+        assert task.state == tasks_pb2.TASK_STATE_FINISHED
+        winner = task.worker_id
+    finally:
+        a.signal(signal.SIGCONT)
+    await asyncio.sleep(3)
+
+    # Then A's late heartbeat or result is refused (A is told to drop the task), and the
+    # finished task is untouched
+    assert "no longer holds" in broker.logs() or "late result refused" in broker.logs()
+    async with BrokerClient(broker.url) as client:
+        after = await client.get_task(task_id)
+    assert after.state == tasks_pb2.TASK_STATE_FINISHED and after.worker_id == winner
+    assert [h.outcome for h in after.history] == ["requeued", "finished"]
+
+
+async def test_a_task_failing_every_attempt_ends_in_error_listing_each_reason(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    worker = worker_factory(broker.url, env={"FAKE_C2_FAIL": "GPU memory fault"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    task = await final(broker.url, task_id)
+    assert task.state == tasks_pb2.TASK_STATE_ERROR and task.attempts == 2  # --max-attempts 2
+    assert task.error_message.startswith("failed after 2 attempts")
+    assert task.error_message.count("GPU memory fault") == 2
+    listed = subprocess.run(
+        [str(BIN / "gpuproxy"), "tasks", "list", "--url", broker.url, "--state", "error"],
+        capture_output=True, text=True, check=True,
+    )
+    assert task_id in listed.stdout and "2/2" in listed.stdout
