@@ -18,3 +18,16 @@ def test_example_broker_config_is_valid() -> None:
     assert config.listen == "0.0.0.0:18888"
     assert config.dsn.startswith("mysql://") and config.resource_type == "fs"
     assert config.max_attempts_for("c2") == 3 > 1
+
+
+def test_example_worker_config_is_valid() -> None:
+    from worker import cli as worker_cli
+
+    args = worker_cli.build_parser().parse_args(
+        ["run", "--config", str(DEPLOY / "worker.toml")]
+    )
+    _, config = worker_cli.settings(args, worker_cli.RUN_FLAGS, environ={})
+    assert config.url == "10.0.0.5:18888" and config.task_types == ("c2",)
+    assert config.resource_type == "fs" and config.max_tasks == 1
+    c2 = config.processors["c2"]
+    assert c2.bin == "/usr/local/bin/venus-worker" and list(c2.args) == ["processor", "c2"]
