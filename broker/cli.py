@@ -53,6 +53,7 @@ RUN_FLAGS = [
          3600.0, float),
     Flag("retention-s", "how long finished and errored tasks are kept", 7 * 86400.0, float),
     Flag("clean-interval-s", "seconds between cleaner sweeps", 300.0, float),
+    Flag("metrics-url", "HOST:PORT to serve Prometheus metrics on (off when empty)", ""),
     *LOG_FLAGS,
 ]
 
@@ -81,6 +82,7 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
         orphan_age_s=values["orphan_age_s"],
         retention_s=values["retention_s"],
         clean_interval_s=values["clean_interval_s"],
+        metrics_listen=values["metrics_url"],
     )
 
 

@@ -14,11 +14,11 @@ def default_home() -> pathlib.Path:
     return pathlib.Path.home() / ".gpuproxy"
 
 
-def _check_listen(value: str) -> None:
+def _check_listen(value: str, field: str = "url") -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise exceptions.ConfigError(
-            field="url", detail=f"{value!r} is not HOST:PORT (for example 0.0.0.0:18888)"
+            field=field, detail=f"{value!r} is not HOST:PORT (for example 0.0.0.0:18888)"
         )
 
 
@@ -43,10 +43,13 @@ class BrokerConfig:
     orphan_age_s: float = 3600.0  #: temp files and unreferenced payloads older than this go
     retention_s: float = 7 * 24 * 3600.0  #: finished and errored tasks are kept this long
     clean_interval_s: float = 300.0
+    metrics_listen: str = ""  #: HOST:PORT of the Prometheus endpoint; "" for none
     watch_poll_s: float = 1.0  #: how soon a watch sees changes made by another broker
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
+        if self.metrics_listen:
+            _check_listen(self.metrics_listen, "metrics-url")
         if self.resource_type not in ("fs", "db"):
             raise exceptions.ConfigError(
                 field="resource-type", detail=f"{self.resource_type!r} is neither fs nor db"

@@ -14,7 +14,7 @@ import time
 
 import structlog
 
-from broker import convert, models
+from broker import convert, metrics, models
 from broker.models import Task, TaskState
 from broker.store import Store
 from protos.gpuproxy.v1 import workers_pb2
@@ -81,6 +81,7 @@ class Dispatcher:
             log.info("worker reconnected; closing its previous stream", worker_id=old.worker_id)
             self.remove(old)
         self.sessions.append(session)
+        metrics.WORKERS.set(len(self.sessions))
         self.wake()
 
     def close_all(self) -> None:
@@ -93,6 +94,7 @@ class Dispatcher:
             session.close()
         if session in self.sessions:
             self.sessions.remove(session)
+        metrics.WORKERS.set(len(self.sessions))
 
     def done(self, task_id: str) -> None:
         """A held task ended (finished, failed, released): its slot is free again."""
@@ -159,6 +161,10 @@ class Dispatcher:
         if ts is not None:
             msg.lease_expires_at.CopyFrom(ts)
         s.send(workers_pb2.BrokerMessage(assignment=msg))
+        metrics.ASSIGNED.labels(task.task_type).inc()
+        # Waiting since creation, or since the requeue/backoff that made it claimable again.
+        since = max(task.created_at, task.not_before)
+        metrics.DISPATCH_SECONDS.observe(max(models.now_ms() - since, 0) / 1000)
         log.info("task assigned", task_id=task.id, worker_id=s.worker_id, fence=task.fence,
                  attempt=task.attempts)
 

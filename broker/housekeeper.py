@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from broker import models
+from broker import metrics, models
 from broker.store import Store
 
 log = structlog.get_logger(__name__)
@@ -23,6 +23,7 @@ async def sweep(
     timeouts_ms = {t: int(s * 1000) for t, s in timeouts_s.items()}
     requeued = await store.requeue_expired(models.now_ms(), timeouts_ms)
     for task in requeued:
+        metrics.REQUEUED.labels(task.task_type).inc()
         log.warning("task taken back from its worker", task_id=task.id,
                     state=task.state.name.lower(), attempts=task.attempts,
                     max_attempts=task.max_attempts, error=task.error_message or None)

@@ -12,7 +12,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker import cleaner, housekeeper, models
+from broker import cleaner, housekeeper, metrics, models
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
 from broker.payloads import open_payload_store
@@ -85,6 +85,8 @@ class Broker:
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen}: is another broker using the port?")
         await self.server.start()
+        if cfg.metrics_listen:
+            metrics.serve(cfg.metrics_listen)
         for name in ("", names[0], names[1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._spawn("dispatcher", self.dispatcher.run_forever)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import structlog
 
-from broker import cleaner, exceptions, models, policy
+from broker import cleaner, exceptions, metrics, models, policy
 from broker.config import BrokerConfig
 from broker.models import Attempt, PageCursor, Task, TaskFilter, TaskState
 from broker.payloads import PayloadStore
@@ -118,6 +118,9 @@ class TaskManager:
             await self.store.delete_task(new.id)
             raise exceptions.PayloadNotFound(sha256=new.payload_sha256)
         if created:
+            metrics.SUBMITTED.labels(task.task_type).inc()
+            if plan.send_payload:
+                metrics.PAYLOAD_BYTES.inc(task.payload_size)
             log.info("task submitted", task_id=task.id, task_type=task.task_type,
                      miner=task.miner, payload_bytes=task.payload_size,
                      uploaded=plan.send_payload)
@@ -212,6 +215,7 @@ class TaskManager:
             held.attempts, self.config.retry_backoff_s, self.config.retry_backoff_max_s
         )
         task = await self.store.fail_task(task_id, fence, message, retryable, retry_at, now)
+        metrics.FAILED_ATTEMPTS.labels(task.task_type, str(retryable).lower()).inc()
         self.hub.notify(task_id)
         log.warning("task attempt failed", task_id=task_id, worker_id=held.worker_id,
                     retryable=retryable, reason=message, state=task.state.name.lower())
@@ -229,6 +233,7 @@ class TaskManager:
         """Record a worker's result: stored first, then the task finishes (fenced)."""
         await self.payloads.write(sha256, size, chunks)
         task = await self.store.finish_task(task_id, fence, size, sha256, models.now_ms())
+        metrics.FINISHED.labels(task.task_type).inc()
         self.hub.notify(task_id)
         log.info("task finished", task_id=task_id, worker_id=task.worker_id,
                  attempts=task.attempts)

@@ -297,3 +297,24 @@ def test_bad_flags_and_unreachable_things_get_clear_messages(
 
     no_broker = gpuproxy("tasks", "list", "--url", "127.0.0.1:1")
     assert no_broker.returncode == 1 and "No broker at 127.0.0.1:1" in no_broker.stderr
+
+
+async def test_metrics_endpoint_counts_submissions(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    import urllib.request
+
+    from tests.e2e.conftest import free_port
+
+    metrics_url = f"127.0.0.1:{free_port()}"
+    broker = broker_factory(sqlite_dsn, "fs", extra=["--metrics-url", metrics_url])
+    payload = tmp_path / "c1"
+    write_payload(payload, 4096)
+    for _ in range(2):  # the second submit is the same task
+        gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner", "f01000",
+                 str(payload))
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    assert 'gpuproxy_tasks_submitted_total{task_type="c2"} 1.0' in text
+    assert "gpuproxy_payload_bytes_received_total 4096.0" in text
+    assert "gpuproxy_workers_connected 0.0" in text
