@@ -50,10 +50,15 @@ def file_sha256(path: pathlib.Path) -> tuple[int, str]:
 
 
 class BrokerClient:
-    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 30.0, options: Sequence[tuple[str, Any]] = ()
+    ) -> None:
+        """`options`: channel options added to CHANNEL_OPTIONS (e.g. a reconnect backoff)."""
         self.url = url
         self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(target_of(url), options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            target_of(url), options=[*CHANNEL_OPTIONS, *options]
+        )
         self.stub = tasks_pb2_grpc.TaskBrokerStub(self.channel)
         self.workers = workers_pb2_grpc.WorkerServiceStub(self.channel)
 

@@ -1,22 +1,151 @@
-"""`cluster-c2-plugin`: the sealer-side C2 processor (its own issue fills this in)."""
+"""`cluster-c2-plugin`: the C2 processor of venus-worker / damocles-worker that proves through
+the gpuproxy broker.
+
+A drop-in for gpuproxy's `cluster_c2_plugin`: the same `run` command, flags and environment
+variables (`--gpuproxy-url` C2PROXY_LISTEN_URL, `--poll-task-interval`
+C2PROXY_POLL_TASK_INTERVAL, `--log-level` C2PROXY_LOG_LEVEL, `--no-gpu` C2PROXY_NO_GPU); the
+flags it adds read GPUPROXY_<FLAG>. stdout carries protocol lines only; logs and errors go to
+stderr. A setting error prints its chain of causes and exits with status 1 (2 for wrong flags).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import os
+import pathlib
+import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from broker import exceptions as broker_exceptions
+from broker import logs
+from broker.cli import report
+from broker.client import BrokerClient
+from broker.flags import Flag, add_flags, resolve
+from plugin import exceptions, stdio
+from plugin.config import PluginConfig
+from plugin.dump import Dumper
+from plugin.processor import Processor
+from plugin.waiter import Waiter, channel_options
+
+log = structlog.get_logger(__name__)
+
+#: env_logger's level names, as gpuproxy's plugin took them, to ours.
+LEVEL_ALIASES = {"trace": "debug", "warn": "warning"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LegacyFlag(Flag):
+    """A flag of gpuproxy's plugin: its environment variable keeps its old name."""
+
+    legacy_env: str = ""
+
+    @property
+    def env(self) -> str:
+        return self.legacy_env
+
+
+def log_level(value: str) -> str:
+    value = value.strip().lower()
+    return LEVEL_ALIASES.get(value, value)
+
+
+RUN_FLAGS = [
+    LegacyFlag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy, or "
+               "HOST:PORT)", "http://127.0.0.1:18888", legacy_env="C2PROXY_LISTEN_URL"),
+    LegacyFlag("poll-task-interval", "seconds between task reads when the broker's watch "
+               "stream cannot be held (otherwise the broker pushes every change)", 60.0, float,
+               legacy_env="C2PROXY_POLL_TASK_INTERVAL"),
+    LegacyFlag("log-level", "log level (trace and warn are taken as debug and warning)", "info",
+               log_level, choices=logs.LEVELS, legacy_env="C2PROXY_LOG_LEVEL"),
+    Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
+    Flag("dump-dir", "write each request and response line, as it crossed the pipe, to a file "
+         "here named by request id"),
+    Flag("deadline-s", "a request still without a proof after this many seconds is answered "
+         "with an error saying what was tried", 24 * 3600.0, float),
+    Flag("retry-min-s", "first wait before calling an unreachable broker again", 1.0, float),
+    Flag("retry-max-s", "longest wait between calls to an unreachable broker", 30.0, float),
+]
+
+
+def config_from(values: dict[str, Any]) -> PluginConfig:
+    dump_dir = values["dump_dir"]
+    return PluginConfig(
+        url=values["gpuproxy_url"],
+        poll_interval_s=values["poll_task_interval"],
+        deadline_s=values["deadline_s"],
+        retry_min_s=values["retry_min_s"],
+        retry_max_s=values["retry_max_s"],
+        dump_dir=pathlib.Path(dump_dir).expanduser() if dump_dir else None,
+    )
+
+
+def make_dump_dir(path: pathlib.Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise exceptions.ConfigError(field="dump-dir", detail=f"cannot create {path}: "
+                                     f"{exc.strerror or exc}") from exc
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    values = resolve(args, RUN_FLAGS)
+    logs.configure(values["log_level"], values["log_format"])
+    config = config_from(values)
+    make_dump_dir(config.dump_dir)
+    if args.no_gpu or os.environ.get("C2PROXY_NO_GPU"):
+        log.info("--no-gpu ignored: proofs are made by the broker's workers")
+    protocol_fd = stdio.take_stdout()
+    log.info("starting", broker=config.url, deadline_s=config.deadline_s,
+             dump_dir=str(config.dump_dir) if config.dump_dir else None)
+    with tempfile.TemporaryDirectory(prefix="cluster-c2-plugin-") as work_dir:
+        async with BrokerClient(config.url, options=channel_options(config)) as client:
+            waiter = Waiter(config, client, pathlib.Path(work_dir))
+            processor = Processor(waiter, stdio.LineWriter(protocol_fd), Dumper(config.dump_dir))
+            reader = stdio.LineReader(sys.stdin.buffer)
+            reader.start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, reader.stop)
+            await processor.run(reader)
+    log.info("stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cluster-c2-plugin", allow_abbrev=False,
+        description="C2 processor for venus-worker / damocles-worker ([[processors.c2]]) that "
+        "has the gpuproxy broker's GPU workers make the proofs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", allow_abbrev=False,
+                         help="serve C2 requests on stdin/stdout (started by venus-worker)")
+    add_flags(run, RUN_FLAGS)
+    run.add_argument("--no-gpu", action="store_true",
+                     help="accepted for gpuproxy's plugin compatibility; ignored "
+                     "[env C2PROXY_NO_GPU]")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cluster-c2-plugin",
-        description="C2 processor for venus-worker/damocles-worker that sends C2 to the broker.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve C2 requests on stdin/stdout (not yet available)")
-    parser.parse_args(argv)
-    print("cluster-c2-plugin: not yet available in this version", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(cmd_run(args))
+    except KeyboardInterrupt:
+        return 130
+    except (exceptions.PluginError, broker_exceptions.BrokerError, OSError) as exc:
+        report(exc)
+        log.debug("plugin failed", exc_info=exc)
+        return 1
 
 
 if __name__ == "__main__":

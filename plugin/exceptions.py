@@ -1,0 +1,54 @@
+"""Errors of the plugin. Each class docstring is the default message, phrased as the fix.
+
+The message of a request's error is what venus-worker logs as the C2 error of the sector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PluginError(Exception):
+    """The C2 plugin failed: see its log (the processor's stderr in venus-worker's log)."""
+
+    def __init__(self, message: str | None = None, **attrs: Any) -> None:
+        self.__dict__.update(attrs)
+        # Docstrings wrap over lines; the message is one line.
+        text = message or " ".join((self.__doc__ or "").split()).format(**attrs)
+        super().__init__(text)
+
+
+class ConfigError(PluginError):
+    """Invalid setting {field}: {detail}"""
+
+
+class MalformedRequest(PluginError):
+    """Malformed C2 request: {detail}. Is this processor configured for venus-worker's c2
+    stage?"""
+
+    request_id: int | None  #: None when the id itself could not be read
+
+
+class TaskFailed(PluginError):
+    """task {task_id} sector {sector_id} error reason: {reason}"""
+
+
+class NotAProof(PluginError):
+    """Task {task_id} (sector {sector_id}) finished, but its result is not a proof: {detail}.
+    Check the C2 processor of worker {worker_id}; `gpuproxy tasks show {task_id}` has the
+    history."""
+
+
+class Refused(PluginError):
+    """The broker at {url} refused to {what} for sector {sector_id}: {detail}"""
+
+
+class GaveUp(PluginError):
+    """Gave up on sector {sector_id} after {deadline_s:g} s (--deadline-s): {trail}. Is the
+    broker at {url} up (`gpuproxy tasks list`), and are workers proving (`gpuproxy workers
+    list`)?"""
+
+
+class WorkDirUnusable(PluginError):
+    """Cannot keep temporary files in {path}: {detail}. Free space there, or set TMPDIR to a
+    folder with room for a C1 output per request in flight."""

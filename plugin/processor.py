@@ -1,0 +1,137 @@
+"""The plugin's loop: a line in, a request handled in its own task, a line out.
+
+Requests are served concurrently and answered in the order they finish; venus-worker matches
+answers by id. A line that is not a request gets an error answer for its id when the id can be
+read, and a log line otherwise; the loop goes on either way. At the end of stdin (venus-worker
+stopped or restarts its processor) the requests in flight are abandoned: their tasks stay on the
+broker, and the same requests sent again find them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+import structlog
+
+from plugin import exceptions, protocol
+from plugin.dump import Dumper
+from plugin.protocol import C2Request
+from plugin.stdio import LineReader, LineWriter
+from plugin.waiter import StagedRequest
+
+log = structlog.get_logger(__name__)
+
+#: How much of an unreadable line the log quotes.
+QUOTE_BYTES = 120
+
+
+class Prover(Protocol):
+    """What answers requests (`waiter.Waiter`; a stand-in in unit tests)."""
+
+    async def stage(self, request: C2Request) -> StagedRequest: ...
+
+    async def prove(self, staged: StagedRequest) -> bytes: ...
+
+
+def quote(line: bytes) -> str:
+    text = line[:QUOTE_BYTES].decode(errors="replace").rstrip("\r\n")
+    return text + ("..." if len(line) > QUOTE_BYTES else "")
+
+
+class Processor:
+    def __init__(self, prover: Prover, writer: LineWriter, dumper: Dumper) -> None:
+        self.prover = prover
+        self.writer = writer
+        self.dumper = dumper
+        self.in_flight: dict[asyncio.Task[None], C2Request] = {}
+        #: Requests, and the quick ones: answers to malformed lines, dumps.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, reader: LineReader) -> None:
+        """Say ready, serve lines until stdin ends, then abandon what is still in flight."""
+        if not await self.writer.write(protocol.READY_LINE):
+            return
+        log.info("c2 processor ready", pid=os.getpid())
+        while (line := await reader.next_line()) is not None:
+            self.accept(line)
+        await self.abandon()
+
+    def accept(self, line: bytes) -> None:
+        """Start serving one line; returns at once."""
+        if not line.strip():
+            return
+        try:
+            request = protocol.parse_request(line)
+        except exceptions.MalformedRequest as exc:
+            self._spawn(self._refuse(exc, line), None)
+            return
+        log.info("request", request_id=request.id, sector_id=request.sector_id,
+                 miner=request.miner, proof_type=request.registered_proof,
+                 task_bytes=len(request.task))
+        self._spawn(self.dumper.request(request.id, line), None)
+        self._spawn(self._serve(request), request)
+
+    async def abandon(self) -> None:
+        """Stop serving: requests in flight get no answer (nobody is left to read it); the
+        quick work (answers to malformed lines, dumps) is still done."""
+        if self.in_flight:
+            log.warning(
+                "stdin closed: abandoning the requests in flight; their tasks stay on the "
+                "broker and are found again when the requests come again",
+                requests=sorted(r.id for r in self.in_flight.values()),
+                sectors=sorted(r.sector_id for r in self.in_flight.values()),
+            )
+        else:
+            log.info("stdin closed; nothing in flight")
+        for task in self.in_flight:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], request: C2Request | None) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        if request is not None:
+            # Without its C2 input, which may be tens of MB.
+            self.in_flight[task] = dataclasses.replace(request, task=b"")
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.in_flight.pop(task, None)
+
+    async def _refuse(self, exc: exceptions.MalformedRequest, line: bytes) -> None:
+        await self.dumper.request(exc.request_id, line)
+        if exc.request_id is None:
+            log.error("line ignored: no request id can be read in it", error=str(exc),
+                      line=quote(line), line_bytes=len(line))
+            return
+        log.warning("malformed request", request_id=exc.request_id, error=str(exc))
+        await self._answer(exc.request_id, protocol.error_line(exc.request_id, str(exc)))
+
+    async def _serve(self, request: C2Request) -> None:
+        request_id, sector_id = request.id, request.sector_id
+        try:
+            staged = await self.prover.stage(request)
+            del request  # from here the C2 input lives in the staged file only
+            answer = protocol.proof_line(request_id, await self.prover.prove(staged))
+        except exceptions.PluginError as exc:
+            log.warning("request failed", request_id=request_id, sector_id=sector_id,
+                        error=str(exc))
+            answer = protocol.error_line(request_id, str(exc))
+        except Exception as exc:
+            # A bug here must cost one answer, not the loop.
+            log.exception("request failed unexpectedly", request_id=request_id)
+            answer = protocol.error_line(
+                request_id, f"internal error of the C2 plugin ({type(exc).__name__}: {exc}); "
+                "see its log",
+            )
+        await self._answer(request_id, answer)
+
+    async def _answer(self, request_id: int, line: bytes) -> None:
+        await self.dumper.response(request_id, line)
+        if await self.writer.write(line):
+            log.info("answered", request_id=request_id, line_bytes=len(line))

@@ -1,0 +1,328 @@
+"""`cluster-c2-plugin` driven as venus-worker drives it (a child on pipes: the ready line, one
+request per line, answers matched by id), with a real broker and a real worker running the
+stand-in C2 processor (tests/fixtures/fake_c2.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import pathlib
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from broker.client import BrokerClient
+from protos.gpuproxy.v1 import tasks_pb2
+from tests.e2e import test_worker_e2e as worker_e2e
+from tests.e2e.conftest import BIN, BrokerFactory, BrokerProcess, cli_env, free_port
+from tests.fixtures import fake_c2
+
+# The worker fixture of the worker's end-to-end tests.
+worker_factory = worker_e2e.worker_factory
+WorkerFactory = worker_e2e.WorkerFactory
+
+PROVER_ID = [1] + [0] * 31
+#: Short waits, so that a broker outage costs the tests about a second.
+FAST = ["--retry-min-s", "0.2", "--retry-max-s", "0.5", "--log-level", "debug"]
+
+
+def task_bytes(sector_id: int, proof_type: str = "StackedDrg2KiBV1_1", partitions: int = 1,
+               extra: str = "") -> bytes:
+    """A C2 input as venus-worker's serde writes it; `extra` adds c1out members verbatim."""
+    vanilla = json.dumps({"v": [[sector_id]] * partitions}, separators=(",", ":"))
+    c1out = f'{{"registered_proof":"{proof_type}","vanilla_proofs":{vanilla}{extra}}}'
+    prover = json.dumps(PROVER_ID, separators=(",", ":"))
+    return (f'{{"c1out":{c1out},"prover_id":{prover},"sector_id":{sector_id},'
+            f'"miner_id":1000}}').encode()
+
+
+def request_line(request_id: int, task: bytes) -> bytes:
+    return b'{"id":%d,"task":%s}\n' % (request_id, task)
+
+
+def proof_of(task: bytes) -> list[int]:
+    return list(fake_c2.expected_proof(json.loads(task)))
+
+
+@dataclasses.dataclass
+class PluginProcess:
+    proc: asyncio.subprocess.Process
+    log_path: pathlib.Path
+    ready: bytes = b""
+    answers: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    lines: list[bytes] = dataclasses.field(default_factory=list)
+
+    async def send(self, line: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line)
+        await self.proc.stdin.drain()
+
+    async def answer(self, request_id: int, timeout_s: float = 20.0) -> dict[str, Any]:
+        """The response for `request_id`, reading (and keeping) the others on the way."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            while request_id not in self.answers:
+                line = await self.proc.stdout.readline()
+                assert line, f"the plugin closed stdout:\n{self.logs()}"
+                self.lines.append(line)
+                response = json.loads(line)
+                assert set(response) == {"id", "err_msg", "output"}
+                assert (response["err_msg"] is None) != (response["output"] is None)
+                self.answers[response["id"]] = response
+        return self.answers[request_id]
+
+    async def proof(self, request_id: int, timeout_s: float = 20.0) -> list[int]:
+        response = await self.answer(request_id, timeout_s)
+        assert response["err_msg"] is None, response["err_msg"]
+        proof: list[int] = response["output"]["proof"]
+        return proof
+
+    async def error(self, request_id: int, timeout_s: float = 20.0) -> str:
+        response = await self.answer(request_id, timeout_s)
+        assert response["output"] is None, "expected an error, got a proof"
+        message: str = response["err_msg"]
+        return message
+
+    async def wait_for_log(self, text: str, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.logs():
+            assert time.monotonic() < deadline, f"no {text!r} in the plugin log:\n{self.logs()}"
+            await asyncio.sleep(0.05)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+PluginFactory = Callable[..., Coroutine[Any, Any, PluginProcess]]
+
+
+@pytest.fixture
+async def plugin_factory(
+    tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> AsyncIterator[PluginFactory]:
+    """factory(url, extra=[...]): a started plugin that has printed its ready line."""
+    started: list[PluginProcess] = []
+
+    async def make(url: str, extra: list[str] | None = None) -> PluginProcess:
+        log_path = tmp_path / f"plugin-{len(started)}.log"
+        env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith("C2PROXY_")}
+        with log_path.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                str(BIN / "cluster-c2-plugin"), "run", "--gpuproxy-url", f"http://{url}",
+                *FAST, *(extra or []), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=log, env=env, limit=16 * 1024 * 1024,
+            )
+        plugin = PluginProcess(proc, log_path)
+        started.append(plugin)
+        assert proc.stdout is not None
+        async with asyncio.timeout(10):
+            plugin.ready = await proc.stdout.readline()
+        assert plugin.ready == b"c2 processor ready\n", plugin.logs()
+        return plugin
+
+    yield make
+    for plugin in started:
+        if plugin.proc.returncode is None:
+            plugin.proc.kill()
+            await plugin.proc.wait()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for plugin in started:
+            print(f"--- {plugin.log_path.name} ---\n{plugin.logs()}")
+
+
+@pytest.fixture
+def broker(sqlite_dsn: str, broker_factory: BrokerFactory) -> BrokerProcess:
+    return broker_factory(sqlite_dsn, "fs", extra=[
+        "--lease-s", "6", "--retry-backoff-s", "0.1", "--max-attempts", "1",
+    ])
+
+
+async def tasks_on(url: str) -> list[tasks_pb2.Task]:
+    async with BrokerClient(url) as client:
+        return list((await client.list_tasks()).tasks)
+
+
+async def test_concurrent_requests_get_their_proofs(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given a worker proving three tasks at once, and a plugin dumping what crosses the pipe
+    record = tmp_path / "prover-input"
+    worker_factory(broker.url, extra=["--max-tasks", "3"],
+                   env={"FAKE_C2_SLEEP_S": "0.5", "FAKE_C2_RECORD": str(record)})
+    plugin = await plugin_factory(broker.url, ["--dump-dir", str(tmp_path / "dump")])
+    # When three requests arrive before any is answered: one with number formats and spacing
+    # serde would not write, one with an aggregated (NI-PoRep) proof larger than a pipe buffer
+    tasks = {
+        1: task_bytes(161, extra=', "odd" : [1.50, 1e3, -0.0, "\\u00e9"]'),
+        2: task_bytes(162),
+        3: task_bytes(163, "StackedDrg32GiBV1_2_Feat_NonInteractivePoRep", partitions=400),
+    }
+    for request_id, task in tasks.items():
+        await plugin.send(request_line(request_id, task))
+    # Then each gets its own proof
+    for request_id, task in tasks.items():
+        assert await plugin.proof(request_id) == proof_of(task)
+    assert len(plugin.lines[-1]) > 65536 or any(len(line) > 65536 for line in plugin.lines)
+    # And the broker has one c2 task per sector, its payload the task's bytes as sent
+    found = {t.comment: t for t in await tasks_on(broker.url)}
+    assert sorted(found) == ["sector 161", "sector 162", "sector 163"]
+    assert {(t.task_type, t.miner) for t in found.values()} == {("c2", "f01000")}
+    assert found["sector 161"].payload_sha256 == hashlib.sha256(tasks[1]).hexdigest()
+    assert tasks[1] in record.read_bytes()  # and so reached the prover
+    # And the dump folder has every line as it crossed the pipe
+    dumps = {p.name.split("-", 2)[2]: p.read_bytes() for p in (tmp_path / "dump").iterdir()}
+    assert dumps["1.request"] == request_line(1, tasks[1])
+    assert sorted(dumps) == ["1.request", "1.response", "2.request", "2.response",
+                             "3.request", "3.response"]
+    assert {dumps[f"{i}.response"] for i in tasks} == set(plugin.lines)
+
+
+async def test_the_same_request_twice_makes_one_task(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+) -> None:
+    worker_factory(broker.url, env={"FAKE_C2_SLEEP_S": "0.5"})
+    plugin = await plugin_factory(broker.url)
+    task = task_bytes(7)
+    # Twice at once, then once more when the task is finished (answered at once)
+    await plugin.send(request_line(1, task))
+    await plugin.send(request_line(2, task))
+    assert await plugin.proof(1) == await plugin.proof(2) == proof_of(task)
+    t0 = time.monotonic()
+    await plugin.send(request_line(3, task))
+    assert await plugin.proof(3) == proof_of(task)
+    assert time.monotonic() - t0 < 2
+    [only] = await tasks_on(broker.url)
+    assert only.attempts == 1
+
+
+async def test_a_broker_killed_and_restarted_mid_wait_still_yields_the_proof(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+) -> None:
+    # Given a request whose task is being proved
+    worker_factory(broker.url, env={"FAKE_C2_SLEEP_S": "3"})
+    plugin = await plugin_factory(broker.url)
+    task = task_bytes(164)
+    await plugin.send(request_line(1, task))
+    [submitted] = [t async for t in _wait_for_tasks(broker.url, 1)]
+    await worker_e2e.until_proving(broker.url, submitted.id)
+    # When the broker is killed and comes back
+    broker.stop(signal.SIGKILL)
+    await plugin.wait_for_log("broker unreachable")
+    await asyncio.to_thread(broker.start)
+    # Then the proof still arrives
+    assert await plugin.proof(1) == proof_of(task)
+    assert "broker reachable again" in plugin.logs()
+
+
+async def test_a_broker_down_at_submit_time_is_waited_for(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    plugin_factory: PluginFactory,
+) -> None:
+    port = free_port()
+    plugin = await plugin_factory(f"127.0.0.1:{port}")
+    task = task_bytes(165)
+    await plugin.send(request_line(1, task))
+    await plugin.wait_for_log("broker unreachable; retrying until the deadline")
+    broker = broker_factory(sqlite_dsn, "fs", port=port)
+    worker_factory(broker.url)
+    assert await plugin.proof(1) == proof_of(task)
+
+
+async def test_malformed_lines_get_error_answers_while_other_requests_go_on(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given a request being proved
+    worker_factory(broker.url, env={"FAKE_C2_SLEEP_S": "1.5"})
+    plugin = await plugin_factory(broker.url)
+    good = task_bytes(166)
+    await plugin.send(request_line(1, good))
+    # When malformed lines follow it
+    await plugin.send(b'{"id":2,"task":{"c1out":{"registered_proof":\n')  # cut short
+    await plugin.send(b"Segmentation fault\n")  # no id to answer
+    await plugin.send(request_line(3, good.replace(b'"prover_id":[1,', b'"prover_id":[')))
+    await plugin.send(b'{"id":4,"task":{"c1out":{},"sector_id":1,"miner_id":2}}\n')
+    await plugin.send(b"\n")
+    # Then each one with an id gets an error, before the good request's proof
+    assert "not a JSON object" in await plugin.error(2, timeout_s=5)
+    assert "prover_id is not a list of 32 bytes" in await plugin.error(3, timeout_s=5)
+    assert "task has no prover_id" in await plugin.error(4, timeout_s=5)
+    assert 1 not in plugin.answers
+    assert await plugin.proof(1) == proof_of(good)
+    assert "line ignored: no request id can be read in it" in plugin.logs()
+    assert len(await tasks_on(broker.url)) == 1
+
+
+async def test_a_task_in_error_is_reported_then_reset_when_asked_again(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+) -> None:
+    # Given a worker whose prover fails (and a broker that gives each task one attempt)
+    failing = worker_factory(broker.url, env={"FAKE_C2_FAIL": "GPU fell off the bus"})
+    plugin = await plugin_factory(broker.url)
+    task = task_bytes(167)
+    await plugin.send(request_line(1, task))
+    # Then the error is the request's answer, as gpuproxy's plugin wrote it
+    message = await plugin.error(1)
+    assert message.startswith("task ") and "sector 167 error reason:" in message
+    assert "GPU fell off the bus" in message
+    # When venus-worker asks again and a good worker is there
+    assert failing.proc is not None
+    failing.proc.kill()
+    worker_factory(broker.url, gpu=1)
+    await plugin.send(request_line(2, task))
+    # Then the same task is reset and proved
+    assert await plugin.proof(2) == proof_of(task)
+    [only] = await tasks_on(broker.url)
+    async with BrokerClient(broker.url) as client:
+        history = (await client.get_task(only.id)).history
+    assert [a.outcome for a in history] == ["failed", "reset", "finished"]
+
+
+async def test_a_result_that_is_not_a_proof_is_an_error(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+) -> None:
+    # A 32 GiB sector needs 10 partitions; this prover returns one
+    worker_factory(broker.url)
+    plugin = await plugin_factory(broker.url)
+    await plugin.send(request_line(1, task_bytes(168, "StackedDrg32GiBV1_1")))
+    message = await plugin.error(1)
+    assert "finished, but its result is not a proof" in message
+    assert "192 bytes, but a StackedDrg32GiBV1_1 proof has 1920" in message
+
+
+async def test_end_of_stdin_abandons_requests_in_flight_and_exits(
+    broker: BrokerProcess, plugin_factory: PluginFactory,
+) -> None:
+    plugin = await plugin_factory(broker.url)
+    await plugin.send(request_line(1, task_bytes(169)))
+    await plugin.wait_for_log("task submitted")
+    assert plugin.proc.stdin is not None
+    plugin.proc.stdin.close()
+    async with asyncio.timeout(10):
+        assert await plugin.proc.wait() == 0
+    assert "abandoning the requests in flight" in plugin.logs()
+    [task] = await tasks_on(broker.url)  # still there for the next time
+    assert task.state == tasks_pb2.TASK_STATE_INIT
+
+
+async def test_the_deadline_answers_with_what_was_tried(plugin_factory: PluginFactory) -> None:
+    plugin = await plugin_factory(f"127.0.0.1:{free_port()}", ["--deadline-s", "1"])
+    await plugin.send(request_line(9, task_bytes(170)))
+    message = await plugin.error(9, timeout_s=10)
+    assert message.startswith("Gave up on sector 170 after 1 s")
+    assert "the broker never accepted the task" in message and "No broker at" in message
+
+
+async def _wait_for_tasks(url: str, count: int) -> AsyncIterator[tasks_pb2.Task]:
+    async with asyncio.timeout(10):
+        while len(tasks := await tasks_on(url)) < count:
+            await asyncio.sleep(0.05)
+    for task in tasks:
+        yield task
+
