@@ -75,8 +75,9 @@ class Trail:
         if self.polls:
             parts.append(f"polled {_times(self.polls)} (the watch stream could not be held)")
         if self.failures:
-            parts.append(f"{self.failures} calls to the broker failed and were retried with "
-                         f"backoff, the last one: {self.last_error}")
+            calls = "1 failed call" if self.failures == 1 else f"{self.failures} failed calls"
+            parts.append(f"{calls} to the broker, retried with backoff (the last: "
+                         f"{self.last_error})")
         return "; ".join(parts)
 
 

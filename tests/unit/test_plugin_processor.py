@@ -1,0 +1,239 @@
+"""The plugin's loop and its pipe ends, without a broker: lines in, a stand-in prover, lines out
+through a real pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from plugin import exceptions, stdio
+from plugin.dump import Dumper
+from plugin.processor import Processor
+from plugin.protocol import C2Request
+from plugin.waiter import StagedRequest
+
+PROVER_ID = json.dumps([1] + [0] * 31).encode()
+
+
+def request_line(request_id: int, sector_id: int) -> bytes:
+    return (b'{"id":%d,"task":{"c1out":{},"prover_id":%s,"sector_id":%d,"miner_id":1000}}\n'
+            % (request_id, PROVER_ID, sector_id))
+
+
+class ScriptedProver:
+    """Proves sector N with bytes([N]) once `release(N)` is called; sector 666 fails, 667 is a
+    bug."""
+
+    def __init__(self, tmp_path: pathlib.Path) -> None:
+        self.tmp_path = tmp_path
+        self.gates: dict[int, asyncio.Event] = {}
+        self.cancelled: list[int] = []
+
+    def release(self, sector_id: int) -> None:
+        self.gates.setdefault(sector_id, asyncio.Event()).set()
+
+    async def stage(self, request: C2Request) -> StagedRequest:
+        path = self.tmp_path / f"{request.id}"
+        path.write_bytes(request.task)
+        return StagedRequest(dataclasses.replace(request, task=b""), path)
+
+    async def prove(self, staged: StagedRequest) -> bytes:
+        sector = staged.request.sector_id
+        assert staged.request.task == b"" and staged.payload.exists()
+        try:
+            await self.gates.setdefault(sector, asyncio.Event()).wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(sector)
+            raise
+        if sector == 666:
+            raise exceptions.TaskFailed(task_id="t", sector_id=sector, reason="bad GPU")
+        if sector == 667:
+            raise RuntimeError("a bug")
+        return bytes([sector])
+
+
+class ListReader:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def feed(self, *lines: bytes | None) -> None:
+        for line in lines:
+            self.queue.put_nowait(line)
+
+    async def next_line(self) -> bytes | None:
+        return await self.queue.get()
+
+
+@dataclasses.dataclass
+class Pipe:
+    read_fd: int
+    write_fd: int
+    received: bytearray = dataclasses.field(default_factory=bytearray)
+
+    def lines(self) -> list[bytes]:
+        return [line + b"\n" for line in bytes(self.received).split(b"\n")[:-1]]
+
+    def answers(self) -> dict[int, Any]:
+        return {a["id"]: a for a in map(json.loads, self.lines()[1:])}
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    """A pipe whose read end is drained by a thread into `received`."""
+    read_fd, write_fd = os.pipe()
+    p = Pipe(read_fd, write_fd)
+
+    def drain() -> None:
+        while chunk := os.read(read_fd, 65536):
+            p.received += chunk
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    yield p
+    os.close(write_fd)
+    thread.join(5)
+    os.close(read_fd)
+
+
+async def until(condition: Any, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_answers_go_out_as_requests_finish_and_bad_lines_do_not_stop_the_loop(
+    pipe: Pipe, tmp_path: pathlib.Path
+) -> None:
+    prover, reader = ScriptedProver(tmp_path), ListReader()
+    processor = Processor(prover, stdio.LineWriter(pipe.write_fd), Dumper(None))
+    run = asyncio.create_task(processor.run(reader))  # type: ignore[arg-type]
+    # Given three requests in flight and a few lines that are not requests
+    reader.feed(request_line(1, 11), request_line(2, 12), request_line(3, 666),
+                b'{"id":4,"task":[]}\n', b"garbage\n", b"\n", request_line(5, 667))
+    await until(lambda: len(pipe.lines()) == 2)
+    assert pipe.lines()[0] == b"c2 processor ready\n"
+    assert "task is not a JSON object" in pipe.answers()[4]["err_msg"]
+    # When they finish in another order than they came
+    for sector in (12, 666, 667, 11):
+        prover.release(sector)
+    await until(lambda: len(pipe.answers()) == 5)
+    # Then each answer has its id, in the order they finished
+    answers = pipe.answers()
+    assert list(answers) == [4, 2, 3, 5, 1]
+    assert answers[1] == {"id": 1, "err_msg": None, "output": {"proof": [11]}}
+    assert answers[2]["output"] == {"proof": [12]}
+    assert answers[3]["err_msg"] == "task t sector 666 error reason: bad GPU"
+    assert answers[5]["err_msg"].startswith("internal error of the C2 plugin (RuntimeError: a "
+                                            "bug)")
+    reader.feed(None)
+    await run
+
+
+async def test_end_of_input_abandons_what_is_in_flight(pipe: Pipe, tmp_path: pathlib.Path) -> None:
+    prover, reader = ScriptedProver(tmp_path), ListReader()
+    processor = Processor(prover, stdio.LineWriter(pipe.write_fd), Dumper(None))
+    run = asyncio.create_task(processor.run(reader))  # type: ignore[arg-type]
+    reader.feed(request_line(1, 21))
+    await until(lambda: 21 in prover.gates)  # being proved
+    reader.feed(b'{"id":2}\n', None)
+    await run
+    assert prover.cancelled == [21]
+    assert not processor.in_flight
+    await until(lambda: len(pipe.lines()) == 2)
+    assert list(pipe.answers()) == [2]  # the malformed line is still answered
+
+
+async def test_every_line_is_dumped_by_request_id(pipe: Pipe, tmp_path: pathlib.Path) -> None:
+    prover, reader = ScriptedProver(tmp_path), ListReader()
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    processor = Processor(prover, stdio.LineWriter(pipe.write_fd), Dumper(dumps, pid=42))
+    prover.release(31)
+    reader.feed(request_line(1, 31), b'{"id":2}\n', b"junk\n")
+    run = asyncio.create_task(processor.run(reader))  # type: ignore[arg-type]
+    await until(lambda: len(pipe.answers()) == 2)
+    reader.feed(None)
+    await run
+    files = {p.name: p.read_bytes() for p in dumps.iterdir()}
+    sent = {json.loads(line)["id"]: line for line in pipe.lines()[1:]}
+    assert files == {
+        "c2-42-1.request": request_line(1, 31), "c2-42-1.response": sent[1],
+        "c2-42-2.request": b'{"id":2}\n', "c2-42-2.response": sent[2],
+        "c2-42-unknown-1.request": b"junk\n",
+    }
+
+
+async def test_a_reader_gone_away_ends_nothing_but_the_writing(tmp_path: pathlib.Path) -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    writer = stdio.LineWriter(write_fd)
+    assert not await writer.write(b"c2 processor ready\n")
+    assert not await writer.write(b"more\n") and writer.closed
+    os.close(write_fd)
+
+
+# -- the pipe ends ----------------------------------------------------------------------------
+
+
+async def test_lines_larger_than_the_pipe_buffer_are_written_whole_and_never_interleave(
+    pipe: Pipe,
+) -> None:
+    writer = stdio.LineWriter(pipe.write_fd)
+    lines = [bytes([ord("a") + i]) * 1_000_000 + b"\n" for i in range(4)]
+    assert all(await asyncio.gather(*(writer.write(line) for line in lines)))
+    await until(lambda: len(pipe.received) == 4_000_004)
+    assert sorted(pipe.lines()) == lines
+
+
+def test_write_all_waits_on_a_non_blocking_pipe(pipe: Pipe) -> None:
+    os.set_blocking(pipe.write_fd, False)
+    stdio.write_all(pipe.write_fd, b"x" * 1_000_000 + b"\n")
+    os.set_blocking(pipe.write_fd, True)
+    stdio.write_all(pipe.write_fd, b"y\n")
+    deadline = 500
+    while len(pipe.received) < 1_000_003 and deadline:
+        threading.Event().wait(0.01)
+        deadline -= 1
+    assert pipe.lines() == [b"x" * 1_000_000 + b"\n", b"y\n"]
+
+
+async def test_the_reader_yields_lines_then_none() -> None:
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as stream:
+        reader = stdio.LineReader(stream)
+        reader.start()
+        os.write(write_fd, b'{"id":1}\n' + b"x" * 200_000 + b"\nlast without newline")
+        os.close(write_fd)
+        got = []
+        while (line := await reader.next_line()) is not None:
+            got.append(line)
+    assert got == [b'{"id":1}\n', b"x" * 200_000 + b"\n", b"last without newline"]
+
+
+async def test_stop_ends_the_lines_while_stdin_is_still_open() -> None:
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as stream:
+        reader = stdio.LineReader(stream)
+        reader.start()
+        reader.stop()
+        assert await reader.next_line() is None
+        os.close(write_fd)
+
+
+def test_stray_output_goes_to_stderr_once_stdout_is_taken() -> None:
+    code = ("import os; from plugin import stdio; fd = stdio.take_stdout(); print('stray'); "
+            "os.system('echo child'); stdio.write_all(fd, b'protocol\\n')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,
+                          check=True)
+    assert done.stdout == b"protocol\n"
+    assert done.stderr.split() == [b"stray", b"child"]
