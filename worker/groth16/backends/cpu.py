@@ -1,0 +1,46 @@
+"""The CPU backend: the C helper's NTT and Pippenger MSM over the key's bytes in place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from worker.groth16 import curve, field, msm, native, ntt, zkey
+from worker.groth16.backends import base
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HostBases(base.Bases):
+    group: str
+    points: zkey.Points
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class CpuBackend(base.Backend):
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or default_threads()
+        self.name = "cpu"
+        native.library()  # build the helper now: a missing compiler is a start-up error
+
+    def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
+        return HostBases(group=group, points=points)
+
+    def intt(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
+        return native.ntt(evaluations, domain.root_inverse, scale=domain.size_inverse)
+
+    def coset_ntt(self, domain: ntt.Domain, coefficients: field.FrVector) -> field.FrVector:
+        return native.ntt(coefficients, domain.root, shift=domain.coset_shift)
+
+    def msm_g1(self, bases: base.Bases, scalars: field.FrVector) -> curve.G1:
+        return curve.g1_from_lem(self._msm(bases, "g1", scalars).tobytes())
+
+    def msm_g2(self, bases: base.Bases, scalars: field.FrVector) -> curve.G2:
+        return curve.g2_from_lem(self._msm(bases, "g2", scalars).tobytes())
+
+    def _msm(self, bases: base.Bases, group: str, scalars: field.FrVector) -> zkey.Points:
+        assert isinstance(bases, HostBases) and bases.group == group
+        return native.msm(group, bases.points, scalars, msm.window_bits(len(scalars)),
+                          self.threads)

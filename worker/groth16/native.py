@@ -1,0 +1,166 @@
+"""The C helper (native/g16.c): built with the machine's C compiler on first use, then loaded
+with ctypes.
+
+The library is cached under $XDG_CACHE_HOME/gpuproxy (~/.cache/gpuproxy), named by the hash
+of its sources and flags, and written atomically, so concurrent workers build it at most a
+few times and never load a half-written file. ctypes releases the GIL during each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.groth16 import exceptions, field
+
+SOURCE_DIR = pathlib.Path(__file__).parent / "native"
+SOURCES = ("g16.c", "curve.h")
+CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Wall")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_ptr = ctypes.c_void_p
+
+
+def cache_dir() -> pathlib.Path:
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "gpuproxy"
+
+
+def library() -> ctypes.CDLL:
+    """The loaded helper, built first if needed; NativeUnavailable if it cannot be."""
+    global _lib
+    with _lock:
+        if _lib is None:
+            _lib = _declare(ctypes.CDLL(str(_build())))
+        return _lib
+
+
+def _build() -> pathlib.Path:
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not compiler:
+        raise exceptions.NativeUnavailable(detail="no C compiler (gcc or cc) on PATH")
+    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    for name in SOURCES:
+        digest.update((SOURCE_DIR / name).read_bytes())
+    target = cache_dir() / f"libg16-{digest.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+        os.close(fd)
+        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE_DIR / "g16.c")],
+                              capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            os.unlink(tmp)
+            raise exceptions.NativeUnavailable(
+                detail=f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise exceptions.NativeUnavailable(detail=f"{compiler}: {exc}") from exc
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    u32, size, c_int = ctypes.c_uint32, ctypes.c_size_t, ctypes.c_int
+    signatures = {
+        "fr_qap_evaluations": (c_int, [_ptr, u32, _ptr, u32, u32, _ptr, _ptr, _ptr]),
+        "fr_mul_sub": (None, [_ptr, _ptr, _ptr, _ptr, u32]),
+        "fr_ntt": (c_int, [_ptr, u32, _ptr, _ptr, _ptr]),
+        "g1_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, _ptr]),
+        "g2_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, _ptr]),
+        "g1_batch_mul": (c_int, [_ptr, _ptr, size, c_int, _ptr]),
+        "g2_batch_mul": (c_int, [_ptr, _ptr, size, c_int, _ptr]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(lib, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    return lib
+
+
+def _addr(array: npt.NDArray[np.generic]) -> int:
+    if not array.flags.c_contiguous:
+        raise ValueError("native arrays must be C-contiguous")
+    return int(array.ctypes.data)
+
+
+def _check(rc: int, operation: str) -> None:
+    if rc != 0:
+        raise exceptions.NativeFailed(operation=operation, detail="out of memory or bad input")
+
+
+def _fr(value: int) -> npt.NDArray[np.uint64]:
+    return field.to_vector([value % field.R])
+
+
+def _fr_vector(vector: field.FrVector) -> field.FrVector:
+    return np.ascontiguousarray(vector, dtype=np.uint64)
+
+
+def qap_evaluations(coefs: npt.NDArray[np.void], witness: field.FrVector,
+                    domain: int) -> tuple[field.FrVector, field.FrVector, field.FrVector]:
+    """A.w, B.w and (A.w)(B.w) on the domain from a .zkey's coefficient records."""
+    witness = _fr_vector(witness)
+    coefs = np.ascontiguousarray(coefs)
+    a, b, c = (np.empty((domain, 4), dtype=np.uint64) for _ in range(3))
+    rc = library().fr_qap_evaluations(_addr(coefs), len(coefs), _addr(witness), len(witness),
+                                      domain, _addr(a), _addr(b), _addr(c))
+    _check(rc, "the constraint evaluations")
+    return a, b, c
+
+
+def mul_sub(a: field.FrVector, b: field.FrVector, c: field.FrVector) -> field.FrVector:
+    """a * b - c, element-wise."""
+    a, b, c = _fr_vector(a), _fr_vector(b), _fr_vector(c)
+    out = np.empty_like(a)
+    library().fr_mul_sub(_addr(a), _addr(b), _addr(c), _addr(out), len(a))
+    return out
+
+
+def ntt(values: field.FrVector, root: int, shift: int | None = None,
+        scale: int | None = None) -> field.FrVector:
+    """sum_j values[j] shift^j root^(ij), times scale: a new vector (see g16.c fr_ntt)."""
+    out = np.array(values, dtype=np.uint64, order="C", copy=True)
+    log_n = len(out).bit_length() - 1
+    if len(out) != 1 << log_n:
+        raise ValueError(f"NTT size {len(out)} is not a power of two")
+    args = [_fr(root), None if shift is None else _fr(shift), None if scale is None else _fr(scale)]
+    ptrs = [None if a is None else _addr(a) for a in args]
+    _check(library().fr_ntt(_addr(out), log_n, *ptrs), "an NTT")
+    return out
+
+
+def msm(group: str, points: npt.NDArray[np.uint64], scalars: field.FrVector,
+        window_bits: int, threads: int) -> npt.NDArray[np.uint64]:
+    """sum scalars[i] * points[i] for LEM points of `group` ("g1" or "g2"): one LEM point."""
+    scalars = _fr_vector(scalars)
+    if len(points) != len(scalars):
+        raise ValueError(f"{len(points)} points but {len(scalars)} scalars")
+    out = np.zeros(points.shape[1], dtype=np.uint64)
+    function = library().g1_msm if group == "g1" else library().g2_msm
+    rc = function(_addr(points), _addr(scalars), len(points), window_bits, threads, _addr(out))
+    _check(rc, f"a {group.upper()} MSM")
+    return out
+
+
+def batch_mul(group: str, base: npt.NDArray[np.uint64], scalars: field.FrVector,
+              threads: int) -> npt.NDArray[np.uint64]:
+    """scalars[i] * base for a LEM point of `group`: (n, limbs) LEM points."""
+    scalars = _fr_vector(scalars)
+    base = np.ascontiguousarray(base, dtype=np.uint64)
+    out = np.zeros((len(scalars), len(base)), dtype=np.uint64)
+    function = library().g1_batch_mul if group == "g1" else library().g2_batch_mul
+    _check(function(_addr(base), _addr(scalars), len(scalars), threads, _addr(out)),
+           f"a {group.upper()} fixed-base multiplication")
+    return out

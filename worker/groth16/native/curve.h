@@ -1,0 +1,349 @@
+/*
+ * Short-Weierstrass group arithmetic (a = 0) over the field FE, included once per group by
+ * g16.c with FE, FE_ONE, G(name) and the fe_* operations defined. Points at rest are affine
+ * with (0, 0) for infinity, as snarkjs stores them; sums are kept in XYZZ coordinates
+ * (x = X/ZZ, y = Y/ZZZ, ZZ^3 = ZZZ^2), which add an affine point in 8M + 2S.
+ */
+
+typedef struct { FE x, y; } G(aff);
+typedef struct { FE x, y, zz, zzz; } G(xyzz);
+
+INLINE int G(aff_is_zero)(const G(aff) *p) { return fe_is_zero(&p->x) && fe_is_zero(&p->y); }
+INLINE int G(is_inf)(const G(xyzz) *p) { return fe_is_zero(&p->zz); }
+INLINE void G(set_inf)(G(xyzz) *p) { memset(p, 0, sizeof *p); }
+
+static void G(dbl)(G(xyzz) *r, const G(xyzz) *p) {
+    if (G(is_inf)(p)) {
+        *r = *p;
+        return;
+    }
+    FE U, V, W, S, M, t, x3, wy;
+    fe_add(&U, &p->y, &p->y);
+    fe_sqr(&V, &U);
+    fe_mul(&W, &U, &V);
+    fe_mul(&S, &p->x, &V);
+    fe_sqr(&M, &p->x);
+    fe_add(&t, &M, &M);
+    fe_add(&M, &M, &t);
+    fe_sqr(&x3, &M);
+    fe_sub(&x3, &x3, &S);
+    fe_sub(&x3, &x3, &S);
+    fe_sub(&t, &S, &x3);
+    fe_mul(&t, &M, &t);
+    fe_mul(&wy, &W, &p->y);
+    fe_sub(&r->y, &t, &wy);
+    fe_mul(&r->zz, &V, &p->zz);
+    fe_mul(&r->zzz, &W, &p->zzz);
+    r->x = x3;
+}
+
+INLINE void G(from_aff)(G(xyzz) *r, const FE *x, const FE *y) {
+    r->x = *x;
+    r->y = *y;
+    r->zz = FE_ONE;
+    r->zzz = FE_ONE;
+}
+
+/* r += (q.x, neg ? -q.y : q.y); q is not infinity. */
+static void G(add_aff)(G(xyzz) *r, const G(aff) *q, int neg) {
+    FE y2 = q->y;
+    if (neg) fe_neg(&y2, &y2);
+    if (G(is_inf)(r)) {
+        G(from_aff)(r, &q->x, &y2);
+        return;
+    }
+    FE U2, S2, P, R, PP, PPP, Q, t, x3, yp;
+    fe_mul(&U2, &q->x, &r->zz);
+    fe_mul(&S2, &y2, &r->zzz);
+    fe_sub(&P, &U2, &r->x);
+    fe_sub(&R, &S2, &r->y);
+    if (fe_is_zero(&P)) {
+        if (fe_is_zero(&R)) {
+            G(xyzz) a;
+            G(from_aff)(&a, &q->x, &y2);
+            G(dbl)(r, &a);
+        } else {
+            G(set_inf)(r);
+        }
+        return;
+    }
+    fe_sqr(&PP, &P);
+    fe_mul(&PPP, &P, &PP);
+    fe_mul(&Q, &r->x, &PP);
+    fe_sqr(&x3, &R);
+    fe_sub(&x3, &x3, &PPP);
+    fe_sub(&x3, &x3, &Q);
+    fe_sub(&x3, &x3, &Q);
+    fe_sub(&t, &Q, &x3);
+    fe_mul(&t, &R, &t);
+    fe_mul(&yp, &r->y, &PPP);
+    fe_sub(&r->y, &t, &yp);
+    fe_mul(&r->zz, &r->zz, &PP);
+    fe_mul(&r->zzz, &r->zzz, &PPP);
+    r->x = x3;
+}
+
+/* r += q */
+static void G(add)(G(xyzz) *r, const G(xyzz) *q) {
+    if (G(is_inf)(q)) return;
+    if (G(is_inf)(r)) {
+        *r = *q;
+        return;
+    }
+    FE U1, U2, S1, S2, P, R, PP, PPP, Q, t, x3, yp;
+    fe_mul(&U1, &r->x, &q->zz);
+    fe_mul(&U2, &q->x, &r->zz);
+    fe_mul(&S1, &r->y, &q->zzz);
+    fe_mul(&S2, &q->y, &r->zzz);
+    fe_sub(&P, &U2, &U1);
+    fe_sub(&R, &S2, &S1);
+    if (fe_is_zero(&P)) {
+        if (fe_is_zero(&R)) {
+            G(dbl)(r, r);
+        } else {
+            G(set_inf)(r);
+        }
+        return;
+    }
+    fe_sqr(&PP, &P);
+    fe_mul(&PPP, &P, &PP);
+    fe_mul(&Q, &U1, &PP);
+    fe_sqr(&x3, &R);
+    fe_sub(&x3, &x3, &PPP);
+    fe_sub(&x3, &x3, &Q);
+    fe_sub(&x3, &x3, &Q);
+    fe_sub(&t, &Q, &x3);
+    fe_mul(&t, &R, &t);
+    fe_mul(&yp, &S1, &PPP);
+    fe_sub(&r->y, &t, &yp);
+    fe_mul(&r->zz, &r->zz, &q->zz);
+    fe_mul(&r->zz, &r->zz, &PP);
+    fe_mul(&r->zzz, &r->zzz, &q->zzz);
+    fe_mul(&r->zzz, &r->zzz, &PPP);
+    r->x = x3;
+}
+
+/* Affine from XYZZ given 1/ZZZ: 1/ZZ = (ZZ/ZZZ)^2 because ZZ^3 = ZZZ^2. */
+INLINE void G(to_aff_with)(G(aff) *out, const G(xyzz) *p, const FE *izzz) {
+    FE izz;
+    fe_mul(&izz, &p->zz, izzz);
+    fe_sqr(&izz, &izz);
+    fe_mul(&out->x, &p->x, &izz);
+    fe_mul(&out->y, &p->y, izzz);
+}
+
+/* n points to affine with one inversion (Montgomery's trick); scratch holds n elements. */
+static void G(batch_to_aff)(G(aff) *out, const G(xyzz) *in, size_t n, FE *scratch) {
+    FE acc = FE_ONE, inv;
+    for (size_t i = 0; i < n; i++) {
+        if (G(is_inf)(&in[i])) continue;
+        scratch[i] = acc;
+        fe_mul(&acc, &acc, &in[i].zzz);
+    }
+    fe_inv(&acc, &acc);
+    for (size_t i = n; i-- > 0;) {
+        if (G(is_inf)(&in[i])) {
+            memset(&out[i], 0, sizeof out[i]);
+            continue;
+        }
+        fe_mul(&inv, &acc, &scratch[i]);
+        fe_mul(&acc, &acc, &in[i].zzz);
+        G(to_aff_with)(&out[i], &in[i], &inv);
+    }
+}
+
+static void G(to_aff)(G(aff) *out, const G(xyzz) *p) {
+    FE scratch;
+    G(batch_to_aff)(out, p, 1, &scratch);
+}
+
+/* -- Pippenger's multi-scalar multiplication ---------------------------------------------- */
+
+typedef struct {
+    const G(aff) *points;
+    const int16_t *digits; /* nwin rows of n signed digits */
+    size_t n;
+    int c, nwin, first, step;
+    G(xyzz) *window_sums;
+    int failed;
+} G(msm_job);
+
+static void *G(msm_windows)(void *arg) {
+    G(msm_job) *job = arg;
+    size_t nb = (size_t)1 << (job->c - 1);
+    G(xyzz) *buckets = malloc(nb * sizeof(G(xyzz)));
+    if (!buckets) {
+        job->failed = 1;
+        return NULL;
+    }
+    for (int w = job->first; w < job->nwin; w += job->step) {
+        const int16_t *d = job->digits + (size_t)w * job->n;
+        for (size_t b = 0; b < nb; b++) G(set_inf)(&buckets[b]);
+        for (size_t i = 0; i < job->n; i++) {
+            if (d[i] > 0) G(add_aff)(&buckets[d[i] - 1], &job->points[i], 0);
+            else if (d[i] < 0) G(add_aff)(&buckets[-d[i] - 1], &job->points[i], 1);
+        }
+        G(xyzz) running, sum;
+        G(set_inf)(&running);
+        G(set_inf)(&sum);
+        for (size_t b = nb; b-- > 0;) {
+            G(add)(&running, &buckets[b]);
+            G(add)(&sum, &running);
+        }
+        job->window_sums[w] = sum;
+    }
+    free(buckets);
+    return NULL;
+}
+
+/* sum_i scalars[i] * points[i] into *out (affine, (0, 0) for infinity). Scalars are normal-form
+ * Fr values (below 2^255); c is the window width in bits (2..15), nthreads the threads to use.
+ * Returns 0, or -1 when out of memory or c is out of range. */
+int G(msm)(const G(aff) *points, const fr *scalars, size_t n, int c, int nthreads, G(aff) *out) {
+    if (c < 2 || c > 15) return -1;
+    if (nthreads < 1) nthreads = 1;
+    int nwin = (256 + c - 1) / c;
+    if (nthreads > nwin) nthreads = nwin;
+    int16_t *digits = malloc((size_t)nwin * (n ? n : 1) * sizeof(int16_t));
+    G(xyzz) *sums = malloc((size_t)nwin * sizeof(G(xyzz)));
+    G(msm_job) *jobs = malloc((size_t)nthreads * sizeof(G(msm_job)));
+    pthread_t *threads = malloc((size_t)nthreads * sizeof(pthread_t));
+    int rc = -1;
+    if (!digits || !sums || !jobs || !threads) goto done;
+    int32_t half = 1 << (c - 1), full = 1 << c, mask = full - 1;
+    for (size_t i = 0; i < n; i++) {
+        int zero = G(aff_is_zero)(&points[i]);
+        int32_t carry = 0;
+        for (int w = 0; w < nwin; w++) {
+            int off = w * c, limb = off / 64, sh = off % 64;
+            uint64_t v = limb < 4 ? scalars[i].v[limb] >> sh : 0;
+            if (sh + c > 64 && limb + 1 < 4) v |= scalars[i].v[limb + 1] << (64 - sh);
+            int32_t d = (int32_t)(v & (uint64_t)mask) + carry;
+            carry = d > half;
+            if (carry) d -= full;
+            digits[(size_t)w * n + i] = zero ? 0 : (int16_t)d;
+        }
+    }
+    int started = 0;
+    for (int t = 0; t < nthreads; t++) {
+        jobs[t] = (G(msm_job)){points, digits, n, c, nwin, t, nthreads, sums, 0};
+    }
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&threads[t], NULL, G(msm_windows), &jobs[t]) != 0) break;
+        started = t;
+    }
+    /* windows of threads that could not start run here, after this thread's own */
+    for (int t = 0; t < nthreads; t++) {
+        if (t == 0 || t > started) G(msm_windows)(&jobs[t]);
+    }
+    for (int t = 1; t <= started; t++) pthread_join(threads[t], NULL);
+    for (int t = 0; t < nthreads; t++) {
+        if (jobs[t].failed) goto done;
+    }
+    G(xyzz) acc = sums[nwin - 1];
+    for (int w = nwin - 2; w >= 0; w--) {
+        for (int k = 0; k < c; k++) G(dbl)(&acc, &acc);
+        G(add)(&acc, &sums[w]);
+    }
+    G(to_aff)(out, &acc);
+    rc = 0;
+done:
+    free(digits);
+    free(sums);
+    free(jobs);
+    free(threads);
+    return rc;
+}
+
+/* -- fixed-base multiplication of one point by many scalars (the dev setup) --------------- */
+
+#define FB_WINDOWS 32 /* 8-bit windows over 256-bit scalars */
+
+typedef struct {
+    const G(aff) *table; /* FB_WINDOWS rows of 256 multiples; entry 0 unused */
+    const fr *scalars;
+    G(aff) *out;
+    size_t begin, end;
+    int failed;
+} G(fb_job);
+
+static void *G(fb_run)(void *arg) {
+    G(fb_job) *job = arg;
+    enum { CHUNK = 256 };
+    G(xyzz) *acc = malloc(CHUNK * sizeof(G(xyzz)));
+    FE *scratch = malloc(CHUNK * sizeof(FE));
+    if (!acc || !scratch) {
+        job->failed = 1;
+    } else {
+        for (size_t lo = job->begin; lo < job->end; lo += CHUNK) {
+            size_t m = job->end - lo < CHUNK ? job->end - lo : CHUNK;
+            for (size_t k = 0; k < m; k++) {
+                G(set_inf)(&acc[k]);
+                const uint8_t *bytes = (const uint8_t *)job->scalars[lo + k].v;
+                for (int w = 0; w < FB_WINDOWS; w++) {
+                    if (bytes[w]) G(add_aff)(&acc[k], &job->table[w * 256 + bytes[w]], 0);
+                }
+            }
+            G(batch_to_aff)(&job->out[lo], acc, m, scratch);
+        }
+    }
+    free(acc);
+    free(scratch);
+    return NULL;
+}
+
+/* out[i] = scalars[i] * base for normal-form scalars; (0, 0) for a zero scalar. Returns 0, or
+ * -1 when out of memory. */
+int G(batch_mul)(const G(aff) *base, const fr *scalars, size_t n, int nthreads, G(aff) *out) {
+    size_t entries = (size_t)FB_WINDOWS * 256;
+    G(xyzz) *jac = malloc(entries * sizeof(G(xyzz)));
+    G(aff) *table = malloc(entries * sizeof(G(aff)));
+    FE *scratch = malloc(entries * sizeof(FE));
+    G(fb_job) *jobs = NULL;
+    pthread_t *threads = NULL;
+    int rc = -1;
+    if (nthreads < 1) nthreads = 1;
+    if (!jac || !table || !scratch) goto done;
+    G(xyzz) step;
+    G(from_aff)(&step, &base->x, &base->y);
+    for (int w = 0; w < FB_WINDOWS; w++) {
+        G(xyzz) *row = jac + (size_t)w * 256;
+        G(set_inf)(&row[0]);
+        row[1] = step;
+        for (int d = 2; d < 256; d++) {
+            row[d] = row[d - 1];
+            G(add)(&row[d], &step);
+        }
+        G(dbl)(&step, &row[128]);
+    }
+    G(batch_to_aff)(table, jac, entries, scratch);
+    jobs = malloc((size_t)nthreads * sizeof(G(fb_job)));
+    threads = malloc((size_t)nthreads * sizeof(pthread_t));
+    if (!jobs || !threads) goto done;
+    size_t per = (n + (size_t)nthreads - 1) / (size_t)nthreads;
+    for (int t = 0; t < nthreads; t++) {
+        size_t begin = per * (size_t)t < n ? per * (size_t)t : n;
+        size_t end = begin + per < n ? begin + per : n;
+        jobs[t] = (G(fb_job)){table, scalars, out, begin, end, 0};
+    }
+    int started = 0;
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&threads[t], NULL, G(fb_run), &jobs[t]) != 0) break;
+        started = t;
+    }
+    for (int t = 0; t < nthreads; t++) {
+        if (t == 0 || t > started) G(fb_run)(&jobs[t]);
+    }
+    for (int t = 1; t <= started; t++) pthread_join(threads[t], NULL);
+    rc = 0;
+    for (int t = 0; t < nthreads; t++) {
+        if (jobs[t].failed) rc = -1;
+    }
+done:
+    free(jac);
+    free(table);
+    free(scratch);
+    free(jobs);
+    free(threads);
+    return rc;
+}

@@ -1,0 +1,317 @@
+/*
+ * The hot arithmetic of the Groth16 prover over BLS12-381, for the CPU backend.
+ *
+ * Field elements are little-endian 64-bit limbs. Base-field coordinates of points are in
+ * Montgomery form (x * 2^384 mod q), exactly as snarkjs stores them in a .zkey ("LEM"), so the
+ * key's point sections are used in place. Scalars (Fr) cross this interface in normal form, as
+ * the .wtns stores them; Fr work is done in Montgomery form (x * 2^256 mod r) inside.
+ *
+ * Built by worker/groth16/native.py with the machine's C compiler on first use. No global
+ * state: every function is safe to call from several Python threads at once.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef unsigned __int128 u128;
+#define INLINE static inline __attribute__((always_inline))
+#define NOINLINE static __attribute__((noinline))
+
+/* -- Montgomery arithmetic, N limbs -------------------------------------------------------- */
+
+/* Schoolbook product, then Montgomery reduction one limb at a time. */
+INLINE void mont_mul(uint64_t *r, const uint64_t *a, const uint64_t *b, const uint64_t *p,
+                     uint64_t inv, int n) {
+    uint64_t t[12] = {0}, c, top = 0;
+    u128 acc;
+    for (int i = 0; i < n; i++) {
+        c = 0;
+        for (int j = 0; j < n; j++) {
+            acc = (u128)a[j] * b[i] + t[i + j] + c;
+            t[i + j] = (uint64_t)acc;
+            c = (uint64_t)(acc >> 64);
+        }
+        t[i + n] = c;
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t m = t[i] * inv;
+        c = 0;
+        for (int j = 0; j < n; j++) {
+            acc = (u128)m * p[j] + t[i + j] + c;
+            t[i + j] = (uint64_t)acc;
+            c = (uint64_t)(acc >> 64);
+        }
+        acc = (u128)t[i + n] + c + top;
+        t[i + n] = (uint64_t)acc;
+        top = (uint64_t)(acc >> 64);
+    }
+    uint64_t s[6], borrow = 0;
+    for (int j = 0; j < n; j++) {
+        u128 d = (u128)t[n + j] - p[j] - borrow;
+        s[j] = (uint64_t)d;
+        borrow = (uint64_t)(d >> 64) & 1;
+    }
+    for (int j = 0; j < n; j++) r[j] = borrow ? t[n + j] : s[j];
+}
+
+INLINE void mod_add(uint64_t *r, const uint64_t *a, const uint64_t *b, const uint64_t *p, int n) {
+    uint64_t t[6], s[6], carry = 0, borrow = 0;
+    for (int j = 0; j < n; j++) {
+        u128 x = (u128)a[j] + b[j] + carry;
+        t[j] = (uint64_t)x;
+        carry = (uint64_t)(x >> 64);
+    }
+    for (int j = 0; j < n; j++) {
+        u128 d = (u128)t[j] - p[j] - borrow;
+        s[j] = (uint64_t)d;
+        borrow = (uint64_t)(d >> 64) & 1;
+    }
+    for (int j = 0; j < n; j++) r[j] = borrow ? t[j] : s[j];
+}
+
+INLINE void mod_sub(uint64_t *r, const uint64_t *a, const uint64_t *b, const uint64_t *p, int n) {
+    uint64_t t[6], borrow = 0, carry = 0;
+    for (int j = 0; j < n; j++) {
+        u128 d = (u128)a[j] - b[j] - borrow;
+        t[j] = (uint64_t)d;
+        borrow = (uint64_t)(d >> 64) & 1;
+    }
+    uint64_t mask = 0 - borrow;
+    for (int j = 0; j < n; j++) {
+        u128 x = (u128)t[j] + (p[j] & mask) + carry;
+        r[j] = (uint64_t)x;
+        carry = (uint64_t)(x >> 64);
+    }
+}
+
+INLINE int limbs_zero(const uint64_t *a, int n) {
+    uint64_t acc = 0;
+    for (int j = 0; j < n; j++) acc |= a[j];
+    return acc == 0;
+}
+
+/* -- Fp (base field) and Fp2 = Fp[u]/(u^2 + 1) --------------------------------------------- */
+
+typedef struct { uint64_t v[6]; } fp;
+typedef struct { fp c0, c1; } fp2;
+typedef struct { uint64_t v[4]; } fr;
+
+static const fp FP_P = {{0xb9feffffffffaaabULL, 0x1eabfffeb153ffffULL, 0x6730d2a0f6b0f624ULL,
+                         0x64774b84f38512bfULL, 0x4b1ba7b6434bacd7ULL, 0x1a0111ea397fe69aULL}};
+#define FP_ONE_LIMBS {0x760900000002fffdULL, 0xebf4000bc40c0002ULL, 0x5f48985753c758baULL, \
+                      0x77ce585370525745ULL, 0x5c071a97a256ec6dULL, 0x15f65ec3fa80e493ULL}
+static const fp FP_ONE = {FP_ONE_LIMBS};
+static const fp2 FP2_ONE = {{FP_ONE_LIMBS}, {{0}}};
+#define FP_INV 0x89f3fffcfffcfffdULL
+
+NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) { mont_mul(r->v, a->v, b->v, FP_P.v, FP_INV, 6); }
+INLINE void fp_sqr(fp *r, const fp *a) { fp_mul(r, a, a); }
+INLINE void fp_add(fp *r, const fp *a, const fp *b) { mod_add(r->v, a->v, b->v, FP_P.v, 6); }
+INLINE void fp_sub(fp *r, const fp *a, const fp *b) { mod_sub(r->v, a->v, b->v, FP_P.v, 6); }
+INLINE int fp_is_zero(const fp *a) { return limbs_zero(a->v, 6); }
+INLINE void fp_neg(fp *r, const fp *a) {
+    fp z = {{0}};
+    fp_sub(r, &z, a);
+}
+
+static void fp_inv(fp *r, const fp *a) {
+    /* a^(q-2) by square-and-multiply over the bits of q - 2 */
+    fp e = FP_P, acc = FP_ONE;
+    e.v[0] -= 2;
+    for (int i = 380; i >= 0; i--) {
+        fp_sqr(&acc, &acc);
+        if ((e.v[i / 64] >> (i % 64)) & 1) fp_mul(&acc, &acc, a);
+    }
+    *r = acc;
+}
+
+INLINE void fp2_add(fp2 *r, const fp2 *a, const fp2 *b) {
+    fp_add(&r->c0, &a->c0, &b->c0);
+    fp_add(&r->c1, &a->c1, &b->c1);
+}
+INLINE void fp2_sub(fp2 *r, const fp2 *a, const fp2 *b) {
+    fp_sub(&r->c0, &a->c0, &b->c0);
+    fp_sub(&r->c1, &a->c1, &b->c1);
+}
+INLINE void fp2_mul(fp2 *r, const fp2 *a, const fp2 *b) {
+    fp t0, t1, s0, s1;
+    fp_mul(&t0, &a->c0, &b->c0);
+    fp_mul(&t1, &a->c1, &b->c1);
+    fp_add(&s0, &a->c0, &a->c1);
+    fp_add(&s1, &b->c0, &b->c1);
+    fp_mul(&s0, &s0, &s1);
+    fp_sub(&r->c0, &t0, &t1);
+    fp_sub(&s0, &s0, &t0);
+    fp_sub(&r->c1, &s0, &t1);
+}
+INLINE void fp2_sqr(fp2 *r, const fp2 *a) {
+    fp s, d, m;
+    fp_add(&s, &a->c0, &a->c1);
+    fp_sub(&d, &a->c0, &a->c1);
+    fp_mul(&m, &a->c0, &a->c1);
+    fp_mul(&r->c0, &s, &d);
+    fp_add(&r->c1, &m, &m);
+}
+INLINE int fp2_is_zero(const fp2 *a) { return fp_is_zero(&a->c0) && fp_is_zero(&a->c1); }
+INLINE void fp2_neg(fp2 *r, const fp2 *a) {
+    fp_neg(&r->c0, &a->c0);
+    fp_neg(&r->c1, &a->c1);
+}
+static void fp2_inv(fp2 *r, const fp2 *a) {
+    fp t0, t1;
+    fp_sqr(&t0, &a->c0);
+    fp_sqr(&t1, &a->c1);
+    fp_add(&t0, &t0, &t1);
+    fp_inv(&t0, &t0);
+    fp_mul(&r->c0, &a->c0, &t0);
+    fp_mul(&t1, &a->c1, &t0);
+    fp_neg(&r->c1, &t1);
+}
+
+/* -- the two groups: one template, instantiated over Fp (G1) and Fp2 (G2) ----------------- */
+
+#define FE fp
+#define FE_ONE FP_ONE
+#define G(name) g1_##name
+#define fe_add fp_add
+#define fe_sub fp_sub
+#define fe_mul fp_mul
+#define fe_sqr fp_sqr
+#define fe_neg fp_neg
+#define fe_inv fp_inv
+#define fe_is_zero fp_is_zero
+#include "curve.h"
+#undef FE
+#undef FE_ONE
+#undef G
+#undef fe_add
+#undef fe_sub
+#undef fe_mul
+#undef fe_sqr
+#undef fe_neg
+#undef fe_inv
+#undef fe_is_zero
+
+#define FE fp2
+#define FE_ONE FP2_ONE
+#define G(name) g2_##name
+#define fe_add fp2_add
+#define fe_sub fp2_sub
+#define fe_mul fp2_mul
+#define fe_sqr fp2_sqr
+#define fe_neg fp2_neg
+#define fe_inv fp2_inv
+#define fe_is_zero fp2_is_zero
+#include "curve.h"
+
+/* -- Fr (scalar field) --------------------------------------------------------------------- */
+
+static const fr FR_P = {{0xffffffff00000001ULL, 0x53bda402fffe5bfeULL, 0x3339d80809a1d805ULL,
+                         0x73eda753299d7d48ULL}};
+static const fr FR_R2 = {{0xc999e990f3f29c6dULL, 0x2b6cedcb87925c23ULL, 0x05d314967254398fULL,
+                          0x0748d9d99f59ff11ULL}};
+static const fr FR_ONE = {{1, 0, 0, 0}}; /* normal-form 1: mont_mul by it leaves Montgomery */
+#define FR_INV 0xfffffffeffffffffULL
+
+NOINLINE void fr_mul(fr *r, const fr *a, const fr *b) { mont_mul(r->v, a->v, b->v, FR_P.v, FR_INV, 4); }
+INLINE void fr_add(fr *r, const fr *a, const fr *b) { mod_add(r->v, a->v, b->v, FR_P.v, 4); }
+INLINE void fr_sub(fr *r, const fr *a, const fr *b) { mod_sub(r->v, a->v, b->v, FR_P.v, 4); }
+INLINE void fr_to_mont(fr *r, const fr *a) { fr_mul(r, a, &FR_R2); }
+INLINE void fr_from_mont(fr *r, const fr *a) { fr_mul(r, a, &FR_ONE); }
+
+/* A.w, B.w and C.w = (A.w)(B.w) on the domain, from the .zkey's coefficient section (4): records
+ * of (u32 matrix, u32 constraint, u32 signal, 32-byte coefficient stored as coef * R^2 mod r, so
+ * that one Montgomery product with a normal-form witness value lands in Montgomery form).
+ * Returns 0, or -1 for a record out of range (the caller validated them; this is a last guard). */
+int fr_qap_evaluations(const uint8_t *coefs, uint32_t ncoefs, const fr *witness, uint32_t nvars,
+                        uint32_t domain, fr *a, fr *b, fr *c) {
+    memset(a, 0, (size_t)domain * sizeof(fr));
+    memset(b, 0, (size_t)domain * sizeof(fr));
+    for (uint32_t i = 0; i < ncoefs; i++) {
+        const uint8_t *rec = coefs + (size_t)i * 44;
+        uint32_t m, row, sig;
+        fr coef, t;
+        memcpy(&m, rec, 4);
+        memcpy(&row, rec + 4, 4);
+        memcpy(&sig, rec + 8, 4);
+        memcpy(coef.v, rec + 12, 32);
+        if (m > 1 || row >= domain || sig >= nvars) return -1;
+        fr_mul(&t, &coef, &witness[sig]);
+        fr *out = m == 0 ? &a[row] : &b[row];
+        fr_add(out, out, &t);
+    }
+    for (uint32_t i = 0; i < domain; i++) {
+        fr_mul(&c[i], &a[i], &b[i]);
+        fr_from_mont(&c[i], &c[i]);
+        fr_from_mont(&a[i], &a[i]);
+        fr_from_mont(&b[i], &b[i]);
+    }
+    return 0;
+}
+
+/* out = a*b - c, element-wise, all in normal form. */
+void fr_mul_sub(const fr *a, const fr *b, const fr *c, fr *out, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        fr x, y;
+        fr_to_mont(&x, &a[i]);
+        fr_mul(&y, &x, &b[i]); /* Montgomery times normal: normal */
+        fr_sub(&out[i], &y, &c[i]);
+    }
+}
+
+static void bit_reverse(fr *v, uint32_t log_n) {
+    uint32_t n = 1u << log_n;
+    for (uint32_t i = 1, j = 0; i < n; i++) {
+        uint32_t bit = n >> 1;
+        for (; j & bit; bit >>= 1) j ^= bit;
+        j ^= bit;
+        if (i < j) {
+            fr t = v[i];
+            v[i] = v[j];
+            v[j] = t;
+        }
+    }
+}
+
+/* In-place radix-2 NTT of 2^log_n normal-form values: v[i] <- sum_j v[j] * shift^j * root^(ij),
+ * then times `scale`. `root` must have order 2^log_n; `shift` and `scale` may be NULL (one).
+ * The inverse transform is root^-1 with scale n^-1; a coset transform is shift = the coset
+ * generator. Returns 0, or -1 when out of memory. */
+int fr_ntt(fr *v, uint32_t log_n, const fr *root, const fr *shift, const fr *scale) {
+    uint32_t n = 1u << log_n;
+    fr *tw = malloc((size_t)(n / 2 + 1) * sizeof(fr));
+    if (!tw) return -1;
+    fr w, s, k;
+    fr_to_mont(&w, root);
+    for (uint32_t i = 0; i < n; i++) fr_to_mont(&v[i], &v[i]);
+    if (shift) {
+        fr_to_mont(&s, shift);
+        k = s;
+        for (uint32_t i = 1; i < n; i++) {
+            fr_mul(&v[i], &v[i], &k);
+            fr_mul(&k, &k, &s);
+        }
+    }
+    bit_reverse(v, log_n);
+    fr_to_mont(&tw[0], &FR_ONE);
+    for (uint32_t i = 1; i < n / 2; i++) fr_mul(&tw[i], &tw[i - 1], &w);
+    for (uint32_t len = 2; len <= n; len <<= 1) {
+        uint32_t half = len >> 1, step = n / len;
+        for (uint32_t start = 0; start < n; start += len) {
+            for (uint32_t j = 0; j < half; j++) {
+                fr *x = &v[start + j], *y = &v[start + j + half], t;
+                fr_mul(&t, y, &tw[j * step]);
+                fr_sub(y, x, &t);
+                fr_add(x, x, &t);
+            }
+        }
+    }
+    if (scale) {
+        fr_to_mont(&s, scale);
+        for (uint32_t i = 0; i < n; i++) fr_mul(&v[i], &v[i], &s);
+    }
+    for (uint32_t i = 0; i < n; i++) fr_from_mont(&v[i], &v[i]);
+    free(tw);
+    return 0;
+}
