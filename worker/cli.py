@@ -53,6 +53,7 @@ COMMON_FLAGS = [
     Flag("grace-s", "on SIGTERM/SIGINT, how long running tasks may finish before they are "
          "handed back", 60.0, float),
     Flag("c2-bin", "the external C2 processor (bin of venus-worker's [[processors.c2]])"),
+    Flag("params-dir", "groth16 proving keys, each named <sha256>.zkey", "~/.gpuproxy/params"),
     *LOG_FLAGS,
 ]
 RUN_FLAGS = [
@@ -172,6 +173,7 @@ def settings(
         task_timeout_s=values["task_timeout_s"],
         grace_s=values["grace_s"],
         processors=processors_from(args, values["c2_bin"], section, environ),
+        params_dir=pathlib.Path(values["params_dir"]).expanduser(),
     )
     return values, config
 

@@ -47,6 +47,8 @@ class WorkerConfig:
     task_timeout_s: float = 7200.0
     grace_s: float = 60.0  #: on SIGTERM, how long the current task may still run
     processors: Mapping[str, ProcessorConfig] = dataclasses.field(default_factory=dict)
+    #: Groth16 proving keys, each named <sha256>.zkey (like Filecoin's parameter folder).
+    params_dir: pathlib.Path = pathlib.Path("~/.gpuproxy/params")
 
     def __post_init__(self) -> None:
         if not self.url.strip():

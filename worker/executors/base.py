@@ -18,6 +18,7 @@ class Job:
     payload: pathlib.Path  #: the payload file, checked against its sha256; read-only
     timeout_s: float
     progress: ProgressFn
+    comment: str = ""  #: the task's comment as submitted (groth16: "zkey=<sha256>")
 
 
 class Executor(abc.ABC):

@@ -1,0 +1,83 @@
+"""`groth16` tasks: a snarkjs witness (.wtns) in, a verified proof out, on this worker's backend.
+
+The task's comment names the proving key as `zkey=<sha256>`; the key is the file
+`<--params-dir>/<sha256>.zkey`, loaded once and kept across tasks. The result is
+{"proof": <snarkjs proof.json>, "public": <public.json>}. Every proof is verified before it is
+returned, as Filecoin's own C2 does: a proof that fails (a faulty GPU) is a retryable failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import structlog
+
+from worker import exceptions, executors
+from worker.config import WorkerConfig
+from worker.executors.base import Executor, Job
+from worker.groth16 import backends, keycache, proofjson, prover, verifier, wtns
+from worker.groth16 import exceptions as g16
+
+log = structlog.get_logger(__name__)
+
+TASK_TYPE = "groth16"
+_ZKEY = re.compile(r"(?:^|[\s,;])zkey=([0-9a-fA-F]{64})(?=$|[\s,;])")
+
+
+def zkey_sha256(comment: str) -> str:
+    """The key's sha256 from a task comment holding `zkey=<sha256>`; MalformedPayload if none."""
+    found = _ZKEY.search(comment)
+    if found is None:
+        raise exceptions.MalformedPayload(
+            task_type=TASK_TYPE, detail=f"the comment {comment!r} names no key: submit "
+            "groth16 tasks with the comment zkey=<sha256 of the .zkey>")
+    return found.group(1).lower()
+
+
+@executors.register(TASK_TYPE)
+class Groth16Executor(Executor):
+    def __init__(self, config: WorkerConfig, backend_name: str = "cpu") -> None:
+        self.params_dir = config.params_dir
+        self.backend_name = backend_name
+        self.device = f"GPU {config.gpu}" if config.gpu is not None else "this host"
+        self._cache: keycache.KeyCache | None = None
+
+    async def start(self) -> None:
+        try:
+            backend = await asyncio.to_thread(backends.create, self.backend_name)
+        except g16.Groth16Error as exc:
+            raise exceptions.ConfigError(field="allow-type", detail=f"groth16: {exc}") from exc
+        self._cache = keycache.KeyCache(backend)
+
+    async def run(self, job: Job) -> bytes:
+        sha256 = zkey_sha256(job.comment)
+        payload = await asyncio.to_thread(job.payload.read_bytes)
+        await job.progress("proving", 0.0)
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self.prove, job.task_id, sha256, payload, stop)
+        except asyncio.CancelledError:
+            stop.set()  # the thread stops at the next step of the proof
+            raise
+
+    def prove(self, task_id: str, sha256: str, payload: bytes, stop: threading.Event) -> bytes:
+        """The result bytes of one task (runs in a thread)."""
+        if self._cache is None:
+            raise RuntimeError("Groth16Executor.start was not awaited")
+        try:
+            witness = wtns.read(payload, name=f"the payload of task {task_id}")
+            key = self._cache.get(self.params_dir, sha256)
+            proof, public = prover.prove(key, witness, self._cache.backend,
+                                         should_stop=stop.is_set)
+            if not verifier.verify(key.key.verification_key(), proof, public):
+                raise g16.ProofInvalid(backend=f"{key.backend} on {self.device}",
+                                       detail="the pairing check failed")
+        except (g16.FormatError, g16.Mismatch) as exc:
+            raise exceptions.MalformedPayload(task_type=TASK_TYPE, detail=str(exc)) from exc
+        except g16.Groth16Error as exc:
+            raise exceptions.TaskFailed(detail=str(exc)) from exc
+        log.info("groth16 proof verified", task_id=task_id, zkey=sha256[:16],
+                 public=len(public))
+        return proofjson.result_document(proof, public)
