@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pymysql
 import pytest
 
 from broker.store import Store, open_store
+from worker.groth16 import devsetup
 
 MYSQL_URL = os.environ.get("GPUPROXY_TEST_MYSQL", "mysql://root:@127.0.0.1:3306/test")
 BACKENDS = ["sqlite", "mariadb"]
@@ -77,3 +78,20 @@ async def store(store_dsn: str) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture(scope="session")
+def groth16_demo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[int, int], devsetup.DemoFiles]:
+    """A factory of demo circuits (chain circuit, INSECURE dev key, witness, vk) by
+    (log2 size, public signals), each written once per session."""
+    made: dict[tuple[int, int], devsetup.DemoFiles] = {}
+
+    def make(log_size: int, n_public: int = 1) -> devsetup.DemoFiles:
+        if (log_size, n_public) not in made:
+            folder = tmp_path_factory.mktemp(f"groth16-{log_size}-{n_public}")
+            made[log_size, n_public] = devsetup.write_demo(folder, log_size, n_public, seed=7)
+        return made[log_size, n_public]
+
+    return make

@@ -76,12 +76,12 @@ def read_proof(
         if "proof" not in data or "public" not in data:
             raise _error("proof.json", "no public signals: give public.json")
         data, public = data["proof"], data["public"]
-    signals = json.loads(public) if isinstance(public, str | bytes) else public
     try:
+        signals = json.loads(public) if isinstance(public, str | bytes) else public
         _check_protocol(data, "proof.json")
         parsed = Proof(a=_g1(data["pi_a"]), b=_g2(data["pi_b"]), c=_g1(data["pi_c"]))
         return parsed, [_number(x) for x in signals]
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # JSONDecodeError too
         raise _error("proof.json", f"{exc!r}") from None
 
 

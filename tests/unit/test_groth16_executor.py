@@ -1,0 +1,145 @@
+"""The key cache and the groth16 executor, with real keys in a params folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import shutil
+from collections.abc import Callable
+
+import pytest
+
+from worker import exceptions
+from worker.config import WorkerConfig
+from worker.executors import base, create
+from worker.executors.groth16 import Groth16Executor, zkey_sha256
+from worker.groth16 import backends, curve, devsetup, keycache, proofjson, zkey
+from worker.groth16 import exceptions as g16
+
+Demo = Callable[..., devsetup.DemoFiles]
+
+
+def test_install_names_the_key_by_sha256(groth16_demo: Demo, tmp_path: pathlib.Path) -> None:
+    files = groth16_demo(4, 1)
+    sha = keycache.install(files.zkey, tmp_path / "params")
+    assert sha == files.zkey_sha256 == hashlib.sha256(files.zkey.read_bytes()).hexdigest()
+    assert (tmp_path / "params" / f"{sha}.zkey").read_bytes() == files.zkey.read_bytes()
+    assert keycache.install(files.zkey, tmp_path / "params") == sha
+    with pytest.raises(ValueError, match="not a lowercase hex sha256"):
+        keycache.key_path(tmp_path, "../etc/passwd")
+
+
+def test_cache_loads_once_and_evicts_the_oldest(groth16_demo: Demo,
+                                                tmp_path: pathlib.Path) -> None:
+    shas = [keycache.install(groth16_demo(4, n).zkey, tmp_path) for n in (1, 2, 3)]
+    cache = keycache.KeyCache(backends.create("cpu"), max_keys=2)
+    first = cache.get(tmp_path, shas[0])
+    assert cache.get(tmp_path, shas[0]) is first
+    cache.get(tmp_path, shas[1])
+    cache.get(tmp_path, shas[0])  # now the most recent
+    cache.get(tmp_path, shas[2])
+    assert shas[0] in cache and shas[2] in cache and shas[1] not in cache
+
+
+def test_cache_errors_name_the_file_and_sha256(groth16_demo: Demo,
+                                               tmp_path: pathlib.Path) -> None:
+    cache = keycache.KeyCache(backends.create("cpu"))
+    sha = "ab" * 32
+    with pytest.raises(g16.KeyMissing, match=f"{tmp_path}/{sha}.zkey .*sha256 {sha}.*no such"):
+        cache.get(tmp_path, sha)
+    (tmp_path / f"{sha}.zkey").write_bytes(b"")
+    with pytest.raises(g16.KeyMissing, match="the file is empty"):
+        cache.get(tmp_path, sha)
+    shutil.copyfile(groth16_demo(4, 1).zkey, tmp_path / f"{sha}.zkey")
+    with pytest.raises(g16.KeyDamaged, match=f"not {sha}"):
+        cache.get(tmp_path, sha)
+
+
+def test_comment_names_the_key() -> None:
+    sha = "0123456789abcdef" * 4
+    assert zkey_sha256(f"zkey={sha}") == sha
+    assert zkey_sha256(f"demo run, zkey={sha.upper()}; k=10") == sha
+    for comment in ("", "zkey=abc", f"xzkey={sha}", f"zkey={sha}0"):
+        with pytest.raises(exceptions.MalformedPayload, match="names no key"):
+            zkey_sha256(comment)
+
+
+async def _noop(phase: str, fraction: float) -> None:
+    return None
+
+
+def _job(payload: pathlib.Path, comment: str) -> base.Job:
+    return base.Job(task_id="t1", task_type="groth16", payload=payload, timeout_s=60.0,
+                    progress=_noop, comment=comment)
+
+
+@pytest.fixture
+async def executor(tmp_path: pathlib.Path) -> Groth16Executor:
+    config = WorkerConfig(task_types=("groth16",), params_dir=tmp_path / "params")
+    runner = create(config)["groth16"]
+    assert isinstance(runner, Groth16Executor)
+    await runner.start()
+    return runner
+
+
+async def test_executor_returns_a_verified_proof(groth16_demo: Demo,
+                                                 executor: Groth16Executor) -> None:
+    files = groth16_demo(6, 3)
+    sha = keycache.install(files.zkey, executor.params_dir)
+    result = await executor.run(_job(files.wtns, f"zkey={sha}"))
+    vk = proofjson.read_verification_key(files.verification_key.read_text())
+    assert proofjson.verify_proof_json(vk, result)
+    assert len(json.loads(result)["public"]) == 3
+
+
+async def test_executor_failures(groth16_demo: Demo, executor: Groth16Executor,
+                                 tmp_path: pathlib.Path) -> None:
+    files = groth16_demo(4, 1)
+    missing = "cd" * 32
+    with pytest.raises(exceptions.TaskFailed, match=f"No proving key .*{missing}") as info:
+        await executor.run(_job(files.wtns, f"zkey={missing}"))
+    assert info.value.retryable
+    sha = keycache.install(files.zkey, executor.params_dir)
+    garbage = tmp_path / "garbage.wtns"
+    garbage.write_bytes(b"wtns" + bytes(20))
+    with pytest.raises(exceptions.MalformedPayload, match="not a valid wtns") as info:
+        await executor.run(_job(garbage, f"zkey={sha}"))
+    assert not info.value.retryable
+    other = groth16_demo(5, 1)
+    with pytest.raises(exceptions.MalformedPayload, match="does not fit the proving key"):
+        await executor.run(_job(other.wtns, f"zkey={sha}"))
+
+
+class FaultyBackend(backends.Backend):
+    """The CPU backend with a G1 MSM that returns the generator: a broken GPU."""
+
+    def __init__(self) -> None:
+        self.inner = backends.create("cpu")
+        self.name = "faulty"
+
+    def load_bases(self, group: str, points: zkey.Points) -> backends.Bases:
+        return self.inner.load_bases(group, points)
+
+    def intt(self, domain, evaluations):  # type: ignore[no-untyped-def]
+        return self.inner.intt(domain, evaluations)
+
+    def coset_ntt(self, domain, coefficients):  # type: ignore[no-untyped-def]
+        return self.inner.coset_ntt(domain, coefficients)
+
+    def msm_g1(self, bases, scalars):  # type: ignore[no-untyped-def]
+        return curve.g1_generator()
+
+    def msm_g2(self, bases, scalars):  # type: ignore[no-untyped-def]
+        return self.inner.msm_g2(bases, scalars)
+
+
+async def test_a_wrong_proof_is_a_retryable_failure(groth16_demo: Demo,
+                                                    executor: Groth16Executor) -> None:
+    executor._cache = keycache.KeyCache(FaultyBackend())
+    files = groth16_demo(4, 1)
+    sha = keycache.install(files.zkey, executor.params_dir)
+    with pytest.raises(exceptions.TaskFailed, match="backend faulty on this host does not "
+                       "verify") as info:
+        await executor.run(_job(files.wtns, f"zkey={sha}"))
+    assert info.value.retryable

@@ -1,0 +1,122 @@
+"""The C helper against Python ints and py-arkworks: Fr NTTs and G1/G2 MSMs."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import py_arkworks_bls12381 as ark
+import pytest
+
+from worker.groth16 import curve, field, msm, native, ntt, zkey
+
+RNG = random.Random(3)
+
+
+def _random(n: int) -> list[int]:
+    return [RNG.randrange(field.R) for _ in range(n)]
+
+
+def test_roots_of_unity_are_ffjavascripts() -> None:
+    for log_n in (1, 4, 16, 32):
+        w = field.root_of_unity(log_n)
+        assert pow(w, 1 << log_n, field.R) == 1
+        assert log_n == 0 or pow(w, 1 << (log_n - 1), field.R) != 1
+    assert field.root_of_unity(32) == pow(5, (field.R - 1) >> 32, field.R)
+    assert pow(field.coset_shift(10), 1 << 10, field.R) == field.R - 1  # Z(g w^i) = -2
+
+
+@pytest.mark.parametrize("log_n", [0, 1, 3, 6])
+def test_ntt_matches_the_reference(log_n: int) -> None:
+    domain = ntt.Domain(log_n)
+    values = _random(domain.size)
+    vector = field.to_vector(values)
+    assert field.from_vector(native.ntt(vector, domain.root)) == ntt.transform(values,
+                                                                                domain.root)
+    coset = native.ntt(vector, domain.root, shift=domain.coset_shift)
+    assert field.from_vector(coset) == ntt.transform(values, domain.root, domain.coset_shift)
+    back = native.ntt(native.ntt(vector, domain.root), domain.root_inverse,
+                      scale=domain.size_inverse)
+    assert field.from_vector(back) == values
+    assert field.from_vector(vector) == values  # the input is left alone
+
+
+def test_mul_sub() -> None:
+    a, b, c = _random(9), _random(9), _random(9)
+    out = native.mul_sub(field.to_vector(a), field.to_vector(b), field.to_vector(c))
+    assert field.from_vector(out) == [(x * y - z) % field.R for x, y, z in zip(a, b, c)]
+
+
+def test_qap_evaluations() -> None:
+    witness = [1, *_random(5)]
+    records = [(0, 0, 1, 3), (0, 0, 2, field.R - 1), (1, 0, 0, 7), (1, 3, 5, 2), (0, 3, 4, 1)]
+    coefs = np.zeros(len(records), dtype=zkey.COEF_DTYPE)
+    for i, (m, row, sig, k) in enumerate(records):
+        coefs[i] = (m, row, sig, field.to_vector([field.coef_encode(k)])[0])
+    a, b, c = native.qap_evaluations(coefs, field.to_vector(witness), 4)
+    want_a = [(3 * witness[1] - witness[2]) % field.R, 0, 0, witness[4]]
+    want_b = [7, 0, 0, 2 * witness[5] % field.R]
+    assert field.from_vector(a) == want_a and field.from_vector(b) == want_b
+    assert field.from_vector(c) == [x * y % field.R for x, y in zip(want_a, want_b)]
+    coefs["signal"][0] = 6
+    with pytest.raises(Exception, match="constraint evaluations"):
+        native.qap_evaluations(coefs, field.to_vector(witness), 4)
+
+
+def _points(group: str, n: int) -> np.ndarray:
+    base = curve.g1_to_lem(curve.g1_generator()) if group == "g1" else \
+        curve.g2_to_lem(curve.g2_generator())
+    return native.batch_mul(group, np.frombuffer(base, dtype="<u8"),
+                            field.to_vector([0, *_random(n - 1)]), 2)
+
+
+@pytest.mark.parametrize("group", ["g1", "g2"])
+def test_batch_mul_matches_arkworks(group: str) -> None:
+    scalars = [0, 1, 2, field.R - 1, *_random(4)]
+    g1 = group == "g1"
+    base = curve.g1_generator() if g1 else curve.g2_generator()
+    lem = curve.g1_to_lem(base) if g1 else curve.g2_to_lem(base)  # type: ignore[arg-type]
+    out = native.batch_mul(group, np.frombuffer(lem, dtype="<u8"), field.to_vector(scalars), 2)
+    gen = ark.G1Point() if g1 else ark.G2Point()
+    decode = curve.g1_from_lem if g1 else curve.g2_from_lem
+    encode = curve.from_ark_g1 if g1 else curve.from_ark_g2
+    got = [decode(p.tobytes()) for p in out]
+    want = [encode(gen * ark.Scalar(s)) for s in scalars]  # type: ignore[arg-type, operator]
+    assert got == want
+
+
+@pytest.mark.parametrize(("group", "n", "window_bits", "threads"), [
+    ("g1", 0, 4, 1), ("g1", 1, 2, 1), ("g1", 37, 3, 2), ("g1", 300, 7, 3), ("g1", 64, 15, 2),
+    ("g2", 1, 5, 1), ("g2", 50, 4, 2),
+])
+def test_msm_matches_arkworks(group: str, n: int, window_bits: int, threads: int) -> None:
+    points = _points(group, max(n, 1))[:n]
+    scalars = [field.R - 1, 0, 1, *_random(max(n - 3, 0))][:n]
+    out = native.msm(group, points, field.to_vector(scalars), window_bits, threads)
+    if group == "g1":
+        ark_points = [curve.to_ark_g1(curve.g1_from_lem(p.tobytes())) for p in points]
+        want = curve.from_ark_g1(ark.G1Point.multiexp_unchecked(
+            ark_points, [ark.Scalar(s) for s in scalars]))
+        assert curve.g1_from_lem(out.tobytes()) == want
+    else:
+        ark2 = [curve.to_ark_g2(curve.g2_from_lem(p.tobytes())) for p in points]
+        want2 = curve.from_ark_g2(ark.G2Point.multiexp_unchecked(
+            ark2, [ark.Scalar(s) for s in scalars]))
+        assert curve.g2_from_lem(out.tobytes()) == want2
+
+
+def test_msm_of_equal_and_opposite_points() -> None:
+    p = _points("g1", 2)[1]
+    points = np.stack([p, p, p])
+    out = native.msm("g1", points, field.to_vector([5, 5, field.R - 10]), 3, 1)
+    assert curve.g1_from_lem(out.tobytes()) == curve.G1_ZERO
+    out = native.msm("g1", points, field.to_vector([1, 1, 1]), 3, 1)
+    want = curve.to_ark_g1(curve.g1_from_lem(p.tobytes())) * ark.Scalar(3)
+    assert curve.g1_from_lem(out.tobytes()) == curve.from_ark_g1(want)
+
+
+def test_window_policy() -> None:
+    assert [msm.window_bits(1 << k) for k in (0, 8, 16, 20)] == [2, 6, 13, 15]
+    for n in (10, 1000, 100_000):
+        best = msm.window_bits(n)
+        assert all(msm.cost(n, best) <= msm.cost(n, c) for c in range(2, 16))
