@@ -110,7 +110,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         async with BrokerClient(config.url, options=channel_options(config)) as client:
             waiter = Waiter(config, client, pathlib.Path(work_dir))
             processor = Processor(waiter, stdio.LineWriter(protocol_fd), Dumper(config.dump_dir))
-            reader = stdio.LineReader(sys.stdin.buffer)
+            reader = stdio.LineReader(sys.stdin.fileno())
             reader.start()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -61,7 +61,7 @@ class Processor:
         await self.abandon()
 
     def accept(self, line: bytes) -> None:
-        """Start serving one line; returns at once."""
+        """Read one line and start serving it in a task of its own."""
         if not line.strip():
             return
         try:
@@ -80,19 +80,21 @@ class Processor:
         quick work (answers to malformed lines, dumps) is still done."""
         if self.in_flight:
             log.warning(
-                "stdin closed: abandoning the requests in flight; their tasks stay on the "
-                "broker and are found again when the requests come again",
+                "input ended (stdin closed, or SIGTERM): abandoning the requests in flight; "
+                "their tasks stay on the broker and are found again when the requests come "
+                "again",
                 requests=sorted(r.id for r in self.in_flight.values()),
                 sectors=sorted(r.sector_id for r in self.in_flight.values()),
             )
         else:
-            log.info("stdin closed; nothing in flight")
+            log.info("input ended (stdin closed, or SIGTERM); nothing in flight")
         for task in self.in_flight:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], request: C2Request | None) -> None:
-        task = asyncio.create_task(coro)
+        name = f"request {request.id}" if request is not None else "quick work"
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         if request is not None:
             # Without its C2 input, which may be tens of MB.

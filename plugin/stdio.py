@@ -14,11 +14,13 @@ import os
 import select
 import sys
 import threading
-from typing import BinaryIO
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+#: Bytes asked of stdin at a time.
+READ_BYTES = 1024 * 1024
 
 
 def take_stdout() -> int:
@@ -66,14 +68,16 @@ class LineWriter:
 
 
 class LineReader:
-    """Lines of a binary stream, read by a daemon thread.
+    """Lines of a file descriptor, read by a daemon thread.
 
     A thread, not the event loop: a request line may be tens of MB and stdin may be a pipe, a
     file or a terminal; and a daemon thread blocked in a read does not keep the process alive.
+    It reads the descriptor itself (no buffered file object, whose lock a thread still blocked
+    in it at exit would hold) and splits the lines.
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -86,17 +90,25 @@ class LineReader:
         self._queue.put_nowait(None)
 
     async def next_line(self) -> bytes | None:
-        """The next line with its newline, or None at the end."""
+        """The next line with its newline (the last one may have none), or None at the end."""
         return await self._queue.get()
 
     def _pump(self) -> None:
+        parts: list[bytes] = []
         try:
-            for line in self.stream:
-                self._deliver(line)
-        except (OSError, ValueError) as exc:
+            while chunk := os.read(self.fd, READ_BYTES):
+                start = 0
+                while (end := chunk.find(b"\n", start) + 1) > 0:
+                    parts.append(chunk[start:end])
+                    self._deliver(b"".join(parts))
+                    parts, start = [], end
+                if start < len(chunk):
+                    parts.append(chunk[start:])
+        except OSError as exc:
             log.error("cannot read stdin", error=str(exc))
-        finally:
-            self._deliver(None)
+        if parts:
+            self._deliver(b"".join(parts))
+        self._deliver(None)
 
     def _deliver(self, line: bytes | None) -> None:
         assert self._loop is not None

@@ -193,10 +193,8 @@ async def test_the_same_request_twice_makes_one_task(
     await plugin.send(request_line(1, task))
     await plugin.send(request_line(2, task))
     assert await plugin.proof(1) == await plugin.proof(2) == proof_of(task)
-    t0 = time.monotonic()
     await plugin.send(request_line(3, task))
     assert await plugin.proof(3) == proof_of(task)
-    assert time.monotonic() - t0 < 2
     [only] = await tasks_on(broker.url)
     assert only.attempts == 1
 
@@ -296,7 +294,7 @@ async def test_a_result_that_is_not_a_proof_is_an_error(
     assert "192 bytes, but a StackedDrg32GiBV1_1 proof has 1920" in message
 
 
-async def test_end_of_stdin_abandons_requests_in_flight_and_exits(
+async def test_end_of_stdin_or_sigterm_abandons_requests_in_flight_and_exits(
     broker: BrokerProcess, plugin_factory: PluginFactory,
 ) -> None:
     plugin = await plugin_factory(broker.url)
@@ -309,6 +307,14 @@ async def test_end_of_stdin_abandons_requests_in_flight_and_exits(
     assert "abandoning the requests in flight" in plugin.logs()
     [task] = await tasks_on(broker.url)  # still there for the next time
     assert task.state == tasks_pb2.TASK_STATE_INIT
+    # SIGTERM ends it the same way, while stdin is still open
+    again = await plugin_factory(broker.url)
+    await again.send(request_line(1, task_bytes(169)))
+    await again.wait_for_log("task submitted")
+    again.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await again.proc.wait() == 0
+    assert "abandoning the requests in flight" in again.logs()
 
 
 async def test_the_deadline_answers_with_what_was_tried(plugin_factory: PluginFactory) -> None:

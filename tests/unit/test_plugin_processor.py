@@ -209,25 +209,26 @@ def test_write_all_waits_on_a_non_blocking_pipe(pipe: Pipe) -> None:
 
 async def test_the_reader_yields_lines_then_none() -> None:
     read_fd, write_fd = os.pipe()
-    with os.fdopen(read_fd, "rb") as stream:
-        reader = stdio.LineReader(stream)
-        reader.start()
-        os.write(write_fd, b'{"id":1}\n' + b"x" * 200_000 + b"\nlast without newline")
-        os.close(write_fd)
-        got = []
-        while (line := await reader.next_line()) is not None:
-            got.append(line)
-    assert got == [b'{"id":1}\n', b"x" * 200_000 + b"\n", b"last without newline"]
+    reader = stdio.LineReader(read_fd)
+    reader.start()
+    os.write(write_fd, b'{"id":1}\n\n' + b"x" * 3_000_000 + b"\nlast without newline")
+    os.close(write_fd)
+    got = []
+    while (line := await reader.next_line()) is not None:
+        got.append(line)
+    os.close(read_fd)
+    assert got == [b'{"id":1}\n', b"\n", b"x" * 3_000_000 + b"\n", b"last without newline"]
 
 
 async def test_stop_ends_the_lines_while_stdin_is_still_open() -> None:
     read_fd, write_fd = os.pipe()
-    with os.fdopen(read_fd, "rb") as stream:
-        reader = stdio.LineReader(stream)
-        reader.start()
-        reader.stop()
-        assert await reader.next_line() is None
-        os.close(write_fd)
+    reader = stdio.LineReader(read_fd)
+    reader.start()
+    reader.stop()
+    assert await reader.next_line() is None
+    os.close(write_fd)  # the thread sees the end and exits
+    await asyncio.sleep(0.05)
+    os.close(read_fd)
 
 
 def test_stray_output_goes_to_stderr_once_stdout_is_taken() -> None:
