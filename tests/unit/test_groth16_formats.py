@@ -116,7 +116,7 @@ def test_zkey_refuses_a_coefficient_out_of_range(groth16_demo: Demo) -> None:
     coefs = bytearray(sections[4])
     coefs[4 + 8:4 + 12] = struct.pack("<I", 10_000)  # the first record's signal
     sections[4] = bytes(coefs)
-    with pytest.raises(exceptions.FormatError, match="coefficient 0 .* out of range"):
+    with pytest.raises(exceptions.FormatError, match=r"coefficient 0 .* out of range"):
         zkey.read(_rebuild(sections), "k.zkey")
 
 

@@ -44,7 +44,8 @@ def test_ntt_matches_the_reference(log_n: int) -> None:
 def test_mul_sub() -> None:
     a, b, c = _random(9), _random(9), _random(9)
     out = native.mul_sub(field.to_vector(a), field.to_vector(b), field.to_vector(c))
-    assert field.from_vector(out) == [(x * y - z) % field.R for x, y, z in zip(a, b, c)]
+    want = [(x * y - z) % field.R for x, y, z in zip(a, b, c, strict=True)]
+    assert field.from_vector(out) == want
 
 
 def test_qap_evaluations() -> None:
@@ -57,7 +58,7 @@ def test_qap_evaluations() -> None:
     want_a = [(3 * witness[1] - witness[2]) % field.R, 0, 0, witness[4]]
     want_b = [7, 0, 0, 2 * witness[5] % field.R]
     assert field.from_vector(a) == want_a and field.from_vector(b) == want_b
-    assert field.from_vector(c) == [x * y % field.R for x, y in zip(want_a, want_b)]
+    assert field.from_vector(c) == [x * y % field.R for x, y in zip(want_a, want_b, strict=True)]
     coefs["signal"][0] = 6
     with pytest.raises(Exception, match="constraint evaluations"):
         native.qap_evaluations(coefs, field.to_vector(witness), 4)
