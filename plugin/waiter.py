@@ -216,7 +216,8 @@ class Waiter:
         while True:
             try:
                 result = await call()
-            except BrokerError as exc:
+            # A stream the broker ended before our next write says so with InvalidStateError.
+            except (BrokerError, asyncio.InvalidStateError) as exc:
                 if not retry.is_transient(exc, also):
                     raise exceptions.Refused(url=self.config.url, what=what,
                                              sector_id=request.sector_id, detail=str(exc)) from exc

@@ -3,6 +3,7 @@ idempotent submit, the watch and its fallbacks, outages, the deadline and the pr
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import pathlib
@@ -137,7 +138,7 @@ async def test_a_task_ending_in_error_is_the_answer(prove: Any) -> None:
 async def test_outages_are_waited_out_at_every_step(prove: Any) -> None:
     down = failure(grpc.StatusCode.UNAVAILABLE)
     broker = FakeBroker(
-        submits=[down, down, task(INIT)],
+        submits=[down, asyncio.InvalidStateError("RPC already finished"), task(INIT)],
         watches=[[task(RUNNING), down], [down], [task(RUNNING), task(FINISHED)]],
         results=[down, PROOF],
     )
