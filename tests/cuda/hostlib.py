@@ -1,0 +1,111 @@
+"""ctypes access to tests/cuda/host_arith.cpp, and conversions to and from py-arkworks.
+
+The library is the CUDA arithmetic headers compiled by g++; its buffers use the device layouts
+(worker/cuda/kernels/field.cuh, curve.cuh): Montgomery little-endian field elements, affine
+points with (0, 0) for infinity.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+import shutil
+import subprocess
+
+import py_arkworks_bls12381 as ark
+import pytest
+
+P = int(
+    "1A0111EA397FE69A4B1BA7B6434BACD764774B84F38512BF6730D2A0F6B0F6241EABFFFEB153FFFFB9FEFFFFFFFFAAAB",
+    16,
+)
+R = 0x73EDA753299D7D483339D80809A1D80553BDA402FFFE5BFEFFFFFFFF00000001
+FP_BYTES = 48
+FR_BYTES = 32
+KERNELS = pathlib.Path(__file__).parents[2] / "worker" / "cuda" / "kernels"
+SOURCE = pathlib.Path(__file__).with_name("host_arith.cpp")
+
+# Operation codes of host_arith.cpp.
+ADD, SUB, MUL, SQR, NEG, INV, TO_MONT, FROM_MONT = range(8)
+P_ADD, P_ADD_AFFINE, P_DBL, P_DBL_AFFINE, P_NEG, P_EQUALS = range(6)
+
+
+def build(out_dir: pathlib.Path) -> ctypes.CDLL:
+    """Compile host_arith.cpp with g++; skip without g++, except under CI=true."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("g++ is required under CI=true to test the CUDA arithmetic on the host")
+        pytest.skip("g++ not found: the CUDA arithmetic is not tested on the host")
+    lib = out_dir / "libgp_host_arith.so"
+    subprocess.run(
+        [gxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+         f"-I{KERNELS}", str(SOURCE), "-o", str(lib)],
+        check=True, capture_output=True, text=True,
+    )
+    return ctypes.CDLL(str(lib))
+
+
+# --- field elements ----------------------------------------------------------------------------
+
+def le(x: int, size: int) -> bytes:
+    return x.to_bytes(size, "little")
+
+
+def mont(x: int, modulus: int, size: int) -> bytes:
+    """x in Montgomery form (x * 2^(8 size) mod m) as device bytes."""
+    return le(x * (1 << (8 * size)) % modulus, size)
+
+
+def unmont(b: bytes, modulus: int) -> int:
+    return int.from_bytes(b, "little") * pow(1 << (8 * len(b)), -1, modulus) % modulus
+
+
+def fp2_mont(c0: int, c1: int) -> bytes:
+    return mont(c0, P, FP_BYTES) + mont(c1, P, FP_BYTES)
+
+
+def fp2_unmont(b: bytes) -> tuple[int, int]:
+    return unmont(b[:FP_BYTES], P), unmont(b[FP_BYTES:], P)
+
+
+# --- points ------------------------------------------------------------------------------------
+
+def _coords_to_device(xy: bytes) -> bytes:
+    """py-arkworks little-endian standard-form coordinates -> Montgomery device bytes."""
+    words = [int.from_bytes(xy[k:k + FP_BYTES], "little") for k in range(0, len(xy), FP_BYTES)]
+    return b"".join(mont(w, P, FP_BYTES) for w in words)
+
+
+def _coords_from_device(b: bytes) -> bytes:
+    return b"".join(le(unmont(b[k:k + FP_BYTES], P), FP_BYTES) for k in range(0, len(b), FP_BYTES))
+
+
+def g1_to_device(p: ark.G1Point) -> bytes:
+    if p == ark.G1Point.identity():
+        return bytes(2 * FP_BYTES)
+    return _coords_to_device(p.to_xy_bytes_le())
+
+
+def g2_to_device(p: ark.G2Point) -> bytes:
+    if p == ark.G2Point.identity():
+        return bytes(4 * FP_BYTES)
+    return _coords_to_device(p.to_xy_bytes_le())
+
+
+def g1_from_device(b: bytes) -> ark.G1Point:
+    """Checked on the curve and in the subgroup by py-arkworks."""
+    if not any(b):
+        return ark.G1Point.identity()
+    return ark.G1Point.from_xy_bytes_le(_coords_from_device(b))
+
+
+def g2_from_device(b: bytes) -> ark.G2Point:
+    if not any(b):
+        return ark.G2Point.identity()
+    return ark.G2Point.from_xy_bytes_le(_coords_from_device(b))
+
+
+def scalar(k: int) -> ark.Scalar:
+    return ark.Scalar.from_le_bytes(le(k % R, FR_BYTES))

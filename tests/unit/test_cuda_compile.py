@@ -1,0 +1,50 @@
+"""Every CUDA kernel file compiles with nvcc, as the backend would give it to the compiler (local
+headers inlined), for the GPUs the worker targets. No GPU needed; skipped without nvcc."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from worker.cuda import sources
+
+
+def find_nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found is None and os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
+        found = "/usr/local/cuda/bin/nvcc"
+    return found
+
+
+@pytest.fixture(scope="module")
+def nvcc() -> str:
+    found = find_nvcc()
+    if found is None:
+        pytest.skip("nvcc not found (PATH, /usr/local/cuda/bin): the kernels are not compiled")
+    return found
+
+
+# msm.cu takes about 15 s per architecture on 2 cores; ntt.cu about 1 s.
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", sources.MODULES)
+def test_kernel_file_compiles(nvcc: str, tmp_path: pathlib.Path, name: str, arch: str) -> None:
+    source = tmp_path / name
+    source.write_text(sources.load(name))
+    result = subprocess.run(
+        [nvcc, *sources.NVCC_OPTIONS, f"-arch={arch}", "-Werror", "all-warnings", "-c",
+         str(source), "-o", str(tmp_path / f"{name}.{arch}.o")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_inlined_source_keeps_no_local_include() -> None:
+    for name in sources.MODULES:
+        text = sources.load(name)
+        assert '#include "' not in text
+        assert "#pragma once" not in text
+        assert text.count("struct FpParams {") == 1  # each header once

@@ -1,0 +1,183 @@
+// Multi-scalar multiplication on BLS12-381 G1 and G2, Pippenger's bucket method on the GPU.
+//
+// The host (worker/cuda/msm.py) runs, for n points and c-bit windows (nwin windows, nb buckets
+// per window, NB = nwin * nb buckets in all, bucket b = w * nb + |digit|):
+//   1. msm_digits: signed digits of every scalar, and a count per bucket (atomics).
+//   2. scan_*: exclusive prefix sum of the counts -> each bucket's offset in `entries`.
+//   3. msm_scatter: a counting sort; entries[] lists every bucket's points (index | sign bit).
+//   4. rounds of msm_chunk_counts, scan_*, msm_sum_entries_* (first round: affine points) or
+//      msm_sum_xyzz_* (later rounds: the previous round's chunk sums): each thread sums one chunk
+//      of at most `chunk` entries of one bucket, until the largest bucket has one chunk. A bucket
+//      holding half the points (scalars 1, common in witnesses) is summed by n/chunk threads.
+//   5. msm_gather_*: the dense bucket array, infinity for empty buckets.
+//   6. msm_weigh_*: each thread weighs a run of buckets of one window (sum j * S_j).
+//   7. the chunked rounds of step 4 over those runs -> one sum per window.
+//   8. msm_combine_*: one thread: sum 2^(c w) W_w, converted to affine.
+// Layouts are those of field.cuh, fp2.cuh, curve.cuh and msm.cuh. XYZZ intermediates are four
+// field elements x, y, zz, zzz.
+#include "msm.cuh"
+
+using namespace gp;
+
+// ---------------------------------------------------------------------------------------------
+// Exclusive prefix sum of uint32 values, 2048 per block; the host scans the block totals and adds
+// them back (scan_add) until one block remains.
+
+constexpr int SCAN_THREADS = 1024;
+constexpr int SCAN_PER_BLOCK = 2 * SCAN_THREADS;
+
+extern "C" __global__ void scan_blocks(const uint32_t* in, uint32_t* out, uint32_t m,
+                                       uint32_t* block_sums) {
+    __shared__ uint32_t sums[SCAN_THREADS];
+    const uint32_t tid = threadIdx.x;
+    const uint64_t base = (uint64_t)blockIdx.x * SCAN_PER_BLOCK + 2 * tid;
+    uint32_t a = base < m ? in[base] : 0;
+    uint32_t b = base + 1 < m ? in[base + 1] : 0;
+    sums[tid] = a + b;
+    __syncthreads();
+    for (uint32_t off = 1; off < SCAN_THREADS; off <<= 1) {
+        uint32_t v = tid >= off ? sums[tid - off] : 0;
+        __syncthreads();
+        sums[tid] += v;
+        __syncthreads();
+    }
+    uint32_t before = tid ? sums[tid - 1] : 0;
+    if (base < m) out[base] = before;
+    if (base + 1 < m) out[base + 1] = before + a;
+    if (tid == SCAN_THREADS - 1) block_sums[blockIdx.x] = sums[tid];
+}
+
+extern "C" __global__ void scan_add(uint32_t* out, uint32_t m, const uint32_t* block_offsets) {
+    uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < m) out[k] += block_offsets[k / SCAN_PER_BLOCK];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digits and the counting sort (the same for G1 and G2).
+
+extern "C" __global__ void msm_digits(const uint32_t* scalars, uint32_t n, int c, int nwin,
+                                      uint32_t* digits, uint32_t* counts) {
+    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint32_t s[SCALAR_LIMBS];
+    for (int k = 0; k < SCALAR_LIMBS; k++) s[k] = scalars[(uint64_t)i * SCALAR_LIMBS + k];
+    signed_digits(s, c, nwin, digits + i, n);
+    const uint32_t nb = msm_buckets(c);
+    for (int w = 0; w < nwin; w++) {
+        uint32_t d = digits[(uint64_t)w * n + i] & ~ENTRY_NEG;
+        if (d) atomicAdd(&counts[w * nb + d], 1u);
+    }
+}
+
+// cursor: a copy of the bucket offsets, consumed here.
+extern "C" __global__ void msm_scatter(const uint32_t* digits, uint32_t n, int c, int nwin,
+                                       uint32_t* cursor, uint32_t* entries) {
+    uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (uint64_t)nwin * n) return;
+    uint32_t w = (uint32_t)(k / n), i = (uint32_t)(k % n);
+    uint32_t e = digits[k];
+    uint32_t d = e & ~ENTRY_NEG;
+    if (!d) return;
+    uint32_t pos = atomicAdd(&cursor[w * msm_buckets(c) + d], 1u);
+    entries[pos] = i | (e & ENTRY_NEG);
+}
+
+// chunks[b] = ceil(counts[b] / chunk); *max_chunks = the largest (zeroed by the host).
+extern "C" __global__ void msm_chunk_counts(const uint32_t* counts, uint32_t nbuckets,
+                                            uint32_t chunk, uint32_t* chunks,
+                                            uint32_t* max_chunks) {
+    uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= nbuckets) return;
+    uint32_t k = chunks_of(counts[b], chunk);
+    chunks[b] = k;
+    if (k > 1) atomicMax(max_chunks, k);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-group kernels, instantiated for G1 (Fp) and G2 (Fp2).
+
+template <class F>
+__device__ __forceinline__ void sum_entries_kernel(const Affine<F>* points,
+                                                   const uint32_t* entries,
+                                                   const uint32_t* offsets, const uint32_t* counts,
+                                                   const uint32_t* chunk_starts,
+                                                   uint32_t nbuckets, uint32_t chunk,
+                                                   uint32_t nchunks, Xyzz<F>* out) {
+    uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= nchunks) return;
+    uint32_t b = bucket_of_chunk(chunk_starts, nbuckets, j);
+    ChunkRange r = chunk_range(offsets, counts, chunk_starts, b, j, chunk);
+    out[j] = sum_entries(points, entries, r.begin, r.end);
+}
+
+template <class F>
+__device__ __forceinline__ void sum_xyzz_kernel(const Xyzz<F>* in, const uint32_t* offsets,
+                                                const uint32_t* counts,
+                                                const uint32_t* chunk_starts, uint32_t nbuckets,
+                                                uint32_t chunk, uint32_t nchunks, Xyzz<F>* out) {
+    uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= nchunks) return;
+    uint32_t b = bucket_of_chunk(chunk_starts, nbuckets, j);
+    ChunkRange r = chunk_range(offsets, counts, chunk_starts, b, j, chunk);
+    out[j] = sum_xyzz(in, r.begin, r.end);
+}
+
+// buckets[b] = the one chunk sum of bucket b, or infinity.
+template <class F>
+__device__ __forceinline__ void gather_kernel(const Xyzz<F>* sums, const uint32_t* chunks,
+                                              const uint32_t* chunk_starts, uint32_t nbuckets,
+                                              Xyzz<F>* buckets) {
+    uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= nbuckets) return;
+    buckets[b] = chunks[b] ? sums[chunk_starts[b]] : Xyzz<F>::identity();
+}
+
+// Window w, run s of `run` buckets starting at bucket 1 + s * run: out[w * runs + s].
+template <class F>
+__device__ __forceinline__ void weigh_kernel(const Xyzz<F>* buckets, int c, int nwin,
+                                             uint32_t runs, Xyzz<F>* out) {
+    uint32_t k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (uint32_t)nwin * runs) return;
+    uint32_t w = k / runs, s = k % runs;
+    uint32_t run = (msm_buckets(c) - 1) / runs;
+    uint32_t lo = 1 + s * run;
+    out[k] = weigh_buckets(buckets + (uint64_t)w * msm_buckets(c), lo, lo + run);
+}
+
+template <class F>
+__device__ __forceinline__ void combine_kernel(const Xyzz<F>* windows, int nwin, int c,
+                                               Affine<F>* out) {
+    if (blockIdx.x || threadIdx.x) return;
+    *out = combine_windows(windows, nwin, c).to_affine();
+}
+
+#define GP_MSM_KERNELS(G, F)                                                                     \
+    extern "C" __global__ void msm_sum_entries_##G(                                            \
+        const Affine<F>* points, const uint32_t* entries, const uint32_t* offsets,             \
+        const uint32_t* counts, const uint32_t* chunk_starts, uint32_t nbuckets,               \
+        uint32_t chunk, uint32_t nchunks, Xyzz<F>* out) {                                      \
+        sum_entries_kernel<F>(points, entries, offsets, counts, chunk_starts, nbuckets, chunk, \
+                              nchunks, out);                                                   \
+    }                                                                                          \
+    extern "C" __global__ void msm_sum_xyzz_##G(                                               \
+        const Xyzz<F>* in, const uint32_t* offsets, const uint32_t* counts,                    \
+        const uint32_t* chunk_starts, uint32_t nbuckets, uint32_t chunk, uint32_t nchunks,     \
+        Xyzz<F>* out) {                                                                        \
+        sum_xyzz_kernel<F>(in, offsets, counts, chunk_starts, nbuckets, chunk, nchunks, out);  \
+    }                                                                                          \
+    extern "C" __global__ void msm_gather_##G(const Xyzz<F>* sums, const uint32_t* chunks,     \
+                                              const uint32_t* chunk_starts, uint32_t nbuckets, \
+                                              Xyzz<F>* buckets) {                              \
+        gather_kernel<F>(sums, chunks, chunk_starts, nbuckets, buckets);                       \
+    }                                                                                          \
+    extern "C" __global__ void msm_weigh_##G(const Xyzz<F>* buckets, int c, int nwin,          \
+                                             uint32_t runs, Xyzz<F>* out) {                    \
+        weigh_kernel<F>(buckets, c, nwin, runs, out);                                          \
+    }                                                                                          \
+    extern "C" __global__ void msm_combine_##G(const Xyzz<F>* windows, int nwin, int c,        \
+                                               Affine<F>* out) {                               \
+        combine_kernel<F>(windows, nwin, c, out);                                              \
+    }
+
+GP_MSM_KERNELS(g1, Fp)
+GP_MSM_KERNELS(g2, Fp2)

@@ -1,0 +1,47 @@
+// Radix-2 NTT over Fr, per-thread steps shared by ntt.cu and the host reference.
+//
+// Values: Fr elements in Montgomery form (field.cuh), natural order in and out. A transform of
+// n = 2^logn values permutes them to bit-reversed order, then runs the logn decimation-in-time
+// stages in passes of up to TILE_LOG stages: a pass over stages [s, s + t) splits the array into
+// tiles of 2^t values that differ only in index bits s..s+t-1 (only those meet in these stages),
+// one thread block per tile working in shared memory. Stage q (half-size 2^q) combines i and
+// i + 2^q with twiddle w^(k n / 2^(q+1)), k = i mod 2^q, w the n-th root of unity: twiddles[]
+// holds w^j for j < n/2 (or the inverse root's powers for the inverse transform).
+#pragma once
+
+#include "field.cuh"
+
+namespace gp {
+
+constexpr int NTT_TILE_LOG = 10;  // 1024 values = 32 KiB of shared memory per block
+
+GP_HD uint32_t bit_reverse(uint32_t x, int bits) {
+    uint32_t r = 0;
+    for (int b = 0; b < bits; b++) r |= ((x >> b) & 1u) << (bits - 1 - b);
+    return r;
+}
+
+// Global index of local value l of tile `tile` in the pass over stages [s, s + t).
+GP_HD uint32_t ntt_tile_index(uint32_t tile, uint32_t l, int s, int t) {
+    uint32_t low = tile & ((1u << s) - 1);
+    uint32_t high = tile >> s;
+    return low | (l << s) | (high << (s + t));
+}
+
+// Local indices of butterfly b (of 2^(t-1)) at local stage u: bit u of l0 is 0, l1 = l0 + 2^u.
+GP_HD uint32_t ntt_butterfly_low(uint32_t b, int u) {
+    return ((b >> u) << (u + 1)) | (b & ((1u << u) - 1));
+}
+
+// Index into twiddles[] for the butterfly whose lower global index is i, at stage q.
+GP_HD uint32_t ntt_twiddle_index(uint32_t i, int q, int logn) {
+    return (i & ((1u << q) - 1)) << (logn - q - 1);
+}
+
+GP_HD void ntt_butterfly(Fr& x, Fr& y, const Fr& w) {
+    Fr v = y * w;
+    y = x - v;
+    x = x + v;
+}
+
+}  // namespace gp
