@@ -8,3 +8,11 @@
 """
 
 from __future__ import annotations
+
+from worker.groth16.devsetup import DemoFiles, write_demo
+from worker.groth16.keycache import install as install_key
+from worker.groth16.proofjson import read_verification_key, verify_proof_json
+from worker.groth16.prover import prove
+
+__all__ = ["DemoFiles", "install_key", "prove", "read_verification_key", "verify_proof_json",
+           "write_demo"]
