@@ -1,0 +1,78 @@
+"""Pure policy of the CUDA backend: backend selection and MSM launch plans."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.cuda import plan, select
+from worker.cuda.select import Probe
+
+GPU = Probe(pycuda_error=None, devices=1)
+NO_PYCUDA = Probe(pycuda_error="ModuleNotFoundError: No module named 'pycuda'", devices=0)
+NO_DEVICE = Probe(pycuda_error=None, devices=0)
+
+
+def test_auto_takes_cuda_when_a_device_is_present() -> None:
+    chosen = select.choose("auto", GPU)
+    assert (chosen.backend, chosen.error) == ("cuda", False)
+    assert "a CUDA device is present" in chosen.message
+
+
+@pytest.mark.parametrize(("probe", "reason"), [
+    (NO_PYCUDA, "pycuda is unusable (ModuleNotFoundError"),
+    (NO_DEVICE, "no CUDA device is visible"),
+])
+def test_auto_falls_back_to_cpu_and_says_why(probe: Probe, reason: str) -> None:
+    chosen = select.choose("auto", probe)
+    assert (chosen.backend, chosen.error) == ("cpu", False)
+    assert reason in chosen.message
+
+
+def test_forced_cpu_ignores_the_gpu() -> None:
+    assert select.choose("cpu", GPU) == select.Selection(
+        "cpu", "Groth16 backend: cpu (forced by --backend cpu)")
+
+
+def test_forced_cuda_without_a_device_is_an_error_naming_the_fix() -> None:
+    chosen = select.choose("cuda", NO_DEVICE)
+    assert chosen.error
+    assert "no CUDA device is visible" in chosen.message
+    assert "--backend cpu" in chosen.message
+    assert select.choose("cuda", GPU) == select.Selection(
+        "cuda", "Groth16 backend: cuda (forced by --backend cuda)")
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="auto, cpu, cuda"):
+        select.choose("opencl", GPU)
+
+
+def test_probe_without_pycuda_reports_instead_of_raising() -> None:
+    found = select.probe()
+    assert found.devices == 0 or found.pycuda_error is None
+
+
+@pytest.mark.parametrize(("log_n", "bits"), [(0, 4), (10, 8), (16, 13), (20, 16), (24, 18)])
+def test_window_width_grows_with_size(log_n: int, bits: int) -> None:
+    assert plan.window_bits(1 << log_n) == bits
+
+
+def test_window_width_minimises_the_cost_model() -> None:
+    for n in (3, 1000, 70_000, 1 << 20):
+        best = plan.window_bits(n)
+        assert all(plan.cost(n, best) <= plan.cost(n, c) for c in range(4, 19))
+
+
+@pytest.mark.parametrize("log_n", range(0, 27))
+def test_plan_fits_the_kernels(log_n: int) -> None:
+    p = plan.msm_plan(1 << log_n)
+    real_buckets = p.buckets - 1
+    assert real_buckets % p.runs == 0  # msm_weigh splits each window evenly
+    assert p.windows * p.window_bits >= 256  # the top digit never carries out
+    assert plan.MIN_CHUNK <= p.chunk <= plan.MAX_CHUNK
+    assert p.entries < 2**32  # 32-bit entry offsets
+
+
+def test_plan_refuses_an_empty_msm() -> None:
+    with pytest.raises(ValueError, match="at least one point"):
+        plan.msm_plan(0)

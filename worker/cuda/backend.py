@@ -1,0 +1,121 @@
+"""The CUDA Groth16 backend: the `worker.groth16.backends.base.Backend` interface on one GPU.
+
+A key's point sections are uploaded once (`load_bases`) and stay on the GPU for as long as the
+key cache keeps the LoadedKey; a section that does not fit in device memory stays on the host
+and is uploaded for each MSM instead. NTT power tables are kept per domain size. Any CUDA error
+(out of memory, launch failure, a lost device) raises exceptions.DeviceFailed naming the GPU: a
+Groth16Error, which the groth16 executor reports as a retryable failure of the attempt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import structlog
+
+from worker.cuda import compiler, exceptions
+from worker.cuda import msm as msm_driver
+from worker.cuda import ntt as ntt_driver
+from worker.cuda.device import Device
+from worker.groth16 import curve, field, ntt, zkey
+from worker.groth16.backends import base
+
+log = structlog.get_logger(__name__)
+
+_STEPS = {"intt": ntt_driver.intt, "coset_ntt": ntt_driver.coset_ntt,
+          "to_coset": ntt_driver.to_coset}
+
+#: Device memory kept free when deciding whether a key section may stay resident: the largest
+#: MSM's temporaries (digits, entries, bucket sums) need room too.
+HEADROOM_BYTES = 4 << 30
+
+
+@dataclasses.dataclass(eq=False)
+class CudaBases(base.Bases):
+    group: str
+    count: int
+    host: zkey.Points  #: kept for re-upload when the section could not stay on the device
+    device: Any  #: the pycuda allocation, or None when not resident
+
+
+class CudaBackend(base.Backend):
+    def __init__(self, gpu: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR) -> None:
+        self.device = Device(gpu, cache_dir)
+        self.name = f"cuda:{self.device.name}"
+        self._tables: dict[int, ntt_driver.Tables] = {}
+        log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch)
+
+    def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
+        with self.device.active(f"uploading {group} key points"):
+            resident = self.device.free_memory() - points.nbytes > HEADROOM_BYTES
+            buf = self.device.upload(points) if resident else None
+        if not resident:
+            log.warning("key points stay on the host: too little GPU memory", group=group,
+                        points=len(points), gpu=self.device.name)
+        return CudaBases(group=group, count=len(points), host=points, device=buf)
+
+    def intt(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
+        return self._ntt(domain, evaluations, "intt")
+
+    def coset_ntt(self, domain: ntt.Domain, coefficients: field.FrVector) -> field.FrVector:
+        return self._ntt(domain, coefficients, "coset_ntt")
+
+    def to_coset(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
+        return self._ntt(domain, evaluations, "to_coset")
+
+    def quotient(self, domain: ntt.Domain, a: field.FrVector, b: field.FrVector,
+                 c: field.FrVector) -> field.FrVector:
+        """h = A*B - C on the coset, the three moved there and combined without leaving the GPU
+        (what the prover computes as to_coset three times and native.mul_sub)."""
+        dev = self.device
+        with dev.active("quotient"):
+            t = self._tables_for(domain)
+            bufs = [ntt_driver.upload(dev, v) for v in (a, b, c)]
+            ntt_driver.quotient(dev, t, domain.log_size, *bufs)
+            return ntt_driver.download(dev, bufs[0], domain.size)
+
+    def msm_g1(self, bases: base.Bases, scalars: field.FrVector) -> curve.G1:
+        return curve.g1_from_lem(self._msm("g1", bases, scalars))
+
+    def msm_g2(self, bases: base.Bases, scalars: field.FrVector) -> curve.G2:
+        return curve.g2_from_lem(self._msm("g2", bases, scalars))
+
+    def close(self) -> None:
+        self._tables.clear()
+        self.device.close()
+
+    def _msm(self, group: str, bases: base.Bases, scalars: field.FrVector) -> bytes:
+        assert isinstance(bases, CudaBases) and bases.group == group
+        if len(scalars) != bases.count:
+            raise ValueError(f"{len(scalars)} scalars for {bases.count} {group} points")
+        with self.device.active(f"msm_{group} of {bases.count} points"):
+            points = bases.device if bases.device is not None else self.device.upload(bases.host)
+            return msm_driver.msm(self.device, group, points, scalars)
+
+    def _ntt(self, domain: ntt.Domain, values: field.FrVector, step: str) -> field.FrVector:
+        if len(values) != domain.size:
+            raise ValueError(f"{len(values)} values for a domain of {domain.size}")
+        dev = self.device
+        with dev.active(f"{step} of 2^{domain.log_size}"):
+            t = self._tables_for(domain)
+            buf = ntt_driver.upload(dev, values)
+            _STEPS[step](dev, t, domain.log_size, buf)
+            return ntt_driver.download(dev, buf, domain.size)
+
+    def _tables_for(self, domain: ntt.Domain) -> ntt_driver.Tables:
+        if domain.log_size not in self._tables:
+            self._tables[domain.log_size] = ntt_driver.tables(self.device, domain)
+        return self._tables[domain.log_size]
+
+
+def create(gpu: int = 0, cache_dir: pathlib.Path | None = None) -> CudaBackend:
+    """The backend on visible GPU `gpu`; CudaUnavailable when pycuda or the GPU is missing."""
+    try:
+        return CudaBackend(gpu, cache_dir or compiler.DEFAULT_CACHE_DIR)
+    except exceptions.CudaError:
+        raise
+    except Exception as exc:  # pycuda raising something unexpected at start-up
+        raise exceptions.CudaUnavailable(detail=f"{type(exc).__name__}: {exc}") from exc
+

@@ -1,0 +1,28 @@
+"""Errors of the CUDA backend. Each class docstring is the default message, phrased as the fix.
+
+They derive from the Groth16 engine's root error, so the groth16 executor reports them as a
+retryable failure of the attempt and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+from worker.groth16.exceptions import Groth16Error
+
+
+class CudaError(Groth16Error):
+    """The CUDA backend failed: see the log for details."""
+
+
+class CudaUnavailable(CudaError):
+    """CUDA cannot be used here: {detail}. Install the [gpu] extra (pip install 'gpuproxy[gpu]')
+    on a host with an NVIDIA driver and GPU, or run with --backend cpu."""
+
+
+class CompileFailed(CudaError):
+    """Compiling {module} for {arch} failed: {detail}. Check that nvcc (CUDA >= 12) is on PATH
+    and supports this GPU."""
+
+
+class DeviceFailed(CudaError):
+    """CUDA failed on {gpu} during {operation}: {detail}. The attempt is retried; if it keeps
+    failing, check the card (nvidia-smi, Xid lines in dmesg) or free its memory."""

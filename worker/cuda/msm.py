@@ -1,0 +1,80 @@
+"""Drive the MSM kernels of kernels/msm.cu (the steps are listed at the top of that file).
+
+Points are already on the device (affine, Montgomery, as the .zkey stores them); scalars come
+as a normal-form FrVector and go up per call. The result comes back as affine LEM bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from worker.cuda import plan
+from worker.cuda.device import Device
+from worker.groth16 import field
+
+#: Bytes of an affine point and of an XYZZ point, per group.
+AFFINE_BYTES = {"g1": 2 * field.N8Q, "g2": 4 * field.N8Q}
+XYZZ_BYTES = {"g1": 4 * field.N8Q, "g2": 8 * field.N8Q}
+
+
+def msm(dev: Device, group: str, points: Any, scalars: field.FrVector) -> bytes:
+    """sum scalars[i] * points[i] as affine LEM bytes; call inside `dev.active`."""
+    n = len(scalars)
+    if n == 0:
+        return bytes(AFFINE_BYTES[group])
+    p = plan.msm_plan(n)
+    counts, offsets, entries = _sort(dev, p, scalars)
+    buckets = _rounds(dev, group, p.windows * p.buckets, counts, offsets, p.chunk,
+                      first=("entries", points, entries))
+    weighed = dev.alloc(p.windows * p.runs * XYZZ_BYTES[group])
+    dev.launch(f"msm_weigh_{group}", p.windows * p.runs, buckets, p.window_bits, p.windows,
+               p.runs, weighed)
+    runs = np.full(p.windows, p.runs, dtype=np.uint32)
+    windows = _rounds(dev, group, p.windows, dev.upload(runs),
+                      dev.upload(np.arange(p.windows, dtype=np.uint32) * np.uint32(p.runs)),
+                      p.chunk, first=("xyzz", weighed, None))
+    out = dev.alloc(AFFINE_BYTES[group])
+    dev.launch(f"msm_combine_{group}", 1, windows, p.windows, p.window_bits, out)
+    return dev.download(out, np.uint8, AFFINE_BYTES[group]).tobytes()
+
+
+def _sort(dev: Device, p: plan.MsmPlan, scalars: field.FrVector) -> tuple[Any, Any, Any]:
+    """Signed digits and the counting sort: (counts, offsets, entries) per bucket."""
+    nbuckets = p.windows * p.buckets
+    keys = dev.upload(np.ascontiguousarray(scalars, dtype=np.uint64))
+    digits = dev.alloc(4 * p.entries)
+    counts = dev.zeros(4 * nbuckets)
+    dev.launch("msm_digits", p.points, keys, p.points, p.window_bits, p.windows, digits, counts)
+    offsets = dev.alloc(4 * nbuckets)
+    total = dev.scan(counts, offsets, nbuckets)
+    cursor = dev.copy(offsets, 4 * nbuckets)
+    entries = dev.alloc(4 * total)
+    dev.launch("msm_scatter", p.entries, digits, p.points, p.window_bits, p.windows, cursor,
+               entries)
+    return counts, offsets, entries
+
+
+def _rounds(dev: Device, group: str, nbuckets: int, counts: Any, offsets: Any, chunk: int,
+            first: tuple[str, Any, Any]) -> Any:
+    """Chunked sums of every bucket until each has one; the dense XYZZ bucket array."""
+    kind, source, entries = first
+    while True:
+        chunks = dev.alloc(4 * nbuckets)
+        most = dev.zeros(4)
+        dev.launch("msm_chunk_counts", nbuckets, counts, nbuckets, chunk, chunks, most)
+        starts = dev.alloc(4 * nbuckets)
+        nchunks = dev.scan(chunks, starts, nbuckets)
+        sums = dev.alloc(nchunks * XYZZ_BYTES[group])
+        if kind == "entries":
+            dev.launch(f"msm_sum_entries_{group}", nchunks, source, entries, offsets, counts,
+                       starts, nbuckets, chunk, nchunks, sums)
+        else:
+            dev.launch(f"msm_sum_xyzz_{group}", nchunks, source, offsets, counts, starts,
+                       nbuckets, chunk, nchunks, sums)
+        if int(dev.download(most, np.uint32, 1)[0]) <= 1:
+            dense = dev.alloc(nbuckets * XYZZ_BYTES[group])
+            dev.launch(f"msm_gather_{group}", nbuckets, sums, chunks, starts, nbuckets, dense)
+            return dense
+        kind, source, counts, offsets = "xyzz", sums, chunks, starts

@@ -1,0 +1,73 @@
+"""Launch plans for the CUDA MSM: window width, chunk length, bucket runs (pure, no I/O).
+
+The cost model counts field multiplications as the kernels spend them: every nonzero digit is
+one mixed addition into a bucket (about 10 multiplications), and each window's 2^(c-1) buckets
+cost two full additions (about 14 each) when they are weighed. Unlike the CPU, the GPU spreads
+both over threads, so the model only picks c; `chunk` and `runs` set how finely the work is cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SCALAR_BITS = 256  #: 255-bit scalars plus the carry of the signed digits
+MIXED_ADD_COST = 10
+FULL_ADD_COST = 14
+MIN_WINDOW_BITS = 4
+MAX_WINDOW_BITS = 18  #: 15 windows x 2^17 G2 buckets stay under 1 GiB
+#: Threads wanted per launch to fill a large GPU (132 SMs x a few hundred resident threads).
+TARGET_THREADS = 1 << 16
+MIN_CHUNK = 8
+MAX_CHUNK = 64
+RUN_LENGTH = 32  #: buckets weighed by one thread
+
+
+@dataclasses.dataclass(frozen=True)
+class MsmPlan:
+    points: int
+    window_bits: int  #: c: signed digits in [-2^(c-1), 2^(c-1)]
+    chunk: int  #: most entries one thread adds in a round of bucket sums
+    runs: int  #: runs of buckets per window, one thread each, when weighing
+
+    @property
+    def windows(self) -> int:
+        return windows(self.window_bits)
+
+    @property
+    def buckets(self) -> int:
+        """Buckets per window, with the unused bucket 0 (digit 0)."""
+        return (1 << (self.window_bits - 1)) + 1
+
+    @property
+    def entries(self) -> int:
+        """Upper bound of (window, point) entries in the sorted lists."""
+        return self.windows * self.points
+
+
+def windows(window_bits: int) -> int:
+    return -(-SCALAR_BITS // window_bits)
+
+
+def cost(points: int, window_bits: int) -> int:
+    buckets = 1 << (window_bits - 1)
+    return windows(window_bits) * (points * MIXED_ADD_COST + 2 * buckets * FULL_ADD_COST)
+
+
+def window_bits(points: int) -> int:
+    """The c in [4, 18] of least `cost` (the smaller on a tie)."""
+    span = range(MIN_WINDOW_BITS, MAX_WINDOW_BITS + 1)
+    return min(span, key=lambda c: (cost(max(points, 1), c), c))
+
+
+def _floor_pow2(x: int) -> int:
+    return 1 << (max(x, 1).bit_length() - 1)
+
+
+def msm_plan(points: int) -> MsmPlan:
+    """The plan for an MSM of `points` points (>= 1)."""
+    if points < 1:
+        raise ValueError(f"an MSM needs at least one point, got {points}")
+    c = window_bits(points)
+    chunk = min(MAX_CHUNK, max(MIN_CHUNK, _floor_pow2(windows(c) * points // TARGET_THREADS)))
+    runs = max(1, (1 << (c - 1)) // RUN_LENGTH)
+    return MsmPlan(points=points, window_bits=c, chunk=chunk, runs=runs)

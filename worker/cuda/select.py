@@ -1,0 +1,60 @@
+"""Which Groth16 backend a worker runs: `--backend auto|cpu|cuda` and what this host offers.
+
+`choose` is the policy (pure); `probe` looks at the host (imports pycuda, counts devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    pycuda_error: str | None  #: why pycuda cannot be used (import or driver failure), or None
+    devices: int  #: CUDA devices visible (after CUDA_VISIBLE_DEVICES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    backend: str  #: "cpu" or "cuda"
+    message: str  #: one line for the log, saying why
+    error: bool = False  #: the requested backend cannot run here: refuse to start
+
+
+def choose(requested: str, probe: Probe) -> Selection:
+    """The backend for `requested` ("auto", "cpu" or "cuda") given what `probe` found."""
+    if requested not in CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(CHOICES)}, not {requested!r}")
+    why_not = _cuda_unusable(probe)
+    if requested == "cpu":
+        return Selection("cpu", "Groth16 backend: cpu (forced by --backend cpu)")
+    if why_not is None:
+        how = ("forced by --backend cuda" if requested == "cuda"
+               else "auto: a CUDA device is present")
+        return Selection("cuda", f"Groth16 backend: cuda ({how})")
+    if requested == "cuda":
+        return Selection("cuda", f"--backend cuda, but {why_not}: install the [gpu] extra "
+                         "(pip install 'gpuproxy[gpu]') on a host with an NVIDIA driver, or use "
+                         "--backend cpu", error=True)
+    return Selection("cpu", f"Groth16 backend: cpu (auto: {why_not})")
+
+
+def _cuda_unusable(probe: Probe) -> str | None:
+    if probe.pycuda_error is not None:
+        return f"pycuda is unusable ({probe.pycuda_error})"
+    if probe.devices < 1:
+        return "no CUDA device is visible"
+    return None
+
+
+def probe() -> Probe:
+    """Import pycuda and count the devices; never raises."""
+    try:
+        import pycuda.driver as cuda  # type: ignore[import-not-found,unused-ignore]
+
+        cuda.init()
+        return Probe(pycuda_error=None, devices=int(cuda.Device.count()))
+    except Exception as exc:
+        return Probe(pycuda_error=f"{type(exc).__name__}: {exc}", devices=0)
