@@ -1,18 +1,17 @@
 """Launch plans for the CUDA MSM: window width, chunk length, bucket runs (pure, no I/O).
 
-The cost model counts field multiplications as the kernels spend them: every nonzero digit is
-one mixed addition into a bucket (about 10 multiplications), and each window's 2^(c-1) buckets
-cost two full additions (about 14 each) when they are weighed. Unlike the CPU, the GPU spreads
-both over threads, so the model only picks c; `chunk` and `runs` set how finely the work is cut.
+The window width minimises the CPU engine's cost model (worker.groth16.msm: a mixed addition
+per digit, two full additions per bucket), over a wider range: the GPU affords more buckets.
+The GPU spreads both kinds of addition over threads, so the model only picks c; `chunk` and
+`runs` set how finely the work is cut.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-SCALAR_BITS = 256  #: 255-bit scalars plus the carry of the signed digits
-MIXED_ADD_COST = 10
-FULL_ADD_COST = 14
+from worker.groth16.msm import cost, windows
+
 MIN_WINDOW_BITS = 4
 MAX_WINDOW_BITS = 18  #: 15 windows x 2^17 G2 buckets stay under 1 GiB
 #: Threads wanted per launch to fill a large GPU (132 SMs x a few hundred resident threads).
@@ -44,13 +43,7 @@ class MsmPlan:
         return self.windows * self.points
 
 
-def windows(window_bits: int) -> int:
-    return -(-SCALAR_BITS // window_bits)
-
-
-def cost(points: int, window_bits: int) -> int:
-    buckets = 1 << (window_bits - 1)
-    return windows(window_bits) * (points * MIXED_ADD_COST + 2 * buckets * FULL_ADD_COST)
+__all__ = ["MsmPlan", "cost", "msm_plan", "window_bits", "windows"]
 
 
 def window_bits(points: int) -> int:
