@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
 import random
 
 import numpy as np
 import py_arkworks_bls12381 as ark
 import pytest
 
-from worker.groth16 import curve, field, msm, native, ntt, zkey
+from worker.groth16 import curve, exceptions, field, msm, native, ntt, zkey
 
 RNG = random.Random(3)
 
@@ -121,3 +122,12 @@ def test_window_policy() -> None:
     for n in (10, 1000, 100_000):
         best = msm.window_bits(n)
         assert all(msm.cost(n, best) <= msm.cost(n, c) for c in range(2, 16))
+
+
+def test_a_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: pathlib.Path) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_lib", None)
+    with pytest.raises(exceptions.NativeUnavailable, match="Install a C compiler"):
+        native.library()
