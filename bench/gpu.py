@@ -1,0 +1,47 @@
+"""Shared by bench/msm.py and bench/ntt.py: the CUDA and CPU backends side by side."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from worker.cuda import exceptions, select
+from worker.groth16 import backends
+
+T = TypeVar("T")
+
+
+def open_backends() -> tuple[backends.Backend | None, backends.Backend, str]:
+    """(the CUDA backend or None, the CPU backend, a line naming the GPU or why there is none)."""
+    cpu = backends.create("cpu")
+    chosen = select.choose("auto", select.probe())
+    if chosen.backend != "cuda":
+        return None, cpu, f"CUDA unavailable: {chosen.message}"
+    from worker.cuda import backend as cuda_backend
+
+    try:
+        cuda = cuda_backend.create()
+    except exceptions.CudaError as exc:
+        return None, cpu, f"CUDA unavailable: {exc}"
+    return cuda, cpu, f"GPU: {cuda.device.name}, {cuda.device.arch}"
+
+
+def timed(fn: Callable[[], T], runs: int) -> tuple[float, T]:
+    """Median seconds of `runs` calls, and the last result."""
+    times, result = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    assert result is not None
+    return statistics.median(times), result
+
+
+def cell(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.4f}"
+
+
+def ratio(cpu_s: float | None, cuda_s: float | None) -> str:
+    return "-" if cpu_s is None or cuda_s is None else f"{cpu_s / cuda_s:.1f}x"

@@ -1,0 +1,80 @@
+"""G1 and G2 MSM time: the CUDA backend beside the CPU backend, 2^16 .. 2^24 points.
+
+Prints the GPU model, then per size the CUDA time, the CPU time and their ratio (CPU / CUDA),
+and checks that both give the same point. Times are medians of --runs calls as the prover makes
+them: scalars uploaded, result downloaded; the points are loaded once beforehand, as a key's
+are. Points are 1024 random points repeated (the cost does not depend on their being distinct);
+scalars are random below 2^254. Without a GPU it says why and shows the CPU up to --cpu-max.
+
+    .venv/bin/python bench/msm.py
+    .venv/bin/python bench/msm.py --sizes 16,18,20 --groups g1 --runs 5 --cpu-max 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import py_arkworks_bls12381 as ark
+
+from bench.gpu import cell, open_backends, ratio, timed
+from worker.groth16 import curve, field
+
+DISTINCT = 1024
+
+
+def points(group: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    gen, to_lem, lem = ((ark.G1Point(), curve.from_ark_g1, curve.g1_to_lem) if group == "g1"
+                        else (ark.G2Point(), curve.from_ark_g2, curve.g2_to_lem))
+    limbs = 12 if group == "g1" else 24
+    base = [lem(to_lem(gen * ark.Scalar(int(k))))  # type: ignore[operator]
+            for k in rng.integers(1, 2**62, size=min(n, DISTINCT))]
+    distinct = np.frombuffer(b"".join(base), dtype=np.uint64).reshape(-1, limbs)
+    return np.resize(distinct, (n, limbs))
+
+
+def scalars(n: int, rng: np.random.Generator) -> field.FrVector:
+    v = rng.integers(0, 2**64, size=(n, 4), dtype=np.uint64)
+    v[:, 3] &= np.uint64(0x3FFFFFFFFFFFFFFF)
+    return v
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="16,17,18,19,20,21,22,23,24", help="log2 sizes")
+    parser.add_argument("--groups", default="g1,g2")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cpu-max", type=int, default=22, help="largest log2 size on the CPU")
+    args = parser.parse_args()
+    cuda, cpu, gpu_line = open_backends()
+    print(gpu_line)
+    cpu_max = args.cpu_max if cuda is not None else min(args.cpu_max, 18)
+    rng = np.random.default_rng(7)
+    print(f"{'group':>5} {'size':>6} {'cuda s':>9} {'cpu s':>9} {'cpu/cuda':>9}")
+    for group in args.groups.split(","):
+        for k in (int(x) for x in args.sizes.split(",")):
+            if cuda is None and k > cpu_max:
+                continue
+            pts, sc = points(group, 1 << k, rng), scalars(1 << k, rng)
+            results, seconds = [], {}
+            for name, backend in (("cuda", cuda), ("cpu", cpu if k <= cpu_max else None)):
+                if backend is None:
+                    continue
+                bases = backend.load_bases(group, pts)
+                run = backend.msm_g1 if group == "g1" else backend.msm_g2
+                run(bases, sc)  # warm: kernels, tables, caches
+                seconds[name], result = timed(lambda: run(bases, sc), args.runs)  # noqa: B023
+                results.append(result)
+            if len(results) == 2 and results[0] != results[1]:
+                raise SystemExit(f"{group} 2^{k}: CUDA and CPU disagree")
+            print(f"{group:>5} {'2^' + str(k):>6} {cell(seconds.get('cuda')):>9} "
+                  f"{cell(seconds.get('cpu')):>9} "
+                  f"{ratio(seconds.get('cpu'), seconds.get('cuda')):>9}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
