@@ -6,11 +6,12 @@
 // Projective inputs are made from affine points and a factor z (X = x z^2, Y = y z^3, ZZ = z^2,
 // ZZZ = z^3), so the formulas are exercised with ZZ != 1. Results come back affine.
 //
-// The MSM and NTT here run the kernels' pipelines step by step on the host, calling the same
-// per-thread routines (msm.cuh, ntt.cuh) in loops where the GPU runs threads.
+// The emu_* functions run each kernel of msm.cu and ntt.cu on the host: the same per-thread
+// steps (msm.cuh, ntt.cuh) in a loop over the thread index, so the Python drivers
+// (worker/cuda/msm.py, ntt.py) run unchanged against tests/cuda/fakedevice.py. Every argument
+// comes as a 64-bit integer: a buffer's address or a value, in the kernel's order.
 #include <string.h>
 
-#include <utility>
 #include <vector>
 
 #include "curve.cuh"
@@ -90,98 +91,6 @@ void point_mul(const uint8_t* a, const uint8_t* scalar, uint8_t* out) {
     store(out, Xyzz<F>::from_affine(load<Affine<F>>(a)).mul(k, SCALAR_LIMBS).to_affine());
 }
 
-// --- MSM: the kernel pipeline of msm.cu, one loop per launch -------------------------------
-
-std::vector<uint32_t> exclusive_scan(const std::vector<uint32_t>& in) {
-    std::vector<uint32_t> out(in.size());
-    uint32_t run = 0;
-    for (size_t k = 0; k < in.size(); k++) {
-        out[k] = run;
-        run += in[k];
-    }
-    return out;
-}
-
-// Rounds of chunk sums until every bucket has at most one; returns the dense bucket sums.
-template <class F, class SumRound>
-std::vector<Xyzz<F>> chunk_rounds(std::vector<uint32_t> counts, std::vector<uint32_t> offsets,
-                                  uint32_t chunk, SumRound first_round) {
-    const uint32_t nbuckets = (uint32_t)counts.size();
-    std::vector<Xyzz<F>> sums;
-    bool first = true;
-    for (;;) {
-        std::vector<uint32_t> chunks(nbuckets);
-        uint32_t max_chunks = 0;
-        for (uint32_t b = 0; b < nbuckets; b++) {
-            chunks[b] = chunks_of(counts[b], chunk);
-            if (chunks[b] > max_chunks) max_chunks = chunks[b];
-        }
-        std::vector<uint32_t> starts = exclusive_scan(chunks);
-        uint32_t nchunks = nbuckets ? starts.back() + chunks.back() : 0;
-        std::vector<Xyzz<F>> next(nchunks);
-        for (uint32_t j = 0; j < nchunks; j++) {
-            uint32_t b = bucket_of_chunk(starts.data(), nbuckets, j);
-            ChunkRange r = chunk_range(offsets.data(), counts.data(), starts.data(), b, j, chunk);
-            next[j] = first ? first_round(r) : sum_xyzz(sums.data(), r.begin, r.end);
-        }
-        first = false;
-        sums.swap(next);
-        if (max_chunks <= 1) {
-            std::vector<Xyzz<F>> dense(nbuckets);
-            for (uint32_t b = 0; b < nbuckets; b++)
-                dense[b] = chunks[b] ? sums[starts[b]] : Xyzz<F>::identity();
-            return dense;
-        }
-        counts.swap(chunks);
-        offsets.swap(starts);
-    }
-}
-
-template <class F>
-void host_msm(const uint8_t* points_bytes, const uint8_t* scalars_bytes, uint32_t n, int c,
-              uint32_t chunk, uint32_t runs, uint8_t* out) {
-    std::vector<Affine<F>> points(n);
-    memcpy(points.data(), points_bytes, sizeof(Affine<F>) * n);
-    std::vector<uint32_t> scalars(SCALAR_LIMBS * (size_t)n);
-    memcpy(scalars.data(), scalars_bytes, 4 * scalars.size());
-    const int nwin = msm_windows(c);
-    const uint32_t nb = msm_buckets(c);
-    // msm_digits
-    std::vector<uint32_t> digits((size_t)nwin * n), counts(nwin * nb, 0);
-    for (uint32_t i = 0; i < n; i++) {
-        signed_digits(&scalars[SCALAR_LIMBS * (size_t)i], c, nwin, &digits[i], n);
-        for (int w = 0; w < nwin; w++) {
-            uint32_t d = digits[(size_t)w * n + i] & ~ENTRY_NEG;
-            if (d) counts[w * nb + d]++;
-        }
-    }
-    // scan, msm_scatter
-    std::vector<uint32_t> offsets = exclusive_scan(counts), cursor = offsets;
-    std::vector<uint32_t> entries(offsets.back() + counts.back());
-    for (size_t k = 0; k < digits.size(); k++) {
-        uint32_t d = digits[k] & ~ENTRY_NEG;
-        if (d) entries[cursor[(k / n) * nb + d]++] = (uint32_t)(k % n) | (digits[k] & ENTRY_NEG);
-    }
-    // bucket sums
-    std::vector<Xyzz<F>> buckets = chunk_rounds<F>(counts, offsets, chunk, [&](ChunkRange r) {
-        return sum_entries(points.data(), entries.data(), r.begin, r.end);
-    });
-    // msm_weigh, then the window sums by the same chunked rounds
-    std::vector<Xyzz<F>> weighed((size_t)nwin * runs);
-    const uint32_t run = (nb - 1) / runs;
-    for (uint32_t k = 0; k < weighed.size(); k++) {
-        uint32_t w = k / runs, lo = 1 + (k % runs) * run;
-        weighed[k] = weigh_buckets(&buckets[(size_t)w * nb], lo, lo + run);
-    }
-    std::vector<uint32_t> win_counts(nwin, runs), win_offsets(nwin);
-    for (int w = 0; w < nwin; w++) win_offsets[w] = w * runs;
-    std::vector<Xyzz<F>> windows = chunk_rounds<F>(win_counts, win_offsets, chunk, [&](ChunkRange r) {
-        return sum_xyzz(weighed.data(), r.begin, r.end);
-    });
-    // msm_combine
-    store(out, combine_windows(windows.data(), nwin, c).to_affine());
-}
-
 }  // namespace
 
 extern "C" {
@@ -209,15 +118,6 @@ int gp_g2_op(int op, const uint8_t* a, const uint8_t* za, const uint8_t* b, cons
 void gp_g1_mul(const uint8_t* a, const uint8_t* k, uint8_t* out) { point_mul<Fp>(a, k, out); }
 void gp_g2_mul(const uint8_t* a, const uint8_t* k, uint8_t* out) { point_mul<Fp2>(a, k, out); }
 
-void gp_g1_msm(const uint8_t* points, const uint8_t* scalars, uint32_t n, int c, uint32_t chunk,
-               uint32_t runs, uint8_t* out) {
-    host_msm<Fp>(points, scalars, n, c, chunk, runs, out);
-}
-void gp_g2_msm(const uint8_t* points, const uint8_t* scalars, uint32_t n, int c, uint32_t chunk,
-               uint32_t runs, uint8_t* out) {
-    host_msm<Fp2>(points, scalars, n, c, chunk, runs, out);
-}
-
 // Signed digits of one scalar, for checking the decomposition itself.
 void gp_signed_digits(const uint8_t* scalar, int c, uint32_t* out) {
     uint32_t k[SCALAR_LIMBS];
@@ -225,35 +125,140 @@ void gp_signed_digits(const uint8_t* scalar, int c, uint32_t* out) {
     signed_digits(k, c, msm_windows(c), out, 1);
 }
 
-// In-place forward NTT of 2^logn Montgomery values with the n-th root `root` (Montgomery), as
-// ntt.cu runs it: fr_powers, fr_bit_reverse, then ntt_pass over tiles of 2^tile_log values.
-void gp_fr_ntt(uint8_t* values, int logn, const uint8_t* root, int tile_log) {
-    const uint32_t n = 1u << logn;
-    std::vector<Fr> a(n), tw(n / 2 ? n / 2 : 1);
-    memcpy(a.data(), values, sizeof(Fr) * n);
-    Fr w = load<Fr>(root);
-    for (uint32_t i = 0; i < n / 2; i++) tw[i] = w.pow_u32(i);
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t j = bit_reverse(i, logn);
-        if (i < j) std::swap(a[i], a[j]);
-    }
-    for (int s = 0; s < logn; s += tile_log) {
-        int t = logn - s < tile_log ? logn - s : tile_log;
-        std::vector<Fr> tile(1u << t);
-        for (uint32_t blk = 0; blk < (n >> t); blk++) {
-            for (uint32_t l = 0; l < (1u << t); l++) tile[l] = a[ntt_tile_index(blk, l, s, t)];
-            for (int u = 0; u < t; u++) {
-                for (uint32_t b = 0; b < (1u << (t - 1)); b++) {
-                    uint32_t l0 = ntt_butterfly_low(b, u);
-                    uint32_t i0 = ntt_tile_index(blk, l0, s, t);
-                    ntt_butterfly(tile[l0], tile[l0 + (1u << u)],
-                                  tw[ntt_twiddle_index(i0, s + u, logn)]);
-                }
-            }
-            for (uint32_t l = 0; l < (1u << t); l++) a[ntt_tile_index(blk, l, s, t)] = tile[l];
+}  // extern "C"
+
+// --- the kernels, one host loop each ---------------------------------------------------------
+
+#define A(T, x) ((T)(uintptr_t)(x))
+#define FOR_THREADS(i, threads, limit) \
+    for (uint64_t i = 0; i < (threads) && i < (uint64_t)(limit); i++)
+
+extern "C" {
+
+// scan_blocks: grid blocks of 2 * block values each.
+void emu_scan_blocks(uint64_t grid, uint64_t block, uint64_t in_, uint64_t out_, uint64_t m,
+                     uint64_t block_sums_) {
+    const uint32_t* in = A(const uint32_t*, in_);
+    uint32_t* out = A(uint32_t*, out_);
+    for (uint64_t g = 0; g < grid; g++) {
+        uint32_t run = 0;
+        for (uint64_t k = g * 2 * block; k < (g + 1) * 2 * block; k++) {
+            uint32_t v = k < m ? in[k] : 0;
+            if (k < m) out[k] = run;
+            run += v;
         }
+        A(uint32_t*, block_sums_)[g] = run;
     }
-    memcpy(values, a.data(), sizeof(Fr) * n);
+}
+
+void emu_scan_add(uint64_t threads, uint64_t out, uint64_t m, uint64_t block_offsets) {
+    FOR_THREADS(k, threads, m) A(uint32_t*, out)[k] += A(const uint32_t*, block_offsets)[k / 2048];
+}
+
+void emu_msm_digits(uint64_t threads, uint64_t scalars, uint64_t n, uint64_t c, uint64_t nwin,
+                    uint64_t digits, uint64_t counts) {
+    FOR_THREADS(i, threads, n)
+    digits_step((uint32_t)i, A(const uint32_t*, scalars), (uint32_t)n, (int)c, (int)nwin,
+                A(uint32_t*, digits), A(uint32_t*, counts));
+}
+
+void emu_msm_scatter(uint64_t threads, uint64_t digits, uint64_t n, uint64_t c, uint64_t nwin,
+                     uint64_t cursor, uint64_t entries) {
+    FOR_THREADS(k, threads, nwin * n)
+    scatter_step(k, A(const uint32_t*, digits), (uint32_t)n, (int)c, A(uint32_t*, cursor),
+                 A(uint32_t*, entries));
+}
+
+void emu_msm_chunk_counts(uint64_t threads, uint64_t counts, uint64_t nbuckets, uint64_t chunk,
+                          uint64_t chunks, uint64_t max_chunks) {
+    FOR_THREADS(b, threads, nbuckets)
+    chunk_counts_step((uint32_t)b, A(const uint32_t*, counts), (uint32_t)chunk,
+                      A(uint32_t*, chunks), A(uint32_t*, max_chunks));
+}
+
+#define EMU_MSM(G, F)                                                                          \
+    void emu_msm_sum_entries_##G(uint64_t threads, uint64_t points, uint64_t entries,          \
+                                 uint64_t offsets, uint64_t counts, uint64_t starts,           \
+                                 uint64_t nbuckets, uint64_t chunk, uint64_t nchunks,          \
+                                 uint64_t out) {                                               \
+        FOR_THREADS(j, threads, nchunks)                                                       \
+        sum_entries_step<F>((uint32_t)j, A(const Affine<F>*, points),                          \
+                            A(const uint32_t*, entries), A(const uint32_t*, offsets),          \
+                            A(const uint32_t*, counts), A(const uint32_t*, starts),            \
+                            (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));            \
+    }                                                                                          \
+    void emu_msm_sum_xyzz_##G(uint64_t threads, uint64_t in, uint64_t offsets, uint64_t counts, \
+                              uint64_t starts, uint64_t nbuckets, uint64_t chunk,              \
+                              uint64_t nchunks, uint64_t out) {                                \
+        FOR_THREADS(j, threads, nchunks)                                                       \
+        sum_xyzz_step<F>((uint32_t)j, A(const Xyzz<F>*, in), A(const uint32_t*, offsets),      \
+                         A(const uint32_t*, counts), A(const uint32_t*, starts),               \
+                         (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));               \
+    }                                                                                          \
+    void emu_msm_gather_##G(uint64_t threads, uint64_t sums, uint64_t chunks, uint64_t starts, \
+                            uint64_t nbuckets, uint64_t buckets) {                             \
+        FOR_THREADS(b, threads, nbuckets)                                                      \
+        gather_step<F>((uint32_t)b, A(const Xyzz<F>*, sums), A(const uint32_t*, chunks),       \
+                       A(const uint32_t*, starts), A(Xyzz<F>*, buckets));                      \
+    }                                                                                          \
+    void emu_msm_weigh_##G(uint64_t threads, uint64_t buckets, uint64_t c, uint64_t nwin,      \
+                           uint64_t runs, uint64_t out) {                                      \
+        FOR_THREADS(k, threads, nwin * runs)                                                   \
+        weigh_step<F>((uint32_t)k, A(const Xyzz<F>*, buckets), (int)c, (uint32_t)runs,         \
+                      A(Xyzz<F>*, out));                                                       \
+    }                                                                                          \
+    void emu_msm_combine_##G(uint64_t threads, uint64_t windows, uint64_t nwin, uint64_t c,    \
+                             uint64_t out) {                                                   \
+        FOR_THREADS(k, threads, 1)                                                             \
+        combine_step<F>(A(const Xyzz<F>*, windows), (int)nwin, (int)c, A(Affine<F>*, out));    \
+    }
+
+EMU_MSM(g1, Fp)
+EMU_MSM(g2, Fp2)
+
+void emu_fr_bit_reverse(uint64_t threads, uint64_t a, uint64_t logn) {
+    FOR_THREADS(i, threads, 1ull << logn) bit_reverse_step((uint32_t)i, A(Fr*, a), (int)logn);
+}
+
+// ntt_pass: block b loads its tile, runs the stages (each a loop over the threads), stores it.
+void emu_ntt_pass(uint64_t grid, uint64_t block, uint64_t a_, uint64_t twiddles, uint64_t logn,
+                  uint64_t s, uint64_t t) {
+    Fr* a = A(Fr*, a_);
+    std::vector<Fr> tile(2 * block);
+    for (uint32_t g = 0; g < grid; g++) {
+        for (uint32_t l = 0; l < 2 * block; l++) tile[l] = a[ntt_tile_index(g, l, (int)s, (int)t)];
+        for (int u = 0; u < (int)t; u++)
+            for (uint32_t b = 0; b < block; b++)
+                ntt_tile_step(tile.data(), A(const Fr*, twiddles), g, b, u, (int)s, (int)t,
+                              (int)logn);
+        for (uint32_t l = 0; l < 2 * block; l++) a[ntt_tile_index(g, l, (int)s, (int)t)] = tile[l];
+    }
+}
+
+void emu_fr_powers(uint64_t threads, uint64_t out, uint64_t base, uint64_t count) {
+    FOR_THREADS(i, threads, count) powers_step((uint32_t)i, A(Fr*, out), A(const Fr*, base));
+}
+
+void emu_fr_mul_table(uint64_t threads, uint64_t a, uint64_t table, uint64_t n) {
+    FOR_THREADS(i, threads, n) mul_table_step((uint32_t)i, A(Fr*, a), A(const Fr*, table));
+}
+
+void emu_fr_scale(uint64_t threads, uint64_t a, uint64_t c, uint64_t n) {
+    FOR_THREADS(i, threads, n) scale_step((uint32_t)i, A(Fr*, a), A(const Fr*, c));
+}
+
+void emu_fr_ab_minus_c(uint64_t threads, uint64_t a, uint64_t b, uint64_t c, uint64_t out,
+                       uint64_t n) {
+    FOR_THREADS(i, threads, n)
+    ab_minus_c_step((uint32_t)i, A(const Fr*, a), A(const Fr*, b), A(const Fr*, c), A(Fr*, out));
+}
+
+void emu_fr_to_mont(uint64_t threads, uint64_t a, uint64_t n) {
+    FOR_THREADS(i, threads, n) to_mont_step((uint32_t)i, A(Fr*, a));
+}
+
+void emu_fr_from_mont(uint64_t threads, uint64_t a, uint64_t n) {
+    FOR_THREADS(i, threads, n) from_mont_step((uint32_t)i, A(Fr*, a));
 }
 
 }  // extern "C"

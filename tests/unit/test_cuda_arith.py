@@ -1,6 +1,6 @@
 """The CUDA kernels' arithmetic, compiled for the host by g++, against Python integers and
-py-arkworks: fields, Fp2, G1/G2 formulas and edge cases, scalar multiplication, and the kernels'
-MSM and NTT pipelines run step by step on the host."""
+py-arkworks: fields, Fp2, G1/G2 formulas and edge cases, scalar multiplication, signed digits.
+The MSM and NTT pipelines are in test_cuda_drivers.py."""
 
 from __future__ import annotations
 
@@ -174,60 +174,3 @@ def test_signed_digits_rebuild_the_scalar(lib: ctypes.CDLL, c: int) -> None:
             assert magnitude <= 1 << (c - 1)
             total += (-magnitude if e >> 31 else magnitude) << (c * w)
         assert total == k
-
-
-def host_msm(lib: ctypes.CDLL, g: Group, points: list[object], scalars: list[int], c: int,
-             chunk: int, runs: int) -> object:
-    out = ctypes.create_string_buffer(g.size)
-    blob = b"".join(g.to_device(p) for p in points)
-    keys = b"".join(hostlib.le(k, FR_BYTES) for k in scalars)
-    getattr(lib, f"gp_{g.name}_msm")(blob, keys, len(points), c, chunk, runs, out)
-    return g.from_device(out.raw)
-
-
-@pytest.mark.parametrize(("n", "c", "chunk", "runs"), [
-    (1, 4, 2, 1), (7, 3, 2, 2), (33, 5, 3, 4), (64, 8, 4, 16),
-])
-def test_pippenger_pipeline_matches_arkworks(
-    lib: ctypes.CDLL, g: Group, n: int, c: int, chunk: int, runs: int,
-) -> None:
-    points = [g.random() for _ in range(n)]
-    scalars = [rng.randrange(R) for _ in range(n)]
-    want = g.point.multiexp_unchecked(points, [hostlib.scalar(k) for k in scalars])
-    assert host_msm(lib, g, points, scalars, c, chunk, runs) == want
-
-
-def test_pippenger_with_skewed_scalars_and_infinity(lib: ctypes.CDLL, g: Group) -> None:
-    # Given witness-like scalars (mostly 0 and 1, a few -1) and points at infinity
-    n = 48
-    points = [g.random() if i % 9 else g.point.identity() for i in range(n)]
-    scalars = [rng.choice([0, 1, 1, 1, R - 1, 2]) for _ in range(n)]
-    scalars[5] = rng.randrange(R)
-    # When summed with small chunks (many rounds for the bucket of digit 1)
-    got = host_msm(lib, g, points, scalars, 4, 2, 2)
-    # Then the sum is the reference
-    want = g.point.identity()
-    for p, k in zip(points, scalars, strict=True):
-        want = want + p * hostlib.scalar(k)
-    assert got == want
-
-
-# --- NTT ---------------------------------------------------------------------------------------
-
-def root_of_unity(logn: int) -> int:
-    # 7 generates Fr*; r - 1 = 2^32 * odd
-    return pow(7, (R - 1) >> logn, R)
-
-
-@pytest.mark.parametrize(("logn", "tile_log"), [(1, 1), (3, 1), (4, 2), (6, 3), (7, 10)])
-def test_ntt_passes_match_the_dft(lib: ctypes.CDLL, logn: int, tile_log: int) -> None:
-    n = 1 << logn
-    w = root_of_unity(logn)
-    assert pow(w, n // 2, R) == R - 1
-    values = [rng.randrange(R) for _ in range(n)]
-    blob = b"".join(hostlib.mont(v, R, FR_BYTES) for v in values)
-    buf = ctypes.create_string_buffer(blob, n * FR_BYTES)
-    lib.gp_fr_ntt(buf, logn, hostlib.mont(w, R, FR_BYTES), tile_log)
-    got = [hostlib.unmont(buf.raw[32 * i:32 * i + 32], R) for i in range(n)]
-    want = [sum(v * pow(w, i * j, R) for j, v in enumerate(values)) % R for i in range(n)]
-    assert got == want

@@ -41,8 +41,9 @@ class CudaBases(base.Bases):
 
 
 class CudaBackend(base.Backend):
-    def __init__(self, gpu: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR) -> None:
-        self.device = Device(gpu, cache_dir)
+    def __init__(self, gpu: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR,
+                 device: Device | None = None) -> None:
+        self.device = device or Device(gpu, cache_dir)
         self.name = f"cuda:{self.device.name}"
         self._tables: dict[int, ntt_driver.Tables] = {}
         log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch)

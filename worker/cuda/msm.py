@@ -19,12 +19,14 @@ AFFINE_BYTES = {"g1": 2 * field.N8Q, "g2": 4 * field.N8Q}
 XYZZ_BYTES = {"g1": 4 * field.N8Q, "g2": 8 * field.N8Q}
 
 
-def msm(dev: Device, group: str, points: Any, scalars: field.FrVector) -> bytes:
-    """sum scalars[i] * points[i] as affine LEM bytes; call inside `dev.active`."""
+def msm(dev: Device, group: str, points: Any, scalars: field.FrVector,
+        p: plan.MsmPlan | None = None) -> bytes:
+    """sum scalars[i] * points[i] as affine LEM bytes; call inside `dev.active`. The plan is
+    msm_plan's unless given (tests give small windows and chunks to reach every path)."""
     n = len(scalars)
     if n == 0:
         return bytes(AFFINE_BYTES[group])
-    p = plan.msm_plan(n)
+    p = p or plan.msm_plan(n)
     counts, offsets, entries = _sort(dev, p, scalars)
     buckets = _rounds(dev, group, p.windows * p.buckets, counts, offsets, p.chunk,
                       first=("entries", points, entries))

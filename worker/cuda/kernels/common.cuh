@@ -11,6 +11,10 @@
 #define GP_HD __host__ __device__ __forceinline__
 #define GP_HD_NOINLINE __host__ __device__ __noinline__
 #define GP_UNROLL _Pragma("unroll")
+// The global index of this thread as `i`; threads past `limit` return.
+#define GP_THREAD_INDEX(i, limit)                                          \
+    const uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; \
+    if (i >= (uint64_t)(limit)) return;
 // The Montgomery product is a call on the device unless GP_INLINE_MUL is defined: inlining it
 // in every point formula makes ptxas take minutes per kernel file, for a speed-up to be measured.
 #if defined(GP_INLINE_MUL)
@@ -32,6 +36,25 @@ namespace gp {
 // wide, which is why the fields use 32-bit limbs (a 64 x 64 product costs four of these).
 GP_HD uint64_t mad_wide(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
     return (uint64_t)a * b + c + d;
+}
+
+// Atomics on the device; plain updates when the host runs the threads one after another.
+GP_HD uint32_t atomic_add(uint32_t* p, uint32_t v) {
+#if defined(__CUDA_ARCH__)
+    return atomicAdd(p, v);
+#else
+    uint32_t old = *p;
+    *p = old + v;
+    return old;
+#endif
+}
+
+GP_HD void atomic_max(uint32_t* p, uint32_t v) {
+#if defined(__CUDA_ARCH__)
+    atomicMax(p, v);
+#else
+    if (v > *p) *p = v;
+#endif
 }
 
 }  // namespace gp

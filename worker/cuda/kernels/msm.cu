@@ -53,130 +53,60 @@ extern "C" __global__ void scan_add(uint32_t* out, uint32_t m, const uint32_t* b
 }
 
 // ---------------------------------------------------------------------------------------------
-// Digits and the counting sort (the same for G1 and G2).
+// The MSM steps (msm.cuh has each thread's work, shared with the host tests).
 
 extern "C" __global__ void msm_digits(const uint32_t* scalars, uint32_t n, int c, int nwin,
                                       uint32_t* digits, uint32_t* counts) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    uint32_t s[SCALAR_LIMBS];
-    for (int k = 0; k < SCALAR_LIMBS; k++) s[k] = scalars[(uint64_t)i * SCALAR_LIMBS + k];
-    signed_digits(s, c, nwin, digits + i, n);
-    const uint32_t nb = msm_buckets(c);
-    for (int w = 0; w < nwin; w++) {
-        uint32_t d = digits[(uint64_t)w * n + i] & ~ENTRY_NEG;
-        if (d) atomicAdd(&counts[w * nb + d], 1u);
-    }
+    GP_THREAD_INDEX(i, n)
+    digits_step((uint32_t)i, scalars, n, c, nwin, digits, counts);
 }
 
-// cursor: a copy of the bucket offsets, consumed here.
 extern "C" __global__ void msm_scatter(const uint32_t* digits, uint32_t n, int c, int nwin,
                                        uint32_t* cursor, uint32_t* entries) {
-    uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (k >= (uint64_t)nwin * n) return;
-    uint32_t w = (uint32_t)(k / n), i = (uint32_t)(k % n);
-    uint32_t e = digits[k];
-    uint32_t d = e & ~ENTRY_NEG;
-    if (!d) return;
-    uint32_t pos = atomicAdd(&cursor[w * msm_buckets(c) + d], 1u);
-    entries[pos] = i | (e & ENTRY_NEG);
+    GP_THREAD_INDEX(k, (uint64_t)nwin * n)
+    scatter_step(k, digits, n, c, cursor, entries);
 }
 
-// chunks[b] = ceil(counts[b] / chunk); *max_chunks = the largest (zeroed by the host).
+// *max_chunks (zeroed by the host) ends as the largest count above 1, or stays 0.
 extern "C" __global__ void msm_chunk_counts(const uint32_t* counts, uint32_t nbuckets,
                                             uint32_t chunk, uint32_t* chunks,
                                             uint32_t* max_chunks) {
-    uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= nbuckets) return;
-    uint32_t k = chunks_of(counts[b], chunk);
-    chunks[b] = k;
-    if (k > 1) atomicMax(max_chunks, k);
+    GP_THREAD_INDEX(b, nbuckets)
+    chunk_counts_step((uint32_t)b, counts, chunk, chunks, max_chunks);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Per-group kernels, instantiated for G1 (Fp) and G2 (Fp2).
-
-template <class F>
-__device__ __forceinline__ void sum_entries_kernel(const Affine<F>* points,
-                                                   const uint32_t* entries,
-                                                   const uint32_t* offsets, const uint32_t* counts,
-                                                   const uint32_t* chunk_starts,
-                                                   uint32_t nbuckets, uint32_t chunk,
-                                                   uint32_t nchunks, Xyzz<F>* out) {
-    uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= nchunks) return;
-    uint32_t b = bucket_of_chunk(chunk_starts, nbuckets, j);
-    ChunkRange r = chunk_range(offsets, counts, chunk_starts, b, j, chunk);
-    out[j] = sum_entries(points, entries, r.begin, r.end);
-}
-
-template <class F>
-__device__ __forceinline__ void sum_xyzz_kernel(const Xyzz<F>* in, const uint32_t* offsets,
-                                                const uint32_t* counts,
-                                                const uint32_t* chunk_starts, uint32_t nbuckets,
-                                                uint32_t chunk, uint32_t nchunks, Xyzz<F>* out) {
-    uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= nchunks) return;
-    uint32_t b = bucket_of_chunk(chunk_starts, nbuckets, j);
-    ChunkRange r = chunk_range(offsets, counts, chunk_starts, b, j, chunk);
-    out[j] = sum_xyzz(in, r.begin, r.end);
-}
-
-// buckets[b] = the one chunk sum of bucket b, or infinity.
-template <class F>
-__device__ __forceinline__ void gather_kernel(const Xyzz<F>* sums, const uint32_t* chunks,
-                                              const uint32_t* chunk_starts, uint32_t nbuckets,
-                                              Xyzz<F>* buckets) {
-    uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= nbuckets) return;
-    buckets[b] = chunks[b] ? sums[chunk_starts[b]] : Xyzz<F>::identity();
-}
-
-// Window w, run s of `run` buckets starting at bucket 1 + s * run: out[w * runs + s].
-template <class F>
-__device__ __forceinline__ void weigh_kernel(const Xyzz<F>* buckets, int c, int nwin,
-                                             uint32_t runs, Xyzz<F>* out) {
-    uint32_t k = blockIdx.x * blockDim.x + threadIdx.x;
-    if (k >= (uint32_t)nwin * runs) return;
-    uint32_t w = k / runs, s = k % runs;
-    uint32_t run = (msm_buckets(c) - 1) / runs;
-    uint32_t lo = 1 + s * run;
-    out[k] = weigh_buckets(buckets + (uint64_t)w * msm_buckets(c), lo, lo + run);
-}
-
-template <class F>
-__device__ __forceinline__ void combine_kernel(const Xyzz<F>* windows, int nwin, int c,
-                                               Affine<F>* out) {
-    if (blockIdx.x || threadIdx.x) return;
-    *out = combine_windows(windows, nwin, c).to_affine();
-}
-
-#define GP_MSM_KERNELS(G, F)                                                                     \
-    extern "C" __global__ void msm_sum_entries_##G(                                            \
-        const Affine<F>* points, const uint32_t* entries, const uint32_t* offsets,             \
-        const uint32_t* counts, const uint32_t* chunk_starts, uint32_t nbuckets,               \
-        uint32_t chunk, uint32_t nchunks, Xyzz<F>* out) {                                      \
-        sum_entries_kernel<F>(points, entries, offsets, counts, chunk_starts, nbuckets, chunk, \
-                              nchunks, out);                                                   \
-    }                                                                                          \
-    extern "C" __global__ void msm_sum_xyzz_##G(                                               \
-        const Xyzz<F>* in, const uint32_t* offsets, const uint32_t* counts,                    \
-        const uint32_t* chunk_starts, uint32_t nbuckets, uint32_t chunk, uint32_t nchunks,     \
-        Xyzz<F>* out) {                                                                        \
-        sum_xyzz_kernel<F>(in, offsets, counts, chunk_starts, nbuckets, chunk, nchunks, out);  \
-    }                                                                                          \
-    extern "C" __global__ void msm_gather_##G(const Xyzz<F>* sums, const uint32_t* chunks,     \
-                                              const uint32_t* chunk_starts, uint32_t nbuckets, \
-                                              Xyzz<F>* buckets) {                              \
-        gather_kernel<F>(sums, chunks, chunk_starts, nbuckets, buckets);                       \
-    }                                                                                          \
-    extern "C" __global__ void msm_weigh_##G(const Xyzz<F>* buckets, int c, int nwin,          \
-                                             uint32_t runs, Xyzz<F>* out) {                    \
-        weigh_kernel<F>(buckets, c, nwin, runs, out);                                          \
-    }                                                                                          \
-    extern "C" __global__ void msm_combine_##G(const Xyzz<F>* windows, int nwin, int c,        \
-                                               Affine<F>* out) {                               \
-        combine_kernel<F>(windows, nwin, c, out);                                              \
+#define GP_MSM_KERNELS(G, F)                                                                    \
+    extern "C" __global__ void msm_sum_entries_##G(                                           \
+        const Affine<F>* points, const uint32_t* entries, const uint32_t* offsets,            \
+        const uint32_t* counts, const uint32_t* chunk_starts, uint32_t nbuckets,              \
+        uint32_t chunk, uint32_t nchunks, Xyzz<F>* out) {                                     \
+        GP_THREAD_INDEX(j, nchunks)                                                           \
+        sum_entries_step<F>((uint32_t)j, points, entries, offsets, counts, chunk_starts,      \
+                            nbuckets, chunk, out);                                            \
+    }                                                                                         \
+    extern "C" __global__ void msm_sum_xyzz_##G(                                              \
+        const Xyzz<F>* in, const uint32_t* offsets, const uint32_t* counts,                   \
+        const uint32_t* chunk_starts, uint32_t nbuckets, uint32_t chunk, uint32_t nchunks,    \
+        Xyzz<F>* out) {                                                                       \
+        GP_THREAD_INDEX(j, nchunks)                                                           \
+        sum_xyzz_step<F>((uint32_t)j, in, offsets, counts, chunk_starts, nbuckets, chunk,     \
+                         out);                                                                \
+    }                                                                                         \
+    extern "C" __global__ void msm_gather_##G(const Xyzz<F>* sums, const uint32_t* chunks,    \
+                                              const uint32_t* chunk_starts,                   \
+                                              uint32_t nbuckets, Xyzz<F>* buckets) {          \
+        GP_THREAD_INDEX(b, nbuckets)                                                          \
+        gather_step<F>((uint32_t)b, sums, chunks, chunk_starts, buckets);                     \
+    }                                                                                         \
+    extern "C" __global__ void msm_weigh_##G(const Xyzz<F>* buckets, int c, int nwin,         \
+                                             uint32_t runs, Xyzz<F>* out) {                   \
+        GP_THREAD_INDEX(k, (uint64_t)nwin * runs)                                             \
+        weigh_step<F>((uint32_t)k, buckets, c, runs, out);                                    \
+    }                                                                                         \
+    extern "C" __global__ void msm_combine_##G(const Xyzz<F>* windows, int nwin, int c,       \
+                                               Affine<F>* out) {                              \
+        GP_THREAD_INDEX(k, 1)                                                                 \
+        combine_step<F>(windows, nwin, c, out);                                               \
     }
 
 GP_MSM_KERNELS(g1, Fp)

@@ -115,4 +115,77 @@ GP_HD Xyzz<F> combine_windows(const Xyzz<F>* windows, int nwin, int c) {
     return acc;
 }
 
+// ---------------------------------------------------------------------------------------------
+// One thread of each msm.cu kernel; `i`, `k`, `j`, `b` are the global thread index, in range.
+
+GP_HD void digits_step(uint32_t i, const uint32_t* scalars, uint32_t n, int c, int nwin,
+                       uint32_t* digits, uint32_t* counts) {
+    uint32_t s[SCALAR_LIMBS];
+    for (int k = 0; k < SCALAR_LIMBS; k++) s[k] = scalars[(uint64_t)i * SCALAR_LIMBS + k];
+    signed_digits(s, c, nwin, digits + i, n);
+    const uint32_t nb = msm_buckets(c);
+    for (int w = 0; w < nwin; w++) {
+        uint32_t d = digits[(uint64_t)w * n + i] & ~ENTRY_NEG;
+        if (d) atomic_add(&counts[w * nb + d], 1u);
+    }
+}
+
+// k = w * n + i; cursor starts as a copy of the bucket offsets.
+GP_HD void scatter_step(uint64_t k, const uint32_t* digits, uint32_t n, int c, uint32_t* cursor,
+                        uint32_t* entries) {
+    uint32_t w = (uint32_t)(k / n), i = (uint32_t)(k % n);
+    uint32_t e = digits[k];
+    uint32_t d = e & ~ENTRY_NEG;
+    if (!d) return;
+    uint32_t pos = atomic_add(&cursor[w * msm_buckets(c) + d], 1u);
+    entries[pos] = i | (e & ENTRY_NEG);
+}
+
+GP_HD void chunk_counts_step(uint32_t b, const uint32_t* counts, uint32_t chunk, uint32_t* chunks,
+                             uint32_t* max_chunks) {
+    uint32_t k = chunks_of(counts[b], chunk);
+    chunks[b] = k;
+    if (k > 1) atomic_max(max_chunks, k);
+}
+
+template <class F>
+GP_HD void sum_entries_step(uint32_t j, const Affine<F>* points, const uint32_t* entries,
+                            const uint32_t* offsets, const uint32_t* counts,
+                            const uint32_t* chunk_starts, uint32_t nbuckets, uint32_t chunk,
+                            Xyzz<F>* out) {
+    uint32_t b = bucket_of_chunk(chunk_starts, nbuckets, j);
+    ChunkRange r = chunk_range(offsets, counts, chunk_starts, b, j, chunk);
+    out[j] = sum_entries(points, entries, r.begin, r.end);
+}
+
+template <class F>
+GP_HD void sum_xyzz_step(uint32_t j, const Xyzz<F>* in, const uint32_t* offsets,
+                         const uint32_t* counts, const uint32_t* chunk_starts, uint32_t nbuckets,
+                         uint32_t chunk, Xyzz<F>* out) {
+    uint32_t b = bucket_of_chunk(chunk_starts, nbuckets, j);
+    ChunkRange r = chunk_range(offsets, counts, chunk_starts, b, j, chunk);
+    out[j] = sum_xyzz(in, r.begin, r.end);
+}
+
+// buckets[b] = the one chunk sum of bucket b, or infinity.
+template <class F>
+GP_HD void gather_step(uint32_t b, const Xyzz<F>* sums, const uint32_t* chunks,
+                       const uint32_t* chunk_starts, Xyzz<F>* buckets) {
+    buckets[b] = chunks[b] ? sums[chunk_starts[b]] : Xyzz<F>::identity();
+}
+
+// k = w * runs + s: run s of window w, (2^(c-1) / runs) buckets from bucket 1 + s * run.
+template <class F>
+GP_HD void weigh_step(uint32_t k, const Xyzz<F>* buckets, int c, uint32_t runs, Xyzz<F>* out) {
+    uint32_t w = k / runs, s = k % runs;
+    uint32_t run = (msm_buckets(c) - 1) / runs;
+    uint32_t lo = 1 + s * run;
+    out[k] = weigh_buckets(buckets + (uint64_t)w * msm_buckets(c), lo, lo + run);
+}
+
+template <class F>
+GP_HD void combine_step(const Xyzz<F>* windows, int nwin, int c, Affine<F>* out) {
+    *out = combine_windows(windows, nwin, c).to_affine();
+}
+
 }  // namespace gp

@@ -10,14 +10,8 @@
 using namespace gp;
 
 extern "C" __global__ void fr_bit_reverse(Fr* a, int logn) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >> logn) return;
-    uint32_t j = bit_reverse(i, logn);
-    if (i < j) {
-        Fr t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-    }
+    GP_THREAD_INDEX(i, 1u << logn)
+    bit_reverse_step((uint32_t)i, a, logn);
 }
 
 // One block per tile of 2^t values, 2^(t-1) threads, one butterfly each per stage.
@@ -29,10 +23,7 @@ extern "C" __global__ void ntt_pass(Fr* a, const Fr* twiddles, int logn, int s, 
     tile[tid + half] = a[ntt_tile_index(blockIdx.x, tid + half, s, t)];
     __syncthreads();
     for (int u = 0; u < t; u++) {
-        uint32_t l0 = ntt_butterfly_low(tid, u);
-        uint32_t i0 = ntt_tile_index(blockIdx.x, l0, s, t);
-        Fr w = twiddles[ntt_twiddle_index(i0, s + u, logn)];
-        ntt_butterfly(tile[l0], tile[l0 + (1u << u)], w);
+        ntt_tile_step(tile, twiddles, blockIdx.x, tid, u, s, t, logn);
         __syncthreads();
     }
     a[ntt_tile_index(blockIdx.x, tid, s, t)] = tile[tid];
@@ -41,34 +32,34 @@ extern "C" __global__ void ntt_pass(Fr* a, const Fr* twiddles, int logn, int s, 
 
 // out[i] = base^i for i < count.
 extern "C" __global__ void fr_powers(Fr* out, const Fr* base, uint32_t count) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < count) out[i] = base->pow_u32(i);
+    GP_THREAD_INDEX(i, count)
+    powers_step((uint32_t)i, out, base);
 }
 
 extern "C" __global__ void fr_mul_table(Fr* a, const Fr* table, uint32_t n) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) a[i] = a[i] * table[i];
+    GP_THREAD_INDEX(i, n)
+    mul_table_step((uint32_t)i, a, table);
 }
 
 extern "C" __global__ void fr_scale(Fr* a, const Fr* c, uint32_t n) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) a[i] = a[i] * *c;
+    GP_THREAD_INDEX(i, n)
+    scale_step((uint32_t)i, a, c);
 }
 
 // out[i] = a[i] * b[i] - c[i]: the quotient's numerator on the coset, where Z is constant.
 extern "C" __global__ void fr_ab_minus_c(const Fr* a, const Fr* b, const Fr* c, Fr* out,
                                          uint32_t n) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = a[i] * b[i] - c[i];
+    GP_THREAD_INDEX(i, n)
+    ab_minus_c_step((uint32_t)i, a, b, c, out);
 }
 
 // Standard form <-> Montgomery form (witness values in, MSM scalars out).
 extern "C" __global__ void fr_to_mont(Fr* a, uint32_t n) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) a[i] = a[i].to_mont();
+    GP_THREAD_INDEX(i, n)
+    to_mont_step((uint32_t)i, a);
 }
 
 extern "C" __global__ void fr_from_mont(Fr* a, uint32_t n) {
-    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) a[i] = a[i].from_mont();
+    GP_THREAD_INDEX(i, n)
+    from_mont_step((uint32_t)i, a);
 }

@@ -44,4 +44,33 @@ GP_HD void ntt_butterfly(Fr& x, Fr& y, const Fr& w) {
     x = x + v;
 }
 
+// ---------------------------------------------------------------------------------------------
+// One thread of each ntt.cu kernel, shared with the host tests; `i` is the global thread index.
+
+GP_HD void bit_reverse_step(uint32_t i, Fr* a, int logn) {
+    uint32_t j = bit_reverse(i, logn);
+    if (i < j) {
+        Fr t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+// Butterfly b of local stage u in the tile (2^t values, already loaded) of block `tile_id`.
+GP_HD void ntt_tile_step(Fr* tile, const Fr* twiddles, uint32_t tile_id, uint32_t b, int u, int s,
+                         int t, int logn) {
+    uint32_t l0 = ntt_butterfly_low(b, u);
+    uint32_t i0 = ntt_tile_index(tile_id, l0, s, t);
+    ntt_butterfly(tile[l0], tile[l0 + (1u << u)], twiddles[ntt_twiddle_index(i0, s + u, logn)]);
+}
+
+GP_HD void powers_step(uint32_t i, Fr* out, const Fr* base) { out[i] = base->pow_u32(i); }
+GP_HD void mul_table_step(uint32_t i, Fr* a, const Fr* table) { a[i] = a[i] * table[i]; }
+GP_HD void scale_step(uint32_t i, Fr* a, const Fr* c) { a[i] = a[i] * *c; }
+GP_HD void ab_minus_c_step(uint32_t i, const Fr* a, const Fr* b, const Fr* c, Fr* out) {
+    out[i] = a[i] * b[i] - c[i];
+}
+GP_HD void to_mont_step(uint32_t i, Fr* a) { a[i] = a[i].to_mont(); }
+GP_HD void from_mont_step(uint32_t i, Fr* a) { a[i] = a[i].from_mont(); }
+
 }  // namespace gp
