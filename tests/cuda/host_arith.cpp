@@ -206,11 +206,6 @@ void emu_msm_chunk_counts(uint64_t threads, uint64_t counts, uint64_t nbuckets, 
         FOR_THREADS(k, threads, nwin * runs)                                                   \
         weigh_step<F>((uint32_t)k, A(const Xyzz<F>*, buckets), (int)c, (uint32_t)runs,         \
                       A(Xyzz<F>*, out));                                                       \
-    }                                                                                          \
-    void emu_msm_combine_##G(uint64_t threads, uint64_t windows, uint64_t nwin, uint64_t c,    \
-                             uint64_t out) {                                                   \
-        FOR_THREADS(k, threads, 1)                                                             \
-        combine_step<F>(A(const Xyzz<F>*, windows), (int)nwin, (int)c, A(Affine<F>*, out));    \
     }
 
 EMU_MSM(g1, Fp)

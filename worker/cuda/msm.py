@@ -1,7 +1,9 @@
 """Drive the MSM kernels of kernels/msm.cu (the steps are listed at the top of that file).
 
 Points are already on the device (affine, Montgomery, as the .zkey stores them); scalars come
-as a normal-form FrVector and go up per call. The result comes back as affine LEM bytes.
+as a normal-form FrVector and go up per call. The GPU ends with one XYZZ sum per window; the
+host combines those (sum 2^(c w) W_w, as sppark does too): 255 doublings in a row are one
+GPU thread's work, milliseconds there, and a fraction of one on the CPU.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import py_arkworks_bls12381 as ark
 
 from worker.cuda import plan
 from worker.cuda.device import Device
-from worker.groth16 import field
+from worker.groth16 import curve, field
 
 #: Bytes of an affine point and of an XYZZ point, per group.
 AFFINE_BYTES = {"g1": 2 * field.N8Q, "g2": 4 * field.N8Q}
@@ -37,9 +40,48 @@ def msm(dev: Device, group: str, points: Any, scalars: field.FrVector,
     windows = _rounds(dev, group, p.windows, dev.upload(runs),
                       dev.upload(np.arange(p.windows, dtype=np.uint32) * np.uint32(p.runs)),
                       p.chunk, first=("xyzz", weighed, None))
-    out = dev.alloc(AFFINE_BYTES[group])
-    dev.launch(f"msm_combine_{group}", 1, windows, p.windows, p.window_bits, out)
-    return dev.download(out, np.uint8, AFFINE_BYTES[group]).tobytes()
+    raw = dev.download(windows, np.uint8, p.windows * XYZZ_BYTES[group]).tobytes()
+    return combine(group, raw, p.windows, p.window_bits)
+
+
+def combine(group: str, raw: bytes, nwin: int, c: int) -> bytes:
+    """sum 2^(c w) W_w over the downloaded XYZZ window sums, as affine LEM bytes."""
+    size = XYZZ_BYTES[group]
+    acc: Any = ark.G1Point.identity() if group == "g1" else ark.G2Point.identity()
+    step = ark.Scalar(1 << c)
+    for w in reversed(range(nwin)):
+        acc = acc * step + _to_ark(group, raw[w * size:(w + 1) * size])
+    if group == "g1":
+        return curve.g1_to_lem(curve.from_ark_g1(acc))
+    return curve.g2_to_lem(curve.from_ark_g2(acc))
+
+
+def _to_ark(group: str, xyzz: bytes) -> Any:
+    """An XYZZ point (Montgomery) as an unchecked py-arkworks point: x = X/ZZ, y = Y/ZZZ. The
+    Montgomery factors cancel in the quotients; the MSM's result is checked by the prover."""
+    words = [int.from_bytes(xyzz[i:i + field.N8Q], "little")
+             for i in range(0, len(xyzz), field.N8Q)]
+    if group == "g1":
+        x, y, zz, zzz = words
+        if zz == 0:
+            return ark.G1Point.identity()
+        coords = [x * pow(zz, -1, field.Q) % field.Q, y * pow(zzz, -1, field.Q) % field.Q]
+        return ark.G1Point.from_xy_bytes_unchecked_le(_le(coords))
+    x2, y2, zz2, zzz2 = (tuple(words[i:i + 2]) for i in range(0, 8, 2))
+    if zz2 == (0, 0):
+        return ark.G2Point.identity()
+    return ark.G2Point.from_xy_bytes_unchecked_le(_le([*_fp2_div(x2, zz2), *_fp2_div(y2, zzz2)]))
+
+
+def _fp2_div(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int]:
+    """a / b in Fp2 = Fp[u]/(u^2 + 1): a * conj(b) / (b0^2 + b1^2)."""
+    q = field.Q
+    inv = pow(b[0] * b[0] + b[1] * b[1], -1, q)
+    return ((a[0] * b[0] + a[1] * b[1]) * inv % q, (a[1] * b[0] - a[0] * b[1]) * inv % q)
+
+
+def _le(coords: list[int]) -> bytes:
+    return b"".join(v.to_bytes(field.N8Q, "little") for v in coords)
 
 
 def _sort(dev: Device, p: plan.MsmPlan, scalars: field.FrVector) -> tuple[Any, Any, Any]:

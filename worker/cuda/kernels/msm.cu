@@ -11,8 +11,8 @@
 //      holding half the points (scalars 1, common in witnesses) is summed by n/chunk threads.
 //   5. msm_gather_*: the dense bucket array, infinity for empty buckets.
 //   6. msm_weigh_*: each thread weighs a run of buckets of one window (sum j * S_j).
-//   7. the chunked rounds of step 4 over those runs -> one sum per window.
-//   8. msm_combine_*: one thread: sum 2^(c w) W_w, converted to affine.
+//   7. the chunked rounds of step 4 over those runs -> one XYZZ sum per window, downloaded;
+//      the host adds them up, sum 2^(c w) W_w (255 doublings in a row: no work for a GPU).
 // Layouts are those of field.cuh, fp2.cuh, curve.cuh and msm.cuh. XYZZ intermediates are four
 // field elements x, y, zz, zzz.
 #include "msm.cuh"
@@ -102,11 +102,6 @@ extern "C" __global__ void msm_chunk_counts(const uint32_t* counts, uint32_t nbu
                                              uint32_t runs, Xyzz<F>* out) {                   \
         GP_THREAD_INDEX(k, (uint64_t)nwin * runs)                                             \
         weigh_step<F>((uint32_t)k, buckets, c, runs, out);                                    \
-    }                                                                                         \
-    extern "C" __global__ void msm_combine_##G(const Xyzz<F>* windows, int nwin, int c,       \
-                                               Affine<F>* out) {                              \
-        GP_THREAD_INDEX(k, 1)                                                                 \
-        combine_step<F>(windows, nwin, c, out);                                               \
     }
 
 GP_MSM_KERNELS(g1, Fp)

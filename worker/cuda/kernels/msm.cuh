@@ -104,17 +104,6 @@ GP_HD Xyzz<F> weigh_buckets(const Xyzz<F>* buckets, uint32_t lo, uint32_t hi) {
     return lo > 1 ? total + running.mul_u32(lo - 1) : total;
 }
 
-// sum_w 2^(c w) W_w by Horner's rule.
-template <class F>
-GP_HD Xyzz<F> combine_windows(const Xyzz<F>* windows, int nwin, int c) {
-    Xyzz<F> acc = windows[nwin - 1];
-    for (int w = nwin - 2; w >= 0; w--) {
-        for (int k = 0; k < c; k++) acc = acc.dbl();
-        acc = acc + windows[w];
-    }
-    return acc;
-}
-
 // ---------------------------------------------------------------------------------------------
 // One thread of each msm.cu kernel; `i`, `k`, `j`, `b` are the global thread index, in range.
 
@@ -181,11 +170,6 @@ GP_HD void weigh_step(uint32_t k, const Xyzz<F>* buckets, int c, uint32_t runs, 
     uint32_t run = (msm_buckets(c) - 1) / runs;
     uint32_t lo = 1 + s * run;
     out[k] = weigh_buckets(buckets + (uint64_t)w * msm_buckets(c), lo, lo + run);
-}
-
-template <class F>
-GP_HD void combine_step(const Xyzz<F>* windows, int nwin, int c, Affine<F>* out) {
-    *out = combine_windows(windows, nwin, c).to_affine();
 }
 
 }  // namespace gp
