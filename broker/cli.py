@@ -200,13 +200,29 @@ async def cmd_tasks_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_file(path: str, what: str) -> pathlib.Path:
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise exceptions.InvalidArgument(detail=f"{what} {p} does not exist")
+    return p
+
+
 async def cmd_tasks_submit(args: argparse.Namespace) -> int:
-    path = pathlib.Path(args.file)
-    if not path.is_file():
-        raise exceptions.InvalidArgument(detail=f"payload file {path} does not exist")
+    if (args.file is None) == (args.wtns is None):
+        raise exceptions.InvalidArgument(detail="give the payload as FILE or as --wtns, once")
+    path = _existing_file(args.file or args.wtns, "payload file")
+    zkey = _existing_file(args.zkey, "proving key") if args.zkey else None
+    if args.type == "groth16" and zkey is None:
+        raise exceptions.InvalidArgument(detail="groth16 tasks need their proving key: --zkey")
+    comment = args.comment or ""
     async with _client(args) as client:
+        if zkey is not None:
+            # The key travels once, as a broker resource; the task names it by sha256.
+            key = await client.upload_resource(zkey)
+            log.info("proving key on the broker", sha256=key.sha256, bytes=key.size)
+            comment = f"zkey={key.sha256}" + (f" {comment}" if comment else "")
         task = await client.submit_file(
-            path, task_type=args.type, miner=args.miner, comment=args.comment or "",
+            path, task_type=args.type, miner=args.miner, comment=comment,
             priority=args.priority, max_attempts=args.max_attempts,
         )
         print(task.id, flush=True)
@@ -221,8 +237,36 @@ async def cmd_tasks_submit(args: argparse.Namespace) -> int:
                 f"{task.error_message}"
             )
         if args.output:
-            size, _ = await client.download_result(task.id, pathlib.Path(args.output))
+            out = pathlib.Path(args.output)
+            size, _ = await client.download_result(task.id, out)
+            if task.task_type == "groth16":
+                split_groth16_result(out)
             log.info("result written", path=args.output, bytes=size)
+    return 0
+
+
+def split_groth16_result(out: pathlib.Path) -> None:
+    """A groth16 result holds proof and public signals: write them as snarkjs's proof.json
+    (at `out`) and public.json (beside it), so `snarkjs groth16 verify` takes them as they are."""
+    document = json.loads(out.read_text())
+    out.write_text(json.dumps(document["proof"], indent=1) + "\n")
+    (out.parent / "public.json").write_text(json.dumps(document["public"], indent=1) + "\n")
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from broker import demo
+
+    values = resolve(args, LOG_FLAGS)
+    logs.configure(values["log_level"], values["log_format"])
+    keep = pathlib.Path(args.keep).resolve() if args.keep else None
+    return await demo.run(args.log_size, keep)
+
+
+async def cmd_keys_upload(args: argparse.Namespace) -> int:
+    path = _existing_file(args.file, "key file")
+    async with _client(args) as client:
+        key = await client.upload_resource(path)
+    print(key.sha256)
     return 0
 
 
@@ -338,14 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason")
 
     p = client_cmd("submit", "submit a file as a task's payload", cmd_tasks_submit)
-    p.add_argument("file")
-    p.add_argument("--type", required=True, help="task type, e.g. c2")
-    p.add_argument("--miner", required=True, help="miner address, e.g. f01000")
+    p.add_argument("file", nargs="?", help="the payload (for groth16: or --wtns)")
+    p.add_argument("--type", required=True, help="task type: c2, groth16, noop")
+    p.add_argument("--miner", default="local", help="miner address, e.g. f01000")
+    p.add_argument("--zkey", help="groth16: the proving key (uploaded to the broker once)")
+    p.add_argument("--wtns", help="groth16: the witness, i.e. the payload")
     p.add_argument("--comment")
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--max-attempts", type=int, default=0, help="0: the broker's default")
     p.add_argument("--wait", action="store_true", help="wait until the task ends")
-    p.add_argument("-o", "--output", help="with --wait: write the result here")
+    p.add_argument("-o", "--output", help="with --wait: write the result here (groth16: "
+                   "snarkjs proof.json, with public.json beside it)")
 
     p = client_cmd("result", "download a finished task's result", cmd_tasks_result)
     p.add_argument("id")
@@ -354,6 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("payload", "download a task's payload as submitted", cmd_tasks_payload)
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True)
+
+    demo = sub.add_parser("demo", help="prove a synthetic circuit through a local broker "
+                          "and worker, and print each phase's time")
+    demo.add_argument("--log-size", type=int, default=10, choices=range(2, 21), metavar="K",
+                      help="2^K constraints (2..20, default 10)")
+    demo.add_argument("--keep", metavar="DIR", help="keep the demo's files and logs here")
+    add_flags(demo, LOG_FLAGS)
+    demo.set_defaults(func=cmd_demo)
+
+    keys = sub.add_parser("keys", help="proving keys kept on the broker for the workers")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    p = ksub.add_parser("upload", help="upload a .zkey once; prints its sha256")
+    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_keys_upload)
 
     workers = sub.add_parser("workers", help="list and remove workers")
     wsub = workers.add_subparsers(dest="workers_command", required=True)

@@ -153,6 +153,40 @@ class BrokerClient:
             self.stub.CancelTask, tasks_pb2.CancelTaskRequest(id=task_id, reason=reason)
         )
 
+    async def stat_resource(self, sha256: str) -> tasks_pb2.Resource | None:
+        try:
+            return await self._unary(
+                self.stub.StatResource, tasks_pb2.StatResourceRequest(sha256=sha256)
+            )
+        except exceptions.RemoteError as exc:
+            if getattr(exc, "code", None) is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def upload_resource(self, path: pathlib.Path) -> tasks_pb2.Resource:
+        """Upload a file as a resource unless the broker holds it already."""
+        size, sha = file_sha256(path)
+        existing = await self.stat_resource(sha)
+        if existing is not None:
+            return existing
+
+        async def requests() -> AsyncIterator[tasks_pb2.PutResourceRequest]:
+            yield tasks_pb2.PutResourceRequest(header=tasks_pb2.ResourceHeader(
+                name=path.name, size=size, sha256=sha))
+            with path.open("rb") as f:
+                while block := f.read(CHUNK_BYTES):
+                    yield tasks_pb2.PutResourceRequest(chunk=block)
+
+        try:
+            return await self.stub.PutResource(requests(), timeout=max(self.timeout_s, 600))
+        except grpc.aio.AioRpcError as exc:
+            raise self.translate(exc) from exc
+
+    async def download_resource(self, sha256: str, out: pathlib.Path) -> tuple[int, str]:
+        """Stream a resource into `out` (temp file, checked, then renamed)."""
+        call = self.stub.GetResource(tasks_pb2.GetResourceRequest(sha256=sha256))
+        return await self._download(call, f"resource {sha256}", out)
+
     async def list_workers(self) -> list[workers_pb2.WorkerInfo]:
         reply = await self._unary(self.workers.ListWorkers, workers_pb2.ListWorkersRequest())
         return list(reply.workers)

@@ -49,6 +49,11 @@ class PayloadNotFound(BrokerError):
     again."""
 
 
+class ResourceNotFound(BrokerError):
+    """No resource {sha256} on this broker: upload it (`gpuproxy keys upload FILE`) or put the file
+    in the worker's --params-dir."""
+
+
 class WorkerNotFound(BrokerError):
     """No worker {worker_id}: check the id with `gpuproxy workers list`."""
 

@@ -137,3 +137,13 @@ class WorkerRecord:
     gpus: tuple[Gpu, ...]
     registered_at: int
     last_seen_at: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Resource:
+    """A file kept for tasks that name it by sha256 (a proving key)."""
+
+    sha256: str
+    name: str
+    size: int
+    created_at: int

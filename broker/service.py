@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from broker import convert, exceptions
+from broker import convert, exceptions, models
 from broker.models import PageCursor, TaskFilter, TaskState
 from broker.payloads import CHUNK_BYTES
 from broker.tasks import SubmitHeader, TaskManager
@@ -31,6 +31,7 @@ STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
     exceptions.ResultNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.PayloadNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.WorkerNotFound: grpc.StatusCode.NOT_FOUND,
+    exceptions.ResourceNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.StaleFence: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -201,6 +202,41 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
             yield msg
 
 
+    @mapped_errors
+    async def StatResource(
+        self, request: tasks_pb2.StatResourceRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.Resource:
+        return _resource_proto(await self.tasks.get_resource(request.sha256))
+
+    @mapped_errors
+    async def PutResource(
+        self, request_iterator: AsyncIterator[tasks_pb2.PutResourceRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> tasks_pb2.Resource:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("msg") != "header":
+            raise exceptions.InvalidArgument(detail="the first message must be the header")
+        h = first.header
+        resource = await self.tasks.put_resource(
+            h.name, h.size, h.sha256, _chunks(request_iterator)
+        )
+        return _resource_proto(resource)
+
+    @mapped_errors
+    async def GetResource(
+        self, request: tasks_pb2.GetResourceRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tasks_pb2.BlobChunk]:
+        resource, chunks = await self.tasks.open_resource(request.sha256)
+        async for msg in _blob_chunks(resource.size, resource.sha256, chunks):
+            yield msg
+
+
+def _resource_proto(r: models.Resource) -> tasks_pb2.Resource:
+    msg = tasks_pb2.Resource(sha256=r.sha256, name=r.name, size=r.size)
+    msg.created_at.FromMilliseconds(r.created_at)
+    return msg
+
+
 async def _blob_chunks(
     size: int, sha256: str, chunks: AsyncIterator[bytes]
 ) -> AsyncIterator[tasks_pb2.BlobChunk]:
@@ -216,9 +252,8 @@ async def _blob_chunks(
         yield tasks_pb2.BlobChunk(size=size, sha256=sha256)
 
 
-async def _chunks(
-    requests: AsyncIterator[tasks_pb2.SubmitTaskRequest],
-) -> AsyncIterator[bytes]:
+async def _chunks(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """The payload chunks after a header (SubmitTask and PutResource share the shape)."""
     async for req in requests:
         if req.WhichOneof("msg") != "chunk":
             raise exceptions.InvalidArgument(detail="only payload chunks may follow the header")

@@ -190,6 +190,35 @@ class TaskManager:
         task = await self.store.get_task(task_id)
         return task, self.payloads.read(task.payload_sha256)
 
+    # -- resources (proving keys) -----------------------------------------------------------
+
+    async def get_resource(self, sha256: str) -> models.Resource:
+        resource = await self.store.get_resource(sha256)
+        if resource is None or not await self.payloads.exists(sha256):
+            raise exceptions.ResourceNotFound(sha256=sha256)
+        return resource
+
+    async def put_resource(
+        self, name: str, size: int, sha256: str, chunks: AsyncIterable[bytes]
+    ) -> models.Resource:
+        """Store a resource once; uploading it again is harmless."""
+        if not SHA256_HEX.match(sha256):
+            raise exceptions.InvalidArgument(detail="sha256 must be 64 lower-case hex digits")
+        if size < 0:
+            raise exceptions.InvalidArgument(detail="size must not be negative")
+        if size > self.config.max_payload_bytes:
+            raise exceptions.PayloadTooLarge(size=size, limit=self.config.max_payload_bytes)
+        await self.payloads.write(sha256, size, chunks)
+        resource = await self.store.add_resource(models.Resource(
+            sha256=sha256, name=name[:255], size=size, created_at=models.now_ms()
+        ))
+        log.info("resource stored", sha256=sha256, name=resource.name, bytes=size)
+        return resource
+
+    async def open_resource(self, sha256: str) -> tuple[models.Resource, AsyncIterator[bytes]]:
+        resource = await self.get_resource(sha256)
+        return resource, self.payloads.read(sha256)
+
     # -- the worker side -------------------------------------------------------------------
 
     async def check_held(self, task_id: str, fence: int) -> Task:

@@ -462,7 +462,7 @@ class Worker:
         )
         job = executors.Job(
             task_id=task.id, task_type=task.task_type, payload=running.payload.path,
-            timeout_s=self.config.task_timeout_s, progress=progress,
+            timeout_s=self.config.task_timeout_s, progress=progress, comment=task.comment,
         )
         return await self.executors[task.task_type].run(job)
 

@@ -15,6 +15,7 @@ from broker.models import (
     BlobRow,
     NewTask,
     PageCursor,
+    Resource,
     Task,
     TaskFilter,
     WorkerRecord,
@@ -149,11 +150,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def referenced_blobs(self) -> set[str]:
-        """sha256s still needed: payloads of tasks not finished, results of every task."""
+        """sha256s still needed: payloads of tasks not finished, results of every task, and
+        resources."""
 
     @abc.abstractmethod
     async def payload_needed(self, sha256: str) -> bool:
-        """Whether a task that is not finished still needs this payload."""
+        """Whether a task that is not finished (or a resource) still needs this blob."""
+
+    # -- resources -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_resource(self, resource: Resource) -> Resource:
+        """Record a stored resource blob (kept by the cleaner); an existing one is returned."""
+
+    @abc.abstractmethod
+    async def get_resource(self, sha256: str) -> Resource | None: ...
 
     # -- blobs kept in the database (the `db` payload store) ------------------------------
 

@@ -205,9 +205,32 @@ CREATE TABLE workers (
 """,
 )
 
+_V3_MYSQL = (
+    f"""
+CREATE TABLE IF NOT EXISTS resources (
+    sha256 VARCHAR(64) NOT NULL PRIMARY KEY,
+    name VARCHAR(255) NOT NULL,
+    size BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+) {_MYSQL_TABLE}
+""",
+)
+
+_V3_SQLITE = (
+    """
+CREATE TABLE resources (
+    sha256 TEXT NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(version=1, name="tasks, attempts and blobs", mysql=_V1_MYSQL, sqlite=_V1_SQLITE),
     Migration(version=2, name="workers", mysql=_V2_MYSQL, sqlite=_V2_SQLITE),
+    Migration(version=3, name="resources", mysql=_V3_MYSQL, sqlite=_V3_SQLITE),
 )
 
 

@@ -148,9 +148,25 @@ class Queries:
 
     referenced_blobs = (
         "SELECT payload_sha256 FROM tasks WHERE state <> 4 "
-        "UNION SELECT result_sha256 FROM tasks WHERE result_sha256 <> ''"
+        "UNION SELECT result_sha256 FROM tasks WHERE result_sha256 <> '' "
+        "UNION SELECT sha256 FROM resources"
     )
-    payload_needed = "SELECT 1 FROM tasks WHERE payload_sha256 = ? AND state <> 4 LIMIT 1"
+    payload_needed = (
+        "SELECT 1 FROM tasks WHERE payload_sha256 = ? AND state <> 4 "
+        "UNION ALL SELECT 1 FROM resources WHERE sha256 = ? LIMIT 1"
+    )
+
+    # -- resources -----------------------------------------------------------------------
+
+    @property
+    def insert_resource(self) -> str:
+        conflict = (
+            "ON DUPLICATE KEY UPDATE sha256 = sha256" if self.mysql else "ON CONFLICT DO NOTHING"
+        )
+        return ("INSERT INTO resources (sha256, name, size, created_at) VALUES (?, ?, ?, ?) "
+                + conflict)
+
+    select_resource = "SELECT sha256, name, size, created_at FROM resources WHERE sha256 = ?"
 
     # -- attempts ------------------------------------------------------------------------
 

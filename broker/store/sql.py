@@ -19,6 +19,7 @@ from broker.models import (
     BlobRow,
     NewTask,
     PageCursor,
+    Resource,
     Task,
     TaskFilter,
     TaskState,
@@ -228,7 +229,25 @@ class SqlStore(Store):
         return {r[0] for r in rows}
 
     async def payload_needed(self, sha256: str) -> bool:
-        return await self._read(lambda tx: tx.one(self.sql.payload_needed, [sha256])) is not None
+        row = await self._read(lambda tx: tx.one(self.sql.payload_needed, [sha256, sha256]))
+        return row is not None
+
+    # -- resources -----------------------------------------------------------------------
+
+    async def add_resource(self, resource: Resource) -> Resource:
+        args = [resource.sha256, resource.name, resource.size, resource.created_at]
+
+        async def change(tx: Tx) -> Resource:
+            await tx.run(self.sql.insert_resource, args)
+            row = await tx.one(self.sql.select_resource, [resource.sha256])
+            assert row is not None
+            return _resource(row)
+
+        return await self._write(change)
+
+    async def get_resource(self, sha256: str) -> Resource | None:
+        row = await self._read(lambda tx: tx.one(self.sql.select_resource, [sha256]))
+        return None if row is None else _resource(row)
 
     # -- blobs kept in the database ------------------------------------------------------
 
@@ -356,3 +375,8 @@ class SqlStore(Store):
 
 def _wrong_state(task: Task, detail: str) -> exceptions.WrongState:
     return exceptions.WrongState(task_id=task.id, state=task.state.name.lower(), detail=detail)
+
+
+def _resource(row: queries.Row) -> Resource:
+    sha256, name, size, created_at = row
+    return Resource(sha256=sha256, name=name, size=int(size), created_at=int(created_at))

@@ -19,12 +19,15 @@ import pytest
 from broker.client import BrokerClient
 from protos.gpuproxy.v1 import tasks_pb2
 from tests.e2e import test_worker_e2e as worker_e2e
-from tests.e2e.conftest import BIN, BrokerFactory, BrokerProcess, cli_env, free_port
+from tests.e2e.conftest import (
+    BIN,
+    BrokerFactory,
+    BrokerProcess,
+    WorkerFactory,
+    cli_env,
+    free_port,
+)
 from tests.fixtures import fake_c2
-
-# The worker fixture of the worker's end-to-end tests.
-worker_factory = worker_e2e.worker_factory
-WorkerFactory = worker_e2e.WorkerFactory
 
 PROVER_ID = [1] + [0] * 31
 #: Short waits, so that a broker outage costs the tests about a second.

@@ -5,105 +5,29 @@ the supervisor."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import os
 import pathlib
 import signal
-import stat
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from broker.client import BrokerClient
 from protos.gpuproxy.v1 import tasks_pb2
-from tests.e2e.conftest import BIN, BrokerFactory, BrokerProcess, cli_env
+from tests.e2e.conftest import (
+    BIN,
+    LEASE_S,
+    BrokerFactory,
+    BrokerProcess,
+    WorkerFactory,
+    _alive,
+    _pids,
+)
 from tests.fixtures import fake_c2
-
-FAKE_C2 = pathlib.Path(fake_c2.__file__)
-LEASE_S = 6.0
-SMI_OUTPUT = "0, Fake GPU A, GPU-e2e-0, 24576\n1, Fake GPU B, GPU-e2e-1, 24576\n"
-
-
-@dataclasses.dataclass
-class WorkerProcess:
-    argv: list[str]
-    env: dict[str, str]
-    log_path: pathlib.Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "gpuproxy-worker"), *self.argv],
-                                         stdout=log, stderr=log, env=self.env,
-                                         stdin=subprocess.DEVNULL)
-        return self
-
-    def wait_for(self, text: str, timeout_s: float = 20.0, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.logs().count(text) >= count:
-                return
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.logs()}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} in the worker log after {timeout_s}s:\n{self.logs()}")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 15.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout_s)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-WorkerFactory = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def worker_factory(
-    tmp_path: pathlib.Path, request: pytest.FixtureRequest
-) -> Iterator[WorkerFactory]:
-    """factory(url, gpu=0, extra=[...], env={...}, command="run"): a started worker process."""
-    smi = tmp_path / "fake-nvidia-smi"
-    smi.write_text(f"#!/bin/sh\ncat <<'EOF'\n{SMI_OUTPUT}EOF\n")
-    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
-    started: list[WorkerProcess] = []
-
-    def make(url: str, gpu: int | None = 0, extra: list[str] | None = None,
-             env: dict[str, str] | None = None, command: str = "run",
-             work_dir: str | None = None) -> WorkerProcess:
-        argv = [command, "--gpuproxy-url", url, "--nvidia-smi", str(smi),
-                "--lock-dir", str(tmp_path / "locks"),
-                "--work-dir", work_dir or str(tmp_path / "workers" / "{gpu}"),
-                "--c2-bin", sys.executable, "--c2-args", str(FAKE_C2), "--log-level", "debug",
-                *(["--gpu", str(gpu)] if gpu is not None else []), *(extra or [])]
-        full_env = {**cli_env(tmp_path), "FAKE_C2_PIDS": str(tmp_path / "c2-pids"),
-                    **(env or {})}
-        w = WorkerProcess(argv, full_env, tmp_path / f"worker-{len(started)}.log")
-        started.append(w)
-        return w.start()
-
-    yield make
-    for w in started:
-        if w.proc is not None and w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
-    for pid in _pids(tmp_path):
-        _kill(pid)
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        for w in started:
-            print(f"--- {w.log_path.name} ---\n{w.logs()}")
 
 
 @pytest.fixture
@@ -146,24 +70,6 @@ async def handed_back(url: str, task_id: str, timeout_s: float = 5.0) -> tasks_p
         while (task := await client.get_task(task_id)).state != tasks_pb2.TASK_STATE_INIT:
             await asyncio.sleep(0.05)
     return task
-
-
-def _pids(tmp_path: pathlib.Path) -> list[int]:
-    path = tmp_path / "c2-pids"
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def _alive(pid: int) -> bool:
-    stat_path = pathlib.Path(f"/proc/{pid}/stat")
-    try:
-        return stat_path.read_text().split(") ")[-1][:1] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def _kill(pid: int) -> None:
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 async def test_worker_proves_a_submitted_task(

@@ -1,7 +1,8 @@
 """`groth16` tasks: a snarkjs witness (.wtns) in, a verified proof out, on this worker's backend.
 
 The task's comment names the proving key as `zkey=<sha256>`; the key is the file
-`<--params-dir>/<sha256>.zkey`, loaded once and kept across tasks. The result is
+`<--params-dir>/<sha256>.zkey`, fetched from the broker on first use when it is not there
+(`gpuproxy keys upload`), loaded once and kept across tasks. The result is
 {"proof": <snarkjs proof.json>, "public": <public.json>}. Every proof is verified before it is
 returned, as Filecoin's own C2 does: a proof that fails (a faulty GPU) is a retryable failure.
 """
@@ -12,8 +13,11 @@ import asyncio
 import re
 import threading
 
+import grpc
 import structlog
 
+from broker.client import BrokerClient
+from broker.exceptions import BrokerError
 from worker import exceptions, executors
 from worker.config import WorkerConfig
 from worker.executors.base import Executor, Job
@@ -39,6 +43,7 @@ def zkey_sha256(comment: str) -> str:
 @executors.register(TASK_TYPE)
 class Groth16Executor(Executor):
     def __init__(self, config: WorkerConfig, backend_name: str = "cpu") -> None:
+        self.url = config.url
         self.params_dir = config.params_dir
         self.backend_name = backend_name
         self.device = f"GPU {config.gpu}" if config.gpu is not None else "this host"
@@ -53,6 +58,7 @@ class Groth16Executor(Executor):
 
     async def run(self, job: Job) -> bytes:
         sha256 = zkey_sha256(job.comment)
+        await self.fetch_key(sha256, job)
         payload = await asyncio.to_thread(job.payload.read_bytes)
         await job.progress("proving", 0.0)
         stop = threading.Event()
@@ -61,6 +67,26 @@ class Groth16Executor(Executor):
         except asyncio.CancelledError:
             stop.set()  # the thread stops at the next step of the proof
             raise
+
+    async def fetch_key(self, sha256: str, job: Job) -> None:
+        """Download the key from the broker into --params-dir unless it is there already."""
+        path = keycache.key_path(self.params_dir, sha256)
+        if (self._cache is not None and sha256 in self._cache) or path.exists():
+            return
+        await job.progress("fetching key", 0.0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            async with BrokerClient(self.url, timeout_s=600) as client:
+                size, _ = await client.download_resource(sha256, path)
+        except BrokerError as exc:
+            if getattr(exc, "code", None) is grpc.StatusCode.NOT_FOUND:
+                raise exceptions.TaskFailed(
+                    detail=f"proving key {sha256} is neither in {path} nor on the broker: "
+                    "upload it with `gpuproxy keys upload KEY.zkey` or copy it there, then "
+                    "reset the task", retryable=False) from exc
+            raise exceptions.TaskFailed(detail=f"fetching proving key {sha256}: {exc}") from exc
+        log.info("proving key fetched from the broker", zkey=sha256[:16], path=str(path),
+                 bytes=size)
 
     def prove(self, task_id: str, sha256: str, payload: bytes, stop: threading.Event) -> bytes:
         """The result bytes of one task (runs in a thread)."""

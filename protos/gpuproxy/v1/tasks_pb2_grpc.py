@@ -74,6 +74,21 @@ class TaskBrokerStub:
                 request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetPayloadRequest.SerializeToString,
                 response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.StatResource = channel.unary_unary(
+                '/gpuproxy.v1.TaskBroker/StatResource',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.StatResourceRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.FromString,
+                _registered_method=True)
+        self.PutResource = channel.stream_unary(
+                '/gpuproxy.v1.TaskBroker/PutResource',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.PutResourceRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.FromString,
+                _registered_method=True)
+        self.GetResource = channel.unary_stream(
+                '/gpuproxy.v1.TaskBroker/GetResource',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResourceRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
+                _registered_method=True)
 
 
 class TaskBrokerServicer:
@@ -130,6 +145,25 @@ class TaskBrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StatResource(self, request, context):
+        """NOT_FOUND when the broker does not hold it (then PutResource it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutResource(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskBrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +205,21 @@ def add_TaskBrokerServicer_to_server(servicer, server):
             'GetPayload': grpc.unary_stream_rpc_method_handler(
                     servicer.GetPayload,
                     request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetPayloadRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.SerializeToString,
+            ),
+            'StatResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatResource,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.StatResourceRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.SerializeToString,
+            ),
+            'PutResource': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutResource,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.PutResourceRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.SerializeToString,
+            ),
+            'GetResource': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetResource,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResourceRequest.FromString,
                     response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.SerializeToString,
             ),
     }
@@ -389,6 +438,87 @@ class TaskBroker:
             target,
             '/gpuproxy.v1.TaskBroker/GetPayload',
             protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetPayloadRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuproxy.v1.TaskBroker/StatResource',
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.StatResourceRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutResource(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/gpuproxy.v1.TaskBroker/PutResource',
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.PutResourceRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpuproxy.v1.TaskBroker/GetResource',
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResourceRequest.SerializeToString,
             protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,59 @@
+"""Groth16 tasks through real processes: the demo command, and a submit with a key that the
+worker fetches from the broker on first use."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from tests.e2e.conftest import BrokerFactory, WorkerFactory
+from worker import groth16
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+def test_demo_proves_and_verifies_through_broker_and_worker(tmp_path: pathlib.Path) -> None:
+    done = subprocess.run(
+        [str(BIN / "gpuproxy"), "demo", "--log-size", "5", "--keep", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "proof VERIFIED" in done.stdout
+    for phase in ("upload the proving key", "wait for the proof", "verify the proof here"):
+        assert phase in done.stdout
+    # The worker had no key of its own: it fetched it from the broker.
+    assert "proving key fetched from the broker" in (tmp_path / "demo/worker.log").read_text()
+
+
+async def test_submit_with_zkey_and_wtns_writes_snarkjs_files(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    broker = broker_factory(sqlite_dsn, "fs")
+    worker = worker_factory(broker.url, gpu=None, extra=[
+        "--allow-type", "groth16", "--params-dir", str(tmp_path / "params")])
+    worker.wait_for("registered")
+    files = groth16.write_demo(tmp_path / "circuit", 4, n_public=2, seed=7)
+
+    out = tmp_path / "out" / "proof.json"
+    out.parent.mkdir()
+    done = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "groth16",
+                    "--zkey", str(files.zkey), "--wtns", str(files.wtns), "--wait",
+                    "-o", str(out), timeout_s=120)
+    assert done.returncode == 0, done.stderr
+
+    vk = groth16.read_verification_key(files.verification_key.read_bytes())
+    public = json.loads((out.parent / "public.json").read_text())
+    assert len(public) == 2
+    assert groth16.verify_proof_json(vk, out.read_bytes(), public)
+    tampered = [str(int(public[0]) + 1), public[1]]
+    assert not groth16.verify_proof_json(vk, out.read_bytes(), tampered)
+    # The key went to the broker once and reached the worker's params folder.
+    assert (tmp_path / "params" / f"{files.zkey_sha256}.zkey").read_bytes() == \
+        files.zkey.read_bytes()
+
+    missing_key = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "groth16",
+                           "--wtns", str(files.wtns))
+    assert missing_key.returncode == 1 and "--zkey" in missing_key.stderr
