@@ -613,3 +613,17 @@ async def test_extend_leases_gives_running_tasks_time_to_come_back(
     renewed = await store.renew_lease(task.id, task.fence, LEASE_MS, restart + 1)
     assert renewed.state == TaskState.RUNNING and renewed.attempts == 1
     assert await store.extend_leases(restart) == 0  # never shortens a lease
+
+
+async def test_resources_are_kept_and_count_as_referenced(store: Store) -> None:
+    from broker.models import Resource
+
+    key = Resource(sha256="ab" * 32, name="circuit.zkey", size=1234, created_at=T0)
+    assert await store.get_resource(key.sha256) is None
+    assert await store.add_resource(key) == key
+    # Uploading again keeps the first record
+    again = Resource(sha256=key.sha256, name="renamed.zkey", size=1234, created_at=T0 + 1)
+    assert await store.add_resource(again) == key
+    assert await store.get_resource(key.sha256) == key
+    assert key.sha256 in await store.referenced_blobs()
+    assert await store.payload_needed(key.sha256)
