@@ -8,6 +8,10 @@
 #include <stdint.h>
 
 #if defined(__CUDACC__)
+#include <cooperative_groups.h>
+#endif
+
+#if defined(__CUDACC__)
 #define GP_HD __host__ __device__ __forceinline__
 #define GP_HD_NOINLINE __host__ __device__ __noinline__
 #define GP_UNROLL _Pragma("unroll")
@@ -38,17 +42,22 @@ GP_HD uint64_t mad_wide(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
     return (uint64_t)a * b + c + d;
 }
 
-// Atomics on the device; plain updates when the host runs the threads one after another.
-GP_HD uint32_t atomic_add(uint32_t* p, uint32_t v) {
+// counters[key]++, returning the old value. On the device the threads of a warp that hit the
+// same counter at once make one atomic between them (witness scalars put most points in the
+// same few buckets: without this, a million atomics queue on one address).
+GP_HD uint32_t counter_claim(uint32_t* counters, uint32_t key) {
 #if defined(__CUDA_ARCH__)
-    return atomicAdd(p, v);
+    namespace cg = cooperative_groups;
+    cg::coalesced_group same = cg::labeled_partition(cg::coalesced_threads(), key);
+    uint32_t base = 0;
+    if (same.thread_rank() == 0) base = atomicAdd(&counters[key], same.size());
+    return same.shfl(base, 0) + same.thread_rank();
 #else
-    uint32_t old = *p;
-    *p = old + v;
-    return old;
+    return counters[key]++;
 #endif
 }
 
+// *p = max(*p, v), atomically on the device.
 GP_HD void atomic_max(uint32_t* p, uint32_t v) {
 #if defined(__CUDA_ARCH__)
     atomicMax(p, v);

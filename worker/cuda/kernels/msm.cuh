@@ -115,7 +115,7 @@ GP_HD void digits_step(uint32_t i, const uint32_t* scalars, uint32_t n, int c, i
     const uint32_t nb = msm_buckets(c);
     for (int w = 0; w < nwin; w++) {
         uint32_t d = digits[(uint64_t)w * n + i] & ~ENTRY_NEG;
-        if (d) atomic_add(&counts[w * nb + d], 1u);
+        if (d) counter_claim(counts, w * nb + d);
     }
 }
 
@@ -126,7 +126,7 @@ GP_HD void scatter_step(uint64_t k, const uint32_t* digits, uint32_t n, int c, u
     uint32_t e = digits[k];
     uint32_t d = e & ~ENTRY_NEG;
     if (!d) return;
-    uint32_t pos = atomic_add(&cursor[w * msm_buckets(c) + d], 1u);
+    uint32_t pos = counter_claim(cursor, w * msm_buckets(c) + d);
     entries[pos] = i | (e & ENTRY_NEG);
 }
 
