@@ -7,25 +7,19 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from worker.cuda import exceptions, select
+from worker.cuda import select
+from worker.cuda.backend import CudaBackend
 from worker.groth16 import backends
 
 T = TypeVar("T")
 
 
-def open_backends() -> tuple[backends.Backend | None, backends.Backend, str]:
+def open_backends() -> tuple[CudaBackend | None, backends.Backend, str]:
     """(the CUDA backend or None, the CPU backend, a line naming the GPU or why there is none)."""
-    cpu = backends.create("cpu")
-    chosen = select.choose("auto", select.probe())
-    if chosen.backend != "cuda":
-        return None, cpu, f"CUDA unavailable: {chosen.message}"
-    from worker.cuda import backend as cuda_backend
-
-    try:
-        cuda = cuda_backend.create()
-    except exceptions.CudaError as exc:
-        return None, cpu, f"CUDA unavailable: {exc}"
-    return cuda, cpu, f"GPU: {cuda.device.name}, {cuda.device.arch}"
+    chosen, message = select.open_backend("auto")
+    if not isinstance(chosen, CudaBackend):
+        return None, chosen, f"CUDA unavailable: {message}"
+    return chosen, backends.create("cpu"), f"GPU: {chosen.device.name}, {chosen.device.arch}"
 
 
 def timed(fn: Callable[[], T], runs: int) -> tuple[float, T]:

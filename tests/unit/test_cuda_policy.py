@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cuda import plan, select
+from worker.cuda import exceptions, plan, select
 from worker.cuda.select import Probe
 
 GPU = Probe(pycuda_error=None, devices=1)
@@ -76,3 +76,25 @@ def test_plan_fits_the_kernels(log_n: int) -> None:
 def test_plan_refuses_an_empty_msm() -> None:
     with pytest.raises(ValueError, match="at least one point"):
         plan.msm_plan(0)
+
+
+def test_open_backend_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(select, "probe", lambda: NO_DEVICE)
+    chosen, message = select.open_backend("auto")
+    assert chosen.name == "cpu"
+    assert message == "Groth16 backend: cpu (auto: no CUDA device is visible)"
+    with pytest.raises(exceptions.CudaUnavailable, match="--backend cpu"):
+        select.open_backend("cuda")
+
+
+def test_open_backend_falls_back_when_the_gpu_fails_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a visible device whose start fails (here: pycuda is not even installed)
+    monkeypatch.setattr(select, "probe", lambda: GPU)
+    chosen, message = select.open_backend("auto")
+    if chosen.name != "cpu":
+        pytest.skip("a working GPU is here")
+    assert message.startswith("Groth16 backend: cpu (auto: the GPU failed: ")
+    with pytest.raises(exceptions.CudaError):
+        select.open_backend("cuda")

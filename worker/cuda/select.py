@@ -1,11 +1,14 @@
 """Which Groth16 backend a worker runs: `--backend auto|cpu|cuda` and what this host offers.
 
-`choose` is the policy (pure); `probe` looks at the host (imports pycuda, counts devices).
+`choose` is the policy (pure); `probe` looks at the host (imports pycuda, counts devices);
+`open_backend` puts the two together and makes the backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+from worker.groth16 import backends
 
 CHOICES = ("auto", "cpu", "cuda")
 
@@ -58,3 +61,23 @@ def probe() -> Probe:
         return Probe(pycuda_error=None, devices=int(cuda.Device.count()))
     except Exception as exc:
         return Probe(pycuda_error=f"{type(exc).__name__}: {exc}", devices=0)
+
+
+def open_backend(requested: str, gpu: int = 0) -> tuple[backends.Backend, str]:
+    """The backend for `requested` and the line to log. Under "auto" a GPU that fails to start
+    (driver, compiler) falls back to the CPU, saying why; "cuda" raises CudaUnavailable."""
+    from worker.cuda import exceptions
+
+    chosen = choose(requested, probe())
+    if chosen.error:
+        raise exceptions.CudaUnavailable(chosen.message)
+    if chosen.backend == "cpu":
+        return backends.create("cpu"), chosen.message
+    from worker.cuda import backend
+
+    try:
+        return backend.create(gpu), chosen.message
+    except exceptions.CudaError as exc:
+        if requested == "cuda":
+            raise
+        return backends.create("cpu"), f"Groth16 backend: cpu (auto: the GPU failed: {exc})"
