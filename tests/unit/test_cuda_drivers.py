@@ -32,7 +32,7 @@ def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
 
 @pytest.fixture
 def cuda(lib: ctypes.CDLL) -> backend.CudaBackend:
-    return backend.CudaBackend(device=FakeDevice(lib))
+    return backend.CudaBackend(device=FakeDevice(lib), self_test=False)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_backend_msm_matches_the_cpu_backend(cuda: backend.CudaBackend, cpu: bac
 
 
 def test_key_points_that_do_not_fit_stay_on_the_host(lib: ctypes.CDLL) -> None:
-    small = backend.CudaBackend(device=FakeDevice(lib, free_bytes=1 << 20))
+    small = backend.CudaBackend(device=FakeDevice(lib, free_bytes=1 << 20), self_test=False)
     pts, lem = random_points("g1", 4)
     bases = small.load_bases("g1", lem)
     assert isinstance(bases, backend.CudaBases) and bases.device is None
@@ -192,3 +192,24 @@ def test_backend_without_pycuda_is_unavailable_with_the_fix() -> None:
         pytest.skip("pycuda is installed here")
     with pytest.raises(exceptions.CudaUnavailable, match=r"gpuproxy\[gpu\]"):
         backend.create()
+
+
+class CorruptDevice(FakeDevice):
+    """A card that flips a bit in everything it sends back."""
+
+    def download(self, buf: object, dtype: object, count: int, offset_bytes: int = 0
+                 ) -> np.ndarray:
+        out = super().download(buf, dtype, count, offset_bytes)  # type: ignore[arg-type]
+        out.view(np.uint8)[:1] ^= 1
+        return out
+
+
+def test_start_up_self_test_passes_on_good_kernels(lib: ctypes.CDLL) -> None:
+    dev = FakeDevice(lib)
+    backend.CudaBackend(device=dev, self_test=True)
+    assert {"msm_sum_entries_g1", "msm_sum_entries_g2", "ntt_pass"} <= set(dev.launches)
+
+
+def test_start_up_self_test_refuses_a_faulty_card(lib: ctypes.CDLL) -> None:
+    with pytest.raises(exceptions.SelfTestFailed, match=r"host emulation.*msm_g1 of 64 points"):
+        backend.CudaBackend(device=CorruptDevice(lib), self_test=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from worker.cuda import compiler, exceptions
+from worker.cuda import compiler, exceptions, selftest
 from worker.cuda import msm as msm_driver
 from worker.cuda import ntt as ntt_driver
 from worker.cuda.device import Device
@@ -42,10 +42,12 @@ class CudaBases(base.Bases):
 
 class CudaBackend(base.Backend):
     def __init__(self, gpu: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR,
-                 device: Device | None = None) -> None:
+                 device: Device | None = None, self_test: bool = True) -> None:
         self.device = device or Device(gpu, cache_dir)
         self.name = f"cuda:{self.device.name}"
         self._tables: dict[int, ntt_driver.Tables] = {}
+        if self_test:
+            selftest.check(self)
         log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch)
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
@@ -91,9 +93,14 @@ class CudaBackend(base.Backend):
         assert isinstance(bases, CudaBases) and bases.group == group
         if len(scalars) != bases.count:
             raise ValueError(f"{len(scalars)} scalars for {bases.count} {group} points")
-        with self.device.active(f"msm_{group} of {bases.count} points"):
+        operation = f"msm_{group} of {bases.count} points"
+        with self.device.active(operation):
             points = bases.device if bases.device is not None else self.device.upload(bases.host)
-            return msm_driver.msm(self.device, group, points, scalars)
+            try:
+                return msm_driver.msm(self.device, group, points, scalars)
+            except ValueError as exc:  # py-arkworks refused a window sum: not on the curve
+                raise exceptions.DeviceFailed(gpu=self.device.name, operation=operation,
+                                              detail=f"a wrong partial sum ({exc})") from exc
 
     def _ntt(self, domain: ntt.Domain, values: field.FrVector, step: str) -> field.FrVector:
         if len(values) != domain.size:

@@ -26,3 +26,8 @@ class CompileFailed(CudaError):
 class DeviceFailed(CudaError):
     """CUDA failed on {gpu} during {operation}: {detail}. The attempt is retried; if it keeps
     failing, check the card (nvidia-smi, Xid lines in dmesg) or free its memory."""
+
+
+class SelfTestFailed(CudaError):
+    """The CUDA backend on {gpu} gave a wrong result in its start-up check ({operation}): the
+    kernels or the card are faulty. Run with --backend cpu and report the GPU model."""
