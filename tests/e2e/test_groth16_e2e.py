@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+from broker.client import BrokerClient
 from tests.e2e.conftest import BrokerFactory, WorkerFactory
 from worker import groth16
 
@@ -53,6 +54,15 @@ async def test_submit_with_zkey_and_wtns_writes_snarkjs_files(
     # The key went to the broker once and reached the worker's params folder.
     assert (tmp_path / "params" / f"{files.zkey_sha256}.zkey").read_bytes() == \
         files.zkey.read_bytes()
+
+    # A task naming a key that neither the worker nor the broker holds fails for good, saying so
+    async with BrokerClient(broker.url) as client:
+        orphan = await client.submit_file(files.wtns, task_type="groth16", miner="other",
+                                          comment="zkey=" + "ab" * 32)
+        done_task = [t async for t in client.watch(orphan.id)][-1]
+    assert done_task.state == 3 and done_task.attempts == 1
+    assert "ab" * 32 in done_task.error_message
+    assert "gpuproxy keys upload" in done_task.error_message
 
     missing_key = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "groth16",
                            "--wtns", str(files.wtns))

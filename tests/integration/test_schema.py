@@ -22,6 +22,7 @@ DECLARED = {
     "blobs": {f.name for f in dataclasses.fields(BlobRow)},
     "blob_chunks": {"upload_id", "seq", "data"},
     "workers": {"worker_id", "hostname", "info", "registered_at", "last_seen_at"},
+    "resources": {"sha256", "name", "size", "created_at"},
 }
 INDEXES = {
     "tasks_claim": ["state", "task_type", "priority", "created_at", "id"],
