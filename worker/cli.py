@@ -54,6 +54,8 @@ COMMON_FLAGS = [
          "handed back", 60.0, float),
     Flag("c2-bin", "the external C2 processor (bin of venus-worker's [[processors.c2]])"),
     Flag("params-dir", "groth16 proving keys, each named <sha256>.zkey", "~/.gpuproxy/params"),
+    Flag("backend", "groth16 prover: auto (CUDA when pycuda and a GPU work, else CPU), cpu, "
+         "cuda", "auto", choices=("auto", "cpu", "cuda")),
     *LOG_FLAGS,
 ]
 RUN_FLAGS = [
@@ -174,6 +176,7 @@ def settings(
         grace_s=values["grace_s"],
         processors=processors_from(args, values["c2_bin"], section, environ),
         params_dir=pathlib.Path(values["params_dir"]).expanduser(),
+        backend=values["backend"],
     )
     return values, config
 

@@ -49,6 +49,7 @@ class WorkerConfig:
     processors: Mapping[str, ProcessorConfig] = dataclasses.field(default_factory=dict)
     #: Groth16 proving keys, each named <sha256>.zkey (like Filecoin's parameter folder).
     params_dir: pathlib.Path = pathlib.Path("~/.gpuproxy/params")
+    backend: str = "auto"  #: groth16 backend: auto (CUDA when usable, else CPU), cpu or cuda
 
     def __post_init__(self) -> None:
         if not self.url.strip():

@@ -20,6 +20,7 @@ from broker.client import BrokerClient
 from broker.exceptions import BrokerError
 from worker import exceptions, executors
 from worker.config import WorkerConfig
+from worker.cuda import select
 from worker.executors.base import Executor, Job
 from worker.groth16 import backends, keycache, proofjson, prover, verifier, wtns
 from worker.groth16 import exceptions as g16
@@ -42,18 +43,25 @@ def zkey_sha256(comment: str) -> str:
 
 @executors.register(TASK_TYPE)
 class Groth16Executor(Executor):
-    def __init__(self, config: WorkerConfig, backend_name: str = "cpu") -> None:
+    def __init__(self, config: WorkerConfig, backend_name: str | None = None) -> None:
         self.url = config.url
         self.params_dir = config.params_dir
-        self.backend_name = backend_name
+        self.backend_name = backend_name or config.backend
         self.device = f"GPU {config.gpu}" if config.gpu is not None else "this host"
         self._cache: keycache.KeyCache | None = None
 
     async def start(self) -> None:
         try:
-            backend = await asyncio.to_thread(backends.create, self.backend_name)
-        except g16.Groth16Error as exc:
-            raise exceptions.ConfigError(field="allow-type", detail=f"groth16: {exc}") from exc
+            if self.backend_name in backends.NAMES:
+                backend = await asyncio.to_thread(backends.create, self.backend_name)
+                message = f"Groth16 backend: {self.backend_name}"
+            else:  # auto or cuda: CUDA_VISIBLE_DEVICES already narrowed it to our GPU (0)
+                backend, message = await asyncio.to_thread(
+                    select.open_backend, self.backend_name, 0
+                )
+        except (g16.Groth16Error, ValueError) as exc:
+            raise exceptions.ConfigError(field="backend", detail=f"groth16: {exc}") from exc
+        log.info(message, backend=backend.name)
         self._cache = keycache.KeyCache(backend)
 
     async def run(self, job: Job) -> bytes:
