@@ -53,6 +53,8 @@ class Supervisor:
         self.backoff = backoff
         self.signals = 0
         self.stopping = asyncio.Event()
+        self.ready: set[int] = set()  #: GPUs whose worker reported READY=1 at least once
+        self.announced = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -73,6 +75,7 @@ class Supervisor:
         return 0
 
     def on_signal(self, sig: int) -> None:
+        notify.notify("STOPPING=1")  # to systemd, when it started us (Type=notify)
         self.signals += 1
         self.stopping.set()
         forward = signal.SIGKILL if self.signals >= 3 else signal.SIGTERM
@@ -128,5 +131,9 @@ class Supervisor:
                 if line == "READY=1":
                     log.info("worker ready", gpu=child.gpu,
                              pid=child.proc.pid if child.proc else None)
+                    self.ready.add(child.gpu)
+                    if not self.announced and len(self.ready) == len(self.children):
+                        # Every card has its worker: now we are ready for systemd too.
+                        self.announced = notify.notify("READY=1")
                 elif line == "STOPPING=1":
                     log.info("worker draining", gpu=child.gpu)

@@ -9,8 +9,11 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -248,9 +251,17 @@ async def test_two_workers_on_one_gpu_are_refused_naming_both(
 async def test_supervise_runs_a_worker_per_gpu(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:
-    supervisor = worker_factory(broker.url, gpu=None, command="supervise")
+    # Given systemd's notify socket (Type=notify), as the shipped unit uses
+    sock_dir = tempfile.mkdtemp(prefix="gp-notify-", dir="/tmp")
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(f"{sock_dir}/notify")
+    systemd.settimeout(20)
+    supervisor = worker_factory(broker.url, gpu=None, command="supervise",
+                                env={"NOTIFY_SOCKET": f"{sock_dir}/notify"})
     supervisor.wait_for("registered", count=2)
     supervisor.wait_for("worker ready", count=4)  # each worker's own line and the supervisor's
+    # Then the supervisor reports ready once both workers are
+    assert (await asyncio.to_thread(systemd.recv, 64)) == b"READY=1"
     async with BrokerClient(broker.url) as client:
         workers = await client.list_workers()
     assert sorted(g.uuid for w in workers for g in w.gpus) == ["GPU-e2e-0", "GPU-e2e-1"]
@@ -260,8 +271,11 @@ async def test_supervise_runs_a_worker_per_gpu(
     supervisor.wait_for("worker exited; restarting it")
     supervisor.wait_for("registered", count=3)
     supervisor.signal(signal.SIGTERM)
+    assert (await asyncio.to_thread(systemd.recv, 64)) == b"STOPPING=1"
     assert await asyncio.to_thread(supervisor.wait) == 0
     assert supervisor.logs().count("worker stopped") >= 2
+    systemd.close()
+    shutil.rmtree(sock_dir)
 
 
 async def test_noop_tasks_return_the_payload_digest(
