@@ -94,8 +94,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     values = resolve(args, RUN_FLAGS, load_toml(args.config))
     logs.configure(values["log_level"], values["log_format"])
-    await server.serve(broker_config_from(values))
-    return 0
+    return await server.serve(broker_config_from(values))
 
 
 def _client(args: argparse.Namespace) -> BrokerClient:
@@ -459,6 +458,7 @@ def run_command(func: Command, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure()  # until the command sets its own level: errors stay one line each
     return run_command(args.func, args)
 
 

@@ -96,10 +96,12 @@ class Dispatcher:
             self.sessions.remove(session)
         metrics.WORKERS.set(len(self.sessions))
 
-    def done(self, task_id: str) -> None:
-        """A held task ended (finished, failed, released): its slot is free again."""
+    def done(self, task_id: str, fence: int) -> None:
+        """The claim (task, fence) ended: finished, failed, released or found stale. Only that
+        claim's slot is freed; a newer claim of the same task elsewhere keeps its slot."""
         for s in self.sessions:
-            s.held.pop(task_id, None)
+            if s.held.get(task_id) == fence:
+                del s.held[task_id]
         self.wake()
 
     def wake(self) -> None:
@@ -112,14 +114,24 @@ class Dispatcher:
         self.wake()
 
     async def run_forever(self) -> None:
+        """Dispatch until cancelled; a failed round (database down) is logged and retried."""
+        failures = 0
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self._revoke_lost()
-            await self._assign()
+            try:
+                await self._revoke_lost()
+                await self._assign()
+                failures = 0
+            except Exception:
+                failures += 1
+                if failures == 1:  # once per outage, not once per round
+                    log.exception("dispatch failed; retrying until the database answers")
+                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                self._wake.set()
 
     async def _revoke_lost(self) -> None:
         checks, self._checks = self._checks, set()

@@ -107,21 +107,24 @@ class Broker:
 
         self.loops.append(asyncio.create_task(run(), name=name))
 
-    async def wait(self) -> None:
-        """Until a signal arrives or a background loop dies (then the process says so)."""
+    async def wait(self) -> int:
+        """Until a signal arrives (0) or a background loop dies (1: the process says so)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         stopper = asyncio.create_task(stop.wait(), name="signal")
         done, _ = await asyncio.wait([stopper, *self.loops], return_when=asyncio.FIRST_COMPLETED)
+        status = 0
         for task in done:
             if task is not stopper:
                 exc = task.exception() if not task.cancelled() else None
                 log.error("background loop stopped; shutting down", loop=task.get_name(),
                           exc_info=exc)
+                status = 1
         stopper.cancel()
         await self.stop()
+        return status
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self.health is not None:
@@ -150,7 +153,8 @@ def _masked(dsn: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-async def serve(config: BrokerConfig) -> None:
+async def serve(config: BrokerConfig) -> int:
+    """Run a broker until SIGTERM/SIGINT; the exit status (non-zero if it failed)."""
     broker = Broker(config)
     try:
         await broker.start()
@@ -163,4 +167,4 @@ async def serve(config: BrokerConfig) -> None:
             if broker.store is not None:
                 await broker.store.close()
         raise
-    await broker.wait()
+    return await broker.wait()

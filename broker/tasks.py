@@ -157,7 +157,7 @@ class TaskManager:
     # -- operator actions ------------------------------------------------------------------
 
     async def reset(self, task_ids: Sequence[str]) -> list[Task]:
-        # Check all first so that one bad id changes nothing.
+        # Check all first, so that an unknown id or one not in error changes nothing.
         for task_id in task_ids:
             task = await self.store.get_task(task_id)
             if task.state != TaskState.ERROR:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import grpc
 import structlog
@@ -92,7 +92,22 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                      holding=list(session.held))
 
     async def _resume(self, session: Session, held: Sequence[workers_pb2.HeldTask]) -> None:
-        """After a reconnect the worker keeps what is still its own and drops the rest."""
+        """After a reconnect the worker keeps what is still its own and drops the rest.
+
+        A task still running under this worker's id that the worker does not list (it restarted,
+        or an assignment was lost with the old stream) goes back to the queue at once, as a
+        failed attempt: a task that kills its worker every time still runs out of attempts.
+        """
+        listed = {h.task_id for h in held}
+        running = await self.store.list_tasks(
+            TaskFilter(states=(TaskState.RUNNING,), worker_id=session.worker_id), 1000
+        )
+        for task in running:
+            if task.id not in listed:
+                await self._fenced(self.tasks.fail(
+                    task.id, task.fence, f"worker {session.worker_id} came back without this "
+                    "task (restarted, or the assignment was lost)", retryable=True,
+                ), session, task.id)
         for h in held:
             try:
                 task = await self.tasks.check_held(h.task_id, h.fence)
@@ -120,15 +135,15 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                     await self.tasks.progress(p.task.task_id, p.task.fence, p.phase, p.fraction)
             elif kind == "failure":
                 f = msg.failure
-                self.dispatcher.done(f.task.task_id)
                 await self._fenced(self.tasks.fail(
                     f.task.task_id, f.task.fence, f.message, f.retryable
                 ), session, f.task.task_id)
+                self.dispatcher.done(f.task.task_id, f.task.fence)
             elif kind == "release":
                 r = msg.release
-                self.dispatcher.done(r.task.task_id)
                 await self._fenced(self.tasks.release(r.task.task_id, r.task.fence, r.reason),
                                    session, r.task.task_id)
+                self.dispatcher.done(r.task.task_id, r.task.fence)
             else:
                 raise exceptions.InvalidArgument(detail=f"unexpected message {kind!r}")
 
@@ -142,9 +157,10 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                             worker_id=session.worker_id, task_id=h.task_id, fence=h.fence)
                 session.revoke(h.task_id, h.fence, str(exc))
 
-    async def _fenced(self, op: object, session: Session, task_id: str) -> None:
+    async def _fenced(self, op: Awaitable[object], session: Session, task_id: str) -> None:
+        """Run a report; one for a claim that is no longer the worker's is logged and dropped."""
         try:
-            await op  # type: ignore[misc]
+            await op
         except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
             log.warning("late report refused", worker_id=session.worker_id, task_id=task_id,
                         reason=str(exc))
@@ -196,8 +212,11 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         try:
             task = await self.tasks.finish(h.task.task_id, h.task.fence, h.size, h.sha256,
                                            chunks())
-        finally:
-            self.dispatcher.done(h.task.task_id)
+        except exceptions.StaleFence:
+            self.dispatcher.done(h.task.task_id, h.task.fence)
+            raise
+        # A damaged upload leaves the claim held: the worker sends the result again.
+        self.dispatcher.done(h.task.task_id, h.task.fence)
         return convert.task_to_proto(task)
 
     # -- registry ----------------------------------------------------------------------------

@@ -295,6 +295,10 @@ def test_bad_flags_and_unreachable_things_get_clear_messages(
     bad_dsn = gpuproxy("run", "--db-dsn", "postgres://x")
     assert bad_dsn.returncode == 1 and "sqlite:///PATH" in bad_dsn.stderr
 
+    no_file = gpuproxy("tasks", "submit", "--type", "c2", str(tmp_path / "nope.json"))
+    assert no_file.returncode == 1 and "does not exist" in no_file.stderr
+    assert "Traceback" not in no_file.stderr and len(no_file.stderr.splitlines()) == 1
+
     no_broker = gpuproxy("tasks", "list", "--url", "127.0.0.1:1")
     assert no_broker.returncode == 1 and "No broker at 127.0.0.1:1" in no_broker.stderr
 

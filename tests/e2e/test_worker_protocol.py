@@ -263,3 +263,25 @@ async def test_two_brokers_on_one_database_hand_out_each_others_tasks(
         assert await w.fetch(held) == b"through broker a"
     finally:
         await w.close()
+
+
+async def test_a_restarted_worker_without_its_task_gives_it_back_at_once(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, b"restart me")
+        first = held_of(await w.next())
+        # The worker process restarts under the same id and holds nothing
+        w.call.cancel()  # type: ignore[union-attr]
+        await w.connect()
+        again = held_of(await w.next(timeout_s=3))  # long before the lease would run out
+        assert again.task_id == task_id and again.fence > first.fence
+        async with BrokerClient(broker.url) as client:
+            task = await client.get_task(task_id)
+        assert task.attempts == 2  # the lost attempt counts: a crashing task runs out
+        assert task.history[0].outcome == "failed"
+        assert "came back without this task" in task.history[0].reason
+    finally:
+        await w.close()
