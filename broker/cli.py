@@ -310,8 +310,9 @@ async def cmd_workers_list(args: argparse.Namespace) -> int:
         [(w.worker_id, w.hostname,
           ",".join(f"{g.index}:{g.name}" for g in w.gpus) or "cpu",
           "online" if w.online else "offline", ",".join(w.task_ids) or "-",
-          ",".join(w.task_types), _when(w.last_seen)) for w in workers],
-        ("ID", "HOST", "GPUS", "STATE", "TASKS", "TYPES", "LAST HEARTBEAT"),
+          ",".join(w.task_types), str(len(w.resident_keys)), _when(w.last_seen))
+         for w in workers],
+        ("ID", "HOST", "GPUS", "STATE", "TASKS", "TYPES", "KEYS", "LAST HEARTBEAT"),
     )
     return 0
 

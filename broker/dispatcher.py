@@ -15,7 +15,7 @@ import time
 import structlog
 
 from broker import convert, metrics, models
-from broker.models import Task, TaskState
+from broker.models import Task, TaskState, WorkerRecord
 from broker.store import Store
 from protos.gpuproxy.v1 import workers_pb2
 
@@ -37,6 +37,7 @@ class Session:
     closed: bool = False
     stale_after_s: float = 60.0  #: a worker silent this long (hung, stopped) gets no new work
     last_seen: float = dataclasses.field(default_factory=time.monotonic)
+    record: WorkerRecord | None = None  #: the registration, kept current (loaded keys)
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()

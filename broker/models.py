@@ -137,6 +137,7 @@ class WorkerRecord:
     gpus: tuple[Gpu, ...]
     registered_at: int
     last_seen_at: int
+    resident_keys: tuple[str, ...] = ()  #: sha256 of the proving keys it holds loaded
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

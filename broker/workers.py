@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import grpc
@@ -34,7 +35,7 @@ def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
         version=reg.version, task_types=tuple(reg.task_types), max_tasks=reg.max_tasks,
         gpus=tuple(Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_bytes=g.memory_bytes)
                    for g in reg.gpus),
-        registered_at=now_ms, last_seen_at=now_ms,
+        registered_at=now_ms, last_seen_at=now_ms, resident_keys=tuple(reg.resident_keys),
     )
 
 
@@ -59,6 +60,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         await self.store.upsert_worker(record)
         session = Session(record.worker_id, record.task_types, record.max_tasks,
                           stale_after_s=self.config.lease_s)
+        session.record = record
         await self._resume(session, first.register.held)
         log.info("worker connected", worker_id=record.worker_id, host=record.hostname,
                  types=list(record.task_types), gpus=[g.uuid for g in record.gpus],
@@ -129,6 +131,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 self.dispatcher.wake()
             elif kind == "heartbeat":
                 await self._heartbeat(session, msg.heartbeat.held)
+                await self._keys_changed(session, tuple(msg.heartbeat.resident_keys))
             elif kind == "progress":
                 p = msg.progress
                 with contextlib.suppress(exceptions.StaleFence):
@@ -156,6 +159,14 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 log.warning("heartbeat for a task the worker no longer holds",
                             worker_id=session.worker_id, task_id=h.task_id, fence=h.fence)
                 session.revoke(h.task_id, h.fence, str(exc))
+
+    async def _keys_changed(self, session: Session, keys: tuple[str, ...]) -> None:
+        """Keep the registry's list of the worker's loaded keys current."""
+        if session.record is not None and keys != session.record.resident_keys:
+            session.record = dataclasses.replace(
+                session.record, resident_keys=keys, last_seen_at=models.now_ms()
+            )
+            await self.store.upsert_worker(session.record)
 
     async def _fenced(self, op: Awaitable[object], session: Session, task_id: str) -> None:
         """Run a report; one for a claim that is no longer the worker's is logged and dropped."""
@@ -234,6 +245,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 version=w.version, task_types=list(w.task_types), max_tasks=w.max_tasks,
                 online=self.online(w, now),
                 task_ids=[t.id for t in running if t.worker_id == w.worker_id],
+                resident_keys=list(w.resident_keys),
             )
             for g in w.gpus:
                 info.gpus.add(index=g.index, name=g.name, uuid=g.uuid,

@@ -275,7 +275,11 @@ class Worker:
             gpus=[workers_pb2.Gpu(index=g.index, name=g.name, uuid=g.uuid,
                                   memory_bytes=g.memory_bytes) for g in me.gpus],
             held=[t.held for t in self.tasks.values()],
+            resident_keys=self._resident_keys(),
         )
+
+    def _resident_keys(self) -> list[str]:
+        return sorted({k for e in self.executors.values() for k in e.resident_keys()})
 
     def _on_registered(self, registered: workers_pb2.Registered) -> None:
         if registered.heartbeat_s > 0:
@@ -367,7 +371,9 @@ class Worker:
         while True:
             await self.connected.wait()  # and heartbeat_s is the broker's
             await asyncio.sleep(self.heartbeat_s)
-            self._post(heartbeat=workers_pb2.Heartbeat(held=[t.held for t in self.tasks.values()]))
+            self._post(heartbeat=workers_pb2.Heartbeat(
+                held=[t.held for t in self.tasks.values()], resident_keys=self._resident_keys(),
+            ))
 
     # -- drain loop -----------------------------------------------------------------------------
 

@@ -290,6 +290,7 @@ def worker_args(w: WorkerRecord) -> list[Any]:
     info = {
         "addresses": list(w.addresses), "version": w.version, "task_types": list(w.task_types),
         "max_tasks": w.max_tasks, "gpus": [dataclasses.asdict(g) for g in w.gpus],
+        "resident_keys": list(w.resident_keys),
     }
     return [w.worker_id, w.hostname, json.dumps(info), w.registered_at, w.last_seen_at]
 
@@ -302,4 +303,5 @@ def worker_from_row(row: Row) -> WorkerRecord:
         version=info["version"], task_types=tuple(info["task_types"]),
         max_tasks=int(info["max_tasks"]), gpus=tuple(Gpu(**g) for g in info["gpus"]),
         registered_at=int(registered_at), last_seen_at=int(last_seen_at),
+        resident_keys=tuple(info.get("resident_keys", ())),
     )

@@ -3,6 +3,7 @@ worker fetches from the broker on first use."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import subprocess
@@ -32,7 +33,7 @@ async def test_submit_with_zkey_and_wtns_writes_snarkjs_files(
     sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
     gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    broker = broker_factory(sqlite_dsn, "fs")
+    broker = broker_factory(sqlite_dsn, "fs", extra=["--lease-s", "3"])  # heartbeats each 1 s
     worker = worker_factory(broker.url, gpu=None, extra=[
         "--allow-type", "groth16", "--params-dir", str(tmp_path / "params")])
     worker.wait_for("registered")
@@ -54,6 +55,14 @@ async def test_submit_with_zkey_and_wtns_writes_snarkjs_files(
     # The key went to the broker once and reached the worker's params folder.
     assert (tmp_path / "params" / f"{files.zkey_sha256}.zkey").read_bytes() == \
         files.zkey.read_bytes()
+
+    # The worker reports the key it now holds loaded
+    for _ in range(50):
+        listed = json.loads(gpuproxy("workers", "list", "--url", broker.url, "--json").stdout)
+        if listed[0].get("resident_keys"):
+            break
+        await asyncio.sleep(0.1)
+    assert listed[0]["resident_keys"] == [files.zkey_sha256]
 
     # A task naming a key that neither the worker nor the broker holds fails for good, saying so
     async with BrokerClient(broker.url) as client:

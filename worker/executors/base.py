@@ -35,5 +35,9 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     async def run(self, job: Job) -> bytes: ...
 
+    def resident_keys(self) -> list[str]:
+        """sha256 of the proving keys this executor holds loaded (reported to the broker)."""
+        return []
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop what `start` started."""

@@ -76,6 +76,9 @@ class Groth16Executor(Executor):
             stop.set()  # the thread stops at the next step of the proof
             raise
 
+    def resident_keys(self) -> list[str]:
+        return self._cache.keys() if self._cache is not None else []
+
     async def fetch_key(self, sha256: str, job: Job) -> None:
         """Download the key from the broker into --params-dir unless it is there already."""
         path = keycache.key_path(self.params_dir, sha256)

@@ -67,6 +67,11 @@ class KeyCache:
                 self._keys.popitem(last=False)
             return loaded
 
+    def keys(self) -> list[str]:
+        """sha256 of the loaded keys, least recently used first."""
+        with self._lock:
+            return list(self._keys)
+
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._keys
 

@@ -31,7 +31,7 @@ class HeldTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., fence: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "held")
+    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "held", "resident_keys")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class Register(_message.Message):
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_KEYS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -48,7 +49,8 @@ class Register(_message.Message):
     max_tasks: int
     gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
     held: _containers.RepeatedCompositeFieldContainer[HeldTask]
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ...) -> None: ...
+    resident_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., resident_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Capacity(_message.Message):
     __slots__ = ("free",)
@@ -57,10 +59,12 @@ class Capacity(_message.Message):
     def __init__(self, free: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("held",)
+    __slots__ = ("held", "resident_keys")
     HELD_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_KEYS_FIELD_NUMBER: _ClassVar[int]
     held: _containers.RepeatedCompositeFieldContainer[HeldTask]
-    def __init__(self, held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ...) -> None: ...
+    resident_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., resident_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportProgress(_message.Message):
     __slots__ = ("task", "phase", "fraction")
@@ -171,7 +175,7 @@ class UploadResultRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "online", "task_ids", "last_seen", "registered_at")
+    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "online", "task_ids", "last_seen", "registered_at", "resident_keys")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +187,7 @@ class WorkerInfo(_message.Message):
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_KEYS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -194,7 +199,8 @@ class WorkerInfo(_message.Message):
     task_ids: _containers.RepeatedScalarFieldContainer[str]
     last_seen: _timestamp_pb2.Timestamp
     registered_at: _timestamp_pb2.Timestamp
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., online: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    resident_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., online: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resident_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
