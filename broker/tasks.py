@@ -157,19 +157,11 @@ class TaskManager:
     # -- operator actions ------------------------------------------------------------------
 
     async def reset(self, task_ids: Sequence[str]) -> list[Task]:
-        # Check all first, so that an unknown id or one not in error changes nothing.
-        for task_id in task_ids:
-            task = await self.store.get_task(task_id)
-            if task.state != TaskState.ERROR:
-                raise exceptions.WrongState(
-                    task_id=task_id, state=task.state.name.lower(),
-                    detail="only tasks in error can be reset",
-                )
-        done = []
-        for task_id in task_ids:
-            done.append(await self.store.reset_task(task_id, models.now_ms()))
-            self.hub.notify(task_id)
-            log.info("task reset", task_id=task_id)
+        """error -> init for all of them in one transaction: one bad id changes nothing."""
+        done = await self.store.reset_tasks(list(dict.fromkeys(task_ids)), models.now_ms())
+        for task in done:
+            self.hub.notify(task.id)
+            log.info("task reset", task_id=task.id)
         return done
 
     async def cancel(self, task_id: str, reason: str) -> Task:

@@ -71,6 +71,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int) -> list[Task]:
+        """reset_task for several tasks in one transaction: all are reset, or none."""
+
+    @abc.abstractmethod
     async def cancel_task(self, task_id: str, reason: str, now_ms: int) -> Task:
         """init or running -> error with error_message "cancelled: <reason>".
 

@@ -93,18 +93,25 @@ class SqlStore(Store):
         await self._write(lambda tx: tx.run(self.sql.delete_task, [task_id]))
 
     async def reset_task(self, task_id: str, now_ms: int) -> Task:
-        async def change(tx: Tx) -> Task:
-            task = await self._task(tx, task_id, lock=True)
-            if task.state != TaskState.ERROR:
-                raise _wrong_state(task, "only a task in error can be reset")
-            await self._add_attempt(tx, task, "", now_ms, now_ms, "reset", task.error_message)
-            return await self._save(
-                tx, task, state=TaskState.INIT, attempts=0, worker_id="", error_message="",
-                started_at=None, finished_at=None, lease_expires_at=None, not_before=now_ms,
-                progress_phase="", progress_fraction=0.0,
-            )
+        [task] = await self.reset_tasks([task_id], now_ms)
+        return task
+
+    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int) -> list[Task]:
+        async def change(tx: Tx) -> list[Task]:
+            return [await self._reset(tx, task_id, now_ms) for task_id in task_ids]
 
         return await self._write(change)
+
+    async def _reset(self, tx: Tx, task_id: str, now_ms: int) -> Task:
+        task = await self._task(tx, task_id, lock=True)
+        if task.state != TaskState.ERROR:
+            raise _wrong_state(task, "only a task in error can be reset")
+        await self._add_attempt(tx, task, "", now_ms, now_ms, "reset", task.error_message)
+        return await self._save(
+            tx, task, state=TaskState.INIT, attempts=0, worker_id="", error_message="",
+            started_at=None, finished_at=None, lease_expires_at=None, not_before=now_ms,
+            progress_phase="", progress_fraction=0.0,
+        )
 
     async def cancel_task(self, task_id: str, reason: str, now_ms: int) -> Task:
         async def change(tx: Tx) -> Task:

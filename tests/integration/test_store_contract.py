@@ -627,3 +627,20 @@ async def test_resources_are_kept_and_count_as_referenced(store: Store) -> None:
     assert await store.get_resource(key.sha256) == key
     assert key.sha256 in await store.referenced_blobs()
     assert await store.payload_needed(key.sha256)
+
+
+async def test_reset_tasks_is_all_or_nothing(store: Store, submit: Submit) -> None:
+    # Given one task in error and one still waiting
+    task = await claimed(store, submit)
+    await store.fail_task(task.id, task.fence, "bad params", False, T0, T0 + 1)
+    waiting = await submit(comment="waiting")
+
+    # When both are reset together, the waiting one refuses and neither changes
+    with pytest.raises(exceptions.WrongState, match="is init"):
+        await store.reset_tasks([task.id, waiting.id], T0 + 2)
+    assert (await store.get_task(task.id)).state == TaskState.ERROR
+    assert [a.outcome for a in await store.get_attempts(task.id)] == ["failed"]
+
+    # And alone, the task in error is reset
+    [reset] = await store.reset_tasks([task.id], T0 + 3)
+    assert reset.state == TaskState.INIT
