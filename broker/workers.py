@@ -22,6 +22,9 @@ from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
+#: Revoke reason that acknowledges a worker's ReleaseTask.
+RELEASED = "released"
+
 
 def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
     if not reg.worker_id:
@@ -147,6 +150,11 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 await self._fenced(self.tasks.release(r.task.task_id, r.task.fence, r.reason),
                                    session, r.task.task_id)
                 self.dispatcher.done(r.task.task_id, r.task.fence)
+                # The acknowledgement: a stopping worker waits for it before it hangs up, so
+                # that closing the stream cannot cut the release off.
+                session.send(workers_pb2.BrokerMessage(revoke=workers_pb2.Revoke(
+                    task_id=r.task.task_id, fence=r.task.fence, reason=RELEASED,
+                )))
             else:
                 raise exceptions.InvalidArgument(detail=f"unexpected message {kind!r}")
 

@@ -170,6 +170,7 @@ class Worker:
         self.connected = asyncio.Event()
         self.draining = asyncio.Event()
         self.stop_now = asyncio.Event()
+        self.release_acks: dict[str, asyncio.Event] = {}  #: ReleaseTask sent, answer awaited
         self.releasing = False
         self.heartbeat_s = 10.0
         self.outage = Outage()
@@ -349,6 +350,10 @@ class Worker:
         return ""
 
     def _revoke(self, revoke: workers_pb2.Revoke) -> None:
+        ack = self.release_acks.get(revoke.task_id)
+        if ack is not None and revoke.reason == "released":
+            ack.set()  # the broker has the task back
+            return
         running = self.tasks.get(revoke.task_id)
         if running is None or running.runner is None:
             log.debug("revoke for a task not held here", task_id=revoke.task_id)
@@ -406,11 +411,14 @@ class Worker:
             if running.runner is not None:
                 running.runner.cancel()
         await asyncio.gather(*(t.runner for t in stopped if t.runner), return_exceptions=True)
+        self.release_acks = {t.task.id: asyncio.Event() for t in stopped}
         releases = [self._deliver(release=workers_pb2.ReleaseTask(task=t.held, reason=reason))
                     for t in stopped]
         try:
             async with asyncio.timeout(RELEASE_WAIT_S):
                 await asyncio.gather(*releases)
+                # The broker answers each release; only then may the stream close.
+                await asyncio.gather(*(ack.wait() for ack in self.release_acks.values()))
             log.info("tasks handed back to the broker", tasks=[t.task.id for t in stopped])
         except TimeoutError:
             log.warning("could not hand tasks back; they return to the queue when their leases "

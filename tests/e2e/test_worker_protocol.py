@@ -222,6 +222,9 @@ async def test_release_hands_back_at_once_and_reconnect_resumes(
 
             # SIGTERM path: the worker hands it back, and it is init at once
             await w.send(release=workers_pb2.ReleaseTask(task=held, reason="worker stopping"))
+            ack = await w.next()  # the broker answers a release once it has the task back
+            assert ack.WhichOneof("msg") == "revoke" and ack.revoke.reason == "released"
+            assert (await client.get_task(task_id)).state == 1
             for _ in range(50):
                 task = await client.get_task(task_id)
                 if task.state == 1:
