@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 import structlog
@@ -101,11 +102,8 @@ class Broker:
                  db=_masked(cfg.dsn), resource_type=cfg.resource_type,
                  payload_path=cfg.payload_path if cfg.resource_type == "fs" else None)
 
-    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        async def run() -> None:
-            await factory()
-
-        self.loops.append(asyncio.create_task(run(), name=name))
+    def _spawn(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.loops.append(asyncio.create_task(loop(), name=name))
 
     async def wait(self) -> int:
         """Until a signal arrives (0) or a background loop dies (1: the process says so)."""

@@ -16,9 +16,8 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from broker import convert, exceptions, models
+from broker import convert, exceptions, framing, models
 from broker.models import PageCursor, TaskFilter, TaskState
-from broker.payloads import CHUNK_BYTES
 from broker.tasks import SubmitHeader, TaskManager
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
 
@@ -68,7 +67,7 @@ def mapped_errors(fn: F) -> F:
             try:
                 async for item in fn(self, request, context):
                     yield item
-            except (exceptions.BrokerError, Exception) as exc:
+            except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 await _abort(exc, context, fn.__name__)
@@ -128,10 +127,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         self, request_iterator: AsyncIterator[tasks_pb2.SubmitTaskRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[tasks_pb2.SubmitTaskResponse]:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("msg") != "header":
-            raise exceptions.InvalidArgument(detail="the first message must be the header")
-        h = first.header
+        h = await framing.opening(request_iterator, "header")
         plan = await self.tasks.plan_submit(SubmitHeader(
             task_type=h.task_type, miner=h.miner, comment=h.comment, priority=h.priority,
             payload_size=h.payload_size, payload_sha256=h.payload_sha256,
@@ -141,7 +137,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
             task_id=plan.new.id, send_payload=plan.send_payload,
             task_existed=plan.existing is not None,
         ))
-        chunks = _chunks(request_iterator) if plan.send_payload else None
+        chunks = framing.chunks(request_iterator) if plan.send_payload else None
         task = await self.tasks.complete_submit(plan, chunks)
         yield tasks_pb2.SubmitTaskResponse(task=convert.task_to_proto(task))
 
@@ -190,7 +186,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         self, request: tasks_pb2.GetResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tasks_pb2.BlobChunk]:
         task, chunks = await self.tasks.open_result(request.id)
-        async for msg in _blob_chunks(task.result_size, task.result_sha256, chunks):
+        async for msg in framing.blob_chunks(task.result_size, task.result_sha256, chunks):
             yield msg
 
     @mapped_errors
@@ -198,7 +194,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         self, request: tasks_pb2.GetPayloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tasks_pb2.BlobChunk]:
         task, chunks = await self.tasks.open_payload(request.id)
-        async for msg in _blob_chunks(task.payload_size, task.payload_sha256, chunks):
+        async for msg in framing.blob_chunks(task.payload_size, task.payload_sha256, chunks):
             yield msg
 
 
@@ -213,12 +209,9 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         self, request_iterator: AsyncIterator[tasks_pb2.PutResourceRequest],
         context: grpc.aio.ServicerContext,
     ) -> tasks_pb2.Resource:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("msg") != "header":
-            raise exceptions.InvalidArgument(detail="the first message must be the header")
-        h = first.header
+        h = await framing.opening(request_iterator, "header")
         resource = await self.tasks.put_resource(
-            h.name, h.size, h.sha256, _chunks(request_iterator)
+            h.name, h.size, h.sha256, framing.chunks(request_iterator)
         )
         return _resource_proto(resource)
 
@@ -227,7 +220,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         self, request: tasks_pb2.GetResourceRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tasks_pb2.BlobChunk]:
         resource, chunks = await self.tasks.open_resource(request.sha256)
-        async for msg in _blob_chunks(resource.size, resource.sha256, chunks):
+        async for msg in framing.blob_chunks(resource.size, resource.sha256, chunks):
             yield msg
 
 
@@ -237,28 +230,3 @@ def _resource_proto(r: models.Resource) -> tasks_pb2.Resource:
     return msg
 
 
-async def _blob_chunks(
-    size: int, sha256: str, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[tasks_pb2.BlobChunk]:
-    """Size and digest ride on the first message; an empty blob still sends one."""
-    first = True
-    async for data in chunks:
-        if first:
-            yield tasks_pb2.BlobChunk(size=size, sha256=sha256, data=data)
-            first = False
-        else:
-            yield tasks_pb2.BlobChunk(data=data)
-    if first:
-        yield tasks_pb2.BlobChunk(size=size, sha256=sha256)
-
-
-async def _chunks(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    """The payload chunks after a header (SubmitTask and PutResource share the shape)."""
-    async for req in requests:
-        if req.WhichOneof("msg") != "chunk":
-            raise exceptions.InvalidArgument(detail="only payload chunks may follow the header")
-        if len(req.chunk) > CHUNK_BYTES:
-            raise exceptions.InvalidArgument(
-                detail=f"payload chunks must be at most {CHUNK_BYTES} bytes"
-            )
-        yield req.chunk

@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 import grpc
 import structlog
 
-from broker import convert, exceptions, models
+from broker import convert, exceptions, framing, models
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher, Session
 from broker.models import Gpu, TaskFilter, TaskState, WorkerRecord
-from broker.payloads import CHUNK_BYTES
-from broker.service import _blob_chunks, mapped_errors
+from broker.service import mapped_errors
 from broker.tasks import TaskManager
 from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
 
@@ -56,15 +55,13 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         self, request_iterator: AsyncIterator[workers_pb2.WorkerMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[workers_pb2.BrokerMessage]:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("msg") != "register":
-            raise exceptions.InvalidArgument(detail="the first message must be register")
-        record = record_from(first.register, models.now_ms())
+        register = await framing.opening(request_iterator, "register")
+        record = record_from(register, models.now_ms())
         await self.store.upsert_worker(record)
         session = Session(record.worker_id, record.task_types, record.max_tasks,
                           stale_after_s=self.config.lease_s)
         session.record = record
-        await self._resume(session, first.register.held)
+        await self._resume(session, register.held)
         log.info("worker connected", worker_id=record.worker_id, host=record.hostname,
                  types=list(record.task_types), gpus=[g.uuid for g in record.gpus],
                  resumed=list(session.held))
@@ -200,7 +197,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[object]:
         task = await self.tasks.check_held(request.task.task_id, request.task.fence)
         chunks = self.tasks.payloads.read(task.payload_sha256)
-        async for msg in _blob_chunks(task.payload_size, task.payload_sha256, chunks):
+        async for msg in framing.blob_chunks(task.payload_size, task.payload_sha256, chunks):
             yield msg
 
     @mapped_errors
@@ -208,10 +205,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         self, request_iterator: AsyncIterator[workers_pb2.UploadResultRequest],
         context: grpc.aio.ServicerContext,
     ) -> object:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("msg") != "header":
-            raise exceptions.InvalidArgument(detail="the first message must be the header")
-        h = first.header
+        h = await framing.opening(request_iterator, "header")
         try:
             await self.tasks.check_held(h.task.task_id, h.task.fence)
         except exceptions.StaleFence:
@@ -219,18 +213,9 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             raise
         if h.size > self.config.max_payload_bytes:
             raise exceptions.PayloadTooLarge(size=h.size, limit=self.config.max_payload_bytes)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for req in request_iterator:
-                if req.WhichOneof("msg") != "chunk" or len(req.chunk) > CHUNK_BYTES:
-                    raise exceptions.InvalidArgument(
-                        detail=f"only result chunks of at most {CHUNK_BYTES} bytes may follow"
-                    )
-                yield req.chunk
-
         try:
             task = await self.tasks.finish(h.task.task_id, h.task.fence, h.size, h.sha256,
-                                           chunks())
+                                           framing.chunks(request_iterator))
         except exceptions.StaleFence:
             self.dispatcher.done(h.task.task_id, h.task.fence)
             raise

@@ -19,6 +19,7 @@ import time
 
 import structlog
 
+from broker.client import file_sha256
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
 from worker import exceptions
 from worker.executors.base import ProgressFn
@@ -26,7 +27,6 @@ from worker.remote import Remote
 
 log = structlog.get_logger(__name__)
 
-HASH_CHUNK_BYTES = 1024 * 1024
 TEMP_SUFFIX = ".payload.part"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Seconds between two progress reports while a payload streams in.
@@ -49,16 +49,6 @@ def shared_path(root: pathlib.Path, sha256: str) -> pathlib.Path | None:
     if not _SHA256.fullmatch(sha256):
         return None
     return root / sha256[0:2] / sha256[2:4] / sha256
-
-
-def file_digest(path: pathlib.Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(HASH_CHUNK_BYTES):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
 
 
 class PayloadFetcher:
@@ -92,7 +82,7 @@ class PayloadFetcher:
         if path is None:
             return None
         try:
-            size, sha = await asyncio.to_thread(file_digest, path)
+            size, sha = await asyncio.to_thread(file_sha256, path)
         except FileNotFoundError:
             log.info("payload not in the shared folder; streaming it from the broker",
                      task_id=task.id, path=str(path))

@@ -21,9 +21,6 @@ from worker import exceptions
 #: Chunk size of result uploads; gRPC messages stay far below the 4 MiB limit.
 CHUNK_BYTES = 1024 * 1024
 
-#: The broker client's options: message sizes, keepalive, and a reconnect backoff short enough
-#: that a worker is back well within a lease once the broker is.
-WORKER_CHANNEL_OPTIONS = CHANNEL_OPTIONS
 
 TRANSIENT = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
@@ -47,7 +44,7 @@ class Remote:
     def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(target_of(url), options=WORKER_CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(target_of(url), options=CHANNEL_OPTIONS)
         self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
 
     async def close(self) -> None:
