@@ -8,8 +8,9 @@
 //
 // The emu_* functions run each kernel of msm.cu and ntt.cu on the host: the same per-thread
 // steps (msm.cuh, ntt.cuh) in a loop over the thread index, so the Python drivers
-// (worker/cuda/msm.py, ntt.py) run unchanged against tests/cuda/fakedevice.py. Every argument
-// comes as a 64-bit integer: a buffer's address or a value, in the kernel's order.
+// (worker/cuda/msm.py, ntt.py) and worker/cuda/device.py run unchanged on tests/cuda/fakedriver.py.
+// Each takes the launch's grid and block sizes, then the kernel's arguments in its order, every one
+// as a 64-bit integer: a buffer's address or a value.
 #include <string.h>
 
 #include <vector>
@@ -130,13 +131,16 @@ void gp_signed_digits(const uint8_t* scalar, int c, uint32_t* out) {
 // --- the kernels, one host loop each ---------------------------------------------------------
 
 #define A(T, x) ((T)(uintptr_t)(x))
-#define FOR_THREADS(i, threads, limit) \
-    for (uint64_t i = 0; i < (threads) && i < (uint64_t)(limit); i++)
+// A launch's grid and block sizes come first in every emu_ function; a kernel's threads past its
+// limit return at once, as GP_THREAD_INDEX makes them.
+#define LAUNCH uint64_t grid, uint64_t block
+#define FOR_THREADS(i, limit) \
+    for (uint64_t i = 0; i < grid * block && i < (uint64_t)(limit); i++)
 
 extern "C" {
 
 // scan_blocks: grid blocks of 2 * block values each.
-void emu_scan_blocks(uint64_t grid, uint64_t block, uint64_t in_, uint64_t out_, uint64_t m,
+void emu_scan_blocks(LAUNCH, uint64_t in_, uint64_t out_, uint64_t m,
                      uint64_t block_sums_) {
     const uint32_t* in = A(const uint32_t*, in_);
     uint32_t* out = A(uint32_t*, out_);
@@ -151,72 +155,72 @@ void emu_scan_blocks(uint64_t grid, uint64_t block, uint64_t in_, uint64_t out_,
     }
 }
 
-void emu_scan_add(uint64_t threads, uint64_t out, uint64_t m, uint64_t block_offsets) {
-    FOR_THREADS(k, threads, m) A(uint32_t*, out)[k] += A(const uint32_t*, block_offsets)[k / 2048];
+void emu_scan_add(LAUNCH, uint64_t out, uint64_t m, uint64_t block_offsets) {
+    FOR_THREADS(k, m) A(uint32_t*, out)[k] += A(const uint32_t*, block_offsets)[k / 2048];
 }
 
-void emu_msm_digits(uint64_t threads, uint64_t scalars, uint64_t n, uint64_t c, uint64_t nwin,
+void emu_msm_digits(LAUNCH, uint64_t scalars, uint64_t n, uint64_t c, uint64_t nwin,
                     uint64_t digits, uint64_t counts) {
-    FOR_THREADS(i, threads, n)
+    FOR_THREADS(i, n)
     digits_step((uint32_t)i, A(const uint32_t*, scalars), (uint32_t)n, (int)c, (int)nwin,
                 A(uint32_t*, digits), A(uint32_t*, counts));
 }
 
-void emu_msm_scatter(uint64_t threads, uint64_t digits, uint64_t n, uint64_t c, uint64_t nwin,
+void emu_msm_scatter(LAUNCH, uint64_t digits, uint64_t n, uint64_t c, uint64_t nwin,
                      uint64_t cursor, uint64_t entries) {
-    FOR_THREADS(k, threads, nwin * n)
+    FOR_THREADS(k, nwin * n)
     scatter_step(k, A(const uint32_t*, digits), (uint32_t)n, (int)c, A(uint32_t*, cursor),
                  A(uint32_t*, entries));
 }
 
-void emu_msm_chunk_counts(uint64_t threads, uint64_t counts, uint64_t nbuckets, uint64_t chunk,
+void emu_msm_chunk_counts(LAUNCH, uint64_t counts, uint64_t nbuckets, uint64_t chunk,
                           uint64_t chunks, uint64_t max_chunks) {
-    FOR_THREADS(b, threads, nbuckets)
+    FOR_THREADS(b, nbuckets)
     chunk_counts_step((uint32_t)b, A(const uint32_t*, counts), (uint32_t)chunk,
                       A(uint32_t*, chunks), A(uint32_t*, max_chunks));
 }
 
-#define EMU_MSM(G, F)                                                                          \
-    void emu_msm_sum_entries_##G(uint64_t threads, uint64_t points, uint64_t entries,          \
-                                 uint64_t offsets, uint64_t counts, uint64_t starts,           \
-                                 uint64_t nbuckets, uint64_t chunk, uint64_t nchunks,          \
-                                 uint64_t out) {                                               \
-        FOR_THREADS(j, threads, nchunks)                                                       \
-        sum_entries_step<F>((uint32_t)j, A(const Affine<F>*, points),                          \
-                            A(const uint32_t*, entries), A(const uint32_t*, offsets),          \
-                            A(const uint32_t*, counts), A(const uint32_t*, starts),            \
-                            (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));            \
-    }                                                                                          \
-    void emu_msm_sum_xyzz_##G(uint64_t threads, uint64_t in, uint64_t offsets, uint64_t counts, \
-                              uint64_t starts, uint64_t nbuckets, uint64_t chunk,              \
-                              uint64_t nchunks, uint64_t out) {                                \
-        FOR_THREADS(j, threads, nchunks)                                                       \
-        sum_xyzz_step<F>((uint32_t)j, A(const Xyzz<F>*, in), A(const uint32_t*, offsets),      \
-                         A(const uint32_t*, counts), A(const uint32_t*, starts),               \
-                         (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));               \
-    }                                                                                          \
-    void emu_msm_gather_##G(uint64_t threads, uint64_t sums, uint64_t chunks, uint64_t starts, \
-                            uint64_t nbuckets, uint64_t buckets) {                             \
-        FOR_THREADS(b, threads, nbuckets)                                                      \
-        gather_step<F>((uint32_t)b, A(const Xyzz<F>*, sums), A(const uint32_t*, chunks),       \
-                       A(const uint32_t*, starts), A(Xyzz<F>*, buckets));                      \
-    }                                                                                          \
-    void emu_msm_weigh_##G(uint64_t threads, uint64_t buckets, uint64_t c, uint64_t nwin,      \
-                           uint64_t runs, uint64_t out) {                                      \
-        FOR_THREADS(k, threads, nwin * runs)                                                   \
-        weigh_step<F>((uint32_t)k, A(const Xyzz<F>*, buckets), (int)c, (uint32_t)runs,         \
-                      A(Xyzz<F>*, out));                                                       \
+#define EMU_MSM(G, F)                                                                              \
+    void emu_msm_sum_entries_##G(LAUNCH, uint64_t points, uint64_t entries,                        \
+                                 uint64_t offsets, uint64_t counts, uint64_t starts,               \
+                                 uint64_t nbuckets, uint64_t chunk, uint64_t nchunks,              \
+                                 uint64_t out) {                                                   \
+        FOR_THREADS(j, nchunks)                                                                    \
+        sum_entries_step<F>((uint32_t)j, A(const Affine<F>*, points),                              \
+                            A(const uint32_t*, entries), A(const uint32_t*, offsets),              \
+                            A(const uint32_t*, counts), A(const uint32_t*, starts),                \
+                            (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));                \
+    }                                                                                              \
+    void emu_msm_sum_xyzz_##G(LAUNCH, uint64_t in, uint64_t offsets, uint64_t counts,              \
+                              uint64_t starts, uint64_t nbuckets, uint64_t chunk,                  \
+                              uint64_t nchunks, uint64_t out) {                                    \
+        FOR_THREADS(j, nchunks)                                                                    \
+        sum_xyzz_step<F>((uint32_t)j, A(const Xyzz<F>*, in), A(const uint32_t*, offsets),          \
+                         A(const uint32_t*, counts), A(const uint32_t*, starts),                   \
+                         (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));                   \
+    }                                                                                              \
+    void emu_msm_gather_##G(LAUNCH, uint64_t sums, uint64_t chunks, uint64_t starts,               \
+                            uint64_t nbuckets, uint64_t buckets) {                                 \
+        FOR_THREADS(b, nbuckets)                                                                   \
+        gather_step<F>((uint32_t)b, A(const Xyzz<F>*, sums), A(const uint32_t*, chunks),           \
+                       A(const uint32_t*, starts), A(Xyzz<F>*, buckets));                          \
+    }                                                                                              \
+    void emu_msm_weigh_##G(LAUNCH, uint64_t buckets, uint64_t c, uint64_t nwin,                    \
+                           uint64_t runs, uint64_t out) {                                          \
+        FOR_THREADS(k, nwin * runs)                                                                \
+        weigh_step<F>((uint32_t)k, A(const Xyzz<F>*, buckets), (int)c, (uint32_t)runs,             \
+                      A(Xyzz<F>*, out));                                                           \
     }
 
 EMU_MSM(g1, Fp)
 EMU_MSM(g2, Fp2)
 
-void emu_fr_bit_reverse(uint64_t threads, uint64_t a, uint64_t logn) {
-    FOR_THREADS(i, threads, 1ull << logn) bit_reverse_step((uint32_t)i, A(Fr*, a), (int)logn);
+void emu_fr_bit_reverse(LAUNCH, uint64_t a, uint64_t logn) {
+    FOR_THREADS(i, 1ull << logn) bit_reverse_step((uint32_t)i, A(Fr*, a), (int)logn);
 }
 
 // ntt_pass: block b loads its tile, runs the stages (each a loop over the threads), stores it.
-void emu_ntt_pass(uint64_t grid, uint64_t block, uint64_t a_, uint64_t twiddles, uint64_t logn,
+void emu_ntt_pass(LAUNCH, uint64_t a_, uint64_t twiddles, uint64_t logn,
                   uint64_t s, uint64_t t) {
     Fr* a = A(Fr*, a_);
     std::vector<Fr> tile(2 * block);
@@ -230,30 +234,30 @@ void emu_ntt_pass(uint64_t grid, uint64_t block, uint64_t a_, uint64_t twiddles,
     }
 }
 
-void emu_fr_powers(uint64_t threads, uint64_t out, uint64_t base, uint64_t count) {
-    FOR_THREADS(i, threads, count) powers_step((uint32_t)i, A(Fr*, out), A(const Fr*, base));
+void emu_fr_powers(LAUNCH, uint64_t out, uint64_t base, uint64_t count) {
+    FOR_THREADS(i, count) powers_step((uint32_t)i, A(Fr*, out), A(const Fr*, base));
 }
 
-void emu_fr_mul_table(uint64_t threads, uint64_t a, uint64_t table, uint64_t n) {
-    FOR_THREADS(i, threads, n) mul_table_step((uint32_t)i, A(Fr*, a), A(const Fr*, table));
+void emu_fr_mul_table(LAUNCH, uint64_t a, uint64_t table, uint64_t n) {
+    FOR_THREADS(i, n) mul_table_step((uint32_t)i, A(Fr*, a), A(const Fr*, table));
 }
 
-void emu_fr_scale(uint64_t threads, uint64_t a, uint64_t c, uint64_t n) {
-    FOR_THREADS(i, threads, n) scale_step((uint32_t)i, A(Fr*, a), A(const Fr*, c));
+void emu_fr_scale(LAUNCH, uint64_t a, uint64_t c, uint64_t n) {
+    FOR_THREADS(i, n) scale_step((uint32_t)i, A(Fr*, a), A(const Fr*, c));
 }
 
-void emu_fr_ab_minus_c(uint64_t threads, uint64_t a, uint64_t b, uint64_t c, uint64_t out,
+void emu_fr_ab_minus_c(LAUNCH, uint64_t a, uint64_t b, uint64_t c, uint64_t out,
                        uint64_t n) {
-    FOR_THREADS(i, threads, n)
+    FOR_THREADS(i, n)
     ab_minus_c_step((uint32_t)i, A(const Fr*, a), A(const Fr*, b), A(const Fr*, c), A(Fr*, out));
 }
 
-void emu_fr_to_mont(uint64_t threads, uint64_t a, uint64_t n) {
-    FOR_THREADS(i, threads, n) to_mont_step((uint32_t)i, A(Fr*, a));
+void emu_fr_to_mont(LAUNCH, uint64_t a, uint64_t n) {
+    FOR_THREADS(i, n) to_mont_step((uint32_t)i, A(Fr*, a));
 }
 
-void emu_fr_from_mont(uint64_t threads, uint64_t a, uint64_t n) {
-    FOR_THREADS(i, threads, n) from_mont_step((uint32_t)i, A(Fr*, a));
+void emu_fr_from_mont(LAUNCH, uint64_t a, uint64_t n) {
+    FOR_THREADS(i, n) from_mont_step((uint32_t)i, A(Fr*, a));
 }
 
 }  // extern "C"

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ctypes
 import random
 import threading
-import types
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import py_arkworks_bls12381 as ark
@@ -18,11 +19,11 @@ from tests.cuda import hostlib
 from tests.cuda.fakedevice import FakeDevice
 from worker.cuda import backend, exceptions, plan
 from worker.cuda import msm as msm_driver
-from worker.cuda.device import Device
 from worker.groth16 import backends, curve, field, native, ntt
 from worker.groth16.exceptions import Groth16Error
 
 rng = random.Random(99)
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,9 @@ def test_msm_driver_with_small_plans(lib: ctypes.CDLL, group: str, n: int, c: in
     scalars = witness_like(n)
     dev = FakeDevice(lib)
     # When the driver runs its launches
-    got = msm_driver.msm(dev, group, dev.upload(lem), field.to_vector(scalars),
-                         plan.MsmPlan(points=n, window_bits=c, chunk=chunk, runs=runs))
+    with dev.active("msm"):
+        got = msm_driver.msm(dev, group, dev.upload(lem), field.to_vector(scalars),
+                             plan.MsmPlan(points=n, window_bits=c, chunk=chunk, runs=runs))
     # Then the affine result is the sum, and the bucket rounds repeated where buckets were long
     from_lem = curve.g1_from_lem if group == "g1" else curve.g2_from_lem
     assert from_lem(got) == reference(group, pts, scalars)
@@ -106,7 +108,7 @@ def test_backend_msm_matches_the_cpu_backend(cuda: backend.CudaBackend, cpu: bac
 
 
 def test_key_points_that_do_not_fit_stay_on_the_host(lib: ctypes.CDLL) -> None:
-    small = backend.CudaBackend(device=FakeDevice(lib, free_bytes=1 << 20), self_test=False)
+    small = backend.CudaBackend(device=FakeDevice(lib, capacity=1 << 20), self_test=False)
     pts, lem = random_points("g1", 4)
     bases = small.load_bases("g1", lem)
     assert isinstance(bases, backend.CudaBases) and bases.device is None
@@ -154,33 +156,87 @@ def test_ntt_refuses_a_size_that_is_not_the_domain(cuda: backend.CudaBackend) ->
 def test_device_scan_over_several_blocks(lib: ctypes.CDLL, m: int) -> None:
     dev = FakeDevice(lib)
     counts = np.random.default_rng(m).integers(0, 50, size=m, dtype=np.uint32)
-    out = dev.alloc(4 * m)
-    assert dev.scan(dev.upload(counts), out, m) == int(counts.sum())
-    want = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint32)
-    assert np.array_equal(dev.download(out, np.uint32, m), want)
+    with dev.active("scan"):
+        out = dev.alloc(4 * m)
+        assert dev.scan(dev.upload(counts), out, m) == int(counts.sum())
+        want = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint32)
+        assert np.array_equal(dev.download(out, np.uint32, m), want)
 
 
-class FakeCudaError(Exception):
-    pass
-
-
-def test_a_cuda_error_names_the_gpu_and_is_a_retryable_engine_error() -> None:
-    # Given a Device whose pycuda raises (no GPU here: the driver module is a stand-in)
-    dev = Device.__new__(Device)
-    dev.name = "GPU 1 (NVIDIA H100 80GB HBM3)"
-    dev._lock = threading.RLock()
-    dev._cuda = types.SimpleNamespace(Error=FakeCudaError,
-                                      Context=types.SimpleNamespace(pop=lambda: None))
-    dev._context = types.SimpleNamespace(push=lambda: None, synchronize=lambda: None)
-    # When a launch fails inside `active`
+def test_a_cuda_error_names_the_gpu_and_is_a_retryable_engine_error(lib: ctypes.CDLL) -> None:
+    # Given a GPU with too little memory for an MSM of 300 points
+    cuda = backend.CudaBackend(device=FakeDevice(lib, capacity=256 << 10), self_test=False)
+    pts, lem = random_points("g1", 300)
+    scalars = [rng.randrange(hostlib.R) for _ in range(300)]
+    # When the MSM runs out of device memory
     with pytest.raises(exceptions.DeviceFailed) as caught:
-        with dev.active("msm_g1 of 1048576 points"):
-            raise FakeCudaError("cuLaunchKernel failed: out of memory")
+        cuda.msm_g1(cuda.load_bases("g1", lem), field.to_vector(scalars))
     # Then the error says which GPU, which step and what, and the executor retries it
     text = str(caught.value)
-    assert "GPU 1 (NVIDIA H100 80GB HBM3)" in text and "msm_g1 of 1048576 points" in text
+    assert "GPU 0 (host emulation)" in text and "msm_g1 of 300 points" in text
     assert "out of memory" in text
     assert isinstance(caught.value, Groth16Error)
+    # And the failed MSM left nothing allocated: a smaller one runs on the same GPU
+    assert cuda.device.driver.used == 0
+    assert cuda.msm_g1(cuda.load_bases("g1", lem[:4]), field.to_vector(scalars[:4])) == \
+        reference("g1", pts[:4], scalars[:4])
+
+
+# --- device memory lifetimes -------------------------------------------------------------------
+
+def in_thread(fn: Callable[[], T]) -> T:
+    """fn() on a new thread, as the worker's prover threads call the backend."""
+    out: list[T] = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def test_the_emulated_driver_holds_pycuda_to_its_thread_rule(lib: ctypes.CDLL) -> None:
+    # An allocation that dies outside its context, on another thread than the context's, is
+    # leaked by pycuda: the emulation records it, so the tests below can see it happen
+    dev = FakeDevice(lib)
+    with dev.active("test"):
+        buf = dev.driver.mem_alloc(1024)
+    in_thread(lambda: buf.free())
+    assert dev.driver.leaks == ["1024 bytes freed out of their context's thread"]
+
+
+def test_kept_key_points_are_freed_once_the_key_is_dropped_from_any_thread(
+    lib: ctypes.CDLL,
+) -> None:
+    # Given a backend made on one thread (as the executor makes it) and a key section resident
+    cuda = in_thread(lambda: backend.CudaBackend(device=FakeDevice(lib), self_test=False))
+    driver = cuda.device.driver
+    pts, lem = random_points("g1", 40)
+    scalars = field.to_vector(list(range(40)))
+    held = [in_thread(lambda: cuda.load_bases("g1", lem))]  # as the key cache holds it
+    assert driver.used == lem.nbytes
+    # When MSMs run on other threads, they free all their scratch and keep the points
+    for _ in range(2):
+        assert in_thread(lambda: cuda.msm_g1(held[0], scalars)) == \
+            reference("g1", pts, list(range(40)))
+        assert driver.used == lem.nbytes
+    # And when the key is dropped on yet another thread, its memory goes with the next operation
+    in_thread(held.clear)
+    assert driver.used == lem.nbytes  # not on a thread without the context: deferred
+    in_thread(lambda: cuda.intt(ntt.Domain(2), field.to_vector([1, 2, 3, 4])))
+    tables = driver.used
+    assert 0 < tables < lem.nbytes  # only the 2^2 NTT tables remain
+    # Then closing frees the rest, and pycuda never had to leak anything
+    in_thread(cuda.close)
+    assert driver.used == 0
+    assert driver.leaks == []
+
+
+def test_an_operation_frees_its_scratch_when_it_fails(lib: ctypes.CDLL) -> None:
+    cuda = backend.CudaBackend(device=FakeDevice(lib), self_test=False)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with cuda.device.active("test"):
+            cuda.device.upload(np.zeros(1000, dtype=np.uint64))
+            raise RuntimeError("interrupted")
+    assert cuda.device.driver.used == 0
 
 
 def test_backend_without_pycuda_is_unavailable_with_the_fix() -> None:

@@ -53,11 +53,13 @@ class CudaBackend(base.Backend):
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
         with self.device.active(f"uploading {group} key points"):
             resident = self.device.free_memory() - points.nbytes > HEADROOM_BYTES
-            buf = self.device.upload(points) if resident else None
+            bases = CudaBases(group=group, count=len(points), host=points, device=None)
+            if resident:  # freed once the key cache lets go of the key
+                bases.device = self.device.keep(bases, self.device.upload(points))
         if not resident:
             log.warning("key points stay on the host: too little GPU memory", group=group,
                         points=len(points), gpu=self.device.name)
-        return CudaBases(group=group, count=len(points), host=points, device=buf)
+        return bases
 
     def intt(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
         return self._ntt(domain, evaluations, "intt")
@@ -114,7 +116,10 @@ class CudaBackend(base.Backend):
 
     def _tables_for(self, domain: ntt.Domain) -> ntt_driver.Tables:
         if domain.log_size not in self._tables:
-            self._tables[domain.log_size] = ntt_driver.tables(self.device, domain)
+            t = ntt_driver.tables(self.device, domain)
+            for f in dataclasses.fields(t):
+                self.device.keep(t, getattr(t, f.name))
+            self._tables[domain.log_size] = t
         return self._tables[domain.log_size]
 
 

@@ -2,7 +2,7 @@
 
 A module's cubin is kept as `<cache_dir>/<name>-<sha256 of source, options, arch>.cubin`, so a
 changed kernel or header (sources inlines the headers) compiles anew and an unchanged one loads
-in milliseconds. nvcc runs through pycuda.compiler; pycuda is imported here only, and lazily.
+in milliseconds. nvcc runs through pycuda.compiler, imported lazily.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import Any
 
 from worker.cuda import exceptions, sources
 
@@ -39,13 +38,6 @@ def cubin(name: str, arch: str, cache_dir: pathlib.Path) -> bytes:
         f.write(binary)
     os.replace(tmp, path)  # concurrent workers on one host write the same bytes
     return binary
-
-
-def load(name: str, arch: str, cache_dir: pathlib.Path) -> Any:
-    """The kernel file as a pycuda Module in the current context."""
-    import pycuda.driver as cuda  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-    return cuda.module_from_buffer(cubin(name, arch, cache_dir))
 
 
 def _nvcc(name: str, source: str, arch: str) -> bytes:

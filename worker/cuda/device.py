@@ -1,8 +1,14 @@
 """One CUDA device as the MSM and NTT drivers use it: memory, launches, a prefix sum.
 
-Wraps pycuda (imported lazily, when a Device is made). Every call runs with the device's
-context pushed on the calling thread, so the prover may call from any thread; calls are
-serialised by a lock. A pycuda error becomes exceptions.DeviceFailed naming the GPU.
+Wraps pycuda (imported lazily, when a Device is made). Every call runs inside `active`, with
+the device's context pushed on the calling thread, so the prover may call from any thread;
+calls are serialised by a lock. A pycuda error becomes exceptions.DeviceFailed naming the GPU.
+
+Memory is freed explicitly, never by the garbage collector: pycuda frees an allocation that
+dies outside its context only on the thread that made the context, and otherwise warns and
+leaks it. So what an operation allocates is scratch, freed when its outermost `active` ends;
+`keep` hands an allocation to an owner object (a key's resident points, NTT tables), and it is
+freed in the next operation after the owner is gone, or at `close`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,16 +31,25 @@ SCAN_PER_BLOCK = 2 * SCAN_BLOCK  #: values per block of scan_blocks
 
 
 class Device:
-    """The GPU at `index` among the visible ones, with the kernel files loaded."""
+    """The GPU at `index` among the visible ones, with the kernel files loaded. `driver` is
+    pycuda.driver unless given (tests give a host emulation of it)."""
 
-    def __init__(self, index: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR
-                 ) -> None:
-        try:
-            import pycuda.driver as cuda  # type: ignore[import-not-found,import-untyped,unused-ignore]
-        except ImportError as exc:
-            raise exceptions.CudaUnavailable(detail=f"pycuda is not installed ({exc})") from exc
+    def __init__(self, index: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR,
+                 driver: Any = None) -> None:
+        if driver is None:
+            try:
+                import pycuda.driver as driver  # type: ignore[import-not-found,import-untyped,no-redef,unused-ignore]
+            except ImportError as exc:
+                raise exceptions.CudaUnavailable(
+                    detail=f"pycuda is not installed ({exc})") from exc
+        cuda = driver
         self._cuda: Any = cuda
+        self._cache_dir = cache_dir
         self._lock = threading.RLock()
+        self._depth = 0  #: nesting of `active` on the thread holding the lock
+        self._scratch: dict[int, Any] = {}  #: id -> allocation of the running operation
+        self._discarded: list[Any] = []  #: kept allocations whose owner is gone
+        self._functions: dict[str, Any] = {}
         self.name = f"GPU {index}"
         try:
             cuda.init()
@@ -46,32 +62,82 @@ class Device:
         except cuda.Error as exc:
             raise exceptions.CudaUnavailable(detail=f"{self.name}: {exc}") from exc
         with self.active("loading kernels"):
-            modules = [compiler.load(name, self.arch, cache_dir) for name in sources.MODULES]
-        self._modules = modules
-        self._functions: dict[str, Any] = {}
+            self._modules = [self._load_module(name) for name in sources.MODULES]
+
+    def _load_module(self, name: str) -> Any:
+        return self._cuda.module_from_buffer(compiler.cubin(name, self.arch, self._cache_dir))
 
     @contextlib.contextmanager
     def active(self, operation: str) -> Iterator[None]:
-        """This device's context on this thread; pycuda errors become DeviceFailed."""
+        """This device's context on this thread; pycuda errors become DeviceFailed. The
+        outermost `active` frees the operation's scratch at its end, however it ends."""
         with self._lock:
             self._context.push()
+            self._depth += 1
             try:
+                if self._depth == 1:
+                    self._free(self._take_discarded(), operation)
                 yield
-                self._context.synchronize()  # surface asynchronous launch failures here
+                if self._depth == 1:
+                    self._context.synchronize()  # surface asynchronous launch failures here
             except self._cuda.Error as exc:
                 raise exceptions.DeviceFailed(gpu=self.name, operation=operation,
                                               detail=f"{type(exc).__name__}: {exc}") from exc
             finally:
-                self._cuda.Context.pop()
+                self._depth -= 1
+                try:
+                    if self._depth == 0:
+                        scratch, self._scratch = self._scratch, {}
+                        self._free(list(scratch.values()), operation)
+                finally:
+                    self._cuda.Context.pop()
 
     def close(self) -> None:
+        """Free every allocation still kept and release the context (from any thread)."""
         with self._lock:
-            self._context.detach()
+            self._context.push()
+            try:
+                self._free(self._take_discarded(), "closing")
+            finally:
+                self._context.detach()  # current here, so it is destroyed and popped
 
     # --- memory (call inside `active`) ---------------------------------------------------------
 
     def alloc(self, nbytes: int) -> Any:
-        return self._cuda.mem_alloc(max(nbytes, 4))
+        """Scratch memory of the running operation."""
+        assert self._depth > 0, "device memory is allocated inside Device.active"
+        buf = self._cuda.mem_alloc(max(nbytes, 4))
+        self._scratch[id(buf)] = buf
+        return buf
+
+    def keep(self, owner: object, buf: Any) -> Any:
+        """Let `buf` outlive the operation: it is freed after `owner` is garbage."""
+        del self._scratch[id(buf)]
+        weakref.finalize(owner, self._discarded.append, buf)
+        return buf
+
+    def free(self, buf: Any) -> None:
+        """Free scratch memory before the operation ends (a large temporary)."""
+        del self._scratch[id(buf)]
+        buf.free()
+
+    def _take_discarded(self) -> list[Any]:
+        taken = []
+        while self._discarded:  # finalizers append from any thread; pop is atomic
+            taken.append(self._discarded.pop())
+        return taken
+
+    def _free(self, bufs: list[Any], operation: str) -> None:
+        """Free them all, then report the first failure (a lost device fails every free)."""
+        failed: Exception | None = None
+        for buf in bufs:
+            try:
+                buf.free()
+            except self._cuda.Error as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise exceptions.DeviceFailed(gpu=self.name, operation=f"{operation} (freeing memory)",
+                                          detail=f"{type(failed).__name__}: {failed}")
 
     def zeros(self, nbytes: int) -> Any:
         buf = self.alloc(nbytes)

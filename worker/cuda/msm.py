@@ -92,7 +92,8 @@ def _sort(dev: Device, p: plan.MsmPlan, scalars: field.FrVector) -> tuple[Any, A
     counts = dev.zeros(4 * nbuckets)
     dev.launch("msm_digits", p.points, keys, p.points, p.window_bits, p.windows, digits, counts)
     offsets = dev.alloc(4 * nbuckets)
-    total = dev.scan(counts, offsets, nbuckets)
+    total = dev.scan(counts, offsets, nbuckets)  # reads back the total: the digits are done
+    dev.free(keys)
     cursor = dev.copy(offsets, 4 * nbuckets)
     entries = dev.alloc(4 * total)
     dev.launch("msm_scatter", p.entries, digits, p.points, p.window_bits, p.windows, cursor,
@@ -102,8 +103,11 @@ def _sort(dev: Device, p: plan.MsmPlan, scalars: field.FrVector) -> tuple[Any, A
 
 def _rounds(dev: Device, group: str, nbuckets: int, counts: Any, offsets: Any, chunk: int,
             first: tuple[str, Any, Any]) -> Any:
-    """Chunked sums of every bucket until each has one; the dense XYZZ bucket array."""
+    """Chunked sums of every bucket until each has one; the dense XYZZ bucket array. A round's
+    inputs made by the round before are freed once its result is read back (the largest MSM
+    temporaries: the first round's sums are about a third of the points' size)."""
     kind, source, entries = first
+    spent: list[Any] = []
     while True:
         chunks = dev.alloc(4 * nbuckets)
         most = dev.zeros(4)
@@ -117,8 +121,12 @@ def _rounds(dev: Device, group: str, nbuckets: int, counts: Any, offsets: Any, c
         else:
             dev.launch(f"msm_sum_xyzz_{group}", nchunks, source, offsets, counts, starts,
                        nbuckets, chunk, nchunks, sums)
-        if int(dev.download(most, np.uint32, 1)[0]) <= 1:
+        done = int(dev.download(most, np.uint32, 1)[0]) <= 1  # synchronous: the round is over
+        for buf in spent:
+            dev.free(buf)
+        if done:
             dense = dev.alloc(nbuckets * XYZZ_BYTES[group])
             dev.launch(f"msm_gather_{group}", nbuckets, sums, chunks, starts, nbuckets, dense)
             return dense
+        spent = [most, sums, chunks, starts]
         kind, source, counts, offsets = "xyzz", sums, chunks, starts
