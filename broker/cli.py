@@ -19,7 +19,7 @@ import structlog
 from google.protobuf import json_format
 
 from broker import config as broker_config
-from broker import exceptions, logs
+from broker import exceptions, logs, policy
 from broker.client import BrokerClient
 from broker.flags import Flag, add_flags, load_toml, resolve
 from protos.gpuproxy.v1 import tasks_pb2
@@ -219,7 +219,7 @@ async def cmd_tasks_submit(args: argparse.Namespace) -> int:
             # The key travels once, as a broker resource; the task names it by sha256.
             key = await client.upload_resource(zkey)
             log.info("proving key on the broker", sha256=key.sha256, bytes=key.size)
-            comment = f"zkey={key.sha256}" + (f" {comment}" if comment else "")
+            comment = policy.key_comment(key.sha256) + (f" {comment}" if comment else "")
         task = await client.submit_file(
             path, task_type=args.type, miner=args.miner, comment=comment,
             priority=args.priority, max_attempts=args.max_attempts,

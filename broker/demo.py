@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 
-from broker import exceptions
+from broker import exceptions, policy
 from broker.client import BrokerClient
 
 BIN = pathlib.Path(sys.executable).parent
@@ -117,7 +117,7 @@ async def run(log_size: int, keep: pathlib.Path | None) -> int:
                 with phases.timed("submit the witness"):
                     task = await client.submit_file(
                         files.wtns, task_type="groth16", miner="demo",
-                        comment=f"zkey={key.sha256}",
+                        comment=policy.key_comment(key.sha256),
                     )
                 with phases.timed("wait for the proof (watch stream)"):
                     task = [t async for t in client.watch(task.id)][-1]

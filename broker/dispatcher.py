@@ -14,7 +14,7 @@ import time
 
 import structlog
 
-from broker import convert, metrics, models
+from broker import convert, metrics, models, policy
 from broker.models import Task, TaskState, WorkerRecord
 from broker.store import Store
 from protos.gpuproxy.v1 import workers_pb2
@@ -149,23 +149,40 @@ class Dispatcher:
                              f"{task.error_message or 'taken back by the broker'}")
 
     async def _assign(self) -> None:
-        """Round-robin: one claim per hungry session per round, until nothing is left."""
+        """Claim for hungry sessions until nothing is left, one claim at a time: each goes to
+        the session best placed for the task at the head of the queue, the others waiting
+        their turn (round-robin); a session that finds nothing to claim leaves the round."""
         hungry = [s for s in self.sessions if s.free > 0 and not s.closed]
         while hungry:
-            for s in list(hungry):
-                task = await self.store.claim_task(
-                    s.worker_id, s.task_types, self.lease_ms, models.now_ms()
-                )
-                if task is None or s.closed:
-                    hungry.remove(s)
-                    if task is not None:  # the stream closed meanwhile: hand it back
-                        await self.store.release_task(
-                            task.id, task.fence, "worker disconnected", models.now_ms()
-                        )
-                    continue
-                self.assign(s, task)
-                if s.free <= 0:
-                    hungry.remove(s)
+            s = await self._placed(hungry)
+            task = await self.store.claim_task(
+                s.worker_id, s.task_types, self.lease_ms, models.now_ms()
+            )
+            hungry.remove(s)
+            if task is None or s.closed:
+                if task is not None:  # the stream closed meanwhile: hand it back
+                    await self.store.release_task(
+                        task.id, task.fence, "worker disconnected", models.now_ms()
+                    )
+                continue
+            self.assign(s, task)
+            if s.free > 0:
+                hungry.append(s)
+
+    async def _placed(self, hungry: list[Session]) -> Session:
+        """The first hungry session that can run the next task and holds its proving key
+        loaded (loading a key takes seconds to minutes), else the first that can run it."""
+        if len(hungry) == 1:
+            return hungry[0]
+        head = await self.store.next_task(
+            sorted({t for s in hungry for t in s.task_types}), models.now_ms()
+        )
+        if head is None:
+            return hungry[0]
+        able = [s for s in hungry if head.task_type in s.task_types] or hungry
+        key = policy.task_key(head.comment)
+        return next((s for s in able if key and s.record and key in s.record.resident_keys),
+                    able[0])
 
     def assign(self, s: Session, task: Task) -> None:
         s.held[task.id] = task.fence

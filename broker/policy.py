@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from broker.models import Attempt, Task
@@ -13,6 +14,21 @@ SPENT_OUTCOMES = ("failed", "requeued")
 def claim_order(task: Task) -> tuple[int, int, str]:
     """Sort key of init tasks: highest priority first, then oldest, then by id."""
     return (-task.priority, task.created_at, task.id)
+
+
+#: How a task names the proving key it needs: `zkey=<sha256>` in its comment (groth16 tasks).
+_KEY = re.compile(r"(?:^|[\s,;])zkey=([0-9a-fA-F]{64})(?=$|[\s,;])")
+
+
+def key_comment(sha256: str) -> str:
+    """The comment that makes a task name this proving key."""
+    return f"zkey={sha256}"
+
+
+def task_key(comment: str) -> str | None:
+    """The sha256 of the proving key a task's comment names, lowercase; None if it names none."""
+    found = _KEY.search(comment)
+    return found.group(1).lower() if found else None
 
 
 def should_retry(retryable: bool, attempts: int, max_attempts: int) -> bool:

@@ -98,6 +98,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def next_task(self, task_types: Sequence[str], now_ms: int) -> Task | None:
+        """The task claim_task would take now, without taking it: a hint for choosing the
+        claimer, which another claimer may beat."""
+
+    @abc.abstractmethod
     async def renew_lease(self, task_id: str, fence: int, lease_ms: int, now_ms: int) -> Task:
         """Extend a running task's lease. Raises StaleFence unless running with this fence."""
 

@@ -73,14 +73,15 @@ class Queries:
     )
     delete_task = "DELETE FROM tasks WHERE id = ?"  # its attempts go by ON DELETE CASCADE
 
-    def claimable(self, task_types: Sequence[str], now_ms: int) -> Statement:
-        """The next init task of each type (MySQL) or of all types (SQLite).
+    def claimable(self, task_types: Sequence[str], now_ms: int, lock: bool = True) -> Statement:
+        """The next init task of each type (MySQL) or of all types (SQLite); `lock` for a claim.
 
         MySQL: one branch per type, each read in index order, so that the claim locks one row
         per type; a single `task_type IN (...)` needs a filesort, which locks every init task
         and makes every other claimer find nothing.
         """
         where = "state = 1 AND not_before <= ?"
+        skip_locked = self._skip_locked if lock else ""
         if not self.mysql:
             sql = (
                 f"SELECT {_TASK} FROM tasks WHERE {where} AND task_type IN "
@@ -89,7 +90,7 @@ class Queries:
             return sql, [now_ms, *task_types]
         branch = (
             f"SELECT {_TASK} FROM tasks WHERE {where} AND task_type = ? "
-            f"{_CLAIM_ORDER} LIMIT 1{self._skip_locked}"
+            f"{_CLAIM_ORDER} LIMIT 1{skip_locked}"
         )
         if len(task_types) == 1:
             return branch, [now_ms, task_types[0]]

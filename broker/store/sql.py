@@ -151,6 +151,13 @@ class SqlStore(Store):
 
         return await self._write(change)
 
+    async def next_task(self, task_types: Sequence[str], now_ms: int) -> Task | None:
+        if not task_types:
+            return None
+        sql, args = self.sql.claimable(task_types, now_ms, lock=False)
+        rows = await self._read(lambda tx: tx.all(sql, args))
+        return min((queries.task_from_row(r) for r in rows), key=policy.claim_order, default=None)
+
     async def renew_lease(self, task_id: str, fence: int, lease_ms: int, now_ms: int) -> Task:
         async def change(tx: Tx) -> Task:
             task = await self._held(tx, task_id, fence)

@@ -168,6 +168,30 @@ async def test_claim_orders_across_several_types(store: Store, submit: Submit) -
     assert (await store.get_task(other.id)).state == TaskState.INIT
 
 
+async def test_next_task_is_what_a_claim_would_take_without_taking_it(
+    store: Store, submit: Submit
+) -> None:
+    low = await submit(task_type="a", priority=1)
+    high = await submit(task_type="b", priority=2)
+    await submit(task_type="c", priority=9)
+
+    peeked = await store.next_task(["a", "b"], T0 + 100)
+    assert peeked is not None and peeked.id == high.id
+    assert (await store.get_task(high.id)).state == TaskState.INIT  # still waiting
+    first = await store.claim_task("w1", ["a", "b"], LEASE_MS, T0 + 100)
+    assert first is not None and first.id == high.id
+    after = await store.next_task(["a", "b"], T0 + 100)
+    assert after is not None and after.id == low.id
+    assert await store.next_task([], T0 + 100) is None
+    # A task waiting out its retry delay is not next until the delay is over
+    again = await store.claim_task("w1", ["a"], LEASE_MS, T0 + 100)
+    assert again is not None
+    await store.fail_task(again.id, again.fence, "oom", True, T0 + 60_000, T0 + 101)
+    assert await store.next_task(["a"], T0 + 59_999) is None
+    retry = await store.next_task(["a"], T0 + 60_000)
+    assert retry is not None and retry.id == low.id
+
+
 async def test_claim_respects_types_and_not_before(store: Store, submit: Submit) -> None:
     task = await claimed(store, submit)
     retry_at = T0 + 60_000

@@ -3,12 +3,106 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import hashlib
 import pathlib
+import uuid
 
+import pytest
 import structlog
 
+from broker import models, policy
 from broker.dispatcher import Dispatcher, Session
-from broker.store import open_store
+from broker.models import NewTask, WorkerRecord
+from broker.store import Store, open_store
+
+KEY_A, KEY_B = (hashlib.sha256(name).hexdigest() for name in (b"key a", b"key b"))
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> collections.abc.AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path}/db.sqlite")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def worker(worker_id: str, *keys: str, types: tuple[str, ...] = ("groth16",)) -> Session:
+    """An idle worker's session that holds these proving keys loaded."""
+    s = Session(worker_id, types, max_tasks=1, accepting=True)
+    s.record = WorkerRecord(
+        worker_id=worker_id, hostname="h", addresses=(), version="", task_types=types,
+        max_tasks=1, gpus=(), registered_at=0, last_seen_at=0, resident_keys=keys,
+    )
+    return s
+
+
+async def submit(store: Store, key: str, created_at: int, task_type: str = "groth16") -> str:
+    task, _ = await store.create_task(NewTask(
+        id=str(uuid.uuid4()), task_type=task_type, miner="", comment=policy.key_comment(key),
+        priority=0, payload_size=1, payload_sha256=hashlib.sha256(b"w").hexdigest(),
+        max_attempts=3, created_at=created_at,
+    ))
+    return task.id
+
+
+def assigned(s: Session) -> list[str]:
+    out = []
+    while not s.outbox.empty():
+        out.append(s.outbox.get_nowait().assignment.task.id)
+    return out
+
+
+@pytest.mark.parametrize("order", ["cold first", "warm first"])
+async def test_a_task_goes_to_the_idle_worker_that_holds_its_key(store: Store, order: str
+                                                                 ) -> None:
+    # Given two idle workers, only one of which holds key A loaded
+    dispatcher = Dispatcher(store, lease_s=30)
+    cold, warm = worker("cold"), worker("warm", KEY_A)
+    for s in ([cold, warm] if order == "cold first" else [warm, cold]):
+        dispatcher.add(s)
+    # When a task for key A arrives, it goes to the worker that need not load the key
+    task = await submit(store, KEY_A, models.now_ms())
+    await dispatcher._assign()
+    assert assigned(warm) == [task] and assigned(cold) == []
+
+
+async def test_each_task_goes_to_the_worker_holding_its_key(store: Store) -> None:
+    dispatcher = Dispatcher(store, lease_s=30)
+    has_b, has_a = worker("has-b", KEY_B), worker("has-a", KEY_A)
+    dispatcher.add(has_b)
+    dispatcher.add(has_a)
+    now = models.now_ms()
+    for_a = await submit(store, KEY_A, now - 2)  # the older: claimed first
+    for_b = await submit(store, KEY_B, now - 1)
+    await dispatcher._assign()
+    assert assigned(has_a) == [for_a] and assigned(has_b) == [for_b]
+
+
+async def test_without_a_worker_holding_the_key_the_task_still_runs_at_once(store: Store
+                                                                            ) -> None:
+    # Given the only worker that holds key A is busy, and one idle worker that does not
+    dispatcher = Dispatcher(store, lease_s=30)
+    busy, idle = worker("busy", KEY_A), worker("idle", KEY_B)
+    busy.held["other"] = 1
+    dispatcher.add(busy)
+    dispatcher.add(idle)
+    task = await submit(store, KEY_A, models.now_ms())
+    await dispatcher._assign()
+    assert assigned(idle) == [task]  # no waiting for the key's holder
+
+
+async def test_the_head_task_goes_to_a_worker_that_can_run_its_type(store: Store) -> None:
+    dispatcher = Dispatcher(store, lease_s=30)
+    c2_only = worker("c2-only", KEY_A, types=("c2",))
+    both = worker("both", types=("c2", "groth16"))
+    dispatcher.add(c2_only)
+    dispatcher.add(both)
+    now = models.now_ms()
+    g16 = await submit(store, KEY_A, now - 2)
+    c2 = await submit(store, KEY_A, now - 1, task_type="c2")
+    await dispatcher._assign()
+    assert assigned(both) == [g16] and assigned(c2_only) == [c2]
 
 
 def test_done_frees_only_the_claim_with_that_fence() -> None:

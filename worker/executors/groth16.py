@@ -10,12 +10,12 @@ returned, as Filecoin's own C2 does: a proof that fails (a faulty GPU) is a retr
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 
 import grpc
 import structlog
 
+from broker import policy
 from broker.client import BrokerClient
 from broker.exceptions import BrokerError
 from worker import exceptions, executors
@@ -28,17 +28,16 @@ from worker.groth16 import exceptions as g16
 log = structlog.get_logger(__name__)
 
 TASK_TYPE = "groth16"
-_ZKEY = re.compile(r"(?:^|[\s,;])zkey=([0-9a-fA-F]{64})(?=$|[\s,;])")
 
 
 def zkey_sha256(comment: str) -> str:
     """The key's sha256 from a task comment holding `zkey=<sha256>`; MalformedPayload if none."""
-    found = _ZKEY.search(comment)
+    found = policy.task_key(comment)
     if found is None:
         raise exceptions.MalformedPayload(
             task_type=TASK_TYPE, detail=f"the comment {comment!r} names no key: submit "
             "groth16 tasks with the comment zkey=<sha256 of the .zkey>")
-    return found.group(1).lower()
+    return found
 
 
 @executors.register(TASK_TYPE)
