@@ -6,6 +6,7 @@ behaviour under real concurrency, and speed."""
 from __future__ import annotations
 
 import ctypes
+import pathlib
 import random
 import threading
 from collections.abc import Callable
@@ -19,7 +20,18 @@ from tests.cuda import hostlib
 from tests.cuda.fakedevice import FakeDevice
 from worker.cuda import backend, exceptions, plan
 from worker.cuda import msm as msm_driver
-from worker.groth16 import backends, curve, field, native, ntt
+from worker.groth16 import (
+    backends,
+    curve,
+    devsetup,
+    field,
+    keycache,
+    native,
+    ntt,
+    prover,
+    verifier,
+    wtns,
+)
 from worker.groth16.exceptions import Groth16Error
 
 rng = random.Random(99)
@@ -269,3 +281,33 @@ def test_start_up_self_test_passes_on_good_kernels(lib: ctypes.CDLL) -> None:
 def test_start_up_self_test_refuses_a_faulty_card(lib: ctypes.CDLL) -> None:
     with pytest.raises(exceptions.SelfTestFailed, match=r"host emulation.*msm_g1 of 64 points"):
         backend.CudaBackend(device=CorruptDevice(lib), self_test=True)
+
+
+def test_proofs_on_the_emulated_gpu_verify_and_an_evicted_key_frees_its_memory(
+    lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
+) -> None:
+    # Given the backend as the executor makes it (its own thread), with a cache of one key
+    cuda = in_thread(lambda: backend.CudaBackend(device=FakeDevice(lib), self_test=True))
+    driver = cuda.device.driver
+    cache = keycache.KeyCache(cuda, max_keys=1)
+    demos = [groth16_demo(5, 2), groth16_demo(6, 1)]
+    shas = [keycache.install(d.zkey, tmp_path) for d in demos]
+    tables: list[int] = []  # bytes besides the key's points: NTT tables, one set per domain
+    for _ in range(3):
+        for demo, sha in zip(demos, shas, strict=True):
+            # When a task proves on a prover thread (loading its key, evicting the other)
+            def task(demo: devsetup.DemoFiles = demo, sha: str = sha) -> bool:
+                loaded = cache.get(tmp_path, sha)
+                proof, public = prover.prove(loaded, wtns.read(demo.wtns.read_bytes()), cuda)
+                return verifier.verify(loaded.key.verification_key(), proof, public)
+
+            # Then the proof verifies
+            assert in_thread(task)
+            key = cache.get(tmp_path, sha).key
+            tables.append(driver.used - sum(p.nbytes for p in (key.a, key.b1, key.b2, key.c,
+                                                                key.h)))
+    # And the GPU holds only the loaded key's points besides the tables, which stop growing once
+    # both domains were seen: an evicted key's points went with it
+    assert len(set(tables[1:])) == 1 and 0 < tables[0] < tables[1]
+    in_thread(cuda.close)
+    assert driver.used == 0 and driver.leaks == []
