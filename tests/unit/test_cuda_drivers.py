@@ -311,3 +311,21 @@ def test_proofs_on_the_emulated_gpu_verify_and_an_evicted_key_frees_its_memory(
     assert len(set(tables[1:])) == 1 and 0 < tables[0] < tables[1]
     in_thread(cuda.close)
     assert driver.used == 0 and driver.leaks == []
+
+
+def test_a_new_key_takes_the_gpu_memory_of_the_key_it_replaces(
+    lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
+) -> None:
+    # Given a GPU with room for one key's points (besides the MSM headroom), a cache of one
+    shas = [keycache.install(groth16_demo(6, n).zkey, tmp_path) for n in (1, 2)]
+    keys = [keycache.read_key(keycache.key_path(tmp_path, sha), sha) for sha in shas]
+    size = max(sum(p.nbytes for p in (k.a, k.b1, k.b2, k.c, k.h)) for k in keys)
+    cuda = backend.CudaBackend(
+        device=FakeDevice(lib, capacity=backend.HEADROOM_BYTES + size * 3 // 2), self_test=False)
+    cache = keycache.KeyCache(cuda, max_keys=1)
+    # When the keys are used in turn, each replaces the other on the GPU
+    for sha in [*shas, *shas]:
+        loaded = cache.get(tmp_path, sha)
+        sections = (loaded.a, loaded.b1, loaded.b2, loaded.c, loaded.h)
+        assert all(isinstance(b, backend.CudaBases) and b.device is not None for b in sections)
+        del loaded, sections  # as a finished task lets go of its key

@@ -3,7 +3,8 @@
 A real .zkey is hundreds of MB: reading, checking and moving it into the backend per task would
 dominate the proof. Keys live in a params folder named `<sha256>.zkey` (like Filecoin's
 parameter folder); the cache checks the file's sha256 on first use, keeps the most recently
-used `max_keys` keys, and is safe to share between the threads that prove.
+used `max_keys` keys, and is safe to share between the threads that prove. The oldest key goes
+before a new one is loaded, so that on a GPU its memory is free for the new key's points.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def install(source: pathlib.Path, params_dir: pathlib.Path) -> str:
 
 class KeyCache:
     def __init__(self, backend: Backend, max_keys: int = 2) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, not {max_keys}")
         self.backend = backend
         self.max_keys = max_keys
         self._keys: collections.OrderedDict[str, LoadedKey] = collections.OrderedDict()
@@ -61,10 +64,11 @@ class KeyCache:
             if sha256 in self._keys:
                 self._keys.move_to_end(sha256)
                 return self._keys[sha256]
-            loaded = self.backend.load(read_key(key_path(params_dir, sha256), sha256))
-            self._keys[sha256] = loaded
-            while len(self._keys) > self.max_keys:
+            key = read_key(key_path(params_dir, sha256), sha256)
+            while self._keys and len(self._keys) >= self.max_keys:  # first: frees GPU memory
                 self._keys.popitem(last=False)
+            loaded = self.backend.load(key)
+            self._keys[sha256] = loaded
             return loaded
 
     def keys(self) -> list[str]:
