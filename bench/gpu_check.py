@@ -1,0 +1,210 @@
+"""The GPU acceptance check: the CUDA backend gives exactly what the CPU backend gives, and the
+proofs it makes verify. Run it on a GPU host after installing gpuproxy[gpu], and again after a
+driver, card or kernel change.
+
+    python bench/gpu_check.py                       # the full check (a few minutes)
+    python bench/gpu_check.py --prove-sizes 16,20   # plus proofs of 2^16 and 2^20 constraints
+    python bench/gpu_check.py --msm-sizes 1,2,3,1000 --ntt-max 12 --prove-sizes 10   # quick
+
+Checks, each printed with ok or FAIL and the seconds of both backends:
+- MSM over G1 and G2 for each --msm-sizes (log2 sizes from 4 up, or a plain count below 16 as
+  in 1,2,3,1000) with random scalars; and at 1000 points: zero scalars, one point repeated,
+  scalars 1 and R-1 only, half zeros, points at infinity.
+- NTT: intt, coset_ntt, to_coset and the fused quotient A*B - C, domains 2^1 .. 2^--ntt-max.
+- A Groth16 proof of each --prove-sizes demo circuit (INSECURE dev key) on the GPU, verified,
+  with the prove times of both backends and their ratio (CPU / CUDA).
+
+Exit status: 0 when every check passes, 1 when one fails, 2 when CUDA cannot be used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from bench.gpu import cell, open_backends, ratio
+from bench.msm import points as random_points
+from bench.msm import scalars as random_scalars
+from worker.groth16 import backends, devsetup, field, ntt, prover, verifier, wtns, zkey
+
+EDGE_POINTS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    name: str
+    ok: bool
+    cuda_s: float
+    cpu_s: float
+    note: str = ""
+
+    def line(self) -> str:
+        verdict = "ok" if self.ok else "FAIL"
+        return (f"{verdict:>4}  {self.name:<34} {cell(self.cuda_s):>9} {cell(self.cpu_s):>9} "
+                f"{ratio(self.cpu_s, self.cuda_s):>9}  {self.note}")
+
+
+def compare(name: str, cuda_fn: Callable[[], Any], cpu_fn: Callable[[], Any]) -> Outcome:
+    """Run both; equal results (points, or Fr vectors element for element) pass, and a CUDA
+    error fails the check with its message."""
+    start = time.perf_counter()
+    try:
+        got = cuda_fn()
+    except Exception as exc:
+        return Outcome(name, False, time.perf_counter() - start, float("nan"),
+                       f"{type(exc).__name__}: {exc}")
+    cuda_s = time.perf_counter() - start
+    start = time.perf_counter()
+    want = cpu_fn()
+    cpu_s = time.perf_counter() - start
+    same = np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want
+    return Outcome(name, bool(same), cuda_s, cpu_s)
+
+
+def msm_cases(sizes: list[int], rng: np.random.Generator, n: int = EDGE_POINTS
+              ) -> Iterator[tuple[str, str, np.ndarray, field.FrVector]]:
+    """(name, group, points, scalars) for every size and group, then the edge cases at n."""
+    for size in sizes:
+        for group in ("g1", "g2"):
+            yield (f"msm {group} n={size} random", group, random_points(group, size, rng),
+                   random_scalars(size, rng))
+    for group in ("g1", "g2"):
+        pts = random_points(group, n, rng)
+        sc = random_scalars(n, rng)
+        same = np.repeat(pts[:1], n, axis=0)
+        half = sc.copy()
+        half[::2] = 0
+        ends = field.to_vector([1 if i % 2 else field.R - 1 for i in range(n)])
+        infinity = pts.copy()
+        infinity[::3] = 0  # (0, 0): the point at infinity in the key's layout
+        yield f"msm {group} n={n} zero scalars", group, pts, np.zeros_like(sc)
+        yield f"msm {group} n={n} one point repeated", group, same, sc
+        yield f"msm {group} n={n} scalars 1 and R-1", group, pts, ends
+        yield f"msm {group} n={n} half zero scalars", group, pts, half
+        yield f"msm {group} n={n} points at infinity", group, infinity, sc
+
+
+def check_msm(cuda: backends.Backend, cpu: backends.Backend, sizes: list[int],
+              rng: np.random.Generator, edge_points: int) -> Iterator[Outcome]:
+    for name, group, pts, sc in msm_cases(sizes, rng, edge_points):
+        run_cuda, run_cpu = ((cuda.msm_g1, cpu.msm_g1) if group == "g1"
+                             else (cuda.msm_g2, cpu.msm_g2))
+        cuda_bases, cpu_bases = cuda.load_bases(group, pts), cpu.load_bases(group, pts)
+        yield compare(name, partial(run_cuda, cuda_bases, sc), partial(run_cpu, cpu_bases, sc))
+
+
+def check_ntt(cuda: backends.Backend, cpu: backends.Backend, max_log: int,
+              rng: np.random.Generator) -> Iterator[Outcome]:
+    from worker.cuda.backend import CudaBackend
+
+    for k in range(1, max_log + 1):
+        domain = ntt.Domain(k)
+        a, b, c = (random_scalars(domain.size, rng) for _ in range(3))
+        for step in ("intt", "coset_ntt", "to_coset"):
+            yield compare(f"ntt {step} 2^{k}", partial(getattr(cuda, step), domain, a),
+                          partial(getattr(cpu, step), domain, a))
+        if isinstance(cuda, CudaBackend):
+            yield compare(f"ntt quotient 2^{k}", partial(cuda.quotient, domain, a, b, c),
+                          partial(quotient_steps, cpu, domain, a, b, c))
+
+
+def quotient_steps(cpu: backends.Backend, domain: ntt.Domain, *abc: field.FrVector
+                   ) -> field.FrVector:
+    """What the CUDA backend's fused quotient replaces: three to_coset and A*B - C."""
+    from worker.groth16 import native
+
+    return native.mul_sub(*(cpu.to_coset(domain, v) for v in abc))
+
+
+def check_proof(cuda: backends.Backend, cpu: backends.Backend, log_size: int,
+                folder: pathlib.Path) -> Outcome:
+    """A proof on each backend, the key loaded beforehand as a worker's key cache has it."""
+    start = time.perf_counter()
+    files = devsetup.write_demo(folder / f"2^{log_size}", log_size, 2, seed=log_size)
+    setup_s = time.perf_counter() - start
+    key = zkey.read(files.zkey.read_bytes())
+    witness = wtns.read(files.wtns.read_bytes())
+    seconds: dict[str, float] = {}
+    valid: dict[str, bool] = {}
+    errors: dict[str, str] = {}
+    for name, backend in (("cuda", cuda), ("cpu", cpu)):
+        start = time.perf_counter()
+        try:
+            loaded = backend.load(key)
+            start = time.perf_counter()
+            proof, public = prover.prove(loaded, witness, backend)
+            valid[name] = verifier.verify(key.verification_key(), proof, public)
+        except Exception as exc:  # a CUDA error, or the prover's own check of the proof
+            valid[name], errors[name] = False, f"{type(exc).__name__}: {exc}"
+        seconds[name] = time.perf_counter() - start
+    note = f"verifies: cuda {valid['cuda']}, cpu {valid['cpu']}; setup {setup_s:.1f} s"
+    return Outcome(f"proof 2^{log_size} constraints", valid["cuda"] and valid["cpu"],
+                   seconds["cuda"], seconds["cpu"],
+                   "; ".join([note, *(f"{k}: {v}" for k, v in errors.items())]))
+
+
+def run(cuda: backends.Backend, cpu: backends.Backend, msm_sizes: list[int], ntt_max: int,
+        prove_sizes: list[int], out: Callable[[str], None] = print,
+        edge_points: int = EDGE_POINTS) -> list[Outcome]:
+    """Every check, each printed as it ends; the outcomes."""
+    rng = np.random.default_rng(2024)
+    outcomes: list[Outcome] = []
+    out(f"{'':>4}  {'check':<34} {'cuda s':>9} {'cpu s':>9} {'cpu/cuda':>9}")
+
+    def record(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        out(outcome.line())
+
+    for outcome in check_msm(cuda, cpu, msm_sizes, rng, edge_points):
+        record(outcome)
+    for outcome in check_ntt(cuda, cpu, ntt_max, rng):
+        record(outcome)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
+        for k in prove_sizes:
+            record(check_proof(cuda, cpu, k, pathlib.Path(folder)))
+    failed = [o.name for o in outcomes if not o.ok]
+    out(f"{len(outcomes) - len(failed)} of {len(outcomes)} checks passed"
+        + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return outcomes
+
+
+def sizes_of(text: str) -> list[int]:
+    """'1,2,3,1000,16,20' -> [1, 2, 3, 1000, 65536, 1048576]: below 4 and from 25 up a count,
+    otherwise a log2 size."""
+    out = []
+    for part in text.split(","):
+        v = int(part)
+        out.append(1 << v if 4 <= v <= 24 else v)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--msm-sizes", default="1,2,3,1000,16,20",
+                        help="counts below 4 or from 25 up; log2 sizes 4 .. 24 otherwise")
+    parser.add_argument("--ntt-max", type=int, default=20, help="largest NTT domain, log2")
+    parser.add_argument("--prove-sizes", default="10,16", help="demo circuits, log2 constraints")
+    args = parser.parse_args()
+    cuda, cpu, gpu_line = open_backends()
+    print(gpu_line, flush=True)
+    if cuda is None:
+        raise SystemExit(2)
+    prove_sizes = [int(x) for x in args.prove_sizes.split(",") if x]
+    outcomes = run(cuda, cpu, sizes_of(args.msm_sizes), args.ntt_max, prove_sizes,
+                   out=lambda line: print(line, flush=True))
+    raise SystemExit(0 if all(o.ok for o in outcomes) else 1)
+
+
+if __name__ == "__main__":
+    main()
