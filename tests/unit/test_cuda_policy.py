@@ -10,6 +10,9 @@ from worker.cuda.select import Probe
 GPU = Probe(pycuda_error=None, devices=1)
 NO_PYCUDA = Probe(pycuda_error="ModuleNotFoundError: No module named 'pycuda'", devices=0)
 NO_DEVICE = Probe(pycuda_error=None, devices=0)
+#: pycuda installed on a host without the NVIDIA driver (as deploy/wheelhouse.sh's wheel said)
+NO_DRIVER = Probe(pycuda_error="ImportError: libcuda.so.1: cannot open shared object file: No "
+                  "such file or directory", devices=0)
 
 
 def test_auto_takes_cuda_when_a_device_is_present() -> None:
@@ -40,6 +43,16 @@ def test_forced_cuda_without_a_device_is_an_error_naming_the_fix() -> None:
     assert "--backend cpu" in chosen.message
     assert select.choose("cuda", GPU) == select.Selection(
         "cuda", "Groth16 backend: cuda (forced by --backend cuda)")
+
+
+@pytest.mark.parametrize(("probe", "fix"), [
+    (NO_PYCUDA, "(pip install 'gpuproxy[gpu]') on a host with an NVIDIA driver"),
+    (NO_DRIVER, "install the NVIDIA driver on this host (it provides libcuda.so.1)"),
+    (NO_DEVICE, "check that nvidia-smi lists a GPU and that CUDA_VISIBLE_DEVICES (--gpu) names it"),
+])
+def test_forced_cuda_names_the_fix_for_its_cause(probe: Probe, fix: str) -> None:
+    chosen = select.choose("cuda", probe)
+    assert chosen.error and f"{fix}, or use --backend cpu" in chosen.message
 
 
 def test_unknown_backend_is_refused() -> None:

@@ -1,9 +1,12 @@
-"""The shipped example configuration is one the broker accepts."""
+"""The shipped example configuration is one the broker accepts; the deploy scripts start
+well or refuse clearly."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import subprocess
 
 from broker import cli
 from broker.flags import load_toml, resolve
@@ -31,3 +34,14 @@ def test_example_worker_config_is_valid() -> None:
     assert config.resource_type == "fs" and config.max_tasks == 1
     c2 = config.processors["c2"]
     assert c2.bin == "/usr/local/bin/venus-worker" and list(c2.args) == ["processor", "c2"]
+
+
+def test_wheelhouse_script_refuses_to_start_without_a_cuda_toolkit(tmp_path: pathlib.Path
+                                                                    ) -> None:
+    script = DEPLOY / "wheelhouse.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    result = subprocess.run(["bash", str(script), str(tmp_path / "wheels")], capture_output=True,
+                            text=True, env={**os.environ, "CUDA_ROOT": str(tmp_path)})
+    assert result.returncode == 1
+    assert "no CUDA toolkit found" in result.stderr and "pycuda needs its headers" in result.stderr
+    assert not (tmp_path / "wheels").exists()  # nothing half-built

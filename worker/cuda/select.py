@@ -38,8 +38,7 @@ def choose(requested: str, probe: Probe) -> Selection:
                else "auto: a CUDA device is present")
         return Selection("cuda", f"Groth16 backend: cuda ({how})")
     if requested == "cuda":
-        return Selection("cuda", f"--backend cuda, but {why_not}: install the [gpu] extra "
-                         "(pip install 'gpuproxy[gpu]') on a host with an NVIDIA driver, or use "
+        return Selection("cuda", f"--backend cuda, but {why_not}: {_fix(probe)}, or use "
                          "--backend cpu", error=True)
     return Selection("cpu", f"Groth16 backend: cpu (auto: {why_not})")
 
@@ -50,6 +49,17 @@ def _cuda_unusable(probe: Probe) -> str | None:
     if probe.devices < 1:
         return "no CUDA device is visible"
     return None
+
+
+def _fix(probe: Probe) -> str:
+    """What to do about what the probe found, by its cause."""
+    error = probe.pycuda_error or ""
+    if "libcuda" in error:  # pycuda is installed; its driver library is not
+        return "install the NVIDIA driver on this host (it provides libcuda.so.1)"
+    if error:
+        return ("install the [gpu] extra (pip install 'gpuproxy[gpu]') on a host with an NVIDIA "
+                "driver")
+    return "check that nvidia-smi lists a GPU and that CUDA_VISIBLE_DEVICES (--gpu) names it"
 
 
 def probe() -> Probe:
