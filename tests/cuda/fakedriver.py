@@ -161,6 +161,8 @@ class FakeFunction:
                 raise TypeError(f"invalid type on parameter #{i} (0-based)")
         if not 0 < block[0] <= 1024 or not 0 < grid[0] < 2**31:
             raise LogicError(f"cuLaunchKernel failed: invalid configuration {grid} x {block}")
+        if self._driver.faults:  # an injected failure, as an Xid would end a launch
+            raise Error(f"cuLaunchKernel failed: {self._driver.faults.pop(0)}")
         self._driver.launches.append(self.name)
         self._fn(ctypes.c_uint64(grid[0]), ctypes.c_uint64(block[0]),
                  *(ctypes.c_uint64(v) for v in values))
@@ -191,6 +193,7 @@ class FakeDriver:
         self.peak = 0  #: the most memory in use at once
         self.leaks: list[str] = []  #: pycuda's "could not be cleaned up" warnings
         self.launches: list[str] = []
+        self.faults: list[str] = []  #: messages the next launches fail with, one each
         self.Context = _Context(self)
         self._live: dict[int, FakeAllocation] = {}
         self._threads = threading.local()

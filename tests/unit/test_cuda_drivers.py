@@ -18,7 +18,12 @@ import pytest
 
 from tests.cuda import hostlib
 from tests.cuda.fakedevice import FakeDevice
+from broker import policy
+from worker.config import WorkerConfig
 from worker.cuda import backend, exceptions, plan
+from worker.exceptions import TaskFailed
+from worker.executors.base import Job
+from worker.executors.groth16 import Groth16Executor
 from worker.cuda import msm as msm_driver
 from worker.groth16 import (
     backends,
@@ -28,6 +33,7 @@ from worker.groth16 import (
     keycache,
     native,
     ntt,
+    proofjson,
     prover,
     verifier,
     wtns,
@@ -329,3 +335,30 @@ def test_a_new_key_takes_the_gpu_memory_of_the_key_it_replaces(
         sections = (loaded.a, loaded.b1, loaded.b2, loaded.c, loaded.h)
         assert all(isinstance(b, backend.CudaBases) and b.device is not None for b in sections)
         del loaded, sections  # as a finished task lets go of its key
+
+
+async def test_a_gpu_failure_fails_the_attempt_as_retryable_and_the_worker_keeps_serving(
+    lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
+) -> None:
+    # Given the groth16 executor proving on the (emulated) GPU
+    executor = Groth16Executor(WorkerConfig(task_types=("groth16",), params_dir=tmp_path, gpu=0))
+    cuda = backend.CudaBackend(device=FakeDevice(lib), self_test=False)
+    executor._cache = keycache.KeyCache(cuda)
+    files = groth16_demo(5, 1)
+    sha = keycache.install(files.zkey, tmp_path)
+
+    async def progress(phase: str, fraction: float) -> None:
+        return None
+
+    job = Job(task_id="t1", task_type="groth16", payload=files.wtns, timeout_s=60.0,
+              progress=progress, comment=policy.key_comment(sha))
+    # When a kernel launch fails (an Xid on the card)
+    cuda.device.driver.faults.append("unspecified launch failure")
+    with pytest.raises(TaskFailed, match=r"CUDA failed on GPU 0 \(host emulation\) during .*"
+                       "unspecified launch failure") as caught:
+        await executor.run(job)
+    # Then the attempt fails as retryable, and the next attempt on this worker proves
+    assert caught.value.retryable
+    vk = proofjson.read_verification_key(files.verification_key.read_text())
+    assert proofjson.verify_proof_json(vk, await executor.run(job))
+    assert cuda.device.driver.leaks == []
