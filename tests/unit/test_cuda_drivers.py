@@ -16,15 +16,15 @@ import numpy as np
 import py_arkworks_bls12381 as ark
 import pytest
 
+from broker import policy
 from tests.cuda import hostlib
 from tests.cuda.fakedevice import FakeDevice
-from broker import policy
 from worker.config import WorkerConfig
 from worker.cuda import backend, exceptions, plan
+from worker.cuda import msm as msm_driver
 from worker.exceptions import TaskFailed
 from worker.executors.base import Job
 from worker.executors.groth16 import Groth16Executor
-from worker.cuda import msm as msm_driver
 from worker.groth16 import (
     backends,
     curve,
