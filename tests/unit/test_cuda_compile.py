@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from tests.cuda.fakedriver import kernel_parameters
 from worker.cuda import sources
 
 
@@ -32,14 +33,20 @@ def nvcc() -> str:
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("name", sources.MODULES)
 def test_kernel_file_compiles(nvcc: str, tmp_path: pathlib.Path, name: str, arch: str) -> None:
+    # Compiled as pycuda.compiler does it (nvcc --cubin), warnings as errors
     source = tmp_path / name
     source.write_text(sources.load(name))
+    cubin = tmp_path / f"{name}.{arch}.cubin"
     result = subprocess.run(
-        [nvcc, *sources.NVCC_OPTIONS, f"-arch={arch}", "-Werror", "all-warnings", "-c",
-         str(source), "-o", str(tmp_path / f"{name}.{arch}.o")],
+        [nvcc, "--cubin", *sources.NVCC_OPTIONS, f"-arch={arch}", "-Werror", "all-warnings",
+         str(source), "-o", str(cubin)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    # Every kernel the drivers launch is in it under its plain name (extern "C")
+    assert cubin.read_bytes()[:4] == b"\x7fELF"
+    for kernel in kernel_parameters(name):
+        assert f".text.{kernel}\0".encode() in cubin.read_bytes(), kernel
 
 
 def test_inlined_source_keeps_no_local_include() -> None:
