@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import subprocess
+from typing import Any
 
-from broker import cli
+import pytest
+import yaml
+
+from broker import cli, logs
 from broker.flags import load_toml, resolve
 
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
@@ -45,3 +50,74 @@ def test_wheelhouse_script_refuses_to_start_without_a_cuda_toolkit(tmp_path: pat
     assert result.returncode == 1
     assert "no CUDA toolkit found" in result.stderr and "pycuda needs its headers" in result.stderr
     assert not (tmp_path / "wheels").exists()  # nothing half-built
+
+
+# --- deploy/compose.yaml -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return loaded
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in service["environment"].items()}
+
+
+def test_compose_broker_settings_are_valid_and_match_the_database_setup(
+    compose: dict[str, Any],
+) -> None:
+    broker = compose["services"]["broker"]
+    assert broker["command"][:2] == ["gpuproxy", "run"]
+    values = resolve(argparse.Namespace(), cli.RUN_FLAGS, {}, environ=_env(broker))
+    config = cli.broker_config_from(values)
+    assert config.listen == "0.0.0.0:18888" and config.resource_type == "fs"
+    # The DSN's user, password and database are the ones mariadb-setup.sql creates
+    setup = (DEPLOY / "mariadb-setup.sql").read_text()
+    dsn = re.fullmatch(r"mysql://(\w+):([^@]+)@mariadb:3306/(\w+)", config.dsn)
+    assert dsn is not None, config.dsn
+    user, password, database = dsn.groups()
+    assert f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}'" in setup
+    assert f"CREATE DATABASE IF NOT EXISTS {database} " in setup
+    assert "./mariadb-setup.sql:/docker-entrypoint-initdb.d/gpuproxy.sql:ro" in \
+        compose["services"]["mariadb"]["volumes"]
+    # Its health check is a command the CLI takes
+    check = broker["healthcheck"]["test"]
+    assert check[0] == "CMD" and check[1] == "gpuproxy"
+    cli.build_parser().parse_args(check[2:])
+
+
+@pytest.mark.parametrize(("name", "subcommand", "backend"), [
+    ("worker", "run", "cpu"), ("worker-gpu", "supervise", "cuda"),
+])
+def test_compose_workers_reach_the_broker_and_read_its_payload_folder(
+    compose: dict[str, Any], name: str, subcommand: str, backend: str,
+) -> None:
+    from worker import cli as worker_cli
+
+    services = compose["services"]
+    worker = services[name]
+    assert worker["command"] == ["gpuproxy-worker", subcommand]
+    args = worker_cli.build_parser().parse_args([subcommand])
+    flags = worker_cli.RUN_FLAGS if subcommand == "run" else worker_cli.SUPERVISE_FLAGS
+    try:
+        _, config = worker_cli.settings(args, flags, environ=_env(worker))
+    finally:
+        logs.configure("info", "console")
+    assert config.url == "broker:18888" and config.backend == backend
+    assert "groth16" in config.task_types
+    # The payload folder is the broker's own volume, mounted where the setting says
+    broker_fs = _env(services["broker"])["GPUPROXY_FS_RESOURCE_PATH"]
+    assert config.resource_type == "fs" and str(config.fs_resource_path) == broker_fs
+    assert f"payloads:{broker_fs}" in services["broker"]["volumes"]
+    assert f"payloads:{broker_fs}:ro" in worker["volumes"]
+
+
+def test_compose_builds_the_dockerfile_targets(compose: dict[str, Any]) -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for name in ("broker", "worker-gpu"):
+        build = compose["services"][name]["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile" and build["context"] == ".."
+        assert f" AS {build['target']}\n" in dockerfile
+    gpu = compose["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
