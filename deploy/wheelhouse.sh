@@ -11,9 +11,17 @@
 # uses the toolkit's stub of it, or a stub made here when the toolkit has none. The real library
 # is found on the GPU host at import time; a host without a driver gets a clear error from the
 # worker (`--backend auto` then runs on the CPU).
+#
+# With --pycuda-only it builds pycuda and the packages it imports, nothing else (./dev does, for
+# the test that runs the real pycuda on an emulated driver).
 set -euo pipefail
 
-out=${1:?usage: deploy/wheelhouse.sh OUT_DIR, with PYTHON=python3.X as on the GPU hosts}
+only_pycuda=false
+if [ "${1:-}" = "--pycuda-only" ]; then
+    only_pycuda=true
+    shift
+fi
+out=${1:?usage: deploy/wheelhouse.sh [--pycuda-only] OUT_DIR, with PYTHON=python3.X as on the GPU hosts}
 PYTHON=${PYTHON:-python3}
 PYCUDA_VERSION=${PYCUDA_VERSION:-2026.1}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,8 +46,12 @@ trap 'rm -rf "$work"' EXIT
 py="$work/venv/bin/python"
 "$py" -m pip install -q --upgrade pip setuptools wheel numpy
 
-echo "wheelhouse: gpuproxy and its dependencies" >&2
-"$py" -m pip wheel -q -w "$out" "$root" pytools platformdirs mako
+if $only_pycuda; then
+    "$py" -m pip wheel -q -w "$out" pytools platformdirs mako
+else
+    echo "wheelhouse: gpuproxy and its dependencies" >&2
+    "$py" -m pip wheel -q -w "$out" "$root" pytools platformdirs mako
+fi
 
 echo "wheelhouse: pycuda $PYCUDA_VERSION, compiled against $CUDA_ROOT" >&2
 "$py" -m pip download -q --no-deps --no-binary pycuda -d "$work" "pycuda==$PYCUDA_VERSION"

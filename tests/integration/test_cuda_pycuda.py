@@ -1,0 +1,49 @@
+"""The CUDA backend on the real pycuda, whose driver library is a host emulation
+(tests/cuda/libcuda_emu.cpp): pycuda's contexts, memory, module loading and argument packing
+exactly as on a GPU, the kernels compiled by nvcc as a worker compiles them, and run on the host.
+What it cannot show is what the GPU adds: concurrency between threads, shared memory, speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.cuda import hostlib, pycuda_emu
+
+RUNNER = pathlib.Path(pycuda_emu.__file__).with_name("pycuda_run.py")
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    site, include = pycuda_emu.site(), pycuda_emu.cuda_include()
+    if site is None or include is None:
+        why = ("pycuda is not compiled into .tools/ (./dev test does it where the CUDA "
+               "toolkit is)" if include else "no CUDA toolkit (cuda.h) found")
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    out = tmp_path_factory.mktemp("libcuda_emu")
+    hostlib.build(out)
+    lib_dir = pycuda_emu.build(out, site, include)
+    return pycuda_emu.environment(lib_dir, site, out / "libgp_host_arith.so", out)
+
+
+@pytest.mark.timeout(600)
+def test_the_cuda_backend_runs_on_the_real_pycuda(emulated: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, str(RUNNER)], env=emulated, capture_output=True,
+                            text=True, timeout=540, cwd=pycuda_emu.ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # The backend opened as a worker with --backend cuda opens it: self-test passed
+    assert report["message"] == "Groth16 backend: cuda (forced by --backend cuda)"
+    assert report["backend"] == "cuda:GPU 0 (Host emulation)"
+    # Every MSM, NTT and proof check equals the CPU backend
+    assert report["checks"] == 35 and report["failed"] == []
+    # A launch whose arguments do not fit its kernel is refused, as a GPU refuses it
+    assert report["bad_launch"].startswith("DeviceFailed: CUDA failed on GPU 0 (Host emulation)")
+    assert "invalid argument" in report["bad_launch"]
