@@ -2,9 +2,9 @@
 
 `./dev test` compiles pycuda once into .tools/pycuda-pyXY (deploy/wheelhouse.sh --pycuda-only).
 `build` makes a libcuda.so.1 of the emulation and, for every other driver entry point pycuda
-links, a stub answering CUDA_ERROR_NOT_SUPPORTED; `environment` is what a child process needs to
-load it: pycuda on PYTHONPATH, the library on LD_LIBRARY_PATH, the emulated kernels and their
-parameter lists.
+links, a stub answering CUDA_ERROR_NOT_SUPPORTED; `environment` is what a child process needs
+besides its usual environment to load it: pycuda on PYTHONPATH, the library on LD_LIBRARY_PATH,
+the emulated kernels and their parameter lists.
 """
 
 from __future__ import annotations
@@ -15,12 +15,31 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
+from tests.cuda import hostlib
 from tests.cuda.fakedriver import kernel_parameters
 from worker.cuda import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SOURCE = pathlib.Path(__file__).with_name("libcuda_emu.cpp")
 NOT_SUPPORTED = 801  # CUDA_ERROR_NOT_SUPPORTED
+
+
+def prepare(out_dir: pathlib.Path) -> dict[str, str]:
+    """The variables that make a child process's pycuda drive the emulation (built into
+    out_dir); skips when pycuda or the CUDA toolkit is missing, except under CI=true."""
+    pycuda_site, include = site(), cuda_include()
+    if pycuda_site is None or include is None:
+        why = ("pycuda is not compiled into .tools/ (./dev test does it where the CUDA "
+               "toolkit is)" if include else "no CUDA toolkit (cuda.h) found")
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hostlib.build(out_dir)
+    lib_dir = build(out_dir, pycuda_site, include)
+    return environment(lib_dir, pycuda_site, out_dir / "libgp_host_arith.so", out_dir)
 
 
 def site() -> pathlib.Path | None:
@@ -63,7 +82,7 @@ def environment(lib_dir: pathlib.Path, pycuda_site: pathlib.Path, kernels: pathl
     lines = [f"{name} {''.join('P' if p else 'I' for p in kinds) or '-'}"
              for module in sources.MODULES for name, kinds in kernel_parameters(module).items()]
     signatures.write_text("\n".join(lines) + "\n")
-    return {**os.environ, "LD_LIBRARY_PATH": str(lib_dir),
+    return {"LD_LIBRARY_PATH": str(lib_dir),
             "PYTHONPATH": os.pathsep.join([str(pycuda_site), str(ROOT)]),
             "GPUPROXY_EMU_KERNELS": str(kernels), "GPUPROXY_EMU_SIGNATURES": str(signatures)}
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from broker.client import BrokerClient
+from tests.cuda import pycuda_emu
 from tests.e2e.conftest import BrokerFactory, WorkerFactory
 from worker import groth16
 
@@ -76,3 +77,30 @@ async def test_submit_with_zkey_and_wtns_writes_snarkjs_files(
     missing_key = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "groth16",
                            "--wtns", str(files.wtns))
     assert missing_key.returncode == 1 and "--zkey" in missing_key.stderr
+
+
+async def test_a_worker_on_the_cuda_backend_proves_with_the_real_pycuda(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given a worker forced onto CUDA, whose pycuda drives the host emulation of the driver
+    env = pycuda_emu.prepare(tmp_path / "emulation")
+    env["XDG_CACHE_HOME"] = str(pathlib.Path.home() / ".cache")  # kernels compiled once
+    broker = broker_factory(sqlite_dsn, "fs", extra=["--lease-s", "3"])
+    worker = worker_factory(broker.url, gpu=0, env=env, extra=[
+        "--allow-type", "groth16", "--backend", "cuda", "--params-dir", str(tmp_path / "p")])
+    worker.wait_for("registered", timeout_s=120)  # a first start compiles the kernels
+    files = groth16.write_demo(tmp_path / "circuit", 5, n_public=1, seed=3)
+    # When a groth16 task is submitted, the proof comes back and verifies
+    out = tmp_path / "proof.json"
+    done = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "groth16",
+                    "--zkey", str(files.zkey), "--wtns", str(files.wtns), "--wait",
+                    "-o", str(out), timeout_s=120)
+    assert done.returncode == 0, done.stderr + worker.logs()
+    vk = groth16.read_verification_key(files.verification_key.read_bytes())
+    public = json.loads((tmp_path / "public.json").read_text())
+    assert groth16.verify_proof_json(vk, out.read_bytes(), public)
+    # And it was made on the CUDA backend, after its start-up self-test
+    logs = worker.logs()
+    assert "Groth16 backend: cuda (forced by --backend cuda)" in logs
+    assert "CUDA backend ready" in logs and "GPU 0 (Host emulation)" in logs

@@ -13,29 +13,20 @@ import sys
 
 import pytest
 
-from tests.cuda import hostlib, pycuda_emu
+from tests.cuda import pycuda_emu
 
 RUNNER = pathlib.Path(pycuda_emu.__file__).with_name("pycuda_run.py")
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    site, include = pycuda_emu.site(), pycuda_emu.cuda_include()
-    if site is None or include is None:
-        why = ("pycuda is not compiled into .tools/ (./dev test does it where the CUDA "
-               "toolkit is)" if include else "no CUDA toolkit (cuda.h) found")
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    out = tmp_path_factory.mktemp("libcuda_emu")
-    hostlib.build(out)
-    lib_dir = pycuda_emu.build(out, site, include)
-    return pycuda_emu.environment(lib_dir, site, out / "libgp_host_arith.so", out)
+    return pycuda_emu.prepare(tmp_path_factory.mktemp("libcuda_emu"))
 
 
 @pytest.mark.timeout(600)
 def test_the_cuda_backend_runs_on_the_real_pycuda(emulated: dict[str, str]) -> None:
-    result = subprocess.run([sys.executable, str(RUNNER)], env=emulated, capture_output=True,
+    result = subprocess.run([sys.executable, str(RUNNER)], env={**os.environ, **emulated},
+                            capture_output=True,
                             text=True, timeout=540, cwd=pycuda_emu.ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

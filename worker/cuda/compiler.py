@@ -12,8 +12,9 @@ import pathlib
 import tempfile
 
 from worker.cuda import exceptions, sources
+from worker.groth16 import native
 
-DEFAULT_CACHE_DIR = pathlib.Path.home() / ".cache" / "gpuproxy" / "cuda"
+DEFAULT_CACHE_DIR = native.cache_dir() / "cuda"  #: $XDG_CACHE_HOME/gpuproxy/cuda
 
 
 def arch_of(compute_capability: tuple[int, int]) -> str:
