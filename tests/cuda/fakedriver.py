@@ -129,6 +129,7 @@ class FakeGpu:
 
     def make_context(self) -> FakeContext:
         context = FakeContext(self._driver)
+        self._driver.contexts.append(context)
         context.push()
         return context
 
@@ -194,6 +195,7 @@ class FakeDriver:
         self.leaks: list[str] = []  #: pycuda's "could not be cleaned up" warnings
         self.launches: list[str] = []
         self.faults: list[str] = []  #: messages the next launches fail with, one each
+        self.contexts: list[FakeContext] = []  #: every context made
         self.Context = _Context(self)
         self._live: dict[int, FakeAllocation] = {}
         self._threads = threading.local()

@@ -19,6 +19,7 @@ import pytest
 from broker import policy
 from tests.cuda import hostlib
 from tests.cuda.fakedevice import FakeDevice
+from tests.cuda.fakedriver import FakeModule
 from worker.config import WorkerConfig
 from worker.cuda import backend, exceptions, plan
 from worker.cuda import msm as msm_driver
@@ -284,9 +285,26 @@ def test_start_up_self_test_passes_on_good_kernels(lib: ctypes.CDLL) -> None:
     assert {"msm_sum_entries_g1", "msm_sum_entries_g2", "ntt_pass"} <= set(dev.launches)
 
 
+def test_a_gpu_whose_kernels_do_not_compile_is_given_back(lib: ctypes.CDLL) -> None:
+    drivers = []
+
+    class Uncompilable(FakeDevice):
+        def _load_module(self, name: str) -> FakeModule:
+            drivers.append(self.driver)
+            raise exceptions.CompileFailed(module=name, arch=self.arch, detail="nvcc: not found")
+
+    with pytest.raises(exceptions.CompileFailed, match=r"msm\.cu for sm_90 failed: nvcc: not"):
+        Uncompilable(lib)
+    assert [c.valid for c in drivers[0].contexts] == [False] and drivers[0].stack() == []
+
+
 def test_start_up_self_test_refuses_a_faulty_card(lib: ctypes.CDLL) -> None:
+    dev = CorruptDevice(lib)
     with pytest.raises(exceptions.SelfTestFailed, match=r"host emulation.*msm_g1 of 64 points"):
-        backend.CudaBackend(device=CorruptDevice(lib), self_test=True)
+        backend.CudaBackend(device=dev, self_test=True)
+    # The card is given back (the worker goes on on the CPU): no context, no memory held
+    assert not dev._context.valid and dev.driver.used == 0
+    dev.close()  # closing again is harmless
 
 
 def test_proofs_on_the_emulated_gpu_verify_and_an_evicted_key_frees_its_memory(

@@ -47,7 +47,11 @@ class CudaBackend(base.Backend):
         self.name = f"cuda:{self.device.name}"
         self._tables: dict[int, ntt_driver.Tables] = {}
         if self_test:
-            selftest.check(self)
+            try:
+                selftest.check(self)
+            except BaseException:
+                self.close()  # the worker may go on on the CPU: give the GPU back
+                raise
         log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch)
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:

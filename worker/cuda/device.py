@@ -61,8 +61,13 @@ class Device:
             self._context.pop()
         except cuda.Error as exc:
             raise exceptions.CudaUnavailable(detail=f"{self.name}: {exc}") from exc
-        with self.active("loading kernels"):
-            self._modules = [self._load_module(name) for name in sources.MODULES]
+        self._closed = False
+        try:
+            with self.active("loading kernels"):
+                self._modules = [self._load_module(name) for name in sources.MODULES]
+        except BaseException:
+            self.close()  # a worker falling back to the CPU keeps no GPU context
+            raise
 
     def _load_module(self, name: str) -> Any:
         return self._cuda.module_from_buffer(compiler.cubin(name, self.arch, self._cache_dir))
@@ -93,8 +98,11 @@ class Device:
                     self._cuda.Context.pop()
 
     def close(self) -> None:
-        """Free every allocation still kept and release the context (from any thread)."""
+        """Free every allocation still kept and release the context (from any thread); once."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._context.push()
             try:
                 self._free(self._take_discarded(), "closing")
