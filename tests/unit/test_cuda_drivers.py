@@ -379,4 +379,9 @@ async def test_a_gpu_failure_fails_the_attempt_as_retryable_and_the_worker_keeps
     assert caught.value.retryable
     vk = proofjson.read_verification_key(files.verification_key.read_text())
     assert proofjson.verify_proof_json(vk, await executor.run(job))
-    assert cuda.device.driver.leaks == []
+    assert executor.resident_keys() == [sha]
+    # And when the worker stops, the GPU is given back whole
+    await executor.close()
+    driver = cuda.device.driver
+    assert driver.used == 0 and driver.leaks == [] and not any(c.valid for c in driver.contexts)
+    assert executor.resident_keys() == []

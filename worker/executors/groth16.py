@@ -75,6 +75,13 @@ class Groth16Executor(Executor):
             stop.set()  # the thread stops at the next step of the proof
             raise
 
+    async def close(self) -> None:
+        """Let the keys go and close the backend (on a GPU: its memory and context)."""
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.clear()
+            await asyncio.to_thread(cache.backend.close)
+
     def resident_keys(self) -> list[str]:
         return self._cache.keys() if self._cache is not None else []
 

@@ -71,6 +71,11 @@ class KeyCache:
             self._keys[sha256] = loaded
             return loaded
 
+    def clear(self) -> None:
+        """Let every key go (a task still proving keeps its own until it ends)."""
+        with self._lock:
+            self._keys.clear()
+
     def keys(self) -> list[str]:
         """sha256 of the loaded keys, least recently used first."""
         with self._lock:
