@@ -8,10 +8,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from worker.cuda import select
+from worker.cuda.acceptance import cell, ratio
 from worker.cuda.backend import CudaBackend
 from worker.groth16 import backends
 
 T = TypeVar("T")
+__all__ = ["cell", "open_backends", "ratio", "timed"]
 
 
 def open_backends() -> tuple[CudaBackend | None, backends.Backend, str]:
@@ -31,11 +33,3 @@ def timed(fn: Callable[[], T], runs: int) -> tuple[float, T]:
         times.append(time.perf_counter() - start)
     assert result is not None
     return statistics.median(times), result
-
-
-def cell(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.4f}"
-
-
-def ratio(cpu_s: float | None, cuda_s: float | None) -> str:
-    return "-" if cpu_s is None or cuda_s is None else f"{cpu_s / cuda_s:.1f}x"

@@ -19,12 +19,9 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import py_arkworks_bls12381 as ark
 
 from bench.gpu import cell, open_backends, ratio, timed
-from worker.groth16 import curve, field
-
-DISTINCT = 1024
+from worker.cuda.acceptance import random_points, random_scalars
 
 #: Published BLS12-381 G1 MSM times to set ours beside (log2 size -> seconds, where), read at the
 #: source: ingonyama-zk/icicle, docs/versioned_docs/version-1.10.1/icicle/rust-bindings/
@@ -32,22 +29,6 @@ DISTINCT = 1024
 #: without precomputed bases: 25.5 ms. No H100 or A100 figure for BLS12-381 is published there.
 ANCHORS = {20: (0.0255, "ICICLE 1.10.1, RTX 3090 Ti, no precomputed bases")}
 GOAL = 2.0  #: ours within this factor of the anchor
-
-
-def points(group: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    gen, to_lem, lem = ((ark.G1Point(), curve.from_ark_g1, curve.g1_to_lem) if group == "g1"
-                        else (ark.G2Point(), curve.from_ark_g2, curve.g2_to_lem))
-    limbs = 12 if group == "g1" else 24
-    base = [lem(to_lem(gen * ark.Scalar(int(k))))  # type: ignore[operator]
-            for k in rng.integers(1, 2**62, size=min(n, DISTINCT))]
-    distinct = np.frombuffer(b"".join(base), dtype=np.uint64).reshape(-1, limbs)
-    return np.resize(distinct, (n, limbs))
-
-
-def scalars(n: int, rng: np.random.Generator) -> field.FrVector:
-    v = rng.integers(0, 2**64, size=(n, 4), dtype=np.uint64)
-    v[:, 3] &= np.uint64(0x3FFFFFFFFFFFFFFF)
-    return v
 
 
 def main() -> None:
@@ -66,7 +47,7 @@ def main() -> None:
         for k in (int(x) for x in args.sizes.split(",")):
             if cuda is None and k > cpu_max:
                 continue
-            pts, sc = points(group, 1 << k, rng), scalars(1 << k, rng)
+            pts, sc = random_points(group, 1 << k, rng), random_scalars(1 << k, rng)
             results, seconds = [], {}
             for name, backend in (("cuda", cuda), ("cpu", cpu if k <= cpu_max else None)):
                 if backend is None:

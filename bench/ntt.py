@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.gpu import cell, open_backends, ratio, timed
-from bench.msm import scalars
+from worker.cuda.acceptance import random_scalars
 from worker.groth16 import ntt
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     for k in (int(x) for x in args.sizes.split(",")):
         if cuda is None and k > cpu_max:
             continue
-        domain, values = ntt.Domain(k), scalars(1 << k, rng)
+        domain, values = ntt.Domain(k), random_scalars(1 << k, rng)
         results, seconds = [], {}
         for name, backend in (("cuda", cuda), ("cpu", cpu if k <= cpu_max else None)):
             if backend is None:

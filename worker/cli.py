@@ -212,6 +212,33 @@ async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return await Supervisor(indices, without_gpus_flag(argv)).run()
 
 
+async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """The acceptance check of this host's GPU: 0 all passed, 1 a check failed, 2 no CUDA."""
+    from worker.cuda import acceptance, select
+    from worker.cuda import exceptions as cuda_exceptions
+    from worker.groth16 import backends
+
+    logs.configure(args.log_level, "console")
+    if args.gpu is not None:
+        os.environ.update(gpus.cuda_env(args.gpu))
+    try:
+        cuda, message = await asyncio.to_thread(select.open_backend, "cuda")
+    except cuda_exceptions.CudaUnavailable as exc:
+        print(f"gpuproxy-worker check-gpu: {exc}", file=sys.stderr)
+        return 2
+    except cuda_exceptions.CudaError as exc:  # the kernels do not compile, or the self-test
+        print(f"gpuproxy-worker check-gpu: FAIL: {exc}", file=sys.stderr)
+        return 1
+    print(f"{message}; {cuda.name}", flush=True)
+    try:
+        outcomes = await asyncio.to_thread(
+            acceptance.run, cuda, backends.create("cpu"), args.msm_sizes, args.ntt_max,
+            args.prove_sizes, lambda line: print(line, flush=True))
+    finally:
+        await asyncio.to_thread(cuda.close)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def _gpu_index(value: str) -> int:
     if not value.isdigit():
         raise exceptions.ConfigError(field="gpus", detail=f"{value!r} is not a GPU index")
@@ -249,7 +276,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_worker_flags(supervise, SUPERVISE_FLAGS)
     supervise.set_defaults(func=cmd_supervise)
+    _add_check_gpu(sub)
     return parser
+
+
+def _add_check_gpu(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from worker.cuda import acceptance
+
+    check = sub.add_parser(
+        "check-gpu", allow_abbrev=False,
+        help="check this host's GPU before it joins the pool: the CUDA backend against the CPU "
+        "backend, MSMs, NTTs and proofs (exit 0 all passed, 1 a check failed, 2 no usable CUDA)",
+    )
+    check.add_argument("--gpu", type=int, help="GPU index as nvidia-smi numbers it")
+    check.add_argument("--msm-sizes", type=acceptance.sizes, default="1,2,3,1000,16,20",
+                       help="MSM sizes: counts, or log2 sizes from 4 to 24 [1,2,3,1000,16,20]")
+    check.add_argument("--ntt-max", type=int, default=20,
+                       help="largest NTT domain checked, log2 [20]")
+    check.add_argument("--prove-sizes", type=acceptance.log_sizes, default="10,16",
+                       help="demo circuits proved on both backends, log2 constraints [10,16]")
+    check.add_argument("--log-level", default="warning", choices=logs.LEVELS)
+    check.set_defaults(func=cmd_check_gpu)
 
 
 def _add_worker_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:

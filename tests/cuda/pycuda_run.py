@@ -9,8 +9,7 @@ import json
 
 import pycuda  # type: ignore[import-not-found]
 
-from bench import gpu_check
-from worker.cuda import select
+from worker.cuda import acceptance, select
 from worker.cuda.backend import CudaBackend
 from worker.groth16 import backends
 
@@ -20,7 +19,7 @@ def main() -> None:
     assert isinstance(backend, CudaBackend)
     report: dict[str, object] = {"message": message, "backend": backend.name,
                                  "pycuda": pycuda.VERSION_TEXT}
-    outcomes = gpu_check.run(backend, backends.create("cpu", threads=1), [1, 2, 3, 100],
+    outcomes = acceptance.run(backend, backends.create("cpu", threads=1), [1, 2, 3, 100],
                              ntt_max=4, prove_sizes=[5], out=lambda line: None, edge_points=20)
     report["checks"] = len(outcomes)
     report["failed"] = [o.line() for o in outcomes if not o.ok]

@@ -38,3 +38,27 @@ def test_the_cuda_backend_runs_on_the_real_pycuda(emulated: dict[str, str]) -> N
     # A launch whose arguments do not fit its kernel is refused, as a GPU refuses it
     assert report["bad_launch"].startswith("DeviceFailed: CUDA failed on GPU 0 (Host emulation)")
     assert "invalid argument" in report["bad_launch"]
+
+
+@pytest.mark.timeout(600)
+def test_check_gpu_passes_on_the_emulated_card(emulated: dict[str, str]) -> None:
+    result = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "gpuproxy-worker"), "check-gpu", "--gpu", "0",
+         "--msm-sizes", "1,2,40", "--ntt-max", "3", "--prove-sizes", "4"],
+        env={**os.environ, **emulated}, capture_output=True, text=True, timeout=540,
+        stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Groth16 backend: cuda (forced by --backend cuda); cuda:GPU 0")
+    assert any(line.startswith("  ok  proof 2^4 constraints") for line in lines)
+    assert lines[-1] == "29 of 29 checks passed"
+
+
+def test_check_gpu_without_pycuda_says_what_to_install() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "gpuproxy-worker"), "check-gpu"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "pip install 'gpuproxy[gpu]'" in result.stderr
+    assert result.stdout == ""

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py, the GPU acceptance check, run on the host emulation of the kernels: it
+"""worker/cuda/acceptance.py, the GPU acceptance check, on the host emulation of the kernels: it
 passes on good kernels and names what fails on a faulty card."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ import ctypes
 import numpy as np
 import pytest
 
-from bench import gpu_check
 from tests.cuda import hostlib
 from tests.cuda.fakedevice import FakeDevice
-from worker.cuda import backend
+from worker.cuda import acceptance, backend
 from worker.groth16 import backends
 
 
@@ -28,7 +27,7 @@ def cpu() -> backends.Backend:
 def test_every_check_passes_on_good_kernels(lib: ctypes.CDLL, cpu: backends.Backend) -> None:
     cuda = backend.CudaBackend(device=FakeDevice(lib), self_test=False)
     lines: list[str] = []
-    outcomes = gpu_check.run(cuda, cpu, [1, 2, 3, 40], ntt_max=3, prove_sizes=[4],
+    outcomes = acceptance.run(cuda, cpu, [1, 2, 3, 40], ntt_max=3, prove_sizes=[4],
                              out=lines.append, edge_points=30)
     names = [o.name for o in outcomes]
     assert all(o.ok for o in outcomes), [o.line() for o in outcomes if not o.ok]
@@ -53,7 +52,7 @@ class FlakyDevice(FakeDevice):
 def test_a_faulty_card_fails_the_check_by_name(lib: ctypes.CDLL, cpu: backends.Backend) -> None:
     cuda = backend.CudaBackend(device=FlakyDevice(lib), self_test=False)
     lines: list[str] = []
-    outcomes = gpu_check.run(cuda, cpu, [2], ntt_max=2, prove_sizes=[4], out=lines.append,
+    outcomes = acceptance.run(cuda, cpu, [2], ntt_max=2, prove_sizes=[4], out=lines.append,
                              edge_points=8)
     failed = {o.name for o in outcomes if not o.ok}
     assert "ntt to_coset 2^2" in failed and "proof 2^4 constraints" in failed
@@ -62,4 +61,10 @@ def test_a_faulty_card_fails_the_check_by_name(lib: ctypes.CDLL, cpu: backends.B
 
 
 def test_sizes_are_counts_or_log2_sizes() -> None:
-    assert gpu_check.sizes_of("1,2,3,1000,16,20") == [1, 2, 3, 1000, 1 << 16, 1 << 20]
+    assert acceptance.sizes("1,2,3,1000,16,20") == [1, 2, 3, 1000, 1 << 16, 1 << 20]
+    assert acceptance.log_sizes("10,16") == [10, 16] and acceptance.log_sizes("") == []
+    for bad in ("0", "1,x"):
+        with pytest.raises(ValueError):
+            acceptance.sizes(bad)
+    with pytest.raises(ValueError, match="from 2 to 24"):
+        acceptance.log_sizes("30")

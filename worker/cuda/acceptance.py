@@ -1,58 +1,77 @@
-"""The GPU acceptance check: the CUDA backend gives exactly what the CPU backend gives, and the
-proofs it makes verify. Run it on a GPU host after installing gpuproxy[gpu], and again after a
-driver, card or kernel change.
+"""The GPU acceptance check (`gpuproxy-worker check-gpu`): the CUDA backend gives exactly what
+the CPU backend gives, and the proofs it makes verify. Run on a GPU host before it joins the
+pool, and after a driver, card or kernel change.
 
-    python bench/gpu_check.py                       # the full check (a few minutes)
-    python bench/gpu_check.py --prove-sizes 16,20   # plus proofs of 2^16 and 2^20 constraints
-    python bench/gpu_check.py --msm-sizes 1,2,3,1000 --ntt-max 12 --prove-sizes 10   # quick
-
-Checks, each printed with ok or FAIL and the seconds of both backends:
-- MSM over G1 and G2 for each --msm-sizes (log2 sizes from 4 up, or a plain count below 16 as
-  in 1,2,3,1000) with random scalars; and at 1000 points: zero scalars, one point repeated,
-  scalars 1 and R-1 only, half zeros, points at infinity.
-- NTT: intt, coset_ntt, to_coset and the fused quotient A*B - C, domains 2^1 .. 2^--ntt-max.
-- A Groth16 proof of each --prove-sizes demo circuit (INSECURE dev key) on the GPU, verified,
-  with the prove times of both backends and their ratio (CPU / CUDA).
-
-Exit status: 0 when every check passes, 1 when one fails, 2 when CUDA cannot be used here.
+Checks, each one line with ok or FAIL and the seconds of both backends:
+- MSM over G1 and G2 for each size, random scalars; then, at `edge_points` points: zero scalars,
+  one point repeated (its buckets collide), scalars 1 and R-1 only, half zeros, points at
+  infinity.
+- NTT: intt, coset_ntt, to_coset and the fused quotient A*B - C, domains 2^1 .. 2^ntt_max.
+- A Groth16 proof of a demo circuit (INSECURE dev key) per prove size, on both backends,
+  verified, with their prove times and ratio (CPU / CUDA).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
 import numpy as np
+import py_arkworks_bls12381 as ark
 
-from bench.gpu import cell, open_backends, ratio
-from bench.msm import points as random_points
-from bench.msm import scalars as random_scalars
-from worker.groth16 import backends, devsetup, field, ntt, prover, verifier, wtns, zkey
+from worker.groth16 import backends, curve, devsetup, field, ntt, prover, verifier, wtns, zkey
 
 EDGE_POINTS = 1000
+DISTINCT_POINTS = 1024  #: random points made per call; larger sets repeat them
+
+
+def random_points(group: str, n: int, rng: np.random.Generator) -> zkey.Points:
+    """n points of the group as a key stores them: up to 1024 distinct random points, repeated
+    (an MSM's cost does not depend on its points being distinct)."""
+    ks = [ark.Scalar(int(k)) for k in rng.integers(1, 2**62, size=min(n, DISTINCT_POINTS))]
+    if group == "g1":
+        limbs, base = 12, [curve.g1_to_lem(curve.from_ark_g1(ark.G1Point() * k)) for k in ks]
+    else:
+        limbs, base = 24, [curve.g2_to_lem(curve.from_ark_g2(ark.G2Point() * k)) for k in ks]
+    distinct = np.frombuffer(b"".join(base), dtype=np.uint64).reshape(-1, limbs)
+    return np.resize(distinct, (n, limbs))
+
+
+def random_scalars(n: int, rng: np.random.Generator) -> field.FrVector:
+    """n random scalars below 2^254 (so below R), as an FrVector."""
+    v = rng.integers(0, 2**64, size=(n, 4), dtype=np.uint64)
+    v[:, 3] &= np.uint64(0x3FFFFFFFFFFFFFFF)
+    return v
+
+
+def cell(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.4f}"
+
+
+def ratio(cpu_s: float | None, cuda_s: float | None) -> str:
+    return "-" if cpu_s is None or cuda_s is None else f"{cpu_s / cuda_s:.1f}x"
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     name: str
     ok: bool
-    cuda_s: float
-    cpu_s: float
+    cuda_s: float | None
+    cpu_s: float | None
     note: str = ""
 
     def line(self) -> str:
         verdict = "ok" if self.ok else "FAIL"
         return (f"{verdict:>4}  {self.name:<34} {cell(self.cuda_s):>9} {cell(self.cpu_s):>9} "
-                f"{ratio(self.cpu_s, self.cuda_s):>9}  {self.note}")
+                f"{ratio(self.cpu_s, self.cuda_s):>9}  {self.note}").rstrip()
+
+
+HEADER = f"{'':>4}  {'check':<34} {'cuda s':>9} {'cpu s':>9} {'cpu/cuda':>9}"
 
 
 def compare(name: str, cuda_fn: Callable[[], Any], cpu_fn: Callable[[], Any]) -> Outcome:
@@ -62,7 +81,7 @@ def compare(name: str, cuda_fn: Callable[[], Any], cpu_fn: Callable[[], Any]) ->
     try:
         got = cuda_fn()
     except Exception as exc:
-        return Outcome(name, False, time.perf_counter() - start, float("nan"),
+        return Outcome(name, False, time.perf_counter() - start, None,
                        f"{type(exc).__name__}: {exc}")
     cuda_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -73,7 +92,7 @@ def compare(name: str, cuda_fn: Callable[[], Any], cpu_fn: Callable[[], Any]) ->
 
 
 def msm_cases(sizes: list[int], rng: np.random.Generator, n: int = EDGE_POINTS
-              ) -> Iterator[tuple[str, str, np.ndarray, field.FrVector]]:
+              ) -> Iterator[tuple[str, str, zkey.Points, field.FrVector]]:
     """(name, group, points, scalars) for every size and group, then the edge cases at n."""
     for size in sizes:
         for group in ("g1", "g2"):
@@ -157,10 +176,10 @@ def check_proof(cuda: backends.Backend, cpu: backends.Backend, log_size: int,
 def run(cuda: backends.Backend, cpu: backends.Backend, msm_sizes: list[int], ntt_max: int,
         prove_sizes: list[int], out: Callable[[str], None] = print,
         edge_points: int = EDGE_POINTS) -> list[Outcome]:
-    """Every check, each printed as it ends; the outcomes."""
+    """Every check, each written with `out` as it ends, then a summary line; the outcomes."""
     rng = np.random.default_rng(2024)
     outcomes: list[Outcome] = []
-    out(f"{'':>4}  {'check':<34} {'cuda s':>9} {'cpu s':>9} {'cpu/cuda':>9}")
+    out(HEADER)
 
     def record(outcome: Outcome) -> None:
         outcomes.append(outcome)
@@ -179,32 +198,19 @@ def run(cuda: backends.Backend, cpu: backends.Backend, msm_sizes: list[int], ntt
     return outcomes
 
 
-def sizes_of(text: str) -> list[int]:
-    """'1,2,3,1000,16,20' -> [1, 2, 3, 1000, 65536, 1048576]: below 4 and from 25 up a count,
-    otherwise a log2 size."""
-    out = []
-    for part in text.split(","):
-        v = int(part)
-        out.append(1 << v if 4 <= v <= 24 else v)
-    return out
+def sizes(text: str) -> list[int]:
+    """MSM sizes: '1,2,3,1000,16,20' -> [1, 2, 3, 1000, 65536, 1048576]: from 4 to 24 a log2
+    size, otherwise a count."""
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if any(v < 1 for v in values):
+        raise ValueError(f"sizes must be positive: {text!r}")
+    return [1 << v if 4 <= v <= 24 else v for v in values]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--msm-sizes", default="1,2,3,1000,16,20",
-                        help="counts below 4 or from 25 up; log2 sizes 4 .. 24 otherwise")
-    parser.add_argument("--ntt-max", type=int, default=20, help="largest NTT domain, log2")
-    parser.add_argument("--prove-sizes", default="10,16", help="demo circuits, log2 constraints")
-    args = parser.parse_args()
-    cuda, cpu, gpu_line = open_backends()
-    print(gpu_line, flush=True)
-    if cuda is None:
-        raise SystemExit(2)
-    prove_sizes = [int(x) for x in args.prove_sizes.split(",") if x]
-    outcomes = run(cuda, cpu, sizes_of(args.msm_sizes), args.ntt_max, prove_sizes,
-                   out=lambda line: print(line, flush=True))
-    raise SystemExit(0 if all(o.ok for o in outcomes) else 1)
+def log_sizes(text: str) -> list[int]:
+    """Demo circuit sizes, log2 of the constraints: '10,16' -> [10, 16]; '' -> none."""
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if any(not 2 <= v <= 24 for v in values):
+        raise ValueError(f"log2 sizes go from 2 to 24: {text!r}")
+    return values
 
-
-if __name__ == "__main__":
-    main()
