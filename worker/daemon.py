@@ -56,6 +56,8 @@ RELEASE_WAIT_S = 5.0
 RECONNECT_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 #: After the grace period, a task already sending its result gets this much longer.
 REPORT_WAIT_S = 10.0
+#: On the way out, how long the broker may take to read what we wrote and end the Work stream.
+HANG_UP_WAIT_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,12 +172,15 @@ class Worker:
         self.connected = asyncio.Event()
         self.draining = asyncio.Event()
         self.stop_now = asyncio.Event()
+        self.session_ended = asyncio.Event()  #: the Work stream is over (see _hang_up)
+        self.hanging_up = False
         self.release_acks: dict[str, asyncio.Event] = {}  #: ReleaseTask sent, answer awaited
         self.releasing = False
         self.heartbeat_s = 10.0
         self.outage = Outage()
         self.backoff = RECONNECT_BACKOFF
         self.registered_once = False
+        self.lost: exceptions.DeviceLost | None = None  #: the GPU failed for good: stop, exit 1
 
     # -- the monitor ----------------------------------------------------------------------------
 
@@ -198,14 +203,29 @@ class Worker:
             self._post_capacity()  # nothing new while the stream closes
             if self.tasks:
                 await self._release_all("the worker stopped")
+            await self._hang_up()
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _hang_up(self) -> None:
+        """End the Work stream from this side and wait for the broker to end it, so that every
+        message written reaches the broker before the connection loop is cancelled."""
+        self.hanging_up = True
+        stream = self.stream
+        if stream is None:
+            return
+        await stream.finish_writing(HANG_UP_WAIT_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HANG_UP_WAIT_S):
+                await self.session_ended.wait()
 
     def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
         return asyncio.create_task(fn(), name=name)
 
     def _verdict(self, finished: set[asyncio.Task[None]]) -> int:
+        if self.lost is not None:
+            raise self.lost  # the CLI prints it and exits 1: the service manager restarts us
         for task in finished:
             exc = None if task.cancelled() else task.exception()
             if isinstance(exc, exceptions.WorkerError):
@@ -236,6 +256,8 @@ class Worker:
                 await self._session()
             except exceptions.BrokerUnavailable as exc:
                 error = str(exc)
+            if self.hanging_up:  # the worker ended the stream itself: it is stopping
+                return
             if self.outage.failed(time.monotonic()):
                 log.warning("broker unreachable; reconnecting in the background", error=error,
                             tasks=list(self.tasks))
@@ -251,6 +273,7 @@ class Worker:
 
     async def _session(self) -> None:
         stream = self.remote.open_stream()
+        self.session_ended.clear()
         try:
             registered = await stream.register(self._register_message(), REGISTER_TIMEOUT_S)
             self._on_registered(registered)
@@ -266,6 +289,7 @@ class Worker:
             self.connected.clear()
             self.stream = None
             await stream.close()
+            self.session_ended.set()
 
     def _register_message(self) -> workers_pb2.Register:
         me = self.identity
@@ -434,6 +458,13 @@ class Worker:
         try:
             outcome = await self._outcome(running)
             running.phase = "reporting"
+            if isinstance(outcome, exceptions.DeviceLost) and self.lost is None:
+                bound.error("the GPU context is lost; the worker stops so that it starts again "
+                            "with a fresh one", error=str(outcome))
+                self.lost = outcome
+                self.draining.set()
+                # Before the failure: the broker must not give the task straight back to us.
+                self._post_capacity()
             await self._report(running, outcome)
         except exceptions.TaskLost as exc:
             bound.warning("task dropped", reason=str(exc))

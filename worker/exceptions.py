@@ -63,6 +63,11 @@ class TaskFailed(WorkerError):
     retryable: bool = True
 
 
+class DeviceLost(TaskFailed):
+    """{detail} This worker stops, to be started again with a fresh GPU context (systemd and
+    `gpuproxy-worker supervise` restart it); the task runs again."""
+
+
 class MalformedPayload(TaskFailed):
     """Malformed {task_type} payload: {detail}. Retrying will not help: fix what submitted it."""
 

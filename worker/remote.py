@@ -114,6 +114,7 @@ class Stream:
         ] = asyncio.Queue()
         self._broken: exceptions.WorkerError | None = None
         self._closing = False
+        self._half_closed = False
         self._writer = asyncio.create_task(self._write_all(), name="stream writer")
 
     async def register(
@@ -172,15 +173,27 @@ class Stream:
             self._outbox.put_nowait((message, done))
         return done
 
-    async def close(self, timeout_s: float = 2.0) -> None:
-        """End the stream cleanly: what is queued goes out, then a half-close, then we wait for
-        the broker to end it (so that a last ReleaseTask is read, not cut off), then cancel."""
-        self._closing = True
-        self._outbox.put_nowait(None)
+    async def finish_writing(self, timeout_s: float = 2.0) -> None:
+        """Send what is queued, then half-close: the broker reads it all and ends the stream,
+        which `receive` then returns as its end. The way to hang up while a task reads: a task
+        cancelled in the middle of a read cancels the whole call, and what was written but not
+        yet sent is lost (a failure report just before the worker exits, say)."""
+        if not self._closing:
+            self._closing = True
+            self._outbox.put_nowait(None)
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(self._writer)
-                await self.call.done_writing()
+                if not self._half_closed:
+                    self._half_closed = True
+                    await self.call.done_writing()
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """End the stream cleanly: what is queued goes out, then a half-close, then we wait for
+        the broker to end it (so that a last ReleaseTask is read, not cut off), then cancel."""
+        await self.finish_writing(timeout_s)
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+            async with asyncio.timeout(timeout_s):
                 while await self.call.read() is not grpc.aio.EOF:
                     pass
         self._writer.cancel()

@@ -42,6 +42,10 @@ class OutOfMemory(Error):
     pass
 
 
+class LaunchError(Error):
+    pass
+
+
 _KERNEL = re.compile(r'extern "C" __global__ void ([\w#]+)\(([^)]*)\)')
 
 
@@ -163,7 +167,9 @@ class FakeFunction:
         if not 0 < block[0] <= 1024 or not 0 < grid[0] < 2**31:
             raise LogicError(f"cuLaunchKernel failed: invalid configuration {grid} x {block}")
         if self._driver.faults:  # an injected failure, as an Xid would end a launch
-            raise Error(f"cuLaunchKernel failed: {self._driver.faults.pop(0)}")
+            fault = self._driver.faults.pop(0)
+            raise fault if isinstance(fault, Error) else LaunchError(
+                f"cuLaunchKernel failed: {fault}")
         self._driver.launches.append(self.name)
         self._fn(ctypes.c_uint64(grid[0]), ctypes.c_uint64(block[0]),
                  *(ctypes.c_uint64(v) for v in values))
@@ -194,7 +200,8 @@ class FakeDriver:
         self.peak = 0  #: the most memory in use at once
         self.leaks: list[str] = []  #: pycuda's "could not be cleaned up" warnings
         self.launches: list[str] = []
-        self.faults: list[str] = []  #: messages the next launches fail with, one each
+        #: what the next launches fail with, one each: an Error, or a LaunchError's message
+        self.faults: list[Error | str] = []
         self.contexts: list[FakeContext] = []  #: every context made
         self.Context = _Context(self)
         self._live: dict[int, FakeAllocation] = {}

@@ -7,7 +7,9 @@
 // It holds the caller to what a GPU would: a current context for every call that needs one;
 // modules that are real cubins (ELF), holding the kernel asked for; a launch's packed argument
 // buffer laid out exactly as the kernel's parameters (natural alignment, no bytes left over);
-// pointer arguments and copies inside live allocations; memory that is not zeroed.
+// pointer arguments and copies inside live allocations; memory that is not zeroed. Once the file
+// $GPUPROXY_EMU_FAIL_FILE exists, the next launch fails as at an Xid and poisons the context:
+// every later call that does work answers CUDA_ERROR_LAUNCH_FAILED, as a real driver does.
 // pycuda's other entry points come from a generated file of stubs answering NOT_SUPPORTED.
 #include <cuda.h>
 #include <dlfcn.h>
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <map>
@@ -47,6 +50,8 @@ std::map<uintptr_t, size_t> allocations;  // base -> size, guarded by mu
 size_t used = 0;
 void* kernels = nullptr;
 std::map<std::string, std::string> signatures;
+std::once_flag signatures_read;
+bool poisoned = false;  // a launch failed: the context is unusable, as after an Xid
 thread_local std::vector<Context*> stack;
 
 bool current() { return !stack.empty() && stack.back()->alive; }
@@ -102,6 +107,10 @@ void call(void* entry, const uint64_t* a, size_t n) {
 
 #define NEED_CONTEXT \
     if (!current()) return CUDA_ERROR_INVALID_CONTEXT
+// Calls that do work on the device also fail once the context is poisoned.
+#define NEED_WORKING_CONTEXT                           \
+    if (!current()) return CUDA_ERROR_INVALID_CONTEXT; \
+    if (poisoned) return CUDA_ERROR_LAUNCH_FAILED
 
 extern "C" {
 
@@ -113,9 +122,11 @@ CUresult CUDAAPI cuInit(unsigned int) {
         fprintf(stderr, "libcuda_emu: %s\n", dlerror());
         return CUDA_ERROR_NOT_INITIALIZED;
     }
-    std::ifstream in(sigs);
-    std::string name, kinds;
-    while (in >> name >> kinds) signatures[name] = kinds == "-" ? "" : kinds;
+    std::call_once(signatures_read, [sigs] {
+        std::ifstream in(sigs);
+        std::string name, kinds;
+        while (in >> name >> kinds) signatures[name] = kinds == "-" ? "" : kinds;
+    });
     return CUDA_SUCCESS;
 }
 
@@ -163,7 +174,11 @@ CUresult CUDAAPI cuDeviceTotalMem(size_t* bytes, CUdevice) {
     return CUDA_SUCCESS;
 }
 
+#if CUDA_VERSION >= 13000
 CUresult CUDAAPI cuCtxCreate(CUcontext* context, CUctxCreateParams*, unsigned int, CUdevice) {
+#else
+CUresult CUDAAPI cuCtxCreate(CUcontext* context, unsigned int, CUdevice) {
+#endif
     Context* c = new Context();
     stack.push_back(c);
     *context = reinterpret_cast<CUcontext>(c);
@@ -196,7 +211,7 @@ CUresult CUDAAPI cuCtxGetApiVersion(CUcontext, unsigned int* version) {
 }
 
 CUresult CUDAAPI cuCtxSynchronize(void) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
     return CUDA_SUCCESS;  // launches ran to completion on the host
 }
 
@@ -209,7 +224,7 @@ CUresult CUDAAPI cuCtxDetach(CUcontext context) {
 }
 
 CUresult CUDAAPI cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
     if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     size_t rounded = (bytes + 255) / 256 * 256;
     void* p = aligned_alloc(256, rounded);
@@ -234,7 +249,7 @@ CUresult CUDAAPI cuMemFree(CUdeviceptr pointer) {
 }
 
 CUresult CUDAAPI cuMemGetInfo(size_t* free_bytes, size_t* total) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
     std::lock_guard<std::mutex> lock(mu);
     *free_bytes = TOTAL - used;
     *total = TOTAL;
@@ -242,28 +257,28 @@ CUresult CUDAAPI cuMemGetInfo(size_t* free_bytes, size_t* total) {
 }
 
 CUresult CUDAAPI cuMemcpyHtoD(CUdeviceptr dst, const void* src, size_t bytes) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
     if (!live(dst, bytes)) return CUDA_ERROR_ILLEGAL_ADDRESS;
     memcpy(reinterpret_cast<void*>(dst), src, bytes);
     return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuMemcpyDtoH(void* dst, CUdeviceptr src, size_t bytes) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
     if (!live(src, bytes)) return CUDA_ERROR_ILLEGAL_ADDRESS;
     memcpy(dst, reinterpret_cast<const void*>(src), bytes);
     return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuMemcpyDtoD(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
     if (!live(dst, bytes) || !live(src, bytes)) return CUDA_ERROR_ILLEGAL_ADDRESS;
     memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
     return CUDA_SUCCESS;
 }
 
 CUresult CUDAAPI cuMemsetD32(CUdeviceptr dst, unsigned int value, size_t count) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
     if (!live(dst, 4 * count)) return CUDA_ERROR_ILLEGAL_ADDRESS;
     uint32_t* p = reinterpret_cast<uint32_t*>(dst);
     for (size_t i = 0; i < count; i++) p[i] = value;
@@ -320,7 +335,12 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction function, unsigned int gx, unsigned i
                                 unsigned int gz, unsigned int bx, unsigned int by,
                                 unsigned int bz, unsigned int, CUstream, void** params,
                                 void** extra) {
-    NEED_CONTEXT;
+    NEED_WORKING_CONTEXT;
+    const char* trigger = getenv("GPUPROXY_EMU_FAIL_FILE");
+    if (trigger && access(trigger, F_OK) == 0) {
+        poisoned = true;
+        return CUDA_ERROR_LAUNCH_FAILED;
+    }
     const Function* f = reinterpret_cast<const Function*>(function);
     if (gx == 0 || gy != 1 || gz != 1 || bx == 0 || bx > 1024 || by != 1 || bz != 1)
         return CUDA_ERROR_INVALID_VALUE;
@@ -333,6 +353,7 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction function, unsigned int gx, unsigned i
     }
     uint64_t args[16] = {gx, bx};
     size_t n = 2, offset = 0;
+    if (f->kinds.size() > 9) return CUDA_ERROR_NOT_SUPPORTED;  // call() takes up to 11 in all
     for (char kind : f->kinds) {
         size_t width = kind == 'P' ? 8 : 4;
         offset = (offset + width - 1) / width * width;
@@ -371,6 +392,7 @@ CUresult CUDAAPI cuGetErrorString(CUresult error, const char** message) {
         case CUDA_ERROR_INVALID_VALUE: *message = "invalid argument"; break;
         case CUDA_ERROR_OUT_OF_MEMORY: *message = "out of memory"; break;
         case CUDA_ERROR_NO_DEVICE: *message = "no CUDA-capable device is detected"; break;
+        case CUDA_ERROR_LAUNCH_FAILED: *message = "unspecified launch failure"; break;
         default: *message = "not supported by the host emulation";
     }
     return CUDA_SUCCESS;

@@ -104,3 +104,33 @@ async def test_a_worker_on_the_cuda_backend_proves_with_the_real_pycuda(
     logs = worker.logs()
     assert "Groth16 backend: cuda (forced by --backend cuda)" in logs
     assert "CUDA backend ready" in logs and "GPU 0 (Host emulation)" in logs
+
+
+async def test_a_worker_whose_gpu_fails_hands_the_task_back_and_exits_to_be_restarted(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given a CUDA worker on the emulated driver, whose next kernel launch fails as at an Xid
+    env = pycuda_emu.prepare(tmp_path / "emulation")
+    env["XDG_CACHE_HOME"] = str(pathlib.Path.home() / ".cache")
+    env["GPUPROXY_EMU_FAIL_FILE"] = str(tmp_path / "xid")
+    broker = broker_factory(sqlite_dsn, "fs")
+    worker = worker_factory(broker.url, gpu=0, env=env, extra=[
+        "--allow-type", "groth16", "--backend", "cuda", "--params-dir", str(tmp_path / "p")])
+    worker.wait_for("registered", timeout_s=120)
+    (tmp_path / "xid").touch()
+    files = groth16.write_demo(tmp_path / "circuit", 4, n_public=1, seed=5)
+    done = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "groth16",
+                    "--zkey", str(files.zkey), "--wtns", str(files.wtns))
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip()
+    # When the proof hits the failure, the worker reports it and exits 1 (to be restarted)
+    assert worker.proc is not None
+    assert worker.proc.wait(timeout=60) == 1, worker.logs()
+    logs = worker.logs()
+    assert "the GPU context is lost; the worker stops" in logs
+    assert "This worker stops, to be started again with a fresh GPU context" in logs
+    # Then the task went back to the queue at once, the attempt counted, the reason kept
+    shown = json.loads(gpuproxy("tasks", "show", task_id, "--url", broker.url, "--json").stdout)
+    assert shown["state"] == "init" and shown["attempts"] == 1, shown
+    assert "unspecified launch failure; the GPU context is lost" in json.dumps(shown)

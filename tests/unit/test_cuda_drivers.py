@@ -19,11 +19,11 @@ import pytest
 from broker import policy
 from tests.cuda import hostlib
 from tests.cuda.fakedevice import FakeDevice
-from tests.cuda.fakedriver import FakeModule
+from tests.cuda.fakedriver import FakeModule, OutOfMemory
 from worker.config import WorkerConfig
 from worker.cuda import backend, exceptions, plan
 from worker.cuda import msm as msm_driver
-from worker.exceptions import TaskFailed
+from worker.exceptions import DeviceLost, TaskFailed
 from worker.executors.base import Job
 from worker.executors.groth16 import Groth16Executor
 from worker.groth16 import (
@@ -355,33 +355,56 @@ def test_a_new_key_takes_the_gpu_memory_of_the_key_it_replaces(
         del loaded, sections  # as a finished task lets go of its key
 
 
-async def test_a_gpu_failure_fails_the_attempt_as_retryable_and_the_worker_keeps_serving(
-    lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
-) -> None:
-    # Given the groth16 executor proving on the (emulated) GPU
+def _executor_on(lib: ctypes.CDLL, tmp_path: pathlib.Path, files: devsetup.DemoFiles
+                 ) -> tuple[Groth16Executor, backend.CudaBackend, Job]:
+    """The groth16 executor proving on the emulated GPU, and a job for the demo's witness."""
     executor = Groth16Executor(WorkerConfig(task_types=("groth16",), params_dir=tmp_path, gpu=0))
     cuda = backend.CudaBackend(device=FakeDevice(lib), self_test=False)
     executor._cache = keycache.KeyCache(cuda)
-    files = groth16_demo(5, 1)
     sha = keycache.install(files.zkey, tmp_path)
 
     async def progress(phase: str, fraction: float) -> None:
         return None
 
-    job = Job(task_id="t1", task_type="groth16", payload=files.wtns, timeout_s=60.0,
-              progress=progress, comment=policy.key_comment(sha))
-    # When a kernel launch fails (an Xid on the card)
-    cuda.device.driver.faults.append("unspecified launch failure")
+    return executor, cuda, Job(task_id="t1", task_type="groth16", payload=files.wtns,
+                               timeout_s=60.0, progress=progress, comment=policy.key_comment(sha))
+
+
+async def test_out_of_gpu_memory_fails_the_attempt_and_the_worker_keeps_serving(
+    lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
+) -> None:
+    files = groth16_demo(5, 1)
+    executor, cuda, job = _executor_on(lib, tmp_path, files)
+    # When the GPU runs out of memory during a proof
+    cuda.device.driver.faults.append(OutOfMemory("cuMemAlloc failed: out of memory"))
     with pytest.raises(TaskFailed, match=r"CUDA failed on GPU 0 \(host emulation\) during .*"
-                       "unspecified launch failure") as caught:
+                       "out of memory") as caught:
         await executor.run(job)
     # Then the attempt fails as retryable, and the next attempt on this worker proves
-    assert caught.value.retryable
+    assert caught.value.retryable and not isinstance(caught.value, DeviceLost)
     vk = proofjson.read_verification_key(files.verification_key.read_text())
     assert proofjson.verify_proof_json(vk, await executor.run(job))
-    assert executor.resident_keys() == [sha]
+    assert executor.resident_keys() == [job.comment.removeprefix("zkey=")]
     # And when the worker stops, the GPU is given back whole
     await executor.close()
     driver = cuda.device.driver
     assert driver.used == 0 and driver.leaks == [] and not any(c.valid for c in driver.contexts)
     assert executor.resident_keys() == []
+
+
+async def test_a_launch_failure_loses_the_gpu_and_asks_for_a_restart(
+    lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
+) -> None:
+    executor, cuda, job = _executor_on(lib, tmp_path, groth16_demo(5, 1))
+    # When a kernel launch fails (an Xid): the context is poisoned for good on a real GPU
+    cuda.device.driver.faults.append("unspecified launch failure")
+    with pytest.raises(DeviceLost, match=r"unspecified launch failure; the GPU context is lost"
+                       ".*This worker stops") as caught:
+        await executor.run(job)
+    # Then the attempt is retryable elsewhere, and this worker never touches the GPU again
+    assert caught.value.retryable
+    launches = len(cuda.device.driver.launches)
+    with pytest.raises(DeviceLost, match="the GPU context is lost"):
+        await executor.run(job)
+    assert len(cuda.device.driver.launches) == launches
+    await executor.close()  # giving a lost GPU back does not fail

@@ -50,6 +50,8 @@ class Device:
         self._scratch: dict[int, Any] = {}  #: id -> allocation of the running operation
         self._discarded: list[Any] = []  #: kept allocations whose owner is gone
         self._functions: dict[str, Any] = {}
+        self._closed = False
+        self.lost: str | None = None  #: why the context is unusable (see DeviceFailed.lost)
         self.name = f"GPU {index}"
         try:
             cuda.init()
@@ -61,7 +63,6 @@ class Device:
             self._context.pop()
         except cuda.Error as exc:
             raise exceptions.CudaUnavailable(detail=f"{self.name}: {exc}") from exc
-        self._closed = False
         try:
             with self.active("loading kernels"):
                 self._modules = [self._load_module(name) for name in sources.MODULES]
@@ -77,6 +78,10 @@ class Device:
         """This device's context on this thread; pycuda errors become DeviceFailed. The
         outermost `active` frees the operation's scratch at its end, however it ends."""
         with self._lock:
+            if self.lost is not None or self._closed:
+                raise exceptions.DeviceFailed(gpu=self.name, operation=operation,
+                                              detail=self.lost or "the CUDA backend is closed",
+                                              lost=self.lost is not None)
             self._context.push()
             self._depth += 1
             try:
@@ -86,8 +91,12 @@ class Device:
                 if self._depth == 1:
                     self._context.synchronize()  # surface asynchronous launch failures here
             except self._cuda.Error as exc:
-                raise exceptions.DeviceFailed(gpu=self.name, operation=operation,
-                                              detail=f"{type(exc).__name__}: {exc}") from exc
+                detail = f"{type(exc).__name__}: {exc}"
+                lost = not isinstance(exc, self._cuda.MemoryError)
+                if lost:
+                    self.lost = detail = f"{detail}; the GPU context is lost"
+                raise exceptions.DeviceFailed(gpu=self.name, operation=operation, detail=detail,
+                                              lost=lost) from exc
             finally:
                 self._depth -= 1
                 try:
@@ -103,11 +112,15 @@ class Device:
             if self._closed:
                 return
             self._closed = True
-            self._context.push()
             try:
-                self._free(self._take_discarded(), "closing")
-            finally:
-                self._context.detach()  # current here, so it is destroyed and popped
+                self._context.push()
+                try:
+                    self._free(self._take_discarded(), "closing")
+                finally:
+                    self._context.detach()  # current here, so it is destroyed and popped
+            except (self._cuda.Error, exceptions.DeviceFailed):
+                if self.lost is None:  # a lost context fails here too: it is given back anyway
+                    raise
 
     # --- memory (call inside `active`) ---------------------------------------------------------
 
@@ -136,7 +149,8 @@ class Device:
         return taken
 
     def _free(self, bufs: list[Any], operation: str) -> None:
-        """Free them all, then report the first failure (a lost device fails every free)."""
+        """Free them all, then report the first failure (pycuda raises for a second free; a
+        failing cuMemFree it only prints)."""
         failed: Exception | None = None
         for buf in bufs:
             try:

@@ -27,6 +27,10 @@ class DeviceFailed(CudaError):
     """CUDA failed on {gpu} during {operation}: {detail}. The attempt is retried; if it keeps
     failing, check the card (nvidia-smi, Xid lines in dmesg) or free its memory."""
 
+    #: The context is unusable from now on (any CUDA error but out of memory: a launch failure
+    #: or an illegal address poisons the context for good); the process must start again.
+    lost: bool = False
+
 
 class SelfTestFailed(CudaError):
     """The CUDA backend on {gpu} gave a wrong result in its start-up check ({operation}): the

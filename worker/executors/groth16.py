@@ -79,7 +79,7 @@ class Groth16Executor(Executor):
         """Let the keys go and close the backend (on a GPU: its memory and context)."""
         cache, self._cache = self._cache, None
         if cache is not None:
-            cache.clear()
+            await asyncio.to_thread(cache.clear)  # waits for a key being loaded
             await asyncio.to_thread(cache.backend.close)
 
     def resident_keys(self) -> list[str]:
@@ -107,19 +107,21 @@ class Groth16Executor(Executor):
 
     def prove(self, task_id: str, sha256: str, payload: bytes, stop: threading.Event) -> bytes:
         """The result bytes of one task (runs in a thread)."""
-        if self._cache is None:
-            raise RuntimeError("Groth16Executor.start was not awaited")
+        cache = self._cache  # close() may drop it meanwhile
+        if cache is None:
+            raise exceptions.TaskFailed(detail="the groth16 executor is not running")
         try:
             witness = wtns.read(payload, name=f"the payload of task {task_id}")
-            key = self._cache.get(self.params_dir, sha256)
-            proof, public = prover.prove(key, witness, self._cache.backend,
-                                         should_stop=stop.is_set)
+            key = cache.get(self.params_dir, sha256)
+            proof, public = prover.prove(key, witness, cache.backend, should_stop=stop.is_set)
             if not verifier.verify(key.key.verification_key(), proof, public):
                 raise g16.ProofInvalid(backend=f"{key.backend} on {self.device}",
                                        detail="the pairing check failed")
         except (g16.FormatError, g16.Mismatch) as exc:
             raise exceptions.MalformedPayload(task_type=TASK_TYPE, detail=str(exc)) from exc
         except g16.Groth16Error as exc:
+            if getattr(exc, "lost", False):  # the GPU context is poisoned: restart the worker
+                raise exceptions.DeviceLost(detail=str(exc)) from exc
             raise exceptions.TaskFailed(detail=str(exc)) from exc
         log.info("groth16 proof verified", task_id=task_id, zkey=sha256[:16],
                  public=len(public))
