@@ -155,6 +155,8 @@ class Dispatcher:
         hungry = [s for s in self.sessions if s.free > 0 and not s.closed]
         while hungry:
             s = await self._placed(hungry)
+            if s is None:  # nothing any of them could claim: one query, not one per session
+                return
             task = await self.store.claim_task(
                 s.worker_id, s.task_types, self.lease_ms, models.now_ms()
             )
@@ -169,16 +171,17 @@ class Dispatcher:
             if s.free > 0:
                 hungry.append(s)
 
-    async def _placed(self, hungry: list[Session]) -> Session:
+    async def _placed(self, hungry: list[Session]) -> Session | None:
         """The first hungry session that can run the next task and holds its proving key
-        loaded (loading a key takes seconds to minutes), else the first that can run it."""
+        loaded (loading a key takes seconds to minutes), else the first that can run it; None
+        when no task waits for any of them."""
         if len(hungry) == 1:
             return hungry[0]
         head = await self.store.next_task(
             sorted({t for s in hungry for t in s.task_types}), models.now_ms()
         )
         if head is None:
-            return hungry[0]
+            return None
         able = [s for s in hungry if head.task_type in s.task_types] or hungry
         key = policy.task_key(head.comment)
         return next((s for s in able if key and s.record and key in s.record.resident_keys),

@@ -408,3 +408,20 @@ async def test_a_launch_failure_loses_the_gpu_and_asks_for_a_restart(
         await executor.run(job)
     assert len(cuda.device.driver.launches) == launches
     await executor.close()  # giving a lost GPU back does not fail
+
+
+def test_a_key_section_left_on_the_host_moves_to_the_gpu_once_there_is_room(
+    lib: ctypes.CDLL,
+) -> None:
+    # Given a section loaded while the GPU was full (another key still in use)
+    pts, lem = random_points("g1", 8)
+    dev = FakeDevice(lib, capacity=backend.HEADROOM_BYTES + 4 * lem.nbytes)
+    cuda = backend.CudaBackend(device=dev, self_test=False)
+    dev.driver.capacity = backend.HEADROOM_BYTES  # as if taken by the other key
+    bases = cuda.load_bases("g1", lem)
+    assert isinstance(bases, backend.CudaBases) and bases.device is None
+    # When the memory is free again, the next MSM keeps the points on the GPU
+    dev.driver.capacity = backend.HEADROOM_BYTES + 4 * lem.nbytes
+    scalars = list(range(1, 9))
+    assert cuda.msm_g1(bases, field.to_vector(scalars)) == reference("g1", pts, scalars)
+    assert bases.device is not None and dev.driver.used == lem.nbytes

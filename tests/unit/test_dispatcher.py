@@ -140,3 +140,18 @@ async def test_dispatch_loop_survives_a_database_outage(tmp_path: pathlib.Path) 
         loop.cancel()
     failures = [e for e in logs if e["event"].startswith("dispatch failed")]
     assert len(failures) == 1  # logged once per outage, not per round
+
+
+async def test_an_idle_round_asks_the_database_once_not_once_per_worker(store: Store) -> None:
+    calls: list[str] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            calls.append(name)
+            return getattr(store, name)
+
+    dispatcher = Dispatcher(Counting(), lease_s=30)  # type: ignore[arg-type]
+    for n in range(4):
+        dispatcher.add(worker(f"w{n}"))
+    await dispatcher._assign()
+    assert calls == ["next_task"]

@@ -117,10 +117,15 @@ def msm_cases(sizes: list[int], rng: np.random.Generator, n: int = EDGE_POINTS
 def check_msm(cuda: backends.Backend, cpu: backends.Backend, sizes: list[int],
               rng: np.random.Generator, edge_points: int) -> Iterator[Outcome]:
     for name, group, pts, sc in msm_cases(sizes, rng, edge_points):
-        run_cuda, run_cpu = ((cuda.msm_g1, cpu.msm_g1) if group == "g1"
-                             else (cuda.msm_g2, cpu.msm_g2))
-        cuda_bases, cpu_bases = cuda.load_bases(group, pts), cpu.load_bases(group, pts)
-        yield compare(name, partial(run_cuda, cuda_bases, sc), partial(run_cpu, cpu_bases, sc))
+        yield compare(name, partial(msm, cuda, group, pts, sc), partial(msm, cpu, group, pts, sc))
+
+
+def msm(backend: backends.Backend, group: str, points: zkey.Points, scalars: field.FrVector
+        ) -> object:
+    """Load the points into the backend and run the MSM (a CUDA error in either fails the
+    check that calls this)."""
+    bases = backend.load_bases(group, points)
+    return backend.msm_g1(bases, scalars) if group == "g1" else backend.msm_g2(bases, scalars)
 
 
 def check_ntt(cuda: backends.Backend, cpu: backends.Backend, max_log: int,

@@ -2,9 +2,10 @@
 
 A key's point sections are uploaded once (`load_bases`) and stay on the GPU for as long as the
 key cache keeps the LoadedKey; a section that does not fit in device memory stays on the host
-and is uploaded for each MSM instead. NTT power tables are kept per domain size. Any CUDA error
-(out of memory, launch failure, a lost device) raises exceptions.DeviceFailed naming the GPU: a
-Groth16Error, which the groth16 executor reports as a retryable failure of the attempt.
+and is uploaded for each MSM instead, until an MSM finds room to keep it. NTT power tables are
+kept per domain size. Any CUDA error (out of memory, launch failure, a lost device) raises
+exceptions.DeviceFailed naming the GPU: a Groth16Error, which the groth16 executor reports as a
+retryable failure of the attempt (and, when the context is lost, stops the worker).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class CudaBackend(base.Backend):
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
         with self.device.active(f"uploading {group} key points"):
-            resident = self.device.free_memory() - points.nbytes > HEADROOM_BYTES
+            resident = self._fits(points)
             bases = CudaBases(group=group, count=len(points), host=points, device=None)
             if resident:  # freed once the key cache lets go of the key
                 bases.device = self.device.keep(bases, self.device.upload(points))
@@ -64,6 +65,10 @@ class CudaBackend(base.Backend):
             log.warning("key points stay on the host: too little GPU memory", group=group,
                         points=len(points), gpu=self.device.name)
         return bases
+
+    def _fits(self, points: zkey.Points) -> bool:
+        """Whether a key section may stay on the GPU (call inside `active`)."""
+        return self.device.free_memory() - points.nbytes > HEADROOM_BYTES
 
     def intt(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
         return self._ntt(domain, evaluations, "intt")
@@ -101,6 +106,8 @@ class CudaBackend(base.Backend):
             raise ValueError(f"{len(scalars)} scalars for {bases.count} {group} points")
         operation = f"msm_{group} of {bases.count} points"
         with self.device.active(operation):
+            if bases.device is None and self._fits(bases.host):  # memory freed since the load
+                bases.device = self.device.keep(bases, self.device.upload(bases.host))
             points = bases.device if bases.device is not None else self.device.upload(bases.host)
             try:
                 return msm_driver.msm(self.device, group, points, scalars)
