@@ -13,7 +13,7 @@ import os
 import pathlib
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -280,20 +280,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_check_gpu(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from worker.cuda import acceptance
+def _acceptance(name: str) -> Callable[[str], list[int]]:
+    """worker.cuda.acceptance's parser `name`, imported when used: building the parser must not
+    load the prover for `run` and `supervise`."""
 
+    def parse(text: str) -> list[int]:
+        from worker.cuda import acceptance
+
+        values: list[int] = getattr(acceptance, name)(text)
+        return values
+
+    parse.__name__ = name  # argparse names it in its error message
+    return parse
+
+
+def _add_check_gpu(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = sub.add_parser(
         "check-gpu", allow_abbrev=False,
         help="check this host's GPU before it joins the pool: the CUDA backend against the CPU "
         "backend, MSMs, NTTs and proofs (exit 0 all passed, 1 a check failed, 2 no usable CUDA)",
     )
     check.add_argument("--gpu", type=int, help="GPU index as nvidia-smi numbers it")
-    check.add_argument("--msm-sizes", type=acceptance.sizes, default="1,2,3,1000,16,20",
+    check.add_argument("--msm-sizes", type=_acceptance("sizes"), default="1,2,3,1000,16,20",
                        help="MSM sizes: counts, or log2 sizes from 4 to 24 [1,2,3,1000,16,20]")
     check.add_argument("--ntt-max", type=int, default=20,
                        help="largest NTT domain checked, log2 [20]")
-    check.add_argument("--prove-sizes", type=acceptance.log_sizes, default="10,16",
+    check.add_argument("--prove-sizes", type=_acceptance("log_sizes"), default="10,16",
                        help="demo circuits proved on both backends, log2 constraints [10,16]")
     check.add_argument("--log-level", default="warning", choices=logs.LEVELS)
     check.set_defaults(func=cmd_check_gpu)
