@@ -8,12 +8,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from worker.cuda import select
-from worker.cuda.acceptance import cell, ratio
 from worker.cuda.backend import CudaBackend
 from worker.groth16 import backends
 
 T = TypeVar("T")
-__all__ = ["cell", "open_backends", "ratio", "timed"]
 
 
 def open_backends() -> tuple[CudaBackend | None, backends.Backend, str]:

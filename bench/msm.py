@@ -20,8 +20,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.gpu import cell, open_backends, ratio, timed
-from worker.cuda.acceptance import random_points, random_scalars
+from bench.gpu import open_backends, timed
+from worker.cuda.acceptance import cell, random_points, random_scalars, ratio
 
 #: Published BLS12-381 G1 MSM times to set ours beside (log2 size -> seconds, where), read at the
 #: source: ingonyama-zk/icicle, docs/versioned_docs/version-1.10.1/icicle/rust-bindings/

@@ -20,8 +20,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.gpu import cell, open_backends, ratio, timed
-from worker.cuda.acceptance import random_scalars
+from bench.gpu import open_backends, timed
+from worker.cuda.acceptance import cell, random_scalars, ratio
 from worker.groth16 import ntt
 
 
