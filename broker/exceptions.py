@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 
-class BrokerError(Exception):
-    """The broker failed: see the log for details."""
+class DocumentedError(Exception):
+    """An error whose message, unless given, is its class docstring with the keyword
+    arguments filled in (they also become attributes). The root of every package's errors."""
 
     def __init__(self, message: str | None = None, **attrs: Any) -> None:
         self.__dict__.update(attrs)
         # Docstrings wrap over lines; the message is one line.
         text = message or " ".join((self.__doc__ or "").split()).format(**attrs)
         super().__init__(text)
+
+
+class BrokerError(DocumentedError):
+    """The broker failed: see the log for details."""
 
 
 # Bad input from a client (INVALID_ARGUMENT).

@@ -5,17 +5,11 @@ The message of a request's error is what venus-worker logs as the C2 error of th
 
 from __future__ import annotations
 
-from typing import Any
+from broker.exceptions import DocumentedError
 
 
-class PluginError(Exception):
+class PluginError(DocumentedError):
     """The C2 plugin failed: see its log (the processor's stderr in venus-worker's log)."""
-
-    def __init__(self, message: str | None = None, **attrs: Any) -> None:
-        self.__dict__.update(attrs)
-        # Docstrings wrap over lines; the message is one line.
-        text = message or " ".join((self.__doc__ or "").split()).format(**attrs)
-        super().__init__(text)
 
 
 class ConfigError(PluginError):

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from broker.exceptions import DocumentedError
 
 
-class WorkerError(Exception):
+class WorkerError(DocumentedError):
     """The worker failed: see the log for details."""
-
-    def __init__(self, message: str | None = None, **attrs: Any) -> None:
-        self.__dict__.update(attrs)
-        text = message or " ".join((self.__doc__ or "").split()).format(**attrs)
-        super().__init__(text)
 
 
 # -- start-up: the worker cannot run as configured --------------------------------------------

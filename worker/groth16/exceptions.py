@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from broker.exceptions import DocumentedError
 
 
-class Groth16Error(Exception):
+class Groth16Error(DocumentedError):
     """The Groth16 engine failed: see the log for details."""
-
-    def __init__(self, message: str | None = None, **attrs: Any) -> None:
-        self.__dict__.update(attrs)
-        text = message or " ".join((self.__doc__ or "").split()).format(**attrs)
-        super().__init__(text)
 
 
 class FormatError(Groth16Error):
