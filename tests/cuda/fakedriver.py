@@ -99,7 +99,7 @@ class FakeAllocation:
         return self.address
 
     def free(self) -> None:
-        if self.array is None and not self._driver.dead(self):
+        if self.array is None and self.context.valid:  # pycuda's second free
             raise LogicError("device_allocation::free failed: invalid resource handle")
         self._driver.release(self)
 
@@ -270,9 +270,6 @@ class FakeDriver:
                 return buf.array[address - buf.address:address - buf.address + nbytes]
         raise Error(f"{what} failed: an illegal memory access was encountered "
                     f"({nbytes} bytes at {address:#x}: freed or never allocated)")
-
-    def dead(self, buf: FakeAllocation) -> bool:
-        return not buf.context.valid
 
     def release(self, buf: FakeAllocation) -> None:
         """pycuda's device_allocation::free with its scoped context activation."""
