@@ -443,24 +443,25 @@ def report(exc: BaseException) -> None:
         print(f"  caused by: {type(cause).__name__}: {text[0] if text else ''}", file=sys.stderr)
 
 
-def run_command(func: Command, args: argparse.Namespace) -> int:
+def run_command(command: Coroutine[Any, Any, int],
+                errors: tuple[type[Exception], ...] = (exceptions.BrokerError,)) -> int:
+    """Run a command (this CLI's, the worker's, the plugin's): its exit status; 1 once one of
+    `errors` or an OSError is printed with its causes; 130 on Ctrl-C."""
+    reported: tuple[type[Exception], ...] = (*errors, OSError)
     try:
-        return asyncio.run(func(args))
+        return asyncio.run(command)
     except KeyboardInterrupt:
         return 130
-    except exceptions.BrokerError as exc:
+    except reported as exc:
         report(exc)
         log.debug("command failed", exc_info=exc)
-        return 1
-    except OSError as exc:
-        report(exc)
         return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure()  # until the command sets its own level: errors stay one line each
-    return run_command(args.func, args)
+    return run_command(args.func(args))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import structlog
 
 from broker import exceptions as broker_exceptions
 from broker import logs
-from broker.cli import report
+from broker.cli import run_command
 from broker.client import BrokerClient
 from broker.flags import Flag, add_flags, resolve
 from plugin import exceptions, stdio
@@ -138,14 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(cmd_run(args))
-    except KeyboardInterrupt:
-        return 130
-    except (exceptions.PluginError, broker_exceptions.BrokerError, OSError) as exc:
-        report(exc)
-        log.debug("plugin failed", exc_info=exc)
-        return 1
+    return run_command(cmd_run(args),
+                       errors=(exceptions.PluginError, broker_exceptions.BrokerError))
 
 
 if __name__ == "__main__":

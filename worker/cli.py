@@ -20,7 +20,7 @@ import structlog
 
 from broker import exceptions as broker_exceptions
 from broker import logs
-from broker.cli import report
+from broker.cli import run_command
 from broker.flags import Flag, add_flags, load_toml, resolve
 from worker import config as worker_config
 from worker import daemon, exceptions, gpus
@@ -326,17 +326,8 @@ def _add_worker_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) ->
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(args.func(args, argv))
-    except KeyboardInterrupt:
-        return 130
-    except (exceptions.WorkerError, broker_exceptions.BrokerError) as exc:
-        report(exc)
-        log.debug("worker failed", exc_info=exc)
-        return 1
-    except OSError as exc:
-        report(exc)
-        return 1
+    return run_command(args.func(args, argv),
+                       errors=(exceptions.WorkerError, broker_exceptions.BrokerError))
 
 
 if __name__ == "__main__":
