@@ -140,9 +140,11 @@ class Dispatcher:
             task = await self.store.get_task(task_id)
             for s in self.sessions:
                 fence = s.held.get(task_id)
-                if fence is not None and not _held_by(task, s.worker_id, fence) and not (
-                    task.state == TaskState.FINISHED and task.fence == fence
-                ):
+                if fence is None or _held_by(task, s.worker_id, fence):
+                    continue
+                if task.state == TaskState.FINISHED and task.fence == fence:
+                    del s.held[task_id]  # its own result: the slot is free, nothing to revoke
+                else:
                     log.info("task revoked", task_id=task_id, worker_id=s.worker_id,
                              state=task.state.name.lower())
                     s.revoke(task_id, fence, f"task is {task.state.name.lower()}: "

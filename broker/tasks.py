@@ -6,6 +6,7 @@ payload once no unfinished task needs it) and tells watchers about every change 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
@@ -258,5 +259,21 @@ class TaskManager:
         self.hub.notify(task_id)
         log.info("task finished", task_id=task_id, worker_id=task.worker_id,
                  attempts=task.attempts)
-        await cleaner.release_payload(self.store, self.payloads, task.payload_sha256)
+        try:
+            await cleaner.release_payload(self.store, self.payloads, task.payload_sha256)
+        except Exception as exc:
+            # The task is finished for good; failing the call would make the worker send its
+            # result again only to be refused. The cleaner removes the payload later.
+            log.warning("payload not released; the cleaner will remove it", task_id=task_id,
+                        sha256=task.payload_sha256, error=repr(exc))
         return task
+
+    async def finished_result(self, task_id: str, fence: int, sha256: str) -> Task | None:
+        """The task, when this exact result already finished it under this fence: a worker
+        that lost the broker's answer sends its result again, and gets the same answer."""
+        with contextlib.suppress(exceptions.TaskNotFound):
+            task = await self.store.get_task(task_id)
+            if (task.state == TaskState.FINISHED and task.fence == fence
+                    and task.result_sha256 == sha256):
+                return task
+        return None

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import pathlib
+import subprocess
 import time
 from collections.abc import AsyncIterator
 
@@ -173,6 +174,44 @@ async def test_heartbeats_keep_a_long_task_and_a_dead_workers_task_moves_on(
     finally:
         await w1.close()
         await w2.close()
+
+
+def immutable(path: pathlib.Path, on: bool) -> bool:
+    """chattr +i / -i (root on ext4 and the like): the one way to make an unlink fail."""
+    flag = "+i" if on else "-i"
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+async def test_a_result_sent_again_is_answered_and_a_failed_payload_delete_frees_the_slot(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    w = ScriptedWorker(broker.url, "w1")
+    payload = b"c1 output that cannot be deleted"
+    sha = hashlib.sha256(payload).hexdigest()
+    stored = tmp_path / "payloads" / sha[:2] / sha[2:4] / sha
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, payload)
+        held = held_of(await w.next())
+        if not immutable(stored, True):
+            pytest.skip("chattr +i is not available here")
+
+        # The payload cannot be removed: the task still finishes (the cleaner retries later)
+        assert (await w.upload(held, b"proof")).state == 4
+        # A worker that lost the answer sends the same result again and gets the same answer
+        again = await w.upload(held, b"proof")
+        assert again.id == task_id and again.state == 4
+        # A different result under the same claim is still refused
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await w.upload(held, b"another proof")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        # The worker's slot is free: the next task comes to it at once
+        second = await submit(broker.url, tmp_path, b"the next c1 output")
+        assert held_of(await w.next()).task_id == second
+    finally:
+        immutable(stored, False)
+        await w.close()
 
 
 async def test_failures_retry_then_end_in_error_listing_each_reason(
