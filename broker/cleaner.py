@@ -13,6 +13,7 @@ import dataclasses
 import structlog
 
 from broker import models
+from broker.outages import Outage
 from broker.payloads.base import CleanReport, PayloadStore
 from broker.store.base import Store
 
@@ -62,15 +63,18 @@ async def run_forever(
     retention_s: float,
     interval_s: float,
 ) -> None:
-    """Sweep now and every interval_s; a failed sweep is logged and the next one runs."""
+    """Sweep now and every interval_s; a failed sweep is logged (once per outage) and the next
+    one runs."""
+    outage = Outage("cleaner sweep")
     while True:
         try:
             report = await sweep(
                 store, payloads, orphan_age_s=orphan_age_s, retention_s=retention_s
             )
-        except Exception:
-            log.exception("cleaner sweep failed; retrying next interval", interval_s=interval_s)
+        except Exception as exc:
+            outage.failed(exc)
         else:
+            outage.succeeded()
             if report.removed_anything:
                 log.info(
                     "cleaner swept",

@@ -14,8 +14,9 @@ import time
 
 import structlog
 
-from broker import convert, metrics, models, policy
+from broker import convert, exceptions, metrics, models, policy
 from broker.models import Task, TaskState, WorkerRecord
+from broker.outages import Outage
 from broker.store import Store
 from protos.gpuproxy.v1 import workers_pb2
 
@@ -116,7 +117,7 @@ class Dispatcher:
 
     async def run_forever(self) -> None:
         """Dispatch until cancelled; a failed round (database down) is logged and retried."""
-        failures = 0
+        outage = Outage("dispatch")
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
@@ -126,29 +127,29 @@ class Dispatcher:
             try:
                 await self._revoke_lost()
                 await self._assign()
-                failures = 0
-            except Exception:
-                failures += 1
-                if failures == 1:  # once per outage, not once per round
-                    log.exception("dispatch failed; retrying until the database answers")
-                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                outage.succeeded()
+            except Exception as exc:
+                await asyncio.sleep(outage.failed(exc))
                 self._wake.set()
 
     async def _revoke_lost(self) -> None:
-        checks, self._checks = self._checks, set()
-        for task_id in checks:
-            task = await self.store.get_task(task_id)
+        for task_id in list(self._checks):  # a check stays until it ran (database down)
+            try:
+                task: Task | None = await self.store.get_task(task_id)
+            except exceptions.TaskNotFound:
+                task = None
+            self._checks.discard(task_id)
             for s in self.sessions:
                 fence = s.held.get(task_id)
-                if fence is None or _held_by(task, s.worker_id, fence):
+                if fence is None or (task and _held_by(task, s.worker_id, fence)):
                     continue
-                if task.state == TaskState.FINISHED and task.fence == fence:
+                if task and task.state == TaskState.FINISHED and task.fence == fence:
                     del s.held[task_id]  # its own result: the slot is free, nothing to revoke
-                else:
-                    log.info("task revoked", task_id=task_id, worker_id=s.worker_id,
-                             state=task.state.name.lower())
-                    s.revoke(task_id, fence, f"task is {task.state.name.lower()}: "
-                             f"{task.error_message or 'taken back by the broker'}")
+                    continue
+                state = task.state.name.lower() if task else "deleted"
+                log.info("task revoked", task_id=task_id, worker_id=s.worker_id, state=state)
+                s.revoke(task_id, fence, f"task is {state}: "
+                         f"{(task and task.error_message) or 'taken back by the broker'}")
 
     async def _assign(self) -> None:
         """Claim for hungry sessions until nothing is left, one claim at a time: each goes to

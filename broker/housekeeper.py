@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import structlog
 
 from broker import metrics, models
+from broker.outages import Outage
 from broker.store import Store
 
 log = structlog.get_logger(__name__)
@@ -35,10 +36,13 @@ async def run_forever(
     store: Store, timeouts_s: Mapping[str, float], on_change: Callable[[str], None],
     interval_s: float,
 ) -> None:
-    """Sweep every interval; a failed sweep is logged and the next one runs as usual."""
+    """Sweep every interval; a failed sweep is logged (once per outage) and the next one runs
+    as usual."""
+    outage = Outage("housekeeper sweep")
     while True:
         try:
             await sweep(store, timeouts_s, on_change)
-        except Exception:
-            log.exception("housekeeper sweep failed; retrying at the next interval")
+            outage.succeeded()
+        except Exception as exc:
+            outage.failed(exc)
         await asyncio.sleep(interval_s)

@@ -176,3 +176,4 @@ async def test_run_forever_survives_a_failed_sweep(store: Store, tmp_path: pathl
     assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
     swept = next(e for e in logs if e["event"] == "cleaner swept")
     assert swept["orphans_removed"] == 1
+    assert any(e["event"] == "cleaner sweep works again" for e in logs)

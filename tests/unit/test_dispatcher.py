@@ -140,6 +140,7 @@ async def test_dispatch_loop_survives_a_database_outage(tmp_path: pathlib.Path) 
         loop.cancel()
     failures = [e for e in logs if e["event"].startswith("dispatch failed")]
     assert len(failures) == 1  # logged once per outage, not per round
+    assert failures[0]["log_level"] == "error" and failures[0]["exc_info"]
 
 
 async def test_an_idle_round_asks_the_database_once_not_once_per_worker(store: Store) -> None:
@@ -155,3 +156,61 @@ async def test_an_idle_round_asks_the_database_once_not_once_per_worker(store: S
         dispatcher.add(worker(f"w{n}"))
     await dispatcher._assign()
     assert calls == ["next_task"]
+
+
+async def claimed(dispatcher: Dispatcher, s: Session, store: Store) -> str:
+    """Submit a task and let `s` claim it."""
+    task = await submit(store, KEY_A, models.now_ms())
+    await dispatcher._assign()
+    assert assigned(s) == [task]
+    return task
+
+
+async def test_a_cancel_seen_during_an_outage_still_revokes_the_task(store: Store) -> None:
+    # Given a worker running a task, and a database that fails the next two reads
+    dispatcher = Dispatcher(store, lease_s=30, poll_s=0.02)
+    s = worker("w")
+    dispatcher.add(s)
+    task_id = await claimed(dispatcher, s, store)
+    reads = 0
+    real_get = store.get_task
+
+    async def flaky_get(task_id: str) -> models.Task:
+        nonlocal reads
+        reads += 1
+        if reads <= 2:
+            raise OSError("database unreachable")
+        return await real_get(task_id)
+
+    store.get_task = flaky_get  # type: ignore[method-assign]
+    # When the task is cancelled while the database is down
+    await store.cancel_task(task_id, "cancelled by the operator", models.now_ms())
+    with structlog.testing.capture_logs() as logs:
+        dispatcher.task_changed(task_id)
+        loop = asyncio.create_task(dispatcher.run_forever())
+        async with asyncio.timeout(10):
+            revoke = (await s.outbox.get()).revoke
+            while not any(e["event"] == "dispatch works again" for e in logs):
+                await asyncio.sleep(0.01)
+        loop.cancel()
+    # Then the worker is told once the database answers, and the outage is logged twice:
+    # when it starts and when it ends
+    assert revoke.task_id == task_id and "cancelled by the operator" in revoke.reason
+    assert s.held == {} and reads == 3
+    events = [e["event"] for e in logs if e["log_level"] != "debug"
+              and e["event"].startswith("dispatch")]
+    assert events == ["dispatch failed; retrying until it works again", "dispatch works again"]
+
+
+async def test_a_held_task_that_was_deleted_is_revoked(store: Store) -> None:
+    dispatcher = Dispatcher(store, lease_s=30)
+    s = worker("w")
+    dispatcher.add(s)
+    task_id = await claimed(dispatcher, s, store)
+    await store.cancel_task(task_id, "cancelled", models.now_ms())
+    await store.delete_task(task_id)
+    dispatcher.task_changed(task_id)
+    await dispatcher._revoke_lost()
+    revoke = s.outbox.get_nowait().revoke
+    assert revoke.task_id == task_id and revoke.reason.startswith("task is deleted")
+    assert s.held == {}
