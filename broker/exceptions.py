@@ -93,6 +93,12 @@ class ConfigError(BrokerError):
     """Invalid setting {field}: {detail}"""
 
 
+# INTERNAL: the server answered but would not store a value (a broker bug or a server limit)
+class StoreRefused(BrokerError):
+    """Database {dsn} refused a write: {detail}. Check the server's limits (max_allowed_packet,
+    column sizes) and its log."""
+
+
 # Raised on the client side (CLI, plugin, worker) from a broker's answer.
 class BrokerUnreachable(BrokerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""

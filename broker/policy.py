@@ -9,6 +9,11 @@ from broker.models import Attempt, Task
 
 #: Attempt outcomes that used up an attempt (a release hands the attempt back).
 SPENT_OUTCOMES = ("failed", "requeued")
+#: The longest reason kept for one attempt, and the longest error message of a task, in
+#: characters: a worker may send a processor's whole output (megabytes), and a row that big
+#: exceeds MariaDB's max_allowed_packet, which would fail every write of that task.
+REASON_CHARS = 4096
+ERROR_MESSAGE_CHARS = 65536
 
 
 def claim_order(task: Task) -> tuple[int, int, str]:
@@ -59,8 +64,17 @@ def exhausted_message(history: Sequence[Attempt]) -> str:
     """
     spent = [a for a in _since_last_reset(history) if a.outcome in SPENT_OUTCOMES]
     noun = "attempt" if len(spent) == 1 else "attempts"
-    parts = [f"#{i} on worker {a.worker_id}: {a.reason}" for i, a in enumerate(spent, 1)]
-    return f"failed after {len(spent)} {noun}: " + "; ".join(parts)
+    parts = [f"#{i} on worker {a.worker_id}: {clipped(a.reason)}" for i, a in enumerate(spent, 1)]
+    return clipped(f"failed after {len(spent)} {noun}: " + "; ".join(parts), ERROR_MESSAGE_CHARS)
+
+
+def clipped(text: str, limit: int = REASON_CHARS) -> str:
+    """`text` cut to at most `limit` characters, saying how much was cut (the start is kept:
+    it names the error; the rest of a long processor output stays in the worker's log)."""
+    if len(text) <= limit:
+        return text
+    note = f" [... {len(text) - limit} more characters cut]"
+    return text[: max(limit - len(note), 0)] + note
 
 
 def _since_last_reset(history: Sequence[Attempt]) -> Sequence[Attempt]:

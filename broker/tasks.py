@@ -97,22 +97,28 @@ class TaskManager:
             existing: Task | None = await self.store.get_task(new.id)
         except exceptions.TaskNotFound:
             existing = None
-        if existing is not None:
-            return SubmitPlan(new, existing, send_payload=False)
         present = await self.payloads.size(new.payload_sha256)
+        if existing is not None:
+            # A task still to run whose payload is gone (a cleanup that raced the submit which
+            # found it stored) takes it again from this submit rather than fail without it.
+            lost = existing.state != TaskState.FINISHED and present != existing.payload_size
+            return SubmitPlan(new, existing, send_payload=lost)
         return SubmitPlan(new, None, send_payload=present != new.payload_size)
 
     async def complete_submit(
         self, plan: SubmitPlan, chunks: AsyncIterable[bytes] | None
     ) -> Task:
         """Store the payload (when the plan asked for it), then the task. Idempotent."""
-        if plan.existing is not None:
-            return plan.existing
         new = plan.new
         if plan.send_payload:
             if chunks is None:
                 raise exceptions.TruncatedUpload(received=0, expected=new.payload_size)
             await self.payloads.write(new.payload_sha256, new.payload_size, chunks)
+        if plan.existing is not None:
+            if plan.send_payload:
+                log.warning("payload of a waiting task was missing; stored again",
+                            task_id=plan.existing.id, sha256=new.payload_sha256)
+            return plan.existing
         task, created = await self.store.create_task(new)
         if created and not await self.payloads.exists(new.payload_sha256):
             # A cleanup removed the shared payload between the plan and the insert.
@@ -166,7 +172,8 @@ class TaskManager:
         return done
 
     async def cancel(self, task_id: str, reason: str) -> Task:
-        task = await self.store.cancel_task(task_id, reason or "by operator", models.now_ms())
+        reason = policy.clipped(reason or "by operator")
+        task = await self.store.cancel_task(task_id, reason, models.now_ms())
         self.hub.notify(task_id)
         log.info("task cancelled", task_id=task_id, reason=reason)
         return task
@@ -232,6 +239,7 @@ class TaskManager:
 
     async def fail(self, task_id: str, fence: int, message: str, retryable: bool) -> Task:
         held = await self.check_held(task_id, fence)
+        message = policy.clipped(message)
         now = models.now_ms()
         retry_at = now + policy.retry_delay_ms(
             held.attempts, self.config.retry_backoff_s, self.config.retry_backoff_max_s
@@ -244,6 +252,7 @@ class TaskManager:
         return task
 
     async def release(self, task_id: str, fence: int, reason: str) -> Task:
+        reason = policy.clipped(reason)
         task = await self.store.release_task(task_id, fence, reason, models.now_ms())
         self.hub.notify(task_id)
         log.info("task handed back", task_id=task_id, reason=reason)

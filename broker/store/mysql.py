@@ -29,8 +29,14 @@ RETRY_CODES = frozenset({1213, 1205})
 TX_ATTEMPTS = 5
 MIGRATE_LOCK = "gpuproxy.migrate"
 MIGRATE_LOCK_TIMEOUT_S = 60
+#: Server errors that refuse one statement's values, not the database: packet too large, data
+#: too long, out of range, incorrect value.
+REFUSED_CODES = frozenset({1153, 1406, 1264, 1366})
 #: Errors of the driver that mean the database cannot be used (network, login, server).
-_DRIVER_ERRORS = (aiomysql.OperationalError, aiomysql.InterfaceError, aiomysql.InternalError)
+_DRIVER_ERRORS = (
+    aiomysql.OperationalError, aiomysql.InterfaceError, aiomysql.InternalError,
+    aiomysql.DataError,
+)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -71,7 +77,7 @@ class MysqlStore(SqlStore):
                 **self._connect_args,
             )
         except _DRIVER_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            raise self._translated(exc) from exc
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -86,7 +92,7 @@ class MysqlStore(SqlStore):
                 return await self._transaction(change)
             except _DRIVER_ERRORS as exc:
                 if _code(exc) not in RETRY_CODES or attempt == TX_ATTEMPTS:
-                    raise self._unavailable(exc) from exc
+                    raise self._translated(exc) from exc
             # Jittered, growing pause so that the two sides of a deadlock do not meet again.
             await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
             attempt += 1
@@ -111,7 +117,7 @@ class MysqlStore(SqlStore):
             async with self._connection() as conn, conn.cursor() as cur:
                 return await query(_MysqlTx(cur))
         except _DRIVER_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            raise self._translated(exc) from exc
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -151,9 +157,11 @@ class MysqlStore(SqlStore):
         if problem := _version_problem(str(row[0]) if row else ""):
             raise exceptions.StoreUnavailable(dsn=self.masked_dsn, detail=problem)
 
-    def _unavailable(self, exc: BaseException) -> exceptions.StoreUnavailable:
+    def _translated(self, exc: BaseException) -> exceptions.BrokerError:
         args = exc.args
         detail = f"{args[1]} (error {args[0]})" if len(args) == 2 else str(exc)
+        if _code(exc) in REFUSED_CODES or isinstance(exc, aiomysql.DataError):
+            return exceptions.StoreRefused(dsn=self.masked_dsn, detail=detail)
         return exceptions.StoreUnavailable(dsn=self.masked_dsn, detail=detail)
 
 

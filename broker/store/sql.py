@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+import structlog
+
 from broker import exceptions, policy
 from broker.models import (
     Attempt,
@@ -29,6 +31,7 @@ from broker.store import queries
 from broker.store.base import Store
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 #: Chunks deleted per transaction by blob_delete (at most this many MiB).
 DELETE_CHUNKS_PER_TX = 8
@@ -203,13 +206,36 @@ class SqlStore(Store):
     async def requeue_expired(
         self, now_ms: int, processing_timeouts_ms: Mapping[str, int], limit: int = 100
     ) -> list[Task]:
+        """Each task in its own transaction: a row the database refuses to write is named in the
+        log and skipped, and does not hold back the others (it stays for the next sweep)."""
         sql, args = self.sql.expired(now_ms, processing_timeouts_ms, limit)
+        rows = await self._read(lambda tx: tx.all(sql, args))
+        requeued = []
+        for task_id in [queries.task_from_row(r).id for r in rows]:
+            try:
+                task = await self._write(
+                    lambda tx, t=task_id: self._requeue_if_expired(  # type: ignore[misc]
+                        tx, t, now_ms, processing_timeouts_ms)
+                )
+            except exceptions.StoreRefused as exc:
+                log.error("an expired task cannot be taken back", task_id=task_id, error=str(exc))
+                continue
+            if task is not None:
+                requeued.append(task)
+        return requeued
 
-        async def change(tx: Tx) -> list[Task]:
-            expired = [queries.task_from_row(r) for r in await tx.all(sql, args)]
-            return [await self._requeue(tx, t, now_ms, processing_timeouts_ms) for t in expired]
-
-        return await self._write(change)
+    async def _requeue_if_expired(
+        self, tx: Tx, task_id: str, now_ms: int, processing_timeouts_ms: Mapping[str, int]
+    ) -> Task | None:
+        try:
+            task = await self._task(tx, task_id, lock=True)
+        except exceptions.TaskNotFound:
+            return None
+        if task.state != TaskState.RUNNING or not policy.expiry_reason(
+            task, now_ms, processing_timeouts_ms
+        ):
+            return None  # finished, renewed or taken back since it was listed
+        return await self._requeue(tx, task, now_ms, processing_timeouts_ms)
 
     async def extend_leases(self, until_ms: int) -> int:
         return await self._write(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker import exceptions
+from broker import exceptions, policy
 from broker.models import NewTask, PageCursor, Task, TaskFilter, TaskState
 from broker.store import Store
 
@@ -384,6 +384,47 @@ async def test_requeue_expired_of_the_last_attempt_ends_in_error(
         "failed after 2 attempts: #1 on worker w1: segfault; #2 on worker w2: lease expired: "
             "worker w2 stopped heartbeating"
     )
+
+
+async def test_a_task_whose_attempts_left_huge_reasons_still_ends_in_error(
+    store: Store, submit: Submit
+) -> None:
+    # Given a task whose first four attempts failed with 4 MiB messages (a processor's whole
+    # output; together over MariaDB's 16 MiB max_allowed_packet), and another expired task
+    task = await submit(task_type="gpu", max_attempts=5)
+    for n in range(4):
+        held = await store.claim_task(f"w{n}", ["gpu"], LEASE_MS, T0 + n)
+        assert held is not None
+        await store.fail_task(task.id, held.fence, "x" * (4 << 20), True, T0 + n, T0 + n)
+    assert await store.claim_task("w4", ["gpu"], LEASE_MS, T0 + 10) is not None
+    other = await claimed(store, submit)
+    # When both leases run out, both are taken back in the same sweep
+    back = await store.requeue_expired(T0 + 10 + LEASE_MS, {})
+    assert {t.id for t in back} == {task.id, other.id}
+    # Then the task's error lists all five attempts, each reason cut to a readable size
+    dead = await store.get_task(task.id)
+    assert dead.state == TaskState.ERROR and len(dead.error_message) <= policy.ERROR_MESSAGE_CHARS
+    assert dead.error_message.startswith("failed after 5 attempts: #1 on worker w0: xxx")
+    assert dead.error_message.count("more characters cut]") == 4
+    assert dead.error_message.endswith("#5 on worker w4: lease expired: worker w4 stopped "
+                                       "heartbeating")
+
+
+async def test_a_task_the_database_refuses_does_not_hold_back_the_others(
+    store: Store, submit: Submit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = await claimed(store, submit), await claimed(store, submit)
+    requeue = store._requeue_if_expired  # type: ignore[attr-defined]
+
+    async def refuse_first(tx: Any, task_id: str, *args: Any) -> Task | None:
+        if task_id == first.id:
+            raise exceptions.StoreRefused(dsn="db", detail="packet too large (error 1153)")
+        return await requeue(tx, task_id, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "_requeue_if_expired", refuse_first)
+    [back] = await store.requeue_expired(T0 + LEASE_MS, {})
+    assert back.id == second.id and back.state == TaskState.INIT
+    assert (await store.get_task(first.id)).state == TaskState.RUNNING  # the next sweep tries
 
 
 async def test_requeue_expired_honours_its_limit(store: Store, submit: Submit) -> None:

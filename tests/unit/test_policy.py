@@ -85,3 +85,11 @@ def test_claim_order_is_priority_then_age_then_id() -> None:
     ]
 
     assert [t.id for t in sorted(tasks, key=policy.claim_order)] == ["c", "d", "a", "b"]
+
+
+def test_clipped_keeps_short_text_and_cuts_long_text_to_the_limit() -> None:
+    assert policy.clipped("GPU fell off the bus") == "GPU fell off the bus"
+    long = "E" * 10_000
+    cut = policy.clipped(long, 100)
+    assert len(cut) == 100 and cut.startswith("EEE")
+    assert cut.endswith(f"[... {10_000 - 100} more characters cut]")
