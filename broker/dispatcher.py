@@ -39,14 +39,19 @@ class Session:
     stale_after_s: float = 60.0  #: a worker silent this long (hung, stopped) gets no new work
     last_seen: float = dataclasses.field(default_factory=time.monotonic)
     record: WorkerRecord | None = None  #: the registration, kept current (loaded keys)
+    instance: str = ""  #: the worker process's random token ("" from workers that send none)
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
 
     @property
+    def alive(self) -> bool:
+        return not self.closed and time.monotonic() - self.last_seen <= self.stale_after_s
+
+    @property
     def free(self) -> int:
         # Counted here, not from the worker's number, so that assignments in flight count.
-        if not self.accepting or time.monotonic() - self.last_seen > self.stale_after_s:
+        if not self.accepting or not self.alive:
             return 0
         return max(self.max_tasks - len(self.held), 0)
 
@@ -76,6 +81,12 @@ class Dispatcher:
         self.sessions: list[Session] = []
         self._wake = asyncio.Event()
         self._checks: set[str] = set()
+
+    def twin_of(self, worker_id: str, instance: str) -> Session | None:
+        """A live stream of another worker process registered under this id, if any: two
+        processes sharing an id would take each other's tasks back at every reconnect."""
+        return next((s for s in self.sessions if s.worker_id == worker_id and s.alive
+                     and instance and s.instance and s.instance != instance), None)
 
     def add(self, session: Session) -> None:
         # A worker that reconnects before its old stream was noticed dead replaces it.

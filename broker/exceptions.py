@@ -73,6 +73,13 @@ class StaleFence(BrokerError):
     and may run elsewhere; this result was refused."""
 
 
+# ALREADY_EXISTS
+class WorkerIdInUse(BrokerError):
+    """Worker id {worker_id} is in use by another live worker process (host {hostname}): two
+    workers share one state folder, as on a cloned machine or a copied --work-dir. Delete
+    state.json in the --work-dir of one of them so that it makes itself a new id."""
+
+
 # RESOURCE_EXHAUSTED
 class PayloadTooLarge(BrokerError):
     """Payload of {size} bytes is over the broker's limit of {limit} bytes: raise

@@ -23,11 +23,18 @@ log = structlog.get_logger(__name__)
 
 #: Revoke reason that acknowledges a worker's ReleaseTask.
 RELEASED = "released"
+#: The longest worker id and host name the store keeps (VARCHAR(255) on MariaDB).
+NAME_CHARS = 255
 
 
 def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
     if not reg.worker_id:
         raise exceptions.InvalidArgument(detail="register needs a worker_id")
+    for field, value in (("worker_id", reg.worker_id), ("hostname", reg.hostname)):
+        if len(value) > NAME_CHARS:  # the database's column width
+            raise exceptions.InvalidArgument(
+                detail=f"{field} is {len(value)} characters long, over {NAME_CHARS}: "
+                "give the worker a shorter --worker-id")
     if not reg.task_types:
         raise exceptions.InvalidArgument(detail="register needs at least one task type")
     if reg.max_tasks < 1:
@@ -57,9 +64,13 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[workers_pb2.BrokerMessage]:
         register = await framing.opening(request_iterator, "register")
         record = record_from(register, models.now_ms())
+        if twin := self.dispatcher.twin_of(record.worker_id, register.instance):
+            raise exceptions.WorkerIdInUse(
+                worker_id=record.worker_id,
+                hostname=twin.record.hostname if twin.record else "unknown")
         await self.store.upsert_worker(record)
         session = Session(record.worker_id, record.task_types, record.max_tasks,
-                          stale_after_s=self.config.lease_s)
+                          stale_after_s=self.config.lease_s, instance=register.instance)
         session.record = record
         await self._resume(session, register.held)
         log.info("worker connected", worker_id=record.worker_id, host=record.hostname,

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import secrets
 import signal
 import socket
 import time
@@ -69,6 +70,8 @@ class Identity:
     addresses: tuple[str, ...]
     version: str
     gpus: tuple[gpus.Gpu, ...]
+    #: This process's random token: the broker refuses a second live process with our id.
+    instance: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
 
 
 async def serve(config: WorkerConfig) -> int:
@@ -79,11 +82,12 @@ async def serve(config: WorkerConfig) -> int:
         f"gpu{config.gpu}" if config.gpu is not None else "cpu"
     )
     work_dir = config.work_dir_for(label)
-    worker_id = state.load_or_create(work_dir, label).worker_id
-    structlog.contextvars.bind_contextvars(worker_id=worker_id)
-    held_locks = locks.acquire_all(config.lock_dir, chosen, worker_id)
+    held_locks = [locks.lock_work_dir(work_dir)]
     remote = Remote(config.url)
     try:
+        worker_id = state.load_or_create(work_dir, label).worker_id
+        structlog.contextvars.bind_contextvars(worker_id=worker_id)
+        held_locks += locks.acquire_all(config.lock_dir, chosen, worker_id)
         fetcher = PayloadFetcher(
             work_dir / "tmp", remote,
             config.fs_resource_path if config.resource_type == "fs" else None,
@@ -300,7 +304,7 @@ class Worker:
             gpus=[workers_pb2.Gpu(index=g.index, name=g.name, uuid=g.uuid,
                                   memory_bytes=g.memory_bytes) for g in me.gpus],
             held=[t.held for t in self.tasks.values()],
-            resident_keys=self._resident_keys(),
+            resident_keys=self._resident_keys(), instance=me.instance,
         )
 
     def _resident_keys(self) -> list[str]:

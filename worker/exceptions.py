@@ -31,6 +31,11 @@ class GpuBusy(WorkerError):
     (lock file {path})."""
 
 
+class WorkDirBusy(WorkerError):
+    """Work folder {path} is used by another worker (pid {holder_pid}): give each worker its
+    own --work-dir (it holds the worker's id and its temp payloads)."""
+
+
 class RegistrationRefused(WorkerError):
     """The broker at {url} refused this worker ({code}): {detail}"""
 

@@ -1,4 +1,5 @@
-"""One worker per GPU: an flock'ed file per GPU UUID in a lock folder shared by the host's workers.
+"""One worker per GPU: an flock'ed file per GPU UUID in a lock folder shared by the host's workers;
+and one worker per work folder.
 
 The file holds the holder's worker id and pid, so a second worker is refused with a message that
 names both workers and the GPU. The kernel drops an flock when its holder dies, even by kill -9:
@@ -23,49 +24,48 @@ def lock_path(lock_dir: pathlib.Path, gpu: Gpu) -> pathlib.Path:
     return lock_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', gpu.uuid)}.lock"
 
 
-def busy_error(gpu: Gpu, worker_id: str, path: pathlib.Path, content: str) -> exceptions.GpuBusy:
-    """The refusal, from what the holder wrote in the lock file (maybe nothing yet)."""
+def _holder(content: str) -> dict[str, object]:
     try:
         holder = json.loads(content)
     except ValueError:
-        holder = None
-    if not isinstance(holder, dict):
-        holder = {}
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def busy_error(gpu: Gpu, worker_id: str, path: pathlib.Path, content: str) -> exceptions.GpuBusy:
+    """The refusal, from what the holder wrote in the lock file (maybe nothing yet)."""
+    holder = _holder(content)
     return exceptions.GpuBusy(
         index=gpu.index, uuid=gpu.uuid, worker_id=worker_id, path=str(path),
         holder=holder.get("worker_id") or "(unknown)", holder_pid=holder.get("pid") or "?",
     )
 
 
-class GpuLock:
-    """Held from `acquire` until `release` (or until the process ends)."""
+class HeldLock:
+    """An flock'ed file, held until `release` (or until the process ends)."""
 
-    def __init__(self, gpu: Gpu, path: pathlib.Path, fd: int) -> None:
-        self.gpu = gpu
+    def __init__(self, path: pathlib.Path, fd: int) -> None:
         self.path = path
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, lock_dir: pathlib.Path, gpu: Gpu, worker_id: str) -> GpuLock:
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        path = lock_path(lock_dir, gpu)
+    def take(cls, path: pathlib.Path, record: dict[str, object]) -> HeldLock | str:
+        """The lock with `record` written in it; or, when another process holds it, what that
+        holder wrote (maybe nothing yet)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            busy = False
         except BlockingIOError:
-            busy = True
+            content = os.pread(fd, 4096, 0).decode(errors="replace")
+            os.close(fd)
+            return content
         except BaseException:
             os.close(fd)
             raise
-        if busy:
-            content = os.pread(fd, 4096, 0).decode(errors="replace")
-            os.close(fd)
-            raise busy_error(gpu, worker_id, path, content)
-        record = json.dumps({"worker_id": worker_id, "pid": os.getpid(), "gpu": gpu.uuid})
         os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode() + b"\n", 0)
-        return cls(gpu, path, fd)
+        os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+        return cls(path, fd)
 
     def release(self) -> None:
         if self._fd is None:
@@ -76,9 +76,31 @@ class GpuLock:
         self._fd = None
 
 
-def acquire_all(lock_dir: pathlib.Path, gpus: list[Gpu], worker_id: str) -> list[GpuLock]:
+class GpuLock(HeldLock):
+    """This worker's claim on one GPU."""
+
+    @classmethod
+    def acquire(cls, lock_dir: pathlib.Path, gpu: Gpu, worker_id: str) -> HeldLock:
+        path = lock_path(lock_dir, gpu)
+        held = cls.take(path, {"worker_id": worker_id, "pid": os.getpid(), "gpu": gpu.uuid})
+        if isinstance(held, str):
+            raise busy_error(gpu, worker_id, path, held)
+        return held
+
+
+def lock_work_dir(work_dir: pathlib.Path) -> HeldLock:
+    """One worker per work folder: it holds the worker's id (two processes with one id would
+    take each other's tasks back) and its temp payloads (which a starting worker clears)."""
+    path = work_dir / "worker.lock"
+    held = HeldLock.take(path, {"pid": os.getpid()})
+    if isinstance(held, str):
+        raise exceptions.WorkDirBusy(path=str(work_dir), holder_pid=_holder(held).get("pid") or "?")
+    return held
+
+
+def acquire_all(lock_dir: pathlib.Path, gpus: list[Gpu], worker_id: str) -> list[HeldLock]:
     """Lock every GPU or none."""
-    held: list[GpuLock] = []
+    held: list[HeldLock] = []
     try:
         for gpu in gpus:
             held.append(GpuLock.acquire(lock_dir, gpu, worker_id))

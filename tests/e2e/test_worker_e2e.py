@@ -248,6 +248,39 @@ async def test_two_workers_on_one_gpu_are_refused_naming_both(
     assert "GPU 0 (GPU-e2e-0)" in message
 
 
+async def test_two_workers_in_one_work_folder_are_refused(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    first = worker_factory(broker.url, gpu=0)
+    first.wait_for("registered")
+    second = worker_factory(broker.url, gpu=0)
+    assert await asyncio.to_thread(second.wait) == 1
+    message = second.logs()
+    assert f"Work folder {tmp_path / 'workers' / 'gpu0'} is used by another worker" in message
+    assert f"pid {first.proc.pid}" in message and "own --work-dir" in message  # type: ignore[union-attr]
+
+
+async def test_a_cloned_worker_is_refused_while_the_original_is_alive(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a worker registered from its state folder, and a copy of that folder (a cloned
+    # machine) from which a second worker starts with the same worker id
+    first = worker_factory(broker.url, gpu=0)
+    first.wait_for("registered")
+    clone = tmp_path / "clone"
+    shutil.copytree(tmp_path / "workers", clone, ignore=shutil.ignore_patterns("*.lock"))
+    second = worker_factory(broker.url, gpu=1, work_dir=str(clone / "gpu0"))
+    # Then the broker refuses the clone, which exits saying what to do; the original stays
+    assert await asyncio.to_thread(second.wait) == 1
+    worker_id = json.loads((clone / "gpu0" / "state.json").read_text())["worker_id"]
+    message = second.logs()
+    assert f"Worker id {worker_id} is in use by another live worker process" in message
+    assert "Delete state.json" in message
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    assert (await final(broker.url, task_id)).state == tasks_pb2.TASK_STATE_FINISHED
+    assert first.proc.poll() is None  # type: ignore[union-attr]
+
+
 async def test_supervise_runs_a_worker_per_gpu(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:

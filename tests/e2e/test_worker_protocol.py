@@ -25,10 +25,12 @@ LEASE_S = 1.5
 class ScriptedWorker:
     """One `Work` stream whose messages the test writes by hand."""
 
-    def __init__(self, url: str, worker_id: str, types: tuple[str, ...] = ("c2",)) -> None:
+    def __init__(self, url: str, worker_id: str, types: tuple[str, ...] = ("c2",),
+                 instance: str = "") -> None:
         self.channel = grpc.aio.insecure_channel(url)
         self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
         self.worker_id = worker_id
+        self.instance = instance
         self.types = types
         self.call: grpc.aio.StreamStreamCall | None = None
 
@@ -37,7 +39,7 @@ class ScriptedWorker:
         self.call = self.stub.Work()
         await self.call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
             worker_id=self.worker_id, hostname="test", task_types=list(self.types),
-            max_tasks=1, held=held or [],
+            max_tasks=1, held=held or [], instance=self.instance,
             gpus=[workers_pb2.Gpu(index=0, name="Fake GPU", uuid=f"GPU-{self.worker_id}")],
         )))
         reply = await self.call.read()
@@ -325,5 +327,58 @@ async def test_a_restarted_worker_without_its_task_gives_it_back_at_once(
         assert task.attempts == 2  # the lost attempt counts: a crashing task runs out
         assert task.history[0].outcome == "failed"
         assert "came back without this task" in task.history[0].reason
+    finally:
+        await w.close()
+
+
+async def test_a_reconnect_of_the_same_process_replaces_its_stream_another_is_refused(
+    broker  # type: ignore[no-untyped-def]
+) -> None:
+    first = ScriptedWorker(broker.url, "w1", instance="aaaa")
+    again = ScriptedWorker(broker.url, "w1", instance="aaaa")
+    clone = ScriptedWorker(broker.url, "w1", instance="bbbb")
+    try:
+        await first.connect()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await clone.connect()
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "in use by another live worker process (host test)" in str(refused.value.details())
+        await again.connect()  # the same process after a network blip: its old stream ends
+        assert await first.next() == grpc.aio.EOF
+    finally:
+        for w in (first, again, clone):
+            await w.close()
+
+
+async def test_a_worker_id_too_long_for_the_database_is_refused(
+    broker  # type: ignore[no-untyped-def]
+) -> None:
+    w = ScriptedWorker(broker.url, "w" * 256)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await w.connect()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "worker_id is 256 characters long, over 255" in str(refused.value.details())
+    finally:
+        await w.close()
+
+
+async def test_a_waiting_task_whose_payload_was_removed_takes_it_again_on_resubmit(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    # Given a queued task whose payload a cleanup removed (it raced the submit)
+    payload = os.urandom(100_000)
+    task_id = await submit(broker.url, tmp_path, payload)
+    sha256 = hashlib.sha256(payload).hexdigest()
+    [stored] = (tmp_path / "payloads").rglob(sha256)
+    stored.unlink()
+    # When the same payload is submitted again, it is uploaded again to the same task
+    assert await submit(broker.url, tmp_path, payload) == task_id
+    assert stored.read_bytes() == payload
+    # Then a worker gets the task with its payload
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        assert await w.fetch(held_of(await w.next())) == payload
     finally:
         await w.close()
