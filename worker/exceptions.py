@@ -95,17 +95,17 @@ class ProcessorUnavailable(ProcessorError):
 
 class ProcessorDied(ProcessorError):
     """{processor} (pid {pid}) exited with status {returncode} while running this task; it is
-    restarted for the next one. Its stderr, in the worker's log, says why."""
+    restarted for the next one. Its last output: {said}"""
 
 
 class ProcessorTimeout(ProcessorError):
     """{processor} (pid {pid}) took longer than {timeout_s:g} s and was killed; raise
-    --task-timeout-s if such tasks need longer."""
+    --task-timeout-s if such tasks need longer. Its last output: {said}"""
 
 
 class ProcessorProtocolError(ProcessorError):
-    """{processor} (pid {pid}) broke the ext-processor protocol: {detail}. Only protocol lines
-    may go to its stdout (logs belong on stderr); line starts {line!r}"""
+    """{processor} (pid {pid}) broke the ext-processor protocol: {detail}; line starts
+    {line!r}"""
 
 
 class ProcessorFailed(ProcessorError):

@@ -13,6 +13,7 @@ no way to cancel one request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -32,6 +33,9 @@ log = structlog.get_logger(__name__)
 LINE_LIMIT_BYTES = 16 * 1024 * 1024
 #: How much of an offending line an error quotes.
 QUOTE_CHARS = 120
+#: How many of the child's last lines (stderr, stray stdout) an error quotes: a processor that
+#: dies on a missing parameters file says so there, and the task's error must carry it.
+LAST_LINES = 5
 
 
 # -- framing (pure) -------------------------------------------------------------------------------
@@ -78,6 +82,16 @@ def parse_response(line: bytes) -> Response:
     return Response(id=request_id, err_msg=err_msg, output=output)
 
 
+def request_id_of(line: bytes) -> int | None:
+    """The id of a response line too broken to parse, when it can still be read."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    request_id = data.get("id") if isinstance(data, dict) else None
+    return request_id if type(request_id) is int else None
+
+
 def quote(line: bytes | str) -> str:
     """The start of a line, for error messages."""
     text = line.decode(errors="replace") if isinstance(line, bytes) else line
@@ -96,6 +110,12 @@ class _Child:
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     #: Why we killed it, when we did; the requests still in flight fail with this.
     killed_because: exceptions.ProcessorError | None = None
+    last_lines: collections.deque[str] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=LAST_LINES))
+
+    @property
+    def said(self) -> str:
+        return " | ".join(self.last_lines) or "nothing on stderr"
 
     @property
     def alive(self) -> bool:
@@ -143,7 +163,7 @@ class ExtProcessor:
                 processor=self.name, detail=f"killed: request {request_id} ran out of time"
             ))
             raise exceptions.ProcessorTimeout(
-                processor=self.name, pid=child.proc.pid, timeout_s=timeout_s
+                processor=self.name, pid=child.proc.pid, timeout_s=timeout_s, said=child.said
             ) from None
         except asyncio.CancelledError:
             child.pending.pop(request_id, None)
@@ -200,7 +220,7 @@ class ExtProcessor:
                 processor=self.name, detail=exc.strerror or str(exc)
             ) from exc
         child = _Child(proc)
-        relay = asyncio.create_task(self._relay_stderr(proc), name=f"{self.stage} stderr")
+        relay = asyncio.create_task(self._relay_stderr(proc, child), name=f"{self.stage} stderr")
         try:
             await asyncio.wait_for(self._await_ready(proc), cfg.ready_timeout_s)
         except BaseException as exc:
@@ -258,8 +278,8 @@ class ExtProcessor:
             try:
                 response = parse_response(line)
             except ValueError as exc:
-                self._broken(child, str(exc), line)
-                break
+                self._stray(child, str(exc), line)
+                continue
             future = child.pending.pop(response.id, None)
             if future is None:
                 log.warning("processor answered an unknown request", processor=self.name,
@@ -267,8 +287,10 @@ class ExtProcessor:
             elif not future.done():
                 future.set_result(response)
         code = await proc.wait()
+        if relays := child.tasks[1:]:  # its last stderr lines, unless a helper holds stderr
+            await asyncio.wait(relays, timeout=1.0)
         error = child.killed_because or exceptions.ProcessorDied(
-            processor=self.name, pid=proc.pid, returncode=code
+            processor=self.name, pid=proc.pid, returncode=code, said=child.said
         )
         for future in child.pending.values():
             if not future.done():
@@ -277,6 +299,22 @@ class ExtProcessor:
         if not self._closing and child.killed_because is None:
             log.warning("processor exited; it is restarted for the next task",
                         processor=self.name, pid=proc.pid, status=code)
+
+    def _stray(self, child: _Child, detail: str, line: bytes) -> None:
+        """A stdout line that is not a response. venus-worker logs such a line and reads on, so
+        processors that print a stray line work there: so here. A response to one of our
+        requests that is malformed fails that request only."""
+        error = exceptions.ProcessorProtocolError(
+            processor=self.name, pid=child.proc.pid, detail=detail, line=quote(line)
+        )
+        future = child.pending.pop(request_id_of(line), None)  # type: ignore[arg-type]
+        if future is not None and not future.done():
+            future.set_exception(error)
+            return
+        child.last_lines.append(f"stdout: {quote(line)}")
+        log.warning("processor wrote a line that is not a response; ignored (only responses "
+                    "belong on its stdout, logs on stderr)", processor=self.name,
+                    pid=child.proc.pid, line=quote(line))
 
     def _broken(self, child: _Child, detail: str, line: bytes) -> None:
         # Its answers can no longer be matched to requests: fail them all and start afresh.
@@ -287,7 +325,7 @@ class ExtProcessor:
                   pid=child.proc.pid, error=str(error))
         child.kill(error)
 
-    async def _relay_stderr(self, proc: asyncio.subprocess.Process) -> None:
+    async def _relay_stderr(self, proc: asyncio.subprocess.Process, child: _Child) -> None:
         assert proc.stderr is not None
         while True:
             try:
@@ -297,4 +335,6 @@ class ExtProcessor:
             if not line:
                 return
             text = line.decode(errors="replace").rstrip()
+            if text:
+                child.last_lines.append(quote(text))
             log.info("processor", processor=self.stage, pid=proc.pid, line=text)

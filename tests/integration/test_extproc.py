@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.fixtures import fake_c2
 from worker import exceptions, executors
@@ -160,19 +161,53 @@ async def test_crash_fails_the_attempt_and_the_child_is_restarted(
     assert len(pids(tmp_path)) == 2
 
 
-async def test_non_json_line_is_a_clear_error_naming_the_child(
+async def test_a_stray_stdout_line_is_ignored_as_venus_worker_does(
     make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
 ) -> None:
-    executor = make_executor({"FAKE_C2_GARBAGE": "thread 'main' panicked at bellperson"})
+    executor = make_executor({"FAKE_C2_CHATTER": "bellperson: using GPU 0 (NVIDIA H100)"})
+    with structlog.testing.capture_logs() as logs:
+        proof = await executor.run(job(json.dumps(c2_input()).encode()))
+    assert proof == fake_c2.expected_proof(c2_input())
+    [warning] = [e for e in logs if e["event"].startswith("processor wrote a line")]
+    assert warning["line"] == "bellperson: using GPU 0 (NVIDIA H100)"
+    assert len(pids(tmp_path)) == 1  # the same child goes on
+
+
+async def test_a_malformed_answer_fails_its_request_naming_the_child(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    executor = make_executor({"FAKE_C2_BAD_ANSWER": "1"})
     with pytest.raises(exceptions.ProcessorProtocolError) as info:
         await executor.run(job(json.dumps(c2_input()).encode()))
     message = str(info.value)
     assert f"c2 processor {sys.executable}" in message
-    assert "not JSON" in message
-    assert "line starts \"thread 'main' panicked at bellperson\"" in message
+    assert "err_msg is neither a string nor null" in message and '"err_msg": 5' in message
     assert info.value.retryable
+    assert alive(pids(tmp_path)[0])
+
+
+async def test_an_answer_that_never_comes_times_out_quoting_what_came_instead(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    executor = make_executor({"FAKE_C2_GARBAGE": "thread 'main' panicked at bellperson"})
+    with pytest.raises(exceptions.ProcessorTimeout) as info:
+        await executor.run(job(json.dumps(c2_input()).encode(), timeout_s=1.0))
+    assert "Its last output: " in str(info.value)
+    assert "stdout: thread 'main' panicked at bellperson" in str(info.value)
     await asyncio.sleep(0.2)
     assert not alive(pids(tmp_path)[0])
+
+
+async def test_a_processor_that_dies_says_why_in_the_tasks_error(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job]
+) -> None:
+    missing = "/var/tmp/filecoin-proof-parameters/v28-stacked-proof-of-replication.params"
+    executor = make_executor({"FAKE_C2_CRASH": "1",
+                              "FAKE_C2_STDERR": f"panicked: No such file: {missing}"})
+    with pytest.raises(exceptions.ProcessorDied) as info:
+        await executor.run(job(json.dumps(c2_input()).encode()))
+    assert "Its last output: " in str(info.value)
+    assert f"panicked: No such file: {missing}" in str(info.value)
 
 
 async def test_timeout_kills_the_child(
