@@ -74,6 +74,10 @@ class MalformedPayload(TaskFailed):
     retryable = False
 
 
+class KeyFileUnusable(TaskFailed):
+    """{detail}"""
+
+
 class PayloadMissing(TaskFailed):
     """The broker has no payload for task {task_id} ({detail}): submit the task again."""
 

@@ -79,6 +79,32 @@ async def test_submit_with_zkey_and_wtns_writes_snarkjs_files(
     assert missing_key.returncode == 1 and "--zkey" in missing_key.stderr
 
 
+async def test_a_damaged_key_file_is_set_aside_and_replaced_from_the_broker(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given a key the broker holds, and a truncated copy of it in the worker's params folder
+    broker = broker_factory(sqlite_dsn, "fs")
+    files = groth16.write_demo(tmp_path / "circuit", 4, n_public=1, seed=3)
+    assert gpuproxy("keys", "upload", "--url", broker.url, str(files.zkey)).returncode == 0
+    params = tmp_path / "params"
+    params.mkdir()
+    local = params / f"{files.zkey_sha256}.zkey"
+    local.write_bytes(files.zkey.read_bytes()[:1000])
+    worker = worker_factory(broker.url, gpu=None, extra=[
+        "--allow-type", "groth16", "--params-dir", str(params)])
+    worker.wait_for("registered")
+    # When a task needs that key, it is proved in its first attempt with the broker's copy
+    async with BrokerClient(broker.url) as client:
+        task = await client.submit_file(files.wtns, task_type="groth16", miner="f01000",
+                                        comment=f"zkey={files.zkey_sha256}")
+        done = [t async for t in client.watch(task.id)][-1]
+    assert (done.state, done.attempts) == (4, 1), done.error_message
+    assert local.read_bytes() == files.zkey.read_bytes()
+    assert (params / f"{files.zkey_sha256}.zkey.unusable").stat().st_size == 1000
+    assert "proving key file unusable; set aside" in worker.logs()
+
+
 async def test_a_worker_on_the_cuda_backend_proves_with_the_real_pycuda(
     sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
     gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]

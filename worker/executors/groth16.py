@@ -10,6 +10,7 @@ returned, as Filecoin's own C2 does: a proof that fails (a faulty GPU) is a retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import grpc
@@ -68,9 +69,23 @@ class Groth16Executor(Executor):
         await self.fetch_key(sha256, job)
         payload = await asyncio.to_thread(job.payload.read_bytes)
         await job.progress("proving", 0.0)
+        try:
+            return await self._prove_in_thread(job.task_id, sha256, payload)
+        except exceptions.KeyFileUnusable as exc:
+            # A truncated copy or a bad disk: the broker's copy, when it has one, replaces it.
+            path = keycache.key_path(self.params_dir, sha256)
+            aside = path.with_name(f"{path.name}.unusable")
+            log.warning("proving key file unusable; set aside, fetching it from the broker",
+                        path=str(path), aside=str(aside), error=str(exc))
+            with contextlib.suppress(FileNotFoundError):
+                path.replace(aside)
+            await self.fetch_key(sha256, job)
+            return await self._prove_in_thread(job.task_id, sha256, payload)
+
+    async def _prove_in_thread(self, task_id: str, sha256: str, payload: bytes) -> bytes:
         stop = threading.Event()
         try:
-            return await asyncio.to_thread(self.prove, job.task_id, sha256, payload, stop)
+            return await asyncio.to_thread(self.prove, task_id, sha256, payload, stop)
         except asyncio.CancelledError:
             stop.set()  # the thread stops at the next step of the proof
             raise
@@ -117,6 +132,8 @@ class Groth16Executor(Executor):
             if not verifier.verify(key.key.verification_key(), proof, public):
                 raise g16.ProofInvalid(backend=f"{key.backend} on {self.device}",
                                        detail="the pairing check failed")
+        except (g16.KeyMissing, g16.KeyDamaged) as exc:
+            raise exceptions.KeyFileUnusable(detail=str(exc)) from exc
         except (g16.FormatError, g16.Mismatch) as exc:
             raise exceptions.MalformedPayload(task_type=TASK_TYPE, detail=str(exc)) from exc
         except g16.Groth16Error as exc:
