@@ -17,7 +17,6 @@ import os
 import pathlib
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from broker import logs
 from broker.cli import run_command
 from broker.client import BrokerClient
 from broker.flags import Flag, add_flags, resolve
-from plugin import exceptions, stdio
+from plugin import exceptions, stdio, workdir
 from plugin.config import PluginConfig
 from plugin.dump import Dumper
 from plugin.processor import Processor
@@ -106,9 +105,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     protocol_fd = stdio.take_stdout()
     log.info("starting", broker=config.url, deadline_s=config.deadline_s,
              dump_dir=str(config.dump_dir) if config.dump_dir else None)
-    with tempfile.TemporaryDirectory(prefix="cluster-c2-plugin-") as work_dir:
+    with workdir.staging_folder() as work_dir:
         async with BrokerClient(config.url, options=channel_options(config)) as client:
-            waiter = Waiter(config, client, pathlib.Path(work_dir))
+            waiter = Waiter(config, client, work_dir)
             processor = Processor(waiter, stdio.LineWriter(protocol_fd), Dumper(config.dump_dir))
             reader = stdio.LineReader(sys.stdin.fileno())
             reader.start()
