@@ -55,3 +55,28 @@ class Outage:
     def attempt(self) -> int:
         """Retries so far in this outage, for `Backoff.delay_s`."""
         return max(0, self.failures - 1)
+
+
+@dataclasses.dataclass
+class FailureStreak:
+    """Failed tasks in a row on this worker, and when it should stop taking new ones.
+
+    A worker that fails every task (a missing parameters file, a broken driver) is always the
+    first to be idle, so without a pause it would take and fail the whole queue while healthy
+    workers wait. After `limit` failures in a row it pauses for `pause.delay_s`, doubling with
+    each further failure; a success ends the streak. `limit` 0 never pauses.
+    """
+
+    limit: int = 3
+    pause: Backoff = Backoff(initial_s=30.0, max_s=600.0, jitter=0.1)
+    failures: int = 0
+
+    def failed(self, draw: float | None = None) -> float:
+        """Count a failure; the seconds to take no new task (0 while below the limit)."""
+        self.failures += 1
+        if self.limit <= 0 or self.failures < self.limit:
+            return 0.0
+        return self.pause.delay_s(self.failures - self.limit, draw)
+
+    def succeeded(self) -> None:
+        self.failures = 0

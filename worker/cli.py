@@ -52,6 +52,9 @@ COMMON_FLAGS = [
          7200.0, float),
     Flag("grace-s", "on SIGTERM/SIGINT, how long running tasks may finish before they are "
          "handed back", 60.0, float),
+    Flag("pause-after-failures", "after this many failed tasks in a row, take no new task "
+         "for 30 s, doubling up to 10 min, so that healthy workers get the queue; 0: never",
+         3, int),
     Flag("c2-bin", "the external C2 processor (bin of venus-worker's [[processors.c2]])"),
     Flag("params-dir", "groth16 proving keys, each named <sha256>.zkey", "~/.gpuproxy/params"),
     Flag("backend", "groth16 prover: auto (CUDA when pycuda and a GPU work, else CPU), cpu, "
@@ -177,6 +180,7 @@ def settings(
         processors=processors_from(args, values["c2_bin"], section, environ),
         params_dir=pathlib.Path(values["params_dir"]).expanduser(),
         backend=values["backend"],
+        pause_after_failures=values["pause_after_failures"],
     )
     return values, config
 

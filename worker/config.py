@@ -50,6 +50,8 @@ class WorkerConfig:
     #: Groth16 proving keys, each named <sha256>.zkey (like Filecoin's parameter folder).
     params_dir: pathlib.Path = pathlib.Path("~/.gpuproxy/params")
     backend: str = "auto"  #: groth16 backend: auto (CUDA when usable, else CPU), cpu or cuda
+    #: Failed tasks in a row after which the worker pauses taking new ones (0: never).
+    pause_after_failures: int = 3
 
     def __post_init__(self) -> None:
         if not self.url.strip():
@@ -73,6 +75,9 @@ class WorkerConfig:
         _check_positive("task-timeout-s", self.task_timeout_s)
         if self.grace_s < 0:
             raise exceptions.ConfigError(field="grace-s", detail="must not be negative")
+        if self.pause_after_failures < 0:
+            raise exceptions.ConfigError(field="pause-after-failures",
+                                         detail="must be 0 (never pause) or more")
 
     def work_dir_for(self, label: str) -> pathlib.Path:
         """--work-dir with "{gpu}" replaced by the worker's label ("gpu0" or "cpu")."""

@@ -35,7 +35,7 @@ import worker
 from broker.client import target_of
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
 from worker import exceptions, executors, gpus, locks, notify, state
-from worker.backoff import Backoff, Outage
+from worker.backoff import Backoff, FailureStreak, Outage
 from worker.config import WorkerConfig
 from worker.executors import Executor
 from worker.payloads import Payload, PayloadFetcher
@@ -185,6 +185,8 @@ class Worker:
         self.backoff = RECONNECT_BACKOFF
         self.registered_once = False
         self.lost: exceptions.DeviceLost | None = None  #: the GPU failed for good: stop, exit 1
+        self.streak = FailureStreak(limit=config.pause_after_failures)
+        self.paused_until = 0.0  #: monotonic time before which no new task is taken (streak)
 
     # -- the monitor ----------------------------------------------------------------------------
 
@@ -326,7 +328,7 @@ class Worker:
                  down_s=None if down_s is None else round(down_s, 1))
 
     def _free(self) -> int:
-        if self.draining.is_set() or self.releasing:
+        if self.draining.is_set() or self.releasing or time.monotonic() < self.paused_until:
             return 0
         return max(0, self.config.max_tasks - len(self.tasks))
 
@@ -469,6 +471,10 @@ class Worker:
                 self.draining.set()
                 # Before the failure: the broker must not give the task straight back to us.
                 self._post_capacity()
+            elif isinstance(outcome, exceptions.TaskFailed):
+                self._count_failure(outcome)
+            else:
+                self.streak.succeeded()
             await self._report(running, outcome)
         except exceptions.TaskLost as exc:
             bound.warning("task dropped", reason=str(exc))
@@ -481,6 +487,21 @@ class Worker:
                 del self.tasks[task.id]
             self._post_capacity()
             bound.debug("task ended", phase=running.phase, took_s=round(time.monotonic() - started))
+
+    def _count_failure(self, failure: exceptions.TaskFailed) -> None:
+        """Pause taking tasks after too many failures in a row; a malformed payload is the
+        submitter's fault and does not count."""
+        if not failure.retryable:
+            return
+        pause_s = self.streak.failed()
+        if pause_s <= 0:
+            return
+        self.paused_until = time.monotonic() + pause_s
+        log.error("tasks keep failing on this worker; it takes no new task for a while, so "
+                  "that other workers get the queue", failures_in_a_row=self.streak.failures,
+                  pause_s=round(pause_s), last_error=str(failure))
+        self._post_capacity()  # before the failure report frees our slot at the broker
+        asyncio.get_running_loop().call_later(pause_s, self._post_capacity)
 
     async def _outcome(self, running: Running) -> bytes | exceptions.TaskFailed:
         try:

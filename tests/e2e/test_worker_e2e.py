@@ -399,3 +399,24 @@ async def test_a_task_failing_every_attempt_ends_in_error_listing_each_reason(
         capture_output=True, text=True, check=True,
     )
     assert task_id in listed.stdout and "2/2" in listed.stdout
+
+
+async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_the_queue(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a worker whose processor dies on every task (a missing parameters file) and a
+    # healthy one
+    bad = worker_factory(broker.url, gpu=0, extra=["--pause-after-failures", "1"],
+                         env={"FAKE_C2_CRASH": "1", "FAKE_C2_STDERR": "params file missing"})
+    bad.wait_for("registered")
+    good = worker_factory(broker.url, gpu=1)
+    good.wait_for("registered")
+    # When tasks arrive, the bad worker fails one and takes no more while it pauses
+    ids = [await submit(broker.url, tmp_path, json.dumps(c2_input(sector)).encode())
+           for sector in (201, 202, 203)]
+    tasks = [await final(broker.url, task_id) for task_id in ids]
+    # Then every task is proved by the healthy worker, in at most two attempts
+    assert [t.state for t in tasks] == [tasks_pb2.TASK_STATE_FINISHED] * 3
+    failed = [h for t in tasks for h in t.history if h.outcome == "failed"]
+    assert len(failed) <= 1 and all("params file missing" in h.reason for h in failed)
+    assert "tasks keep failing on this worker" in bad.logs()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.backoff import Backoff, Outage
+from worker.backoff import Backoff, FailureStreak, Outage
 
 
 def test_delay_doubles_then_stays_at_the_cap() -> None:
@@ -29,3 +29,16 @@ def test_an_outage_is_reported_once_and_its_length_at_the_end() -> None:
     assert outage.recovered(now_s=25.0) == 15.0
     assert outage.attempt == 0
     assert outage.failed(now_s=30.0) is True  # a new outage is logged again
+
+
+def test_a_failure_streak_pauses_at_its_limit_doubling_until_a_success() -> None:
+    streak = FailureStreak(limit=3, pause=Backoff(initial_s=30, max_s=600, jitter=0.1))
+    assert [streak.failed(draw=0.5) for _ in range(2)] == [0.0, 0.0]  # below the limit
+    assert [streak.failed(draw=0.5) for _ in range(6)] == [30, 60, 120, 240, 480, 600]
+    streak.succeeded()
+    assert streak.failed(draw=0.5) == 0.0  # a new streak starts from nothing
+
+
+def test_a_failure_streak_of_limit_zero_never_pauses() -> None:
+    streak = FailureStreak(limit=0)
+    assert all(streak.failed() == 0.0 for _ in range(100))
