@@ -275,6 +275,9 @@ async def test_a_task_in_error_is_reported_then_reset_when_asked_again(
     # When venus-worker asks again and a good worker is there
     assert failing.proc is not None
     failing.proc.kill()
+    async with asyncio.timeout(10):  # gone from the broker, which would give it the task again
+        while "worker disconnected" not in broker.logs():
+            await asyncio.sleep(0.02)
     worker_factory(broker.url, gpu=1)
     await plugin.send(request_line(2, task))
     # Then the same task is reset and proved
