@@ -31,8 +31,9 @@ ADD, SUB, MUL, SQR, NEG, INV, TO_MONT, FROM_MONT = range(8)
 P_ADD, P_ADD_AFFINE, P_DBL, P_DBL_AFFINE, P_NEG, P_EQUALS = range(6)
 
 
-def build(out_dir: pathlib.Path) -> ctypes.CDLL:
-    """Compile host_arith.cpp with g++; skip without g++, except under CI=true."""
+def build(out_dir: pathlib.Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Compile host_arith.cpp with g++ (and these -D options, a build of
+    worker.cuda.sources.VARIANTS); skip without g++, except under CI=true."""
     gxx = shutil.which("g++")
     if gxx is None:
         if os.environ.get("CI") == "true":
@@ -40,7 +41,7 @@ def build(out_dir: pathlib.Path) -> ctypes.CDLL:
         pytest.skip("g++ not found: the CUDA arithmetic is not tested on the host")
     lib = out_dir / "libgp_host_arith.so"
     subprocess.run(
-        [gxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+        [gxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", *defines,
          f"-I{KERNELS}", str(SOURCE), "-o", str(lib)],
         check=True, capture_output=True, text=True,
     )

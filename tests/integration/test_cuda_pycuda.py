@@ -62,3 +62,25 @@ def test_check_gpu_without_pycuda_says_what_to_install() -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "pip install 'gpuproxy[gpu]'" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("script", ["msm.py", "ntt.py"])
+def test_the_gpu_benches_set_each_variant_beside_the_cpu_on_the_emulated_card(
+    emulated: dict[str, str], script: str
+) -> None:
+    # The benches a GPU session runs: each build of the arithmetic compiled by nvcc through
+    # pycuda, self-tested, timed and checked against the CPU backend
+    sizes = ["--sizes", "3,5"] + (["--groups", "g1,g2"] if script == "msm.py" else [])
+    result = subprocess.run(
+        [sys.executable, str(pycuda_emu.ROOT / "bench" / script), *sizes, "--runs", "1",
+         "--variants", "chains,portable"],
+        env={**os.environ, **emulated}, capture_output=True, text=True, timeout=540,
+        stdin=subprocess.DEVNULL, cwd=pycuda_emu.ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "GPU: GPU 0 (Host emulation), sm_90"
+    assert "cuda:chains s" in lines[1] and "cuda:portable s" in lines[1] and "cpu s" in lines[1]
+    rows = [line for line in lines if "2^" in line and "anchor" not in line]
+    assert len(rows) == (4 if script == "msm.py" else 2)
+    assert all(len(row.split()) == (6 if script == "msm.py" else 5) for row in rows), rows

@@ -13,13 +13,17 @@ import pytest
 
 from tests.cuda import hostlib
 from tests.cuda.hostlib import FP_BYTES, FR_BYTES, P, R
+from worker.cuda import sources
 
 rng = random.Random(20261125)
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    return hostlib.build(tmp_path_factory.mktemp("cuda_host"))
+@pytest.fixture(scope="module", params=["chains", "portable"])
+def lib(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> ctypes.CDLL:
+    """Each build of the arithmetic: carry chains (on the host, the flag is emulated
+    instruction by instruction) and 64-bit sums."""
+    return hostlib.build(tmp_path_factory.mktemp(f"cuda_host_{request.param}"),
+                         sources.VARIANTS[request.param])
 
 
 # --- Fp and Fr ---------------------------------------------------------------------------------

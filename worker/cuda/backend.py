@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from worker.cuda import compiler, exceptions, selftest
+from worker.cuda import compiler, exceptions, selftest, sources
 from worker.cuda import msm as msm_driver
 from worker.cuda import ntt as ntt_driver
 from worker.cuda.device import Device
@@ -43,8 +43,9 @@ class CudaBases(base.Bases):
 
 class CudaBackend(base.Backend):
     def __init__(self, gpu: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR,
-                 device: Device | None = None, self_test: bool = True) -> None:
-        self.device = device or Device(gpu, cache_dir)
+                 device: Device | None = None, self_test: bool = True,
+                 variant: str = sources.DEFAULT_VARIANT) -> None:
+        self.device = device or Device(gpu, cache_dir, variant=variant)
         self.name = f"cuda:{self.device.name}"
         self._tables: dict[int, ntt_driver.Tables] = {}
         if self_test:
@@ -53,7 +54,8 @@ class CudaBackend(base.Backend):
             except BaseException:
                 self.close()  # the worker may go on on the CPU: give the GPU back
                 raise
-        log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch)
+        log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch,
+                 variant=self.device.variant)
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
         with self.device.active(f"uploading {group} key points"):
@@ -134,10 +136,11 @@ class CudaBackend(base.Backend):
         return self._tables[domain.log_size]
 
 
-def create(gpu: int = 0, cache_dir: pathlib.Path | None = None) -> CudaBackend:
+def create(gpu: int = 0, cache_dir: pathlib.Path | None = None,
+           variant: str = sources.DEFAULT_VARIANT) -> CudaBackend:
     """The backend on visible GPU `gpu`; CudaUnavailable when pycuda or the GPU is missing."""
     try:
-        return CudaBackend(gpu, cache_dir or compiler.DEFAULT_CACHE_DIR)
+        return CudaBackend(gpu, cache_dir or compiler.DEFAULT_CACHE_DIR, variant=variant)
     except exceptions.CudaError:
         raise
     except Exception as exc:  # pycuda raising something unexpected at start-up

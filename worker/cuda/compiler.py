@@ -23,16 +23,19 @@ def arch_of(compute_capability: tuple[int, int]) -> str:
     return f"sm_{major}{minor}"
 
 
-def cubin(name: str, arch: str, cache_dir: pathlib.Path) -> bytes:
-    """The compiled kernel file `name` for `arch`, from the cache or from nvcc."""
+def cubin(name: str, arch: str, cache_dir: pathlib.Path,
+          variant: str = sources.DEFAULT_VARIANT) -> bytes:
+    """The compiled kernel file `name` for `arch` (in a build of sources.VARIANTS), from the
+    cache or from nvcc."""
     source = sources.load(name)
-    options = (*sources.NVCC_OPTIONS, f"-arch={arch}")
-    path = cache_dir / f"{name.removesuffix('.cu')}-{sources.digest(source, options)}.cubin"
+    options = (*sources.NVCC_OPTIONS, *sources.VARIANTS[variant])
+    key = sources.digest(source, (*options, f"-arch={arch}"))
+    path = cache_dir / f"{name.removesuffix('.cu')}-{key}.cubin"
     try:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    binary = _nvcc(name, source, arch)
+    binary = _nvcc(name, source, arch, options)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".cubin-")
     with os.fdopen(fd, "wb") as f:
@@ -41,13 +44,13 @@ def cubin(name: str, arch: str, cache_dir: pathlib.Path) -> bytes:
     return binary
 
 
-def _nvcc(name: str, source: str, arch: str) -> bytes:
+def _nvcc(name: str, source: str, arch: str, options: tuple[str, ...]) -> bytes:
     try:
         from pycuda import compiler  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError as exc:
         raise exceptions.CudaUnavailable(detail=f"pycuda is not installed ({exc})") from exc
     try:
-        binary: bytes = compiler.compile(source, options=list(sources.NVCC_OPTIONS), arch=arch,
+        binary: bytes = compiler.compile(source, options=list(options), arch=arch,
                                          no_extern_c=True, cache_dir=False)
     except Exception as exc:  # pycuda.driver.CompileError, or nvcc missing (OSError)
         raise exceptions.CompileFailed(module=name, arch=arch, detail=str(exc)[-2000:]) from exc

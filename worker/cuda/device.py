@@ -35,7 +35,7 @@ class Device:
     pycuda.driver unless given (tests give a host emulation of it)."""
 
     def __init__(self, index: int = 0, cache_dir: pathlib.Path = compiler.DEFAULT_CACHE_DIR,
-                 driver: Any = None) -> None:
+                 driver: Any = None, variant: str = sources.DEFAULT_VARIANT) -> None:
         if driver is None:
             try:
                 import pycuda.driver as driver  # type: ignore[import-not-found,import-untyped,no-redef,unused-ignore]
@@ -45,6 +45,7 @@ class Device:
         cuda = driver
         self._cuda: Any = cuda
         self._cache_dir = cache_dir
+        self.variant = variant  #: the build of the arithmetic (sources.VARIANTS)
         self._lock = threading.RLock()
         self._depth = 0  #: nesting of `active` on the thread holding the lock
         self._scratch: dict[int, Any] = {}  #: id -> allocation of the running operation
@@ -71,7 +72,8 @@ class Device:
             raise
 
     def _load_module(self, name: str) -> Any:
-        return self._cuda.module_from_buffer(compiler.cubin(name, self.arch, self._cache_dir))
+        return self._cuda.module_from_buffer(
+            compiler.cubin(name, self.arch, self._cache_dir, self.variant))
 
     @contextlib.contextmanager
     def active(self, operation: str) -> Iterator[None]:

@@ -15,6 +15,16 @@ KERNELS_DIR = pathlib.Path(__file__).with_name("kernels")
 MODULES = ("msm.cu", "ntt.cu")
 #: nvcc options besides the target architecture, the same for the backend and the compile test.
 NVCC_OPTIONS = ("-std=c++17",)
+#: Builds of the field arithmetic, with their extra nvcc options: `chains` passes carries in the
+#: GPU's carry flag (the default); `portable` writes them as 64-bit sums, as plain C would;
+#: `inline` is `chains` with the Montgomery product inlined into every formula (msm.cu takes
+#: about 40 s to compile instead of 4). bench/msm.py and bench/ntt.py time them side by side.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "chains": (),
+    "portable": ("-DGP_PORTABLE_CARRIES",),
+    "inline": ("-DGP_INLINE_MUL",),
+}
+DEFAULT_VARIANT = "chains"
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 _PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\s*$")

@@ -42,6 +42,78 @@ GP_HD uint64_t mad_wide(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
     return (uint64_t)a * b + c + d;
 }
 
+// Carry chains: the instructions that pass a carry (or borrow) from one 32-bit limb to the next
+// in the GPU's carry flag, one instruction per limb (PTX add.cc/addc, sub.cc/subc, mad.lo.cc,
+// madc.hi.cc, ...), where 64-bit sums would take two or three. On the host the flag is `c.cf`,
+// so that g++ runs the same chains in the arithmetic tests; on the device `Carry` is empty and
+// the flag is the hardware's. A chain starts with a non-`c` function (add_cc, sub_cc, mad_*_cc),
+// which ignores the incoming flag, and nothing but these functions may run inside one (a call
+// or other arithmetic could clobber the flag). Subtraction's flag is the borrow, as in PTX.
+struct Carry {
+#if !defined(__CUDA_ARCH__)
+    uint32_t cf = 0;
+#endif
+};
+
+#if defined(__CUDA_ARCH__)
+#define GP_CHAIN2(name, insn)                                              \
+    __device__ __forceinline__ uint32_t name(uint32_t a, uint32_t b, Carry&) { \
+        uint32_t r;                                                        \
+        asm volatile(insn " %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));     \
+        return r;                                                          \
+    }
+#define GP_CHAIN3(name, insn)                                                          \
+    __device__ __forceinline__ uint32_t name(uint32_t a, uint32_t b, uint32_t d, Carry&) { \
+        uint32_t r;                                                                    \
+        asm volatile(insn " %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(d));     \
+        return r;                                                                      \
+    }
+GP_CHAIN2(add_cc, "add.cc.u32")
+GP_CHAIN2(addc_cc, "addc.cc.u32")
+GP_CHAIN2(addc, "addc.u32")
+GP_CHAIN2(sub_cc, "sub.cc.u32")
+GP_CHAIN2(subc_cc, "subc.cc.u32")
+GP_CHAIN2(subc, "subc.u32")
+GP_CHAIN3(mad_lo_cc, "mad.lo.cc.u32")
+GP_CHAIN3(madc_lo_cc, "madc.lo.cc.u32")
+GP_CHAIN3(mad_hi_cc, "mad.hi.cc.u32")
+GP_CHAIN3(madc_hi_cc, "madc.hi.cc.u32")
+#undef GP_CHAIN2
+#undef GP_CHAIN3
+#else
+// The host's model of each instruction: the result, and the flag it leaves (or keeps).
+inline uint32_t carry_out(uint64_t sum, Carry& c) {
+    c.cf = (uint32_t)(sum >> 32);
+    return (uint32_t)sum;
+}
+inline uint32_t borrow_out(uint64_t diff, Carry& c) {
+    c.cf = (uint32_t)(diff >> 63);
+    return (uint32_t)diff;
+}
+inline uint32_t add_cc(uint32_t a, uint32_t b, Carry& c) { return carry_out((uint64_t)a + b, c); }
+inline uint32_t addc_cc(uint32_t a, uint32_t b, Carry& c) {
+    return carry_out((uint64_t)a + b + c.cf, c);
+}
+inline uint32_t addc(uint32_t a, uint32_t b, Carry& c) { return a + b + c.cf; }
+inline uint32_t sub_cc(uint32_t a, uint32_t b, Carry& c) { return borrow_out((uint64_t)a - b, c); }
+inline uint32_t subc_cc(uint32_t a, uint32_t b, Carry& c) {
+    return borrow_out((uint64_t)a - b - c.cf, c);
+}
+inline uint32_t subc(uint32_t a, uint32_t b, Carry& c) { return a - b - c.cf; }
+inline uint32_t mad_lo_cc(uint32_t a, uint32_t b, uint32_t d, Carry& c) {
+    return carry_out((uint64_t)(a * b) + d, c);
+}
+inline uint32_t madc_lo_cc(uint32_t a, uint32_t b, uint32_t d, Carry& c) {
+    return carry_out((uint64_t)(a * b) + d + c.cf, c);
+}
+inline uint32_t mad_hi_cc(uint32_t a, uint32_t b, uint32_t d, Carry& c) {
+    return carry_out((((uint64_t)a * b) >> 32) + d, c);
+}
+inline uint32_t madc_hi_cc(uint32_t a, uint32_t b, uint32_t d, Carry& c) {
+    return carry_out((((uint64_t)a * b) >> 32) + d + c.cf, c);
+}
+#endif
+
 // counters[key]++, returning the old value. On the device the threads of a warp that hit the
 // same counter at once make one atomic between them (witness scalars put most points in the
 // same few buckets: without this, a million atomics queue on one address).

@@ -90,6 +90,8 @@ struct Field {
     }
     GP_HD bool operator!=(const Field& o) const { return !(*this == o); }
 
+#if defined(GP_PORTABLE_CARRIES)
+    // The same algorithms with 64-bit sums: what a compiler makes of plain C.
     // r = t - m if t >= m, else t (t < 2m).
     GP_HD static Field reduce_once(const Field& t) {
         Field d;
@@ -132,11 +134,6 @@ struct Field {
         return t;
     }
 
-    GP_HD Field operator-() const { return zero() - *this; }
-    GP_HD Field dbl() const { return *this + *this; }
-
-    GP_HD Field operator*(const Field& b) const { return mont_mul(*this, b); }
-
     // Montgomery product a*b*R^-1 mod m, CIOS with 32-bit limbs and 64-bit accumulators. Taken
     // by value so that, when not inlined (see GP_HD_MUL), the operands travel in registers.
     GP_HD_MUL static Field mont_mul(const Field a, const Field b) {
@@ -169,6 +166,80 @@ struct Field {
         GP_UNROLL for (int i = 0; i < N; i++) r.v[i] = t[i];
         return reduce_once(r);
     }
+#else
+    // The carry-chain arithmetic (common.cuh): on the device every limb of an addition or of a
+    // row of products is one instruction passing its carry in the flag. GP_PORTABLE_CARRIES
+    // selects the same algorithms written with 64-bit sums instead (see below), to compare.
+
+    // r = t - m if t >= m, else t (t < 2m).
+    GP_HD static Field reduce_once(const Field& t) {
+        Field d;
+        Carry c;
+        d.v[0] = sub_cc(t.v[0], P::mod(0), c);
+        GP_UNROLL for (int i = 1; i < N; i++) d.v[i] = subc_cc(t.v[i], P::mod(i), c);
+        const uint32_t borrow = subc(0, 0, c);  // all ones when t < m
+        return borrow ? t : d;
+    }
+
+    GP_HD Field operator+(const Field& o) const {
+        Field t;
+        Carry c;
+        t.v[0] = add_cc(v[0], o.v[0], c);
+        GP_UNROLL for (int i = 1; i < N; i++) t.v[i] = addc_cc(v[i], o.v[i], c);
+        return reduce_once(t);  // no carry out of the top limb: m < R/2
+    }
+
+    GP_HD Field operator-(const Field& o) const {
+        Field t;
+        Carry c;
+        t.v[0] = sub_cc(v[0], o.v[0], c);
+        GP_UNROLL for (int i = 1; i < N; i++) t.v[i] = subc_cc(v[i], o.v[i], c);
+        const uint32_t below = subc(0, 0, c);  // all ones when it went below zero: add m back
+        t.v[0] = add_cc(t.v[0], P::mod(0) & below, c);
+        GP_UNROLL for (int i = 1; i < N; i++) t.v[i] = addc_cc(t.v[i], P::mod(i) & below, c);
+        return t;
+    }
+
+    // Montgomery product a*b*R^-1 mod m (CIOS). For each limb b[i]: t += a*b[i], then
+    // t += q*m with q chosen to clear t[0], then t /= 2^32. Each `+=` of a row of products is
+    // two carry chains: the low halves into t[0..N-1], then the high halves one limb up; the
+    // carries of both land in t[N] and t[N+1]. Inputs below m leave t < 2m.
+    GP_HD_MUL static Field mont_mul(const Field a, const Field b) {
+        uint32_t t[N + 2];
+        GP_UNROLL for (int i = 0; i < N + 2; i++) t[i] = 0;
+        Carry c;
+        GP_UNROLL for (int i = 0; i < N; i++) {
+            const uint32_t bi = b.v[i];
+            t[0] = mad_lo_cc(a.v[0], bi, t[0], c);
+            GP_UNROLL for (int j = 1; j < N; j++) t[j] = madc_lo_cc(a.v[j], bi, t[j], c);
+            t[N] = addc_cc(t[N], 0, c);
+            t[N + 1] = addc(t[N + 1], 0, c);
+            t[1] = mad_hi_cc(a.v[0], bi, t[1], c);
+            GP_UNROLL for (int j = 1; j < N; j++) t[j + 1] = madc_hi_cc(a.v[j], bi, t[j + 1], c);
+            t[N + 1] = addc(t[N + 1], 0, c);
+
+            const uint32_t q = t[0] * P::INV;
+            t[0] = mad_lo_cc(q, P::mod(0), t[0], c);  // 0 by the choice of q; its carry counts
+            GP_UNROLL for (int j = 1; j < N; j++) t[j] = madc_lo_cc(q, P::mod(j), t[j], c);
+            t[N] = addc_cc(t[N], 0, c);
+            t[N + 1] = addc(t[N + 1], 0, c);
+            t[1] = mad_hi_cc(q, P::mod(0), t[1], c);
+            GP_UNROLL for (int j = 1; j < N; j++) t[j + 1] = madc_hi_cc(q, P::mod(j), t[j + 1], c);
+            t[N + 1] = addc(t[N + 1], 0, c);
+
+            GP_UNROLL for (int j = 0; j <= N; j++) t[j] = t[j + 1];
+            t[N + 1] = 0;
+        }
+        Field r;
+        GP_UNROLL for (int i = 0; i < N; i++) r.v[i] = t[i];
+        return reduce_once(r);
+    }
+#endif  // GP_PORTABLE_CARRIES
+
+    GP_HD Field operator-() const { return zero() - *this; }
+    GP_HD Field dbl() const { return *this + *this; }
+
+    GP_HD Field operator*(const Field& b) const { return mont_mul(*this, b); }
 
     GP_HD Field sqr() const { return *this * *this; }
 
