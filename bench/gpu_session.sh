@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything a GPU check needs, in one run on a machine with an NVIDIA GPU and no PyPI: install
+# gpuproxy[gpu] from a wheelhouse, check the CUDA backend against the CPU backend
+# (`gpuproxy-worker check-gpu`: MSMs, NTTs, verified proofs), then time MSM and NTT per build of
+# the arithmetic beside the CPU (bench/msm.py, bench/ntt.py). Each step's output goes to
+# OUT_DIR (default $OUT, else /tmp/gpu-session) and to stdout.
+#
+#   # where PyPI and the CUDA toolkit are (no GPU needed), for the GPU host's Python:
+#   PYTHON=python3.12 deploy/wheelhouse.sh .whl
+#   # on the GPU host, from the repository root:
+#   bash bench/gpu_session.sh .whl [OUT_DIR]
+#
+# STEP_S bounds each step (default 240 s); MSM_SIZES, NTT_SIZES, PROVE_SIZES, VARIANTS and
+# CHECK_ARGS (more check-gpu flags) narrow or widen the run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+wheels=${1:?usage: bench/gpu_session.sh WHEELHOUSE [OUT_DIR]}
+out=${2:-${OUT:-/tmp/gpu-session}}
+step_s=${STEP_S:-240}
+venv=${VENV:-/tmp/gpuproxy-gpu-venv}
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+
+step() {  # step NAME COMMAND...: run it within STEP_S, its output in OUT_DIR/NAME.txt
+    local name=$1
+    shift
+    echo "== $name: $*"
+    timeout "$step_s" "$@" 2>&1 | tee "$out/$name.txt"
+    echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+"${PYTHON:-python3}" -m venv "$venv" &&
+    "$venv/bin/pip" install -q --no-index --find-links "$wheels" 'gpuproxy[gpu]' || exit 1
+command -v nvidia-smi >/dev/null && nvidia-smi | tee "$out/nvidia-smi.txt"
+# shellcheck disable=SC2086  # CHECK_ARGS is a list of flags
+step check "$venv/bin/gpuproxy-worker" check-gpu --prove-sizes "${PROVE_SIZES:-10,16,20}" \
+    ${CHECK_ARGS:-}
+step msm "$venv/bin/python" bench/msm.py --sizes "${MSM_SIZES:-16,18,20,22}" --cpu-max 20 \
+    --variants "${VARIANTS:-chains,portable,inline}"
+step ntt "$venv/bin/python" bench/ntt.py --sizes "${NTT_SIZES:-16,20,22,24}" --cpu-max 22 \
+    --variants "${VARIANTS:-chains,portable,inline}"
