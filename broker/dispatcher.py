@@ -144,12 +144,16 @@ class Dispatcher:
                 self._wake.set()
 
     async def _revoke_lost(self) -> None:
-        for task_id in list(self._checks):  # a check stays until it ran (database down)
+        for task_id in list(self._checks):
+            # Taken before the read: a change that arrives during it is checked again.
+            self._checks.discard(task_id)
             try:
                 task: Task | None = await self.store.get_task(task_id)
             except exceptions.TaskNotFound:
                 task = None
-            self._checks.discard(task_id)
+            except BaseException:
+                self._checks.add(task_id)  # the database is down: check it once it answers
+                raise
             for s in self.sessions:
                 fence = s.held.get(task_id)
                 if fence is None or (task and _held_by(task, s.worker_id, fence)):

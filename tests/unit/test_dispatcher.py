@@ -214,3 +214,32 @@ async def test_a_held_task_that_was_deleted_is_revoked(store: Store) -> None:
     revoke = s.outbox.get_nowait().revoke
     assert revoke.task_id == task_id and revoke.reason.startswith("task is deleted")
     assert s.held == {}
+
+
+async def test_a_change_during_a_check_is_checked_again(store: Store) -> None:
+    # Given a worker running a task, and a cancel that lands while the dispatcher reads it
+    dispatcher = Dispatcher(store, lease_s=30)
+    s = worker("w")
+    dispatcher.add(s)
+    task_id = await claimed(dispatcher, s, store)
+    real_get = store.get_task
+    reads = 0
+
+    async def read_then_cancel(task_id: str) -> models.Task:
+        nonlocal reads
+        reads += 1
+        row = await real_get(task_id)  # still running
+        if reads == 1:
+            await store.cancel_task(task_id, "cancelled meanwhile", models.now_ms())
+            dispatcher.task_changed(task_id)
+        return row
+
+    store.get_task = read_then_cancel  # type: ignore[method-assign]
+    dispatcher.task_changed(task_id)
+    # When the first check reads the running row, nothing is revoked yet
+    await dispatcher._revoke_lost()
+    assert s.outbox.empty()
+    # Then the change that came during it is checked next, and the worker is told
+    await dispatcher._revoke_lost()
+    revoke = s.outbox.get_nowait().revoke
+    assert revoke.task_id == task_id and "cancelled meanwhile" in revoke.reason
