@@ -1,26 +1,33 @@
 """The folder where the plugin stages each request's C2 input (tens of MB) while it waits.
 
-One folder per process under TMPDIR, named with the host and pid. venus-worker stops and
-restarts its processors with SIGKILL, which leaves no chance to clean up, so a starting plugin
-removes the folders of this host's plugins that are no longer running.
+One folder per process under TMPDIR, named with the host and pid, holding a lock file that the
+process keeps flock'ed for its life. venus-worker stops and restarts its processors with
+SIGKILL, which leaves no chance to clean up, so a starting plugin removes this host's folders
+whose lock nobody holds: the kernel drops a dead process's flock, in whatever pid namespace
+(container) it ran, so a live plugin's folder is never taken for a dead one's.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import contextlib
+import fcntl
 import os
 import pathlib
 import re
 import shutil
 import socket
 import tempfile
+import time
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
 PREFIX = "cluster-c2-plugin-"
+LOCK = ".lock"
+#: A folder without its lock file this old was left by a plugin killed while it started.
+UNLOCKED_AGE_S = 600.0
 
 
 @contextlib.contextmanager
@@ -31,39 +38,52 @@ def staging_folder(parent: pathlib.Path | None = None) -> collections.abc.Iterat
         log.info("removed C2 inputs left by plugins that were killed", folders=len(removed))
     prefix = f"{PREFIX}{_host()}-{os.getpid()}-"
     with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as path:
-        yield pathlib.Path(path)
+        folder = pathlib.Path(path)
+        fd = _lock(folder)
+        try:
+            yield folder
+        finally:
+            os.close(fd)
 
 
 def remove_left_by_dead(parent: pathlib.Path) -> list[pathlib.Path]:
-    """Remove the folders of this host's plugins whose process is gone; the ones removed."""
-    mine = re.compile(re.escape(f"{PREFIX}{_host()}-") + r"(\d+)-")
+    """Remove the folders of this host's plugins that are no longer running; the ones removed."""
     removed = []
-    for entry in parent.glob(f"{PREFIX}*"):
-        match = mine.match(entry.name)
-        if match is None or _running(int(match[1])) or not _owned(entry):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
+    for folder in parent.glob(f"{PREFIX}{_host()}-*"):
+        if folder.is_dir() and not folder.is_symlink() and _abandoned(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
     return removed
+
+
+def _lock(folder: pathlib.Path) -> int:
+    # Locked under a temporary name, then renamed: a cleaner never finds it unlocked.
+    tmp = folder / f"{LOCK}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    tmp.rename(folder / LOCK)
+    return fd
+
+
+def _abandoned(folder: pathlib.Path) -> bool:
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        try:
+            return time.time() - folder.stat().st_mtime > UNLOCKED_AGE_S
+        except OSError:
+            return False
+    except OSError:
+        return False  # another user's folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its plugin is running
+    finally:
+        os.close(fd)
+    return True
 
 
 def _host() -> str:
     # Folders of other hosts (a TMPDIR shared over the network) are never touched.
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def _owned(path: pathlib.Path) -> bool:
-    try:
-        return path.lstat().st_uid == os.getuid() and path.is_dir()
-    except OSError:
-        return False
