@@ -112,6 +112,24 @@ async def test_executor_failures(groth16_demo: Demo, executor: Groth16Executor,
         await executor.run(_job(other.wtns, f"zkey={sha}"))
 
 
+async def test_a_damaged_key_the_broker_cannot_replace_fails_the_attempt_for_another_worker(
+    groth16_demo: Demo, executor: Groth16Executor
+) -> None:
+    # Given a truncated copy of the key in --params-dir, and no broker to fetch it from
+    files = groth16_demo(4, 1)
+    sha = keycache.install(files.zkey, executor.params_dir)
+    local = executor.params_dir / f"{sha}.zkey"
+    local.write_bytes(local.read_bytes()[:500])
+    # Then the attempt fails retryable (a worker with a good copy may prove it), saying what
+    # was done with the file and why it was not replaced
+    with pytest.raises(exceptions.KeyFileUnusable) as info:
+        await executor.run(_job(files.wtns, f"zkey={sha}"))
+    assert info.value.retryable
+    assert f"set aside as {sha}.zkey.unusable" in str(info.value)
+    assert "could not replace it" in str(info.value) and "No broker" in str(info.value)
+    assert not local.exists() and (executor.params_dir / f"{sha}.zkey.unusable").exists()
+
+
 class FaultyBackend(backends.Backend):
     """The CPU backend with a G1 MSM that returns the generator: a broken GPU."""
 

@@ -79,7 +79,13 @@ class Groth16Executor(Executor):
                         path=str(path), aside=str(aside), error=str(exc))
             with contextlib.suppress(FileNotFoundError):
                 path.replace(aside)
-            await self.fetch_key(sha256, job)
+            try:
+                await self.fetch_key(sha256, job)
+            except exceptions.TaskFailed as fetch_error:
+                # No copy from the broker either: another worker's copy may serve (retryable).
+                raise exceptions.KeyFileUnusable(
+                    detail=f"{exc} It was set aside as {aside.name}, and the broker's copy "
+                    f"could not replace it: {fetch_error}") from fetch_error
             return await self._prove_in_thread(job.task_id, sha256, payload)
 
     async def _prove_in_thread(self, task_id: str, sha256: str, payload: bytes) -> bytes:
