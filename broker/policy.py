@@ -73,8 +73,10 @@ def clipped(text: str, limit: int = REASON_CHARS) -> str:
     it names the error; the rest of a long processor output stays in the worker's log)."""
     if len(text) <= limit:
         return text
-    note = f" [... {len(text) - limit} more characters cut]"
-    return text[: max(limit - len(note), 0)] + note
+    kept = limit - len(f" [... {len(text)} more characters cut]")  # the longest note
+    if kept <= 0:
+        return text[:limit]
+    return text[:kept] + f" [... {len(text) - kept} more characters cut]"
 
 
 def _since_last_reset(history: Sequence[Attempt]) -> Sequence[Attempt]:

@@ -33,8 +33,8 @@ def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
     for field, value in (("worker_id", reg.worker_id), ("hostname", reg.hostname)):
         if len(value) > NAME_CHARS:  # the database's column width
             raise exceptions.InvalidArgument(
-                detail=f"{field} is {len(value)} characters long, over {NAME_CHARS}: "
-                "give the worker a shorter --worker-id")
+                detail=f"{field} is {len(value)} characters long, over {NAME_CHARS}: shorten "
+                "the worker's host name, or the worker_id in its work folder's state.json")
     if not reg.task_types:
         raise exceptions.InvalidArgument(detail="register needs at least one task type")
     if reg.max_tasks < 1:
