@@ -202,33 +202,30 @@ struct Field {
 
     // Montgomery product a*b*R^-1 mod m (CIOS). For each limb b[i]: t += a*b[i], then
     // t += q*m with q chosen to clear t[0], then t /= 2^32. Each `+=` of a row of products is
-    // two carry chains: the low halves into t[0..N-1], then the high halves one limb up; the
-    // carries of both land in t[N] and t[N+1]. Inputs below m leave t < 2m.
+    // two carry chains: the low halves into t[0..N-1], then the high halves one limb up. With
+    // m < R/2 and t < 2m, t + a*b[i] + q*m < 2^33 m < 2^(32(N+1)): N+1 limbs hold it, and
+    // nothing carries out of t[N]. Inputs below m leave t < 2m.
     GP_HD_MUL static Field mont_mul(const Field a, const Field b) {
-        uint32_t t[N + 2];
-        GP_UNROLL for (int i = 0; i < N + 2; i++) t[i] = 0;
+        uint32_t t[N + 1];
+        GP_UNROLL for (int i = 0; i < N + 1; i++) t[i] = 0;
         Carry c;
         GP_UNROLL for (int i = 0; i < N; i++) {
             const uint32_t bi = b.v[i];
             t[0] = mad_lo_cc(a.v[0], bi, t[0], c);
             GP_UNROLL for (int j = 1; j < N; j++) t[j] = madc_lo_cc(a.v[j], bi, t[j], c);
-            t[N] = addc_cc(t[N], 0, c);
-            t[N + 1] = addc(t[N + 1], 0, c);
+            t[N] = addc(t[N], 0, c);
             t[1] = mad_hi_cc(a.v[0], bi, t[1], c);
             GP_UNROLL for (int j = 1; j < N; j++) t[j + 1] = madc_hi_cc(a.v[j], bi, t[j + 1], c);
-            t[N + 1] = addc(t[N + 1], 0, c);
 
             const uint32_t q = t[0] * P::INV;
             t[0] = mad_lo_cc(q, P::mod(0), t[0], c);  // 0 by the choice of q; its carry counts
             GP_UNROLL for (int j = 1; j < N; j++) t[j] = madc_lo_cc(q, P::mod(j), t[j], c);
-            t[N] = addc_cc(t[N], 0, c);
-            t[N + 1] = addc(t[N + 1], 0, c);
+            t[N] = addc(t[N], 0, c);
             t[1] = mad_hi_cc(q, P::mod(0), t[1], c);
             GP_UNROLL for (int j = 1; j < N; j++) t[j + 1] = madc_hi_cc(q, P::mod(j), t[j + 1], c);
-            t[N + 1] = addc(t[N + 1], 0, c);
 
-            GP_UNROLL for (int j = 0; j <= N; j++) t[j] = t[j + 1];
-            t[N + 1] = 0;
+            GP_UNROLL for (int j = 0; j < N; j++) t[j] = t[j + 1];
+            t[N] = 0;
         }
         Field r;
         GP_UNROLL for (int i = 0; i < N; i++) r.v[i] = t[i];
