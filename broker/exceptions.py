@@ -91,6 +91,12 @@ class StoreUnavailable(BrokerError):
     """Database {dsn} is unreachable: {detail}. Is the server running and the DSN right?"""
 
 
+class SqliteUnusable(StoreUnavailable):
+    """SQLite database {path} cannot be used: {detail}. Check that its folder exists and that
+    the broker may write there; a file that "is not a database" is damaged or another
+    program's: restore it from a backup, or move it aside and a new one is made."""
+
+
 class PayloadStoreUnavailable(BrokerError):
     """Payload folder {path} cannot be used: {detail}. Check that it exists, is mounted and is
     writable by the broker."""

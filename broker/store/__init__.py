@@ -12,6 +12,10 @@ def open_store(dsn: str) -> Store:
     """
     from broker import exceptions
 
+    if dsn.startswith("sqlite://") and not dsn.startswith("sqlite:///"):
+        raise exceptions.ConfigError(
+            field="db-dsn", detail=f"{dsn!r}: write sqlite:///relative/path or "
+            "sqlite:////absolute/path (three slashes, then the path)")
     if dsn.startswith("sqlite://"):
         from broker.store.sqlite import SqliteStore
 

@@ -116,7 +116,8 @@ class SqliteStore(SqlStore):
             raise
 
     def _unavailable(self, exc: BaseException) -> exceptions.StoreUnavailable:
-        return exceptions.StoreUnavailable(dsn=self.dsn, detail=str(exc) or type(exc).__name__)
+        return exceptions.SqliteUnusable(path=self.path.absolute(),
+                                         detail=str(exc) or type(exc).__name__)
 
 
 async def _enable_wal(conn: aiosqlite.Connection) -> None:

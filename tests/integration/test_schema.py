@@ -154,3 +154,20 @@ async def test_an_unusable_sqlite_file_is_store_unavailable(tmp_path: pathlib.Pa
         store = open_store(dsn)
         with pytest.raises(exceptions.StoreUnavailable, match=str(tmp_path)):
             await store.open()
+
+
+async def test_a_damaged_sqlite_file_says_what_to_do(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "damaged.db").write_bytes(b"this is not a database" * 100)
+    store = open_store(f"sqlite:///{tmp_path}/damaged.db")
+    with pytest.raises(exceptions.SqliteUnusable) as info:
+        await store.open()
+    message = str(info.value)
+    assert f"SQLite database {tmp_path}/damaged.db cannot be used: file is not a " \
+        "database" in message
+    assert "restore it from a backup, or move it aside" in message
+    assert "server" not in message
+
+
+def test_a_sqlite_dsn_with_two_slashes_is_refused_saying_how_to_write_it() -> None:
+    with pytest.raises(exceptions.ConfigError, match="three slashes"):
+        open_store("sqlite://relative.db")
