@@ -10,10 +10,11 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from google.protobuf import json_format
@@ -21,10 +22,19 @@ from google.protobuf import json_format
 from broker import config as broker_config
 from broker import exceptions, logs, policy
 from broker.client import BrokerClient
-from broker.flags import Flag, add_flags, load_toml, resolve
+from broker.flags import (
+    Flag,
+    add_flags,
+    address,
+    listen_address,
+    load_toml,
+    resolve,
+    seconds,
+)
 from protos.gpuproxy.v1 import tasks_pb2
 
 log = structlog.get_logger(__name__)
+N = TypeVar("N", int, float)
 
 STATE_NAMES = {1: "init", 2: "running", 3: "error", 4: "finished"}
 STATE_NUMBERS = {name: num for num, name in STATE_NAMES.items()}
@@ -33,9 +43,9 @@ LOG_FLAGS = [
     Flag("log-level", "log level", "info", choices=logs.LEVELS),
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
 ]
-CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888")]
+CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888", address)]
 RUN_FLAGS = [
-    Flag("url", "address to listen on", "127.0.0.1:18888"),
+    Flag("url", "address to listen on", "127.0.0.1:18888", listen_address),
     Flag("db-dsn", "task database: sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB",
          "sqlite:///~/.gpuproxy/gpuproxy.db"),
     Flag("resource-type", "where payloads live", "fs", choices=("fs", "db")),
@@ -43,17 +53,18 @@ RUN_FLAGS = [
          "with the workers in production)", "~/.gpuproxy/payloads"),
     Flag("max-payload-bytes", "largest accepted payload", broker_config.GIB, int),
     Flag("max-attempts", "default attempts per task before it goes to error", 3, int),
-    Flag("lease-s", "seconds a worker keeps a task without a heartbeat", 60.0, float),
+    Flag("lease-s", "seconds a worker keeps a task without a heartbeat", 60.0, seconds),
     Flag("retry-backoff-s", "wait before a failed attempt is retried, doubled each time",
-         5.0, float),
+         5.0, seconds),
     Flag("type-max-attempts", "attempts per task type over --max-attempts, e.g. c2=5,groth16=3",
          ""),
     Flag("type-timeout-s", "longest one attempt of a type may run, e.g. c2=3600", ""),
     Flag("orphan-age-s", "age after which interrupted uploads and unneeded payloads go",
-         3600.0, float),
-    Flag("retention-s", "how long finished and errored tasks are kept", 7 * 86400.0, float),
-    Flag("clean-interval-s", "seconds between cleaner sweeps", 300.0, float),
-    Flag("metrics-url", "HOST:PORT to serve Prometheus metrics on (off when empty)", ""),
+         3600.0, seconds),
+    Flag("retention-s", "how long finished and errored tasks are kept", 7 * 86400.0, seconds),
+    Flag("clean-interval-s", "seconds between cleaner sweeps", 300.0, seconds),
+    Flag("metrics-url", "HOST:PORT to serve Prometheus metrics on (off when empty)", "",
+         lambda text: listen_address(text) if text.strip() else ""),
     *LOG_FLAGS,
 ]
 
@@ -75,10 +86,8 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
         default_max_attempts=values["max_attempts"],
         lease_s=values["lease_s"],
         retry_backoff_s=values["retry_backoff_s"],
-        type_max_attempts=tuple((k, int(v)) for k, v in _pairs("type-max-attempts",
-                                                                values["type_max_attempts"])),
-        type_timeout_s=tuple((k, float(v)) for k, v in _pairs("type-timeout-s",
-                                                              values["type_timeout_s"])),
+        type_max_attempts=tuple(_pairs("type-max-attempts", values["type_max_attempts"], int)),
+        type_timeout_s=tuple(_pairs("type-timeout-s", values["type_timeout_s"], seconds)),
         orphan_age_s=values["orphan_age_s"],
         retention_s=values["retention_s"],
         clean_interval_s=values["clean_interval_s"],
@@ -201,16 +210,48 @@ async def cmd_tasks_cancel(args: argparse.Namespace) -> int:
 
 def _existing_file(path: str, what: str) -> pathlib.Path:
     p = pathlib.Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise exceptions.InvalidArgument(detail=f"{what} {p} does not exist")
+    if not p.is_file():
+        raise exceptions.InvalidArgument(detail=f"{what} {p} is not a regular file")
+    if not os.access(p, os.R_OK):
+        raise exceptions.InvalidArgument(detail=f"{what} {p} is not readable by this user")
     return p
+
+
+def _output_file(path: str) -> pathlib.Path:
+    """-o FILE, checked before anything is sent: its folder must exist and take a new file."""
+    out = pathlib.Path(path)
+    if out.is_dir():
+        raise exceptions.InvalidArgument(detail=f"-o {out} is a folder: name a file in it")
+    folder = out.parent
+    if not folder.is_dir():
+        raise exceptions.InvalidArgument(detail=f"-o {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise exceptions.InvalidArgument(detail=f"-o {out}: folder {folder} is not writable")
+    return out
+
+
+def _proving_key(path: str) -> pathlib.Path:
+    """The .zkey at `path`, checked before it is uploaded: a file that is not a key would be
+    fetched and refused by every worker, each time using up an attempt of the task."""
+    from worker.groth16 import exceptions as g16
+    from worker.groth16 import zkey
+
+    key = _existing_file(path, "proving key")
+    try:
+        zkey.check_file(key)
+    except g16.Groth16Error as exc:
+        raise exceptions.InvalidArgument(detail=str(exc)) from None
+    return key
 
 
 async def cmd_tasks_submit(args: argparse.Namespace) -> int:
     if (args.file is None) == (args.wtns is None):
         raise exceptions.InvalidArgument(detail="give the payload as FILE or as --wtns, once")
     path = _existing_file(args.file or args.wtns, "payload file")
-    zkey = _existing_file(args.zkey, "proving key") if args.zkey else None
+    zkey = _proving_key(args.zkey) if args.zkey else None
+    out = _output_file(args.output) if args.output else None
     if args.type == "groth16" and zkey is None:
         raise exceptions.InvalidArgument(detail="groth16 tasks need their proving key: --zkey")
     comment = args.comment or ""
@@ -235,8 +276,7 @@ async def cmd_tasks_submit(args: argparse.Namespace) -> int:
                 detail=f"task {task.id} ended in {STATE_NAMES.get(task.state)}: "
                 f"{task.error_message}"
             )
-        if args.output:
-            out = pathlib.Path(args.output)
+        if out is not None:
             size, _ = await client.download_result(task.id, out)
             if task.task_type == "groth16":
                 split_groth16_result(out)
@@ -262,7 +302,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def cmd_keys_upload(args: argparse.Namespace) -> int:
-    path = _existing_file(args.file, "key file")
+    path = _proving_key(args.file)
     async with _client(args) as client:
         key = await client.upload_resource(path)
     print(key.sha256)
@@ -270,31 +310,35 @@ async def cmd_keys_upload(args: argparse.Namespace) -> int:
 
 
 async def cmd_tasks_result(args: argparse.Namespace) -> int:
+    out = _output_file(args.output)
     async with _client(args) as client:
-        size, sha = await client.download_result(args.id, pathlib.Path(args.output))
+        size, sha = await client.download_result(args.id, out)
     print(f"{args.output} {size} bytes sha256 {sha}")
     return 0
 
 
 async def cmd_tasks_payload(args: argparse.Namespace) -> int:
+    out = _output_file(args.output)
     async with _client(args) as client:
-        size, sha = await client.download_payload(args.id, pathlib.Path(args.output))
+        size, sha = await client.download_payload(args.id, out)
     print(f"{args.output} {size} bytes sha256 {sha}")
     return 0
 
 
-def _pairs(field: str, value: str) -> list[tuple[str, str]]:
-    """TYPE=VALUE,TYPE=VALUE; a malformed item is a ConfigError naming the flag."""
+def _pairs(field: str, value: str, number: Callable[[str], N]) -> list[tuple[str, N]]:
+    """TYPE=NUMBER,TYPE=NUMBER; a malformed item is a ConfigError naming the flag."""
     pairs = []
     for item in _csv(value):
         key, sep, val = item.partition("=")
         try:
-            float(val)
+            parsed = number(val.strip())
         except ValueError:
             sep = ""
-        if not sep or not key:
-            raise exceptions.ConfigError(field=field, detail=f"{item!r} is not TYPE=NUMBER")
-        pairs.append((key.strip(), val.strip()))
+        if not sep or not key.strip():
+            kind = "a whole number" if number is int else "a finite number"
+            raise exceptions.ConfigError(field=field, detail=f"{item!r} is not TYPE=NUMBER "
+                                         f"with NUMBER {kind}")
+        pairs.append((key.strip(), parsed))
     return pairs
 
 
@@ -436,10 +480,11 @@ def report(exc: BaseException) -> None:
     cur: BaseException | None = exc
     while cur is not None and cur not in chain:
         chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     print(f"error: {chain[0]}", file=sys.stderr)
     for cause in chain[1:]:
-        text = str(cause).strip().splitlines()
+        details = getattr(cause, "details", None)  # a gRPC error's own words are its details
+        text = str(details() if callable(details) else cause).strip().splitlines()
         print(f"  caused by: {type(cause).__name__}: {text[0] if text else ''}", file=sys.stderr)
 
 
@@ -448,6 +493,8 @@ def run_command(command: Coroutine[Any, Any, int],
     """Run a command (this CLI's, the worker's, the plugin's): its exit status; 1 once one of
     `errors` or an OSError is printed with its causes; 130 on Ctrl-C."""
     reported: tuple[type[Exception], ...] = (*errors, OSError)
+    logs.configure()  # until the command sets its own: nothing may reach stdout (the plugin's
+    # protocol pipe), and a settings error stays one line
     try:
         return asyncio.run(command)
     except KeyboardInterrupt:
@@ -460,7 +507,6 @@ def run_command(command: Coroutine[Any, Any, int],
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure()  # until the command sets its own level: errors stay one line each
     return run_command(args.func(args))
 
 

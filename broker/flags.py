@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import pathlib
 import tomllib
@@ -15,6 +16,33 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from broker import exceptions
+
+
+def seconds(text: str) -> float:
+    """A finite number (nan and inf are refused: a timeout of nan would fail every sweep)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def address(text: str, *, lowest_port: int = 1) -> str:
+    """HOST:PORT (also gpuproxy's http://HOST:PORT, and [IPv6]:PORT), checked and kept as
+    written: a port out of range would otherwise wrap around to another port without a word."""
+    rest = text.strip()
+    for prefix in ("http://", "grpc://"):
+        rest = rest.removeprefix(prefix)
+    if "://" in rest:
+        raise ValueError(f"{text!r}: only plain connections are served: write HOST:PORT")
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not lowest_port <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT with a port from {lowest_port} to 65535")
+    return text.strip()
+
+
+def listen_address(text: str) -> str:
+    """An address to listen on: HOST:PORT, port 0 taking any free port."""
+    return address(text, lowest_port=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +67,24 @@ def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
     for flag in flags:
         shown = "" if flag.default in (None, "") else f", default {flag.default}"
         parser.add_argument(
-            f"--{flag.name}", dest=flag.dest, default=None, type=flag.type, choices=flag.choices,
-            help=f"{flag.help} [env {flag.env}{shown}]",
+            f"--{flag.name}", dest=flag.dest, default=None, type=_said(flag.type),
+            choices=flag.choices, help=f"{flag.help} [env {flag.env}{shown}]",
         )
+
+
+def _said(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`convert` whose ValueError argparse prints as it is (it prints only its own otherwise)."""
+    if convert in (str, int, float):
+        return convert  # argparse's message names the type already
+
+    def checked(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    checked.__name__ = getattr(convert, "__name__", "value")
+    return checked
 
 
 def load_toml(path: str | None) -> dict[str, Any]:
@@ -52,7 +95,7 @@ def load_toml(path: str | None) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as exc:
         raise exceptions.ConfigError(field="config", detail=f"cannot read {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise exceptions.ConfigError(field="config", detail=f"{path} is not TOML: {exc}") from exc
 
 

@@ -13,7 +13,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker import cleaner, housekeeper, metrics, models
+from broker import cleaner, exceptions, housekeeper, metrics, models
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
 from broker.payloads import open_payload_store
@@ -82,12 +82,22 @@ class Broker:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(cfg.listen)
+        try:
+            self.port = self.server.add_insecure_port(cfg.listen)
+        except RuntimeError:  # grpcio's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.listen}: is another broker using the port?")
+            raise exceptions.ConfigError(
+                field="url", detail=f"cannot listen on {cfg.listen}: another program (a broker?) "
+                "holds the port, or the host is not an address of this machine")
         await self.server.start()
         if cfg.metrics_listen:
-            metrics.serve(cfg.metrics_listen)
+            try:
+                metrics.serve(cfg.metrics_listen)
+            except OSError as exc:
+                raise exceptions.ConfigError(
+                    field="metrics-url", detail=f"cannot serve metrics on {cfg.metrics_listen}: "
+                    f"{exc.strerror or exc}") from exc
         for name in ("", names[0], names[1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._spawn("dispatcher", self.dispatcher.run_forever)

@@ -26,7 +26,7 @@ from broker import exceptions as broker_exceptions
 from broker import logs
 from broker.cli import run_command
 from broker.client import BrokerClient
-from broker.flags import Flag, add_flags, resolve
+from broker.flags import Flag, add_flags, address, resolve, seconds
 from plugin import exceptions, stdio, workdir
 from plugin.config import PluginConfig
 from plugin.dump import Dumper
@@ -57,9 +57,9 @@ def log_level(value: str) -> str:
 
 RUN_FLAGS = [
     LegacyFlag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy, or "
-               "HOST:PORT)", "http://127.0.0.1:18888", legacy_env="C2PROXY_LISTEN_URL"),
+               "HOST:PORT)", "http://127.0.0.1:18888", address, legacy_env="C2PROXY_LISTEN_URL"),
     LegacyFlag("poll-task-interval", "seconds between task reads when the broker's watch "
-               "stream cannot be held (otherwise the broker pushes every change)", 60.0, float,
+               "stream cannot be held (otherwise the broker pushes every change)", 60.0, seconds,
                legacy_env="C2PROXY_POLL_TASK_INTERVAL"),
     LegacyFlag("log-level", "log level (trace and warn are taken as debug and warning)", "info",
                log_level, choices=logs.LEVELS, legacy_env="C2PROXY_LOG_LEVEL"),
@@ -67,9 +67,9 @@ RUN_FLAGS = [
     Flag("dump-dir", "write each request and response line, as it crossed the pipe, to a file "
          "here named by request id"),
     Flag("deadline-s", "a request still without a proof after this many seconds is answered "
-         "with an error saying what was tried", 24 * 3600.0, float),
-    Flag("retry-min-s", "first wait before calling an unreachable broker again", 1.0, float),
-    Flag("retry-max-s", "longest wait between calls to an unreachable broker", 30.0, float),
+         "with an error saying what was tried", 24 * 3600.0, seconds),
+    Flag("retry-min-s", "first wait before calling an unreachable broker again", 1.0, seconds),
+    Flag("retry-max-s", "longest wait between calls to an unreachable broker", 30.0, seconds),
 ]
 
 

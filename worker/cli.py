@@ -21,7 +21,7 @@ import structlog
 from broker import exceptions as broker_exceptions
 from broker import logs
 from broker.cli import run_command
-from broker.flags import Flag, add_flags, load_toml, resolve
+from broker.flags import Flag, add_flags, address, load_toml, resolve, seconds
 from worker import config as worker_config
 from worker import daemon, exceptions, gpus
 from worker.supervisor import Supervisor
@@ -34,7 +34,7 @@ LOG_FLAGS = [
 ]
 COMMON_FLAGS = [
     Flag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy works too)",
-         "127.0.0.1:18888"),
+         "127.0.0.1:18888", address),
     Flag("max-tasks", "tasks this worker runs at once", 1, int),
     Flag("allow-type", "task types this worker runs, comma separated", "c2"),
     Flag("nvidia-smi", "GPU inventory command; '' (or none installed) makes a CPU worker",
@@ -49,9 +49,9 @@ COMMON_FLAGS = [
     Flag("fs-resource-path", "with --resource-type fs: the broker's payload folder as mounted "
          "here (NFS)"),
     Flag("task-timeout-s", "longest a task may run in its executor before it is killed",
-         7200.0, float),
+         7200.0, seconds),
     Flag("grace-s", "on SIGTERM/SIGINT, how long running tasks may finish before they are "
-         "handed back", 60.0, float),
+         "handed back", 60.0, seconds),
     Flag("pause-after-failures", "after this many failed tasks in a row, take no new task "
          "for 30 s, doubling up to 10 min, so that healthy workers get the queue; 0: never",
          3, int),
@@ -200,8 +200,16 @@ async def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     values, config = settings(args, SUPERVISE_FLAGS)
     indices = [_gpu_index(v) for v in _csv(values["gpus"])]
+    if twice := sorted({i for i in indices if indices.count(i) > 1}):
+        raise exceptions.ConfigError(field="gpus", detail=f"GPU {twice[0]} is listed twice: "
+                                     "one worker per GPU")
+    found = await gpus.inventory(config.nvidia_smi)
+    if found is not None and (unknown := [i for i in indices
+                                          if i not in {g.index for g in found}]):
+        raise exceptions.ConfigError(
+            field="gpus", detail=f"GPU {unknown[0]} is not on this host; nvidia-smi lists "
+            f"{', '.join(str(g.index) for g in found) or 'none'}")
     if not indices:
-        found = await gpus.inventory(config.nvidia_smi)
         indices = [g.index for g in gpus.visible(found or [], os.environ.get(
             "CUDA_VISIBLE_DEVICES"))]
     if not indices:

@@ -31,6 +31,8 @@ log = structlog.get_logger(__name__)
 RESTART_BACKOFF = Backoff(initial_s=1.0, max_s=60.0)
 #: A child that ran this long before dying restarts without delay; shorter runs back off.
 STABLE_S = 60.0
+#: How long workers get to stop when the supervisor itself fails, before they are killed.
+STOP_WAIT_S = 30.0
 
 
 @dataclasses.dataclass
@@ -67,12 +69,34 @@ class Supervisor:
                     asyncio.create_task(self._keep(c, pathlib.Path(folder)), name=f"gpu{c.gpu}")
                     for c in self.children
                 ]
-                await asyncio.gather(*keepers)
+                try:
+                    await asyncio.gather(*keepers)
+                except BaseException:
+                    await self._stop_all(keepers)  # no worker outlives its supervisor
+                    raise
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         log.info("all workers stopped")
         return 0
+
+    async def _stop_all(self, keepers: list[asyncio.Task[None]]) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL after STOP_WAIT_S) and the keepers."""
+        self.stopping.set()
+        running = [c.proc for c in self.children if c.alive and c.proc is not None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STOP_WAIT_S):
+                await asyncio.gather(*(proc.wait() for proc in running))
+        except TimeoutError:
+            for proc in running:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
 
     def on_signal(self, sig: int) -> None:
         notify.notify("STOPPING=1")  # to systemd, when it started us (Type=notify)

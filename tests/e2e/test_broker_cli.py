@@ -322,3 +322,44 @@ async def test_metrics_endpoint_counts_submissions(
     assert 'gpuproxy_tasks_submitted_total{task_type="c2"} 1.0' in text
     assert "gpuproxy_payload_bytes_received_total 4096.0" in text
     assert "gpuproxy_workers_connected 0.0" in text
+
+
+def test_values_that_cannot_work_are_refused_before_anything_starts(
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # A port past 65535 would wrap around to another broker's port without a word
+    wrapped = gpuproxy("tasks", "list", "--url", "127.0.0.1:84646")
+    assert wrapped.returncode == 2
+    assert "'127.0.0.1:84646' is not HOST:PORT with a port from 1 to 65535" in wrapped.stderr
+    # nan timeouts would fail every housekeeper sweep, forever
+    for flag, value in (("--type-timeout-s", "c2=nan"), ("--lease-s", "inf")):
+        refused = gpuproxy("run", flag, value)
+        assert refused.returncode in (1, 2) and "finite number" in refused.stderr, flag
+    whole = gpuproxy("run", "--type-max-attempts", "c2=1.5")
+    assert whole.returncode == 1 and "whole number" in whole.stderr
+    # A file that is not a proving key would be fetched and refused by every worker
+    not_a_key = tmp_path / "in.json"
+    not_a_key.write_text("{}")
+    for argv in (("keys", "upload", str(not_a_key)),
+                 ("tasks", "submit", "--type", "groth16", "--zkey", str(not_a_key), "--wtns",
+                  str(not_a_key))):
+        refused = gpuproxy(*argv, "--url", "127.0.0.1:1")  # refused before any call
+        assert refused.returncode == 1 and "is not a valid zkey file" in refused.stderr
+        assert "Traceback" not in refused.stderr and "No broker" not in refused.stderr
+    # A result that could not be written is refused before the task is submitted
+    no_folder = gpuproxy("tasks", "submit", str(not_a_key), "--type", "c2", "--wait", "-o",
+                         str(tmp_path / "missing" / "out.bin"), "--url", "127.0.0.1:1")
+    assert no_folder.returncode == 1
+    assert f"folder {tmp_path / 'missing'} does not exist" in no_folder.stderr
+
+
+async def test_a_second_broker_on_a_taken_port_says_so(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy,  # type: ignore[no-untyped-def]
+    tmp_path: pathlib.Path,
+) -> None:
+    first = broker_factory(sqlite_dsn)
+    second = gpuproxy("run", "--url", first.url, "--db-dsn", f"sqlite:///{tmp_path}/2.db",
+                      "--fs-resource-path", str(tmp_path / "p2"))
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"cannot listen on {first.url}: another program (a broker?) holds the port" \
+        in second.stderr

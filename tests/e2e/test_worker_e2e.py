@@ -420,3 +420,17 @@ async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_
     failed = [h for t in tasks for h in t.history if h.outcome == "failed"]
     assert len(failed) <= 1 and all("params file missing" in h.reason for h in failed)
     assert "tasks keep failing on this worker" in bad.logs()
+
+
+@pytest.mark.parametrize(("gpus", "complaint"), [
+    ("0,0", "GPU 0 is listed twice: one worker per GPU"),
+    ("5", "GPU 5 is not on this host; nvidia-smi lists 0, 1"),
+])
+async def test_supervise_refuses_gpus_it_cannot_run_before_starting_any_worker(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path, gpus: str,
+    complaint: str,
+) -> None:
+    supervisor = worker_factory(broker.url, gpu=None, command="supervise",
+                                extra=["--gpus", gpus])
+    assert await asyncio.to_thread(supervisor.wait) == 1
+    assert complaint in supervisor.logs() and "worker started" not in supervisor.logs()

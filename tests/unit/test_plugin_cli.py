@@ -65,7 +65,6 @@ def test_help_names_the_environment_variables(capsys: pytest.CaptureFixture[str]
     (["--deadline-s", "0"], "deadline-s"),
     (["--poll-task-interval", "-1"], "poll-task-interval"),
     (["--retry-min-s", "5", "--retry-max-s", "1"], "retry-max-s"),
-    (["--gpuproxy-url", " "], "gpuproxy-url"),
 ])
 def test_bad_settings_name_their_flag(argv: list[str], field: str) -> None:
     with pytest.raises(exceptions.ConfigError, match=f"Invalid setting {field}"):
@@ -82,3 +81,26 @@ def test_a_bad_setting_exits_1_saying_why(tmp_path: pathlib.Path) -> None:
     )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("error: Invalid setting dump-dir: cannot create ")
+
+
+def test_a_broker_address_that_cannot_be_right_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    for url in ("127.0.0.1:99999", "ftp://x:1", " "):
+        with pytest.raises(SystemExit) as exit_info:
+            config_of(["--gpuproxy-url", url])
+        assert exit_info.value.code == 2
+        assert "argument --gpuproxy-url" in capsys.readouterr().err
+
+
+def test_a_bad_environment_value_writes_nothing_on_the_protocol_pipe() -> None:
+    # Settings are read before logging is set up: nothing of the error may reach stdout,
+    # which venus-worker reads as responses
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUPROXY_", "C2PROXY_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "run"], capture_output=True, text=True, timeout=30,
+        env={**env, "C2PROXY_POLL_TASK_INTERVAL": "abc"}, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: Invalid setting poll-task-interval: 'abc' from "
+                                  "environment variable C2PROXY_POLL_TASK_INTERVAL")

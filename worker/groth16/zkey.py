@@ -14,6 +14,9 @@ them in place, the CUDA backend copies them to the GPU once.
 from __future__ import annotations
 
 import dataclasses
+import mmap
+import os
+import pathlib
 import struct
 
 import numpy as np
@@ -86,6 +89,22 @@ def read(data: bytes | memoryview, name: str = ".zkey") -> ProvingKey:
         b2=_points(file, 7, n_vars, 24), c=_points(file, 8, n_vars - n_public - 1, 12),
         h=_points(file, 9, domain, 12),
     )
+
+
+def check_file(path: pathlib.Path) -> None:
+    """Raise FormatError or WrongCurve unless `path` holds a Groth16 key for BLS12-381, as
+    `read` checks it; the file is mapped, not read whole (a key can be gigabytes)."""
+    problem: exceptions.Groth16Error | None = None
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise exceptions.FormatError(name=str(path), kind="zkey", detail="the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            try:
+                read(memoryview(mapped), name=str(path))  # dropped at once: the map closes
+            except exceptions.Groth16Error as exc:
+                problem = exc.with_traceback(None)  # its frames hold views of the map
+    if problem is not None:
+        raise problem
 
 
 def _read_sizes(file: binfile.BinFile) -> tuple[int, int, int]:
