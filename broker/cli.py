@@ -368,6 +368,13 @@ async def cmd_workers_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -411,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="task types, comma separated")
     p.add_argument("--miner")
     p.add_argument("--worker")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive, default=100)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = client_cmd("show", "show a task and its attempt history", cmd_tasks_show)

@@ -102,7 +102,9 @@ async def inventory(command: str, env: Mapping[str, str] | None = None) -> list[
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=None if env is None else dict(env),
         )
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if "/" in argv[0]:  # a path the operator gave: a typo must not make a CPU worker
+            raise exceptions.InventoryFailed(command=command, detail="no such file") from exc
         return None
     except OSError as exc:
         raise exceptions.InventoryFailed(command=command, detail=str(exc)) from exc

@@ -82,7 +82,11 @@ class GpuLock(HeldLock):
     @classmethod
     def acquire(cls, lock_dir: pathlib.Path, gpu: Gpu, worker_id: str) -> HeldLock:
         path = lock_path(lock_dir, gpu)
-        held = cls.take(path, {"worker_id": worker_id, "pid": os.getpid(), "gpu": gpu.uuid})
+        try:
+            held = cls.take(path, {"worker_id": worker_id, "pid": os.getpid(), "gpu": gpu.uuid})
+        except OSError as exc:
+            raise exceptions.ConfigError(
+                field="lock-dir", detail=f"cannot lock {path}: {exc.strerror or exc}") from exc
         if isinstance(held, str):
             raise busy_error(gpu, worker_id, path, held)
         return held
@@ -92,7 +96,11 @@ def lock_work_dir(work_dir: pathlib.Path) -> HeldLock:
     """One worker per work folder: it holds the worker's id (two processes with one id would
     take each other's tasks back) and its temp payloads (which a starting worker clears)."""
     path = work_dir / "worker.lock"
-    held = HeldLock.take(path, {"pid": os.getpid()})
+    try:
+        held = HeldLock.take(path, {"pid": os.getpid()})
+    except OSError as exc:
+        raise exceptions.ConfigError(
+            field="work-dir", detail=f"cannot use {work_dir}: {exc.strerror or exc}") from exc
     if isinstance(held, str):
         raise exceptions.WorkDirBusy(path=str(work_dir), holder_pid=_holder(held).get("pid") or "?")
     return held

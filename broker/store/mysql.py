@@ -181,11 +181,15 @@ def _version_problem(version: str) -> str:
 
 def _parse(dsn: str) -> tuple[str, dict[str, Any]]:
     """The DSN with its password masked, and the arguments of aiomysql.connect."""
-    url = urllib.parse.urlsplit(dsn)
     try:
+        url = urllib.parse.urlsplit(dsn)
         port = url.port or 3306
     except ValueError as exc:
-        raise exceptions.ConfigError(field="db-dsn", detail=f"bad port in {dsn!r}") from exc
+        raise exceptions.ConfigError(field="db-dsn", detail=f"{exc} in the DSN") from None
+    if url.query:
+        raise exceptions.ConfigError(
+            field="db-dsn", detail=f"options after '?' are not supported ({url.query!r}): "
+            "write mysql://USER:PASS@HOST:PORT/DB")
     database = url.path.lstrip("/")
     if url.scheme not in ("mysql", "mariadb") or not database:
         raise exceptions.ConfigError(

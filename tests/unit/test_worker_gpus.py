@@ -78,9 +78,15 @@ async def test_inventory_runs_the_command(tmp_path: pathlib.Path) -> None:
     assert await gpus.inventory(command) == gpus.parse_inventory(SMI_OUTPUT)
 
 
-async def test_no_command_means_a_cpu_worker(tmp_path: pathlib.Path) -> None:
-    assert await gpus.inventory(str(tmp_path / "absent-nvidia-smi")) is None
+async def test_no_command_means_a_cpu_worker() -> None:
+    assert await gpus.inventory("no-such-nvidia-smi-on-path") is None  # none installed
     assert await gpus.inventory("") is None
+
+
+async def test_a_path_given_that_does_not_exist_is_an_error(tmp_path: pathlib.Path) -> None:
+    # A typo in --nvidia-smi must not turn a GPU host's worker into a CPU worker
+    with pytest.raises(exceptions.InventoryFailed, match=r"absent-nvidia-smi.* no such file"):
+        await gpus.inventory(str(tmp_path / "absent-nvidia-smi"))
 
 
 async def test_a_failing_command_is_an_error(tmp_path: pathlib.Path) -> None:

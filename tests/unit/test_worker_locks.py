@@ -58,3 +58,22 @@ def test_all_or_nothing(tmp_path: pathlib.Path) -> None:
 def test_uuid_cannot_escape_the_lock_folder(tmp_path: pathlib.Path) -> None:
     path = locks.lock_path(tmp_path, Gpu(0, "x", "../../etc/passwd", 0))
     assert path.parent == tmp_path
+
+
+def test_a_work_folder_that_cannot_be_made_names_the_flag(tmp_path: pathlib.Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(exceptions.ConfigError) as info:
+        locks.lock_work_dir(blocker / "w")
+    assert str(info.value) == f"Invalid setting work-dir: cannot use {blocker / 'w'}: Not a " \
+        "directory"
+
+
+def test_a_second_worker_in_one_work_folder_is_refused_naming_the_first(
+    tmp_path: pathlib.Path
+) -> None:
+    held = locks.lock_work_dir(tmp_path)
+    with pytest.raises(exceptions.WorkDirBusy, match=f"pid {os.getpid()}"):
+        locks.lock_work_dir(tmp_path)
+    held.release()
+    locks.lock_work_dir(tmp_path).release()
