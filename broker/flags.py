@@ -26,9 +26,11 @@ def seconds(text: str) -> float:
     return value
 
 
-def address(text: str, *, lowest_port: int = 1) -> str:
+def address(text: str, *, listen: bool = False) -> str:
     """HOST:PORT (also gpuproxy's http://HOST:PORT, and [IPv6]:PORT), checked and kept as
-    written: a port out of range would otherwise wrap around to another port without a word."""
+    written: a port out of range would otherwise wrap around to another port without a word.
+    To `listen` on, port 0 takes any free port."""
+    lowest_port = 0 if listen else 1
     rest = text.strip()
     for prefix in ("http://", "grpc://"):
         rest = rest.removeprefix(prefix)
@@ -42,7 +44,7 @@ def address(text: str, *, lowest_port: int = 1) -> str:
 
 def listen_address(text: str) -> str:
     """An address to listen on: HOST:PORT, port 0 taking any free port."""
-    return address(text, lowest_port=0)
+    return address(text, listen=True)
 
 
 @dataclasses.dataclass(frozen=True)

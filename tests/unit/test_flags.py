@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from broker import exceptions
+from broker import exceptions, flags
 from broker.flags import Flag, add_flags, load_toml, resolve
 
 FLAGS = [Flag("db-dsn", "dsn", "sqlite:///x"), Flag("lease-s", "lease", 60.0, float),
@@ -49,3 +49,29 @@ def test_unreadable_config_file_is_named(tmp_path: pathlib.Path) -> None:
     bad.write_text("= nope")
     with pytest.raises(exceptions.ConfigError, match="not TOML"):
         load_toml(str(bad))
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:18888", "http://10.0.0.5:18888", "[::1]:18888",
+                                  "broker:18888", "grpc://h:1/"])
+def test_a_broker_address_is_kept_as_written(text: str) -> None:
+    assert flags.address(text) == text
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:84646", "127.0.0.1", "https://h:1", "", ":18888",
+                                  "h:0", "h:port"])
+def test_an_address_that_cannot_be_right_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        flags.address(text)
+
+
+def test_a_listen_address_may_take_any_free_port() -> None:
+    assert flags.listen_address("127.0.0.1:0") == "127.0.0.1:0"
+    for text in ("0.0.0.0:65536", ":9100"):
+        with pytest.raises(ValueError):
+            flags.listen_address(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_seconds_must_be_finite(text: str) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        flags.seconds(text)
