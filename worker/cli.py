@@ -55,6 +55,9 @@ COMMON_FLAGS = [
     Flag("pause-after-failures", "after this many failed tasks in a row, take no new task "
          "for 30 s, doubling up to 10 min, so that healthy workers get the queue; 0: never",
          3, int),
+    Flag("twin-wait-s", "when the broker refuses this worker because a live worker has its "
+         "id, try again this long (it may be this host's previous run) before exiting", 120.0,
+         seconds),
     Flag("c2-bin", "the external C2 processor (bin of venus-worker's [[processors.c2]])"),
     Flag("params-dir", "groth16 proving keys, each named <sha256>.zkey", "~/.gpuproxy/params"),
     Flag("backend", "groth16 prover: auto (CUDA when pycuda and a GPU work, else CPU), cpu, "
@@ -181,6 +184,7 @@ def settings(
         params_dir=pathlib.Path(values["params_dir"]).expanduser(),
         backend=values["backend"],
         pause_after_failures=values["pause_after_failures"],
+        twin_wait_s=values["twin_wait_s"],
     )
     return values, config
 

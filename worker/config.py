@@ -52,6 +52,8 @@ class WorkerConfig:
     backend: str = "auto"  #: groth16 backend: auto (CUDA when usable, else CPU), cpu or cuda
     #: Failed tasks in a row after which the worker pauses taking new ones (0: never).
     pause_after_failures: int = 3
+    #: How long a worker refused because a live worker has its id tries again before it exits.
+    twin_wait_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.url.strip():
@@ -75,6 +77,8 @@ class WorkerConfig:
         _check_positive("task-timeout-s", self.task_timeout_s)
         if self.grace_s < 0:
             raise exceptions.ConfigError(field="grace-s", detail="must not be negative")
+        if self.twin_wait_s < 0:
+            raise exceptions.ConfigError(field="twin-wait-s", detail="must not be negative")
         if self.pause_after_failures < 0:
             raise exceptions.ConfigError(field="pause-after-failures",
                                          detail="must be 0 (never pause) or more")

@@ -257,11 +257,24 @@ class Worker:
     # -- connection loop ----------------------------------------------------------------------
 
     async def _connect_forever(self) -> None:
+        twin_since: float | None = None
         while True:
             try:
                 await self._session()
             except exceptions.BrokerUnavailable as exc:
                 error = str(exc)
+            except exceptions.RegistrationRefused as exc:
+                # Another live worker has our id. It may be this host's previous run, whose
+                # stream the broker has not yet seen die (a crash, a cut cable): wait a while.
+                now = time.monotonic()
+                twin_since = twin_since or now
+                if exc.code != "ALREADY_EXISTS" or now - twin_since >= self.config.twin_wait_s:
+                    raise
+                log.error("the broker refused this worker; trying again in case the other "
+                          "worker is this host's previous run", error=str(exc),
+                          gives_up_in_s=round(self.config.twin_wait_s - (now - twin_since)))
+                await asyncio.sleep(self.backoff.delay_s(self.outage.attempt))
+                continue
             if self.hanging_up:  # the worker ended the stream itself: it is stopping
                 return
             if self.outage.failed(time.monotonic()):

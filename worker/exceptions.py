@@ -39,6 +39,8 @@ class WorkDirBusy(WorkerError):
 class RegistrationRefused(WorkerError):
     """The broker at {url} refused this worker ({code}): {detail}"""
 
+    code: str  #: the gRPC status name, or PROTOCOL
+
 
 class BrokerUnavailable(WorkerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""

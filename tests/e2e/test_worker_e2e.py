@@ -269,16 +269,37 @@ async def test_a_cloned_worker_is_refused_while_the_original_is_alive(
     first.wait_for("registered")
     clone = tmp_path / "clone"
     shutil.copytree(tmp_path / "workers", clone, ignore=shutil.ignore_patterns("*.lock"))
-    second = worker_factory(broker.url, gpu=1, work_dir=str(clone / "gpu0"))
-    # Then the broker refuses the clone, which exits saying what to do; the original stays
+    second = worker_factory(broker.url, gpu=1, work_dir=str(clone / "gpu0"),
+                            extra=["--twin-wait-s", "1"])
+    # Then the broker refuses the clone, which tries again for --twin-wait-s and exits saying
+    # what to do; the original stays
     assert await asyncio.to_thread(second.wait) == 1
     worker_id = json.loads((clone / "gpu0" / "state.json").read_text())["worker_id"]
     message = second.logs()
     assert f"Worker id {worker_id} is in use by another live worker process" in message
-    assert "Delete state.json" in message
+    assert "Delete state.json" in message and "trying again" in message
     task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
     assert (await final(broker.url, task_id)).state == tasks_pb2.TASK_STATE_FINISHED
     assert first.proc.poll() is None  # type: ignore[union-attr]
+
+
+async def test_a_restarted_worker_waits_out_its_previous_runs_stream(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a worker whose host hangs (SIGSTOP: its stream stays open, its heartbeats stop)
+    first = worker_factory(broker.url, gpu=0)
+    first.wait_for("registered")
+    first.signal(signal.SIGSTOP)
+    # When the same worker starts again (the host came back), the broker first refuses it
+    # as a live twin, then takes it once the old stream has been silent for a lease
+    shutil.copytree(tmp_path / "workers", tmp_path / "again",
+                    ignore=shutil.ignore_patterns("*.lock"))
+    again = worker_factory(broker.url, gpu=1, work_dir=str(tmp_path / "again" / "gpu0"))
+    again.wait_for("registered", timeout_s=LEASE_S + 20)
+    assert "trying again in case the other worker is this host's previous run" in again.logs()
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    assert (await final(broker.url, task_id)).worker_id == json.loads(
+        (tmp_path / "again" / "gpu0" / "state.json").read_text())["worker_id"]
 
 
 async def test_supervise_runs_a_worker_per_gpu(
