@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 import py_arkworks_bls12381 as ark
 import pytest
+import structlog
 
 from broker import policy
 from tests.cuda import hostlib
@@ -425,3 +426,28 @@ def test_a_key_section_left_on_the_host_moves_to_the_gpu_once_there_is_room(
     scalars = list(range(1, 9))
     assert cuda.msm_g1(bases, field.to_vector(scalars)) == reference("g1", pts, scalars)
     assert bases.device is not None and dev.driver.used == lem.nbytes
+
+
+def test_a_default_build_that_fails_its_self_test_gives_way_to_the_portable_one(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a card on which the carry-chain build computes wrong results (a compiler that
+    # mistreats the carry flag) and the portable build right ones
+    built: list[str] = []
+
+    def device(gpu: int, cache_dir: object, variant: str) -> FakeDevice:
+        built.append(variant)
+        dev = CorruptDevice(lib) if variant == "chains" else FakeDevice(lib)
+        dev.variant = variant
+        return dev
+
+    monkeypatch.setattr(backend, "Device", device)
+    # When the backend starts, the self-test refuses the first and the second serves
+    with structlog.testing.capture_logs() as logs:
+        cuda = backend.create()
+    assert built == ["chains", "portable"] and cuda.device.variant == "portable"
+    assert any(e["event"].startswith("the default build of the CUDA arithmetic failed")
+               and "wrong result" in e["error"] for e in logs)
+    # A build asked for by name is not replaced
+    with pytest.raises(exceptions.SelfTestFailed):
+        backend.create(variant="chains")

@@ -137,8 +137,22 @@ class CudaBackend(base.Backend):
 
 
 def create(gpu: int = 0, cache_dir: pathlib.Path | None = None,
-           variant: str = sources.DEFAULT_VARIANT) -> CudaBackend:
-    """The backend on visible GPU `gpu`; CudaUnavailable when pycuda or the GPU is missing."""
+           variant: str | None = None) -> CudaBackend:
+    """The backend on visible GPU `gpu` in the build `variant` of the arithmetic;
+    CudaUnavailable when pycuda or the GPU is missing. Without a variant, the default build,
+    then the portable one when the default does not compile or fails its self-test (a
+    compiler that mistreats the carry chains), said in the log."""
+    if variant is not None:
+        return _create(gpu, cache_dir, variant)
+    try:
+        return _create(gpu, cache_dir, sources.DEFAULT_VARIANT)
+    except (exceptions.CompileFailed, exceptions.SelfTestFailed) as exc:
+        log.error("the default build of the CUDA arithmetic failed; trying the portable one",
+                  variant=sources.DEFAULT_VARIANT, error=str(exc))
+        return _create(gpu, cache_dir, "portable")
+
+
+def _create(gpu: int, cache_dir: pathlib.Path | None, variant: str) -> CudaBackend:
     try:
         return CudaBackend(gpu, cache_dir or compiler.DEFAULT_CACHE_DIR, variant=variant)
     except exceptions.CudaError:
