@@ -31,7 +31,7 @@ from broker.flags import (
     resolve,
     seconds,
 )
-from protos.gpuproxy.v1 import tasks_pb2
+from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
 
 log = structlog.get_logger(__name__)
 N = TypeVar("N", int, float)
@@ -352,13 +352,22 @@ async def cmd_workers_list(args: argparse.Namespace) -> int:
         return 0
     print_table(
         [(w.worker_id, w.hostname,
-          ",".join(f"{g.index}:{g.name}" for g in w.gpus) or "cpu",
-          "online" if w.online else "offline", ",".join(w.task_ids) or "-",
-          ",".join(w.task_types), str(len(w.resident_keys)), _when(w.last_seen))
+          ",".join(f"{g.index}:{g.name}" for g in w.gpus) or "cpu", _worker_state(w),
+          ",".join(w.task_ids) or "-", ",".join(w.task_types), str(len(w.resident_keys)),
+          _when(w.last_seen))
          for w in workers],
         ("ID", "HOST", "GPUS", "STATE", "TASKS", "TYPES", "KEYS", "LAST HEARTBEAT"),
     )
+    for w in workers:
+        if w.HasField("paused_until"):
+            print(f"{w.worker_id} takes no task until {_when(w.paused_until)}: {w.pause_reason}")
     return 0
+
+
+def _worker_state(w: workers_pb2.WorkerInfo) -> str:
+    if not w.online:
+        return "offline"
+    return "paused" if w.HasField("paused_until") else "online"
 
 
 async def cmd_workers_remove(args: argparse.Namespace) -> int:

@@ -138,6 +138,8 @@ class WorkerRecord:
     registered_at: int
     last_seen_at: int
     resident_keys: tuple[str, ...] = ()  #: sha256 of the proving keys it holds loaded
+    paused_until: int = 0  #: ms; taking no task until then, after failures in a row
+    pause_reason: str = ""  #: the last of those failures
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 import grpc
 import structlog
 
-from broker import convert, exceptions, framing, models
+from broker import convert, exceptions, framing, models, policy
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher, Session
 from broker.models import Gpu, TaskFilter, TaskState, WorkerRecord
@@ -140,6 +140,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             if kind == "capacity":
                 session.accepting = msg.capacity.free > 0
                 self.dispatcher.wake()
+                await self._pause_changed(session, msg.capacity)
             elif kind == "heartbeat":
                 await self._heartbeat(session, msg.heartbeat.held)
                 await self._keys_changed(session, tuple(msg.heartbeat.resident_keys))
@@ -175,6 +176,23 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 log.warning("heartbeat for a task the worker no longer holds",
                             worker_id=session.worker_id, task_id=h.task_id, fence=h.fence)
                 session.revoke(h.task_id, h.fence, str(exc))
+
+    async def _pause_changed(self, session: Session, capacity: workers_pb2.Capacity) -> None:
+        """Keep the registry's record of a worker's pause (after failures in a row) current."""
+        until = (capacity.paused_until.ToMilliseconds()
+                 if capacity.HasField("paused_until") else 0)
+        record = session.record
+        if record is None or (until, capacity.pause_reason) == (record.paused_until,
+                                                                 record.pause_reason):
+            return
+        if until:
+            log.warning("worker paused after failures in a row", worker_id=record.worker_id,
+                        pause_s=round((until - models.now_ms()) / 1000),
+                        reason=capacity.pause_reason)
+        session.record = dataclasses.replace(
+            record, paused_until=until, pause_reason=policy.clipped(capacity.pause_reason),
+            last_seen_at=models.now_ms())
+        await self.store.upsert_worker(session.record)
 
     async def _keys_changed(self, session: Session, keys: tuple[str, ...]) -> None:
         """Keep the registry's list of the worker's loaded keys current."""
@@ -255,6 +273,9 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 task_ids=[t.id for t in running if t.worker_id == w.worker_id],
                 resident_keys=list(w.resident_keys),
             )
+            if w.paused_until > now and info.online:
+                info.paused_until.FromMilliseconds(w.paused_until)
+                info.pause_reason = w.pause_reason
             for g in w.gpus:
                 info.gpus.add(index=g.index, name=g.name, uuid=g.uuid,
                               memory_bytes=g.memory_bytes)

@@ -187,6 +187,7 @@ class Worker:
         self.lost: exceptions.DeviceLost | None = None  #: the GPU failed for good: stop, exit 1
         self.streak = FailureStreak(limit=config.pause_after_failures)
         self.paused_until = 0.0  #: monotonic time before which no new task is taken (streak)
+        self.pause_reason = ""  #: the failure that started or extended the pause
 
     # -- the monitor ----------------------------------------------------------------------------
 
@@ -351,7 +352,12 @@ class Worker:
             self.stream.post(workers_pb2.WorkerMessage(**message))
 
     def _post_capacity(self) -> None:
-        self._post(capacity=workers_pb2.Capacity(free=self._free()))
+        capacity = workers_pb2.Capacity(free=self._free())
+        if time.monotonic() < self.paused_until:  # said to the broker, for `workers list`
+            capacity.paused_until.FromMilliseconds(
+                int((time.time() + self.paused_until - time.monotonic()) * 1000))
+            capacity.pause_reason = self.pause_reason
+        self._post(capacity=capacity)
 
     def _dispatch(self, message: workers_pb2.BrokerMessage) -> None:
         kind = message.WhichOneof("msg")
@@ -510,11 +516,19 @@ class Worker:
         if pause_s <= 0:
             return
         self.paused_until = time.monotonic() + pause_s
+        n = self.streak.failures
+        self.pause_reason = f"{n} failed task{'s' * (n != 1)} in a row; the last: {failure}"
         log.error("tasks keep failing on this worker; it takes no new task for a while, so "
                   "that other workers get the queue", failures_in_a_row=self.streak.failures,
                   pause_s=round(pause_s), last_error=str(failure))
         self._post_capacity()  # before the failure report frees our slot at the broker
-        asyncio.get_running_loop().call_later(pause_s, self._post_capacity)
+        asyncio.get_running_loop().call_later(pause_s, self._end_pause, self.paused_until)
+
+    def _end_pause(self, until: float) -> None:
+        # Cleared here, not left to the clock: a timer may fire a hair before `until`.
+        if self.paused_until == until:  # not extended by a later failure meanwhile
+            self.paused_until, self.pause_reason = 0.0, ""
+            self._post_capacity()
 
     async def _outcome(self, running: Running) -> bytes | exceptions.TaskFailed:
         try:

@@ -291,7 +291,8 @@ def worker_args(w: WorkerRecord) -> list[Any]:
     info = {
         "addresses": list(w.addresses), "version": w.version, "task_types": list(w.task_types),
         "max_tasks": w.max_tasks, "gpus": [dataclasses.asdict(g) for g in w.gpus],
-        "resident_keys": list(w.resident_keys),
+        "resident_keys": list(w.resident_keys), "paused_until": w.paused_until,
+        "pause_reason": w.pause_reason,
     }
     return [w.worker_id, w.hostname, json.dumps(info), w.registered_at, w.last_seen_at]
 
@@ -305,4 +306,5 @@ def worker_from_row(row: Row) -> WorkerRecord:
         max_tasks=int(info["max_tasks"]), gpus=tuple(Gpu(**g) for g in info["gpus"]),
         registered_at=int(registered_at), last_seen_at=int(last_seen_at),
         resident_keys=tuple(info.get("resident_keys", ())),
+        paused_until=int(info.get("paused_until", 0)), pause_reason=info.get("pause_reason", ""),
     )

@@ -441,6 +441,17 @@ async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_
     failed = [h for t in tasks for h in t.history if h.outcome == "failed"]
     assert len(failed) <= 1 and all("params file missing" in h.reason for h in failed)
     assert "tasks keep failing on this worker" in bad.logs()
+    # And `gpuproxy workers list` shows the pause and why
+    listed = subprocess.run(
+        [str(BIN / "gpuproxy"), "workers", "list", "--url", broker.url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    bad_id = json.loads((tmp_path / "workers" / "gpu0" / "state.json").read_text())["worker_id"]
+    [table_row] = [line for line in listed.splitlines() if line.startswith(f"{bad_id} ")
+                   and "takes no task" not in line]
+    assert " paused " in table_row
+    assert f"{bad_id} takes no task until " in listed
+    assert "1 failed task in a row; the last: " in listed and "params file missing" in listed
 
 
 @pytest.mark.parametrize(("gpus", "complaint"), [

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos.gpuproxy.v1 import tasks_pb2 as protos_dot_gpuproxy_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/gpuproxy/v1/workers.proto\x12\x0bgpuproxy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eprotos/gpuproxy/v1/tasks.proto\"F\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\"*\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\"\xe8\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x11\n\tmax_tasks\x18\x06 \x01(\x05\x12\x1e\n\x04gpus\x18\x07 \x03(\x0b\x32\x10.gpuproxy.v1.Gpu\x12#\n\x04held\x18\x08 \x03(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x15\n\rresident_keys\x18\t \x03(\t\x12\x10\n\x08instance\x18\n \x01(\t\"\x18\n\x08\x43\x61pacity\x12\x0c\n\x04\x66ree\x18\x01 \x01(\x05\"G\n\tHeartbeat\x12#\n\x04held\x18\x01 \x03(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x15\n\rresident_keys\x18\x02 \x03(\t\"V\n\x0eReportProgress\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"X\n\rReportFailure\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"B\n\x0bReleaseTask\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa6\x02\n\rWorkerMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.RegisterH\x00\x12)\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x15.gpuproxy.v1.CapacityH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.gpuproxy.v1.HeartbeatH\x00\x12/\n\x08progress\x18\x04 \x01(\x0b\x32\x1b.gpuproxy.v1.ReportProgressH\x00\x12-\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x1a.gpuproxy.v1.ReportFailureH\x00\x12+\n\x07release\x18\x06 \x01(\x0b\x32\x18.gpuproxy.v1.ReleaseTaskH\x00\x42\x05\n\x03msg\"E\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\x13\n\x0bheartbeat_s\x18\x03 \x01(\x01\"r\n\nAssignment\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.gpuproxy.v1.Task\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x06Revoke\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x03 \x01(\x03\"\x9b\x01\n\rBrokerMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.gpuproxy.v1.RegisteredH\x00\x12-\n\nassignment\x18\x02 \x01(\x0b\x32\x17.gpuproxy.v1.AssignmentH\x00\x12%\n\x06revoke\x18\x03 \x01(\x0b\x32\x13.gpuproxy.v1.RevokeH\x00\x42\x05\n\x03msg\":\n\x13\x46\x65tchPayloadRequest\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\"Q\n\x0cResultHeader\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"Z\n\x13UploadResultRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.gpuproxy.v1.ResultHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"\xb7\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x11\n\tmax_tasks\x18\x06 \x01(\x05\x12\x1e\n\x04gpus\x18\x07 \x03(\x0b\x32\x10.gpuproxy.v1.Gpu\x12\x0e\n\x06online\x18\x08 \x01(\x08\x12\x10\n\x08task_ids\x18\t \x03(\t\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rresident_keys\x18\x0c \x03(\t\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.gpuproxy.v1.WorkerInfo\"(\n\x13RemoveWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x16\n\x14RemoveWorkerResponse2\x8d\x03\n\rWorkerService\x12\x42\n\x04Work\x12\x1a.gpuproxy.v1.WorkerMessage\x1a\x1a.gpuproxy.v1.BrokerMessage(\x01\x30\x01\x12J\n\x0c\x46\x65tchPayload\x12 .gpuproxy.v1.FetchPayloadRequest\x1a\x16.gpuproxy.v1.BlobChunk0\x01\x12\x45\n\x0cUploadResult\x12 .gpuproxy.v1.UploadResultRequest\x1a\x11.gpuproxy.v1.Task(\x01\x12P\n\x0bListWorkers\x12\x1f.gpuproxy.v1.ListWorkersRequest\x1a .gpuproxy.v1.ListWorkersResponse\x12S\n\x0cRemoveWorker\x12 .gpuproxy.v1.RemoveWorkerRequest\x1a!.gpuproxy.v1.RemoveWorkerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/gpuproxy/v1/workers.proto\x12\x0bgpuproxy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eprotos/gpuproxy/v1/tasks.proto\"F\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\"*\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\"\xe8\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x11\n\tmax_tasks\x18\x06 \x01(\x05\x12\x1e\n\x04gpus\x18\x07 \x03(\x0b\x32\x10.gpuproxy.v1.Gpu\x12#\n\x04held\x18\x08 \x03(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x15\n\rresident_keys\x18\t \x03(\t\x12\x10\n\x08instance\x18\n \x01(\t\"`\n\x08\x43\x61pacity\x12\x0c\n\x04\x66ree\x18\x01 \x01(\x05\x12\x30\n\x0cpaused_until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpause_reason\x18\x03 \x01(\t\"G\n\tHeartbeat\x12#\n\x04held\x18\x01 \x03(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x15\n\rresident_keys\x18\x02 \x03(\t\"V\n\x0eReportProgress\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"X\n\rReportFailure\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"B\n\x0bReleaseTask\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa6\x02\n\rWorkerMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.RegisterH\x00\x12)\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x15.gpuproxy.v1.CapacityH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.gpuproxy.v1.HeartbeatH\x00\x12/\n\x08progress\x18\x04 \x01(\x0b\x32\x1b.gpuproxy.v1.ReportProgressH\x00\x12-\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x1a.gpuproxy.v1.ReportFailureH\x00\x12+\n\x07release\x18\x06 \x01(\x0b\x32\x18.gpuproxy.v1.ReleaseTaskH\x00\x42\x05\n\x03msg\"E\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\x13\n\x0bheartbeat_s\x18\x03 \x01(\x01\"r\n\nAssignment\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.gpuproxy.v1.Task\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x06Revoke\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x03 \x01(\x03\"\x9b\x01\n\rBrokerMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.gpuproxy.v1.RegisteredH\x00\x12-\n\nassignment\x18\x02 \x01(\x0b\x32\x17.gpuproxy.v1.AssignmentH\x00\x12%\n\x06revoke\x18\x03 \x01(\x0b\x32\x13.gpuproxy.v1.RevokeH\x00\x42\x05\n\x03msg\":\n\x13\x46\x65tchPayloadRequest\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\"Q\n\x0cResultHeader\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x15.gpuproxy.v1.HeldTask\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"Z\n\x13UploadResultRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.gpuproxy.v1.ResultHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"\xff\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x11\n\tmax_tasks\x18\x06 \x01(\x05\x12\x1e\n\x04gpus\x18\x07 \x03(\x0b\x32\x10.gpuproxy.v1.Gpu\x12\x0e\n\x06online\x18\x08 \x01(\x08\x12\x10\n\x08task_ids\x18\t \x03(\t\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rresident_keys\x18\x0c \x03(\t\x12\x30\n\x0cpaused_until\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpause_reason\x18\x0e \x01(\t\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.gpuproxy.v1.WorkerInfo\"(\n\x13RemoveWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x16\n\x14RemoveWorkerResponse2\x8d\x03\n\rWorkerService\x12\x42\n\x04Work\x12\x1a.gpuproxy.v1.WorkerMessage\x1a\x1a.gpuproxy.v1.BrokerMessage(\x01\x30\x01\x12J\n\x0c\x46\x65tchPayload\x12 .gpuproxy.v1.FetchPayloadRequest\x1a\x16.gpuproxy.v1.BlobChunk0\x01\x12\x45\n\x0cUploadResult\x12 .gpuproxy.v1.UploadResultRequest\x1a\x11.gpuproxy.v1.Task(\x01\x12P\n\x0bListWorkers\x12\x1f.gpuproxy.v1.ListWorkersRequest\x1a .gpuproxy.v1.ListWorkersResponse\x12S\n\x0cRemoveWorker\x12 .gpuproxy.v1.RemoveWorkerRequest\x1a!.gpuproxy.v1.RemoveWorkerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,41 +40,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTER']._serialized_start=231
   _globals['_REGISTER']._serialized_end=463
   _globals['_CAPACITY']._serialized_start=465
-  _globals['_CAPACITY']._serialized_end=489
-  _globals['_HEARTBEAT']._serialized_start=491
-  _globals['_HEARTBEAT']._serialized_end=562
-  _globals['_REPORTPROGRESS']._serialized_start=564
-  _globals['_REPORTPROGRESS']._serialized_end=650
-  _globals['_REPORTFAILURE']._serialized_start=652
-  _globals['_REPORTFAILURE']._serialized_end=740
-  _globals['_RELEASETASK']._serialized_start=742
-  _globals['_RELEASETASK']._serialized_end=808
-  _globals['_WORKERMESSAGE']._serialized_start=811
-  _globals['_WORKERMESSAGE']._serialized_end=1105
-  _globals['_REGISTERED']._serialized_start=1107
-  _globals['_REGISTERED']._serialized_end=1176
-  _globals['_ASSIGNMENT']._serialized_start=1178
-  _globals['_ASSIGNMENT']._serialized_end=1292
-  _globals['_REVOKE']._serialized_start=1294
-  _globals['_REVOKE']._serialized_end=1350
-  _globals['_BROKERMESSAGE']._serialized_start=1353
-  _globals['_BROKERMESSAGE']._serialized_end=1508
-  _globals['_FETCHPAYLOADREQUEST']._serialized_start=1510
-  _globals['_FETCHPAYLOADREQUEST']._serialized_end=1568
-  _globals['_RESULTHEADER']._serialized_start=1570
-  _globals['_RESULTHEADER']._serialized_end=1651
-  _globals['_UPLOADRESULTREQUEST']._serialized_start=1653
-  _globals['_UPLOADRESULTREQUEST']._serialized_end=1743
-  _globals['_WORKERINFO']._serialized_start=1746
-  _globals['_WORKERINFO']._serialized_end=2057
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2059
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2079
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=2081
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2144
-  _globals['_REMOVEWORKERREQUEST']._serialized_start=2146
-  _globals['_REMOVEWORKERREQUEST']._serialized_end=2186
-  _globals['_REMOVEWORKERRESPONSE']._serialized_start=2188
-  _globals['_REMOVEWORKERRESPONSE']._serialized_end=2210
-  _globals['_WORKERSERVICE']._serialized_start=2213
-  _globals['_WORKERSERVICE']._serialized_end=2610
+  _globals['_CAPACITY']._serialized_end=561
+  _globals['_HEARTBEAT']._serialized_start=563
+  _globals['_HEARTBEAT']._serialized_end=634
+  _globals['_REPORTPROGRESS']._serialized_start=636
+  _globals['_REPORTPROGRESS']._serialized_end=722
+  _globals['_REPORTFAILURE']._serialized_start=724
+  _globals['_REPORTFAILURE']._serialized_end=812
+  _globals['_RELEASETASK']._serialized_start=814
+  _globals['_RELEASETASK']._serialized_end=880
+  _globals['_WORKERMESSAGE']._serialized_start=883
+  _globals['_WORKERMESSAGE']._serialized_end=1177
+  _globals['_REGISTERED']._serialized_start=1179
+  _globals['_REGISTERED']._serialized_end=1248
+  _globals['_ASSIGNMENT']._serialized_start=1250
+  _globals['_ASSIGNMENT']._serialized_end=1364
+  _globals['_REVOKE']._serialized_start=1366
+  _globals['_REVOKE']._serialized_end=1422
+  _globals['_BROKERMESSAGE']._serialized_start=1425
+  _globals['_BROKERMESSAGE']._serialized_end=1580
+  _globals['_FETCHPAYLOADREQUEST']._serialized_start=1582
+  _globals['_FETCHPAYLOADREQUEST']._serialized_end=1640
+  _globals['_RESULTHEADER']._serialized_start=1642
+  _globals['_RESULTHEADER']._serialized_end=1723
+  _globals['_UPLOADRESULTREQUEST']._serialized_start=1725
+  _globals['_UPLOADRESULTREQUEST']._serialized_end=1815
+  _globals['_WORKERINFO']._serialized_start=1818
+  _globals['_WORKERINFO']._serialized_end=2201
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2203
+  _globals['_LISTWORKERSREQUEST']._serialized_end=2223
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2225
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2288
+  _globals['_REMOVEWORKERREQUEST']._serialized_start=2290
+  _globals['_REMOVEWORKERREQUEST']._serialized_end=2330
+  _globals['_REMOVEWORKERRESPONSE']._serialized_start=2332
+  _globals['_REMOVEWORKERRESPONSE']._serialized_end=2354
+  _globals['_WORKERSERVICE']._serialized_start=2357
+  _globals['_WORKERSERVICE']._serialized_end=2754
 # @@protoc_insertion_point(module_scope)
