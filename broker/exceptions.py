@@ -93,8 +93,7 @@ class StoreUnavailable(BrokerError):
 
 class SqliteUnusable(StoreUnavailable):
     """SQLite database {path} cannot be used: {detail}. Check that its folder exists and that
-    the broker may write there; a file that "is not a database" is damaged or another
-    program's: restore it from a backup, or move it aside and a new one is made."""
+    the broker may write there."""
 
 
 class PayloadStoreUnavailable(BrokerError):

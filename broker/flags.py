@@ -35,7 +35,8 @@ def address(text: str, *, listen: bool = False) -> str:
     for prefix in ("http://", "grpc://"):
         rest = rest.removeprefix(prefix)
     if "://" in rest:
-        raise ValueError(f"{text!r}: only plain connections are served: write HOST:PORT")
+        raise ValueError(f"{text!r}: write HOST:PORT (or http://HOST:PORT): other schemes "
+                         "are not served")
     host, sep, port = rest.rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit() or not lowest_port <= int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT with a port from {lowest_port} to 65535")

@@ -181,17 +181,15 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         """Keep the registry's record of a worker's pause (after failures in a row) current."""
         until = (capacity.paused_until.ToMilliseconds()
                  if capacity.HasField("paused_until") else 0)
+        reason = policy.clipped(capacity.pause_reason)
         record = session.record
-        if record is None or (until, capacity.pause_reason) == (record.paused_until,
-                                                                 record.pause_reason):
+        if record is None or (until, reason) == (record.paused_until, record.pause_reason):
             return
         if until:
             log.warning("worker paused after failures in a row", worker_id=record.worker_id,
-                        pause_s=round((until - models.now_ms()) / 1000),
-                        reason=capacity.pause_reason)
+                        pause_s=round((until - models.now_ms()) / 1000), reason=reason)
         session.record = dataclasses.replace(
-            record, paused_until=until, pause_reason=policy.clipped(capacity.pause_reason),
-            last_seen_at=models.now_ms())
+            record, paused_until=until, pause_reason=reason, last_seen_at=models.now_ms())
         await self.store.upsert_worker(session.record)
 
     async def _keys_changed(self, session: Session, keys: tuple[str, ...]) -> None:

@@ -182,6 +182,7 @@ class Worker:
         self.releasing = False
         self.heartbeat_s = 10.0
         self.outage = Outage()
+        self.twin = Outage()  #: refusals because a live worker has our id (see _twin_wait_s)
         self.backoff = RECONNECT_BACKOFF
         self.registered_once = False
         self.lost: exceptions.DeviceLost | None = None  #: the GPU failed for good: stop, exit 1
@@ -258,23 +259,15 @@ class Worker:
     # -- connection loop ----------------------------------------------------------------------
 
     async def _connect_forever(self) -> None:
-        twin_since: float | None = None
         while True:
             try:
                 await self._session()
             except exceptions.BrokerUnavailable as exc:
                 error = str(exc)
             except exceptions.RegistrationRefused as exc:
-                # Another live worker has our id. It may be this host's previous run, whose
-                # stream the broker has not yet seen die (a crash, a cut cable): wait a while.
-                now = time.monotonic()
-                twin_since = twin_since or now
-                if exc.code != "ALREADY_EXISTS" or now - twin_since >= self.config.twin_wait_s:
+                if exc.code != "ALREADY_EXISTS":
                     raise
-                log.error("the broker refused this worker; trying again in case the other "
-                          "worker is this host's previous run", error=str(exc),
-                          gives_up_in_s=round(self.config.twin_wait_s - (now - twin_since)))
-                await asyncio.sleep(self.backoff.delay_s(self.outage.attempt))
+                await asyncio.sleep(self._twin_wait_s(exc))
                 continue
             if self.hanging_up:  # the worker ended the stream itself: it is stopping
                 return
@@ -284,6 +277,20 @@ class Worker:
             else:
                 log.debug("broker still unreachable", error=error, attempt=self.outage.failures)
             await asyncio.sleep(self._retry_delay_s())
+
+    def _twin_wait_s(self, refusal: exceptions.RegistrationRefused) -> float:
+        """Another live worker has our id. It may be this host's previous run, whose stream the
+        broker has not yet seen die (a hung host, a cut cable): wait before the next try, for at
+        most --twin-wait-s in all; then the refusal stands."""
+        now = time.monotonic()
+        if self.twin.failed(now):
+            log.error("the broker refused this worker; trying again in case the other worker "
+                      "is this host's previous run", error=str(refusal),
+                      gives_up_in_s=round(self.config.twin_wait_s))
+        assert self.twin.since_s is not None
+        if now - self.twin.since_s >= self.config.twin_wait_s:
+            raise refusal
+        return self.backoff.delay_s(self.twin.attempt)
 
     def _retry_delay_s(self) -> float:
         delay_s = self.backoff.delay_s(self.outage.attempt)
@@ -332,6 +339,7 @@ class Worker:
         elif registered.lease_s > 0:
             self.heartbeat_s = registered.lease_s / 3
         down_s = self.outage.recovered(time.monotonic())
+        self.twin.recovered(time.monotonic())
         if registered.worker_id and registered.worker_id != self.identity.worker_id:
             log.warning("the broker knows this worker by another id",
                         broker_worker_id=registered.worker_id)

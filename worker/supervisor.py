@@ -31,8 +31,9 @@ log = structlog.get_logger(__name__)
 RESTART_BACKOFF = Backoff(initial_s=1.0, max_s=60.0)
 #: A child that ran this long before dying restarts without delay; shorter runs back off.
 STABLE_S = 60.0
-#: How long workers get to stop when the supervisor itself fails, before they are killed.
-STOP_WAIT_S = 30.0
+#: How long workers get to stop when the supervisor itself fails, before they are killed:
+#: beyond the default --grace-s (60 s), so that running tasks are handed back.
+STOP_WAIT_S = 75.0
 
 
 @dataclasses.dataclass
@@ -97,6 +98,10 @@ class Supervisor:
         for keeper in keepers:
             keeper.cancel()
         await asyncio.gather(*keepers, return_exceptions=True)
+        for child in self.children:  # one a keeper started after the stop began
+            if child.alive and child.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
 
     def on_signal(self, sig: int) -> None:
         notify.notify("STOPPING=1")  # to systemd, when it started us (Type=notify)

@@ -15,7 +15,8 @@ def open_store(dsn: str) -> Store:
     if dsn.startswith("sqlite://") and not dsn.startswith("sqlite:///"):
         raise exceptions.ConfigError(
             field="db-dsn", detail=f"{dsn!r}: write sqlite:///relative/path or "
-            "sqlite:////absolute/path (three slashes, then the path)")
+            "sqlite:////absolute/path (three slashes, then the path); earlier versions took "
+            f"this DSN as the file ./sqlite:/{dsn.removeprefix('sqlite://')}: move it there")
     if dsn.startswith("sqlite://"):
         from broker.store.sqlite import SqliteStore
 

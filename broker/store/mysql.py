@@ -186,10 +186,12 @@ def _parse(dsn: str) -> tuple[str, dict[str, Any]]:
         port = url.port or 3306
     except ValueError as exc:
         raise exceptions.ConfigError(field="db-dsn", detail=f"{exc} in the DSN") from None
-    if url.query:
+    options = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+    if {k: v for k, v in options.items() if (k, v) != ("charset", ["utf8mb4"])}:
+        # Refused rather than ignored: an operator who wrote ssl=... must not get a plain link.
         raise exceptions.ConfigError(
-            field="db-dsn", detail=f"options after '?' are not supported ({url.query!r}): "
-            "write mysql://USER:PASS@HOST:PORT/DB")
+            field="db-dsn", detail=f"options after '?' are not supported ({url.query!r}; the "
+            "connection always uses charset utf8mb4): write mysql://USER:PASS@HOST:PORT/DB")
     database = url.path.lstrip("/")
     if url.scheme not in ("mysql", "mariadb") or not database:
         raise exceptions.ConfigError(

@@ -116,8 +116,11 @@ class SqliteStore(SqlStore):
             raise
 
     def _unavailable(self, exc: BaseException) -> exceptions.StoreUnavailable:
-        return exceptions.SqliteUnusable(path=self.path.absolute(),
-                                         detail=str(exc) or type(exc).__name__)
+        detail = str(exc) or type(exc).__name__
+        if "not a database" in detail:
+            detail += (" (the file is damaged or another program's: restore it from a backup, "
+                       "or move it aside and a new one is made)")
+        return exceptions.SqliteUnusable(path=self.path.absolute(), detail=detail)
 
 
 async def _enable_wal(conn: aiosqlite.Connection) -> None:

@@ -171,3 +171,12 @@ async def test_a_damaged_sqlite_file_says_what_to_do(tmp_path: pathlib.Path) -> 
 def test_a_sqlite_dsn_with_two_slashes_is_refused_saying_how_to_write_it() -> None:
     with pytest.raises(exceptions.ConfigError, match="three slashes"):
         open_store("sqlite://relative.db")
+
+
+def test_a_mysql_dsn_takes_charset_utf8mb4_and_refuses_options_it_would_ignore() -> None:
+    from broker.store import mysql
+
+    _, args = mysql._parse("mysql://root@127.0.0.1:3306/test?charset=utf8mb4")
+    assert (args["db"], args["charset"]) == ("test", "utf8mb4")
+    with pytest.raises(exceptions.ConfigError, match="'ssl=true'"):
+        mysql._parse("mysql://root@127.0.0.1:3306/test?ssl=true")
