@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any
 
 import grpc
 import structlog
@@ -182,23 +183,23 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         until = (capacity.paused_until.ToMilliseconds()
                  if capacity.HasField("paused_until") else 0)
         reason = policy.clipped(capacity.pause_reason)
-        record = session.record
-        if record is None or (until, reason) == (record.paused_until, record.pause_reason):
-            return
-        if until:
-            log.warning("worker paused after failures in a row", worker_id=record.worker_id,
+        if await self._record_changed(session, paused_until=until, pause_reason=reason) and until:
+            log.warning("worker paused after failures in a row", worker_id=session.worker_id,
                         pause_s=round((until - models.now_ms()) / 1000), reason=reason)
-        session.record = dataclasses.replace(
-            record, paused_until=until, pause_reason=reason, last_seen_at=models.now_ms())
-        await self.store.upsert_worker(session.record)
 
     async def _keys_changed(self, session: Session, keys: tuple[str, ...]) -> None:
         """Keep the registry's list of the worker's loaded keys current."""
-        if session.record is not None and keys != session.record.resident_keys:
-            session.record = dataclasses.replace(
-                session.record, resident_keys=keys, last_seen_at=models.now_ms()
-            )
-            await self.store.upsert_worker(session.record)
+        await self._record_changed(session, resident_keys=keys)
+
+    async def _record_changed(self, session: Session, **fields: Any) -> bool:
+        """Store the worker's record with these fields, unless it already has them; whether it
+        changed."""
+        record = session.record
+        if record is None or all(getattr(record, k) == v for k, v in fields.items()):
+            return False
+        session.record = dataclasses.replace(record, **fields, last_seen_at=models.now_ms())
+        await self.store.upsert_worker(session.record)
+        return True
 
     async def _fenced(self, op: Awaitable[object], session: Session, task_id: str) -> None:
         """Run a report; one for a claim that is no longer the worker's is logged and dropped."""

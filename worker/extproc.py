@@ -63,33 +63,31 @@ def encode_request(request_id: int, task: bytes) -> bytes:
     return b'{"id":%d,"task":%s}\n' % (request_id, body)
 
 
+class BadResponse(ValueError):
+    """What is wrong with a response line; `request_id` when the line still names one."""
+
+    def __init__(self, detail: str, request_id: int | None = None) -> None:
+        super().__init__(detail)
+        self.request_id = request_id
+
+
 def parse_response(line: bytes) -> Response:
-    """One response line; raises ValueError saying what is wrong with it."""
+    """One response line; raises BadResponse saying what is wrong with it."""
     try:
         data = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"the response is not JSON ({exc})") from None
+        raise BadResponse(f"the response is not JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError("the response is not a JSON object")
+        raise BadResponse("the response is not a JSON object")
     request_id = data.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id < 0:
-        raise ValueError("the response has no integer id")
+        raise BadResponse("the response has no integer id")
     err_msg, output = data.get("err_msg"), data.get("output")
     if err_msg is not None and not isinstance(err_msg, str):
-        raise ValueError("err_msg is neither a string nor null")
+        raise BadResponse("err_msg is neither a string nor null", request_id)
     if err_msg is None and output is None:
-        raise ValueError("the response has neither err_msg nor output")
+        raise BadResponse("the response has neither err_msg nor output", request_id)
     return Response(id=request_id, err_msg=err_msg, output=output)
-
-
-def request_id_of(line: bytes) -> int | None:
-    """The id of a response line too broken to parse, when it can still be read."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    request_id = data.get("id") if isinstance(data, dict) else None
-    return request_id if type(request_id) is int else None
 
 
 def quote(line: bytes | str) -> str:
@@ -277,8 +275,8 @@ class ExtProcessor:
                 break
             try:
                 response = parse_response(line)
-            except ValueError as exc:
-                self._stray(child, str(exc), line)
+            except BadResponse as exc:
+                self._stray(child, exc, line)
                 continue
             future = child.pending.pop(response.id, None)
             if future is None:
@@ -300,14 +298,15 @@ class ExtProcessor:
             log.warning("processor exited; it is restarted for the next task",
                         processor=self.name, pid=proc.pid, status=code)
 
-    def _stray(self, child: _Child, detail: str, line: bytes) -> None:
+    def _stray(self, child: _Child, problem: BadResponse, line: bytes) -> None:
         """A stdout line that is not a response. venus-worker logs such a line and reads on, so
         processors that print a stray line work there: so here. A response to one of our
         requests that is malformed fails that request only."""
         error = exceptions.ProcessorProtocolError(
-            processor=self.name, pid=child.proc.pid, detail=detail, line=quote(line)
+            processor=self.name, pid=child.proc.pid, detail=str(problem), line=quote(line)
         )
-        future = child.pending.pop(request_id_of(line), None)  # type: ignore[arg-type]
+        future = None if problem.request_id is None else child.pending.pop(problem.request_id,
+                                                                           None)
         if future is not None and not future.done():
             future.set_exception(error)
             return

@@ -31,7 +31,7 @@ LOST = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND
 FATAL_FOR_REGISTRATION = frozenset({
     grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.ALREADY_EXISTS,  # another live worker has this worker id
+    grpc.StatusCode.ALREADY_EXISTS,  # a live worker has this id (the daemon waits it out a while)
 })
 
 

@@ -32,7 +32,8 @@ MIGRATE_LOCK_TIMEOUT_S = 60
 #: Server errors that refuse one statement's values, not the database: packet too large, data
 #: too long, out of range, incorrect value.
 REFUSED_CODES = frozenset({1153, 1406, 1264, 1366})
-#: Errors of the driver that mean the database cannot be used (network, login, server).
+#: Errors of the driver, translated by `_translated`: the database cannot be used (network,
+#: login, server), or it refused a value (REFUSED_CODES, DataError).
 _DRIVER_ERRORS = (
     aiomysql.OperationalError, aiomysql.InterfaceError, aiomysql.InternalError,
     aiomysql.DataError,
