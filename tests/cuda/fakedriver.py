@@ -1,8 +1,8 @@
 """A host stand-in for the part of pycuda.driver that worker/cuda/device.py uses.
 
 worker.cuda.device.Device runs on it unchanged (its memory discipline, launches, error
-mapping), and the kernels run as host_arith.cpp's emu_ functions. It keeps the pycuda rules a
-GPU would hold us to (pycuda's src/cpp/cuda.hpp and driver.py):
+mapping), and the kernel files run on the host (hostlib.build: each kernel's emu_ function).
+It keeps the pycuda rules a GPU would hold us to (pycuda's src/cpp/cuda.hpp and driver.py):
 
 - contexts: make_context() pushes the new context on the calling thread and remembers that
   thread; push/pop act on the calling thread's own stack; detach() of the current context

@@ -6,14 +6,9 @@
 // Projective inputs are made from affine points and a factor z (X = x z^2, Y = y z^3, ZZ = z^2,
 // ZZZ = z^3), so the formulas are exercised with ZZ != 1. Results come back affine.
 //
-// The emu_* functions run each kernel of msm.cu and ntt.cu on the host: the same per-thread
-// steps (msm.cuh, ntt.cuh) in a loop over the thread index, so the Python drivers
-// (worker/cuda/msm.py, ntt.py) and worker/cuda/device.py run unchanged on tests/cuda/fakedriver.py.
-// Each takes the launch's grid and block sizes, then the kernel's arguments in its order, every one
-// as a 64-bit integer: a buffer's address or a value.
+// The kernels themselves (msm.cu, ntt.cu) are compiled beside this file by hostlib.py, with the
+// thread model of kernel_threads.h.
 #include <string.h>
-
-#include <vector>
 
 #include "curve.cuh"
 #include "msm.cuh"
@@ -124,140 +119,6 @@ void gp_signed_digits(const uint8_t* scalar, int c, uint32_t* out) {
     uint32_t k[SCALAR_LIMBS];
     memcpy(k, scalar, sizeof k);
     signed_digits(k, c, msm_windows(c), out, 1);
-}
-
-}  // extern "C"
-
-// --- the kernels, one host loop each ---------------------------------------------------------
-
-#define A(T, x) ((T)(uintptr_t)(x))
-// A launch's grid and block sizes come first in every emu_ function; a kernel's threads past its
-// limit return at once, as GP_THREAD_INDEX makes them.
-#define LAUNCH uint64_t grid, uint64_t block
-#define FOR_THREADS(i, limit) \
-    for (uint64_t i = 0; i < grid * block && i < (uint64_t)(limit); i++)
-
-extern "C" {
-
-// scan_blocks: grid blocks of 2 * block values each.
-void emu_scan_blocks(LAUNCH, uint64_t in_, uint64_t out_, uint64_t m,
-                     uint64_t block_sums_) {
-    const uint32_t* in = A(const uint32_t*, in_);
-    uint32_t* out = A(uint32_t*, out_);
-    for (uint64_t g = 0; g < grid; g++) {
-        uint32_t run = 0;
-        for (uint64_t k = g * 2 * block; k < (g + 1) * 2 * block; k++) {
-            uint32_t v = k < m ? in[k] : 0;
-            if (k < m) out[k] = run;
-            run += v;
-        }
-        A(uint32_t*, block_sums_)[g] = run;
-    }
-}
-
-void emu_scan_add(LAUNCH, uint64_t out, uint64_t m, uint64_t block_offsets) {
-    FOR_THREADS(k, m) A(uint32_t*, out)[k] += A(const uint32_t*, block_offsets)[k / 2048];
-}
-
-void emu_msm_digits(LAUNCH, uint64_t scalars, uint64_t n, uint64_t c, uint64_t nwin,
-                    uint64_t digits, uint64_t counts) {
-    FOR_THREADS(i, n)
-    digits_step((uint32_t)i, A(const uint32_t*, scalars), (uint32_t)n, (int)c, (int)nwin,
-                A(uint32_t*, digits), A(uint32_t*, counts));
-}
-
-void emu_msm_scatter(LAUNCH, uint64_t digits, uint64_t n, uint64_t c, uint64_t nwin,
-                     uint64_t cursor, uint64_t entries) {
-    FOR_THREADS(k, nwin * n)
-    scatter_step(k, A(const uint32_t*, digits), (uint32_t)n, (int)c, A(uint32_t*, cursor),
-                 A(uint32_t*, entries));
-}
-
-void emu_msm_chunk_counts(LAUNCH, uint64_t counts, uint64_t nbuckets, uint64_t chunk,
-                          uint64_t chunks, uint64_t max_chunks) {
-    FOR_THREADS(b, nbuckets)
-    chunk_counts_step((uint32_t)b, A(const uint32_t*, counts), (uint32_t)chunk,
-                      A(uint32_t*, chunks), A(uint32_t*, max_chunks));
-}
-
-#define EMU_MSM(G, F)                                                                              \
-    void emu_msm_sum_entries_##G(LAUNCH, uint64_t points, uint64_t entries,                        \
-                                 uint64_t offsets, uint64_t counts, uint64_t starts,               \
-                                 uint64_t nbuckets, uint64_t chunk, uint64_t nchunks,              \
-                                 uint64_t out) {                                                   \
-        FOR_THREADS(j, nchunks)                                                                    \
-        sum_entries_step<F>((uint32_t)j, A(const Affine<F>*, points),                              \
-                            A(const uint32_t*, entries), A(const uint32_t*, offsets),              \
-                            A(const uint32_t*, counts), A(const uint32_t*, starts),                \
-                            (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));                \
-    }                                                                                              \
-    void emu_msm_sum_xyzz_##G(LAUNCH, uint64_t in, uint64_t offsets, uint64_t counts,              \
-                              uint64_t starts, uint64_t nbuckets, uint64_t chunk,                  \
-                              uint64_t nchunks, uint64_t out) {                                    \
-        FOR_THREADS(j, nchunks)                                                                    \
-        sum_xyzz_step<F>((uint32_t)j, A(const Xyzz<F>*, in), A(const uint32_t*, offsets),          \
-                         A(const uint32_t*, counts), A(const uint32_t*, starts),                   \
-                         (uint32_t)nbuckets, (uint32_t)chunk, A(Xyzz<F>*, out));                   \
-    }                                                                                              \
-    void emu_msm_gather_##G(LAUNCH, uint64_t sums, uint64_t chunks, uint64_t starts,               \
-                            uint64_t nbuckets, uint64_t buckets) {                                 \
-        FOR_THREADS(b, nbuckets)                                                                   \
-        gather_step<F>((uint32_t)b, A(const Xyzz<F>*, sums), A(const uint32_t*, chunks),           \
-                       A(const uint32_t*, starts), A(Xyzz<F>*, buckets));                          \
-    }                                                                                              \
-    void emu_msm_weigh_##G(LAUNCH, uint64_t buckets, uint64_t c, uint64_t nwin,                    \
-                           uint64_t runs, uint64_t out) {                                          \
-        FOR_THREADS(k, nwin * runs)                                                                \
-        weigh_step<F>((uint32_t)k, A(const Xyzz<F>*, buckets), (int)c, (uint32_t)runs,             \
-                      A(Xyzz<F>*, out));                                                           \
-    }
-
-EMU_MSM(g1, Fp)
-EMU_MSM(g2, Fp2)
-
-void emu_fr_bit_reverse(LAUNCH, uint64_t a, uint64_t logn) {
-    FOR_THREADS(i, 1ull << logn) bit_reverse_step((uint32_t)i, A(Fr*, a), (int)logn);
-}
-
-// ntt_pass: block b loads its tile, runs the stages (each a loop over the threads), stores it.
-void emu_ntt_pass(LAUNCH, uint64_t a_, uint64_t twiddles, uint64_t logn,
-                  uint64_t s, uint64_t t) {
-    Fr* a = A(Fr*, a_);
-    std::vector<Fr> tile(2 * block);
-    for (uint32_t g = 0; g < grid; g++) {
-        for (uint32_t l = 0; l < 2 * block; l++) tile[l] = a[ntt_tile_index(g, l, (int)s, (int)t)];
-        for (int u = 0; u < (int)t; u++)
-            for (uint32_t b = 0; b < block; b++)
-                ntt_tile_step(tile.data(), A(const Fr*, twiddles), g, b, u, (int)s, (int)t,
-                              (int)logn);
-        for (uint32_t l = 0; l < 2 * block; l++) a[ntt_tile_index(g, l, (int)s, (int)t)] = tile[l];
-    }
-}
-
-void emu_fr_powers(LAUNCH, uint64_t out, uint64_t base, uint64_t count) {
-    FOR_THREADS(i, count) powers_step((uint32_t)i, A(Fr*, out), A(const Fr*, base));
-}
-
-void emu_fr_mul_table(LAUNCH, uint64_t a, uint64_t table, uint64_t n) {
-    FOR_THREADS(i, n) mul_table_step((uint32_t)i, A(Fr*, a), A(const Fr*, table));
-}
-
-void emu_fr_scale(LAUNCH, uint64_t a, uint64_t c, uint64_t n) {
-    FOR_THREADS(i, n) scale_step((uint32_t)i, A(Fr*, a), A(const Fr*, c));
-}
-
-void emu_fr_ab_minus_c(LAUNCH, uint64_t a, uint64_t b, uint64_t c, uint64_t out,
-                       uint64_t n) {
-    FOR_THREADS(i, n)
-    ab_minus_c_step((uint32_t)i, A(const Fr*, a), A(const Fr*, b), A(const Fr*, c), A(Fr*, out));
-}
-
-void emu_fr_to_mont(LAUNCH, uint64_t a, uint64_t n) {
-    FOR_THREADS(i, n) to_mont_step((uint32_t)i, A(Fr*, a));
-}
-
-void emu_fr_from_mont(LAUNCH, uint64_t a, uint64_t n) {
-    FOR_THREADS(i, n) from_mont_step((uint32_t)i, A(Fr*, a));
 }
 
 }  // extern "C"

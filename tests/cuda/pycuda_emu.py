@@ -37,9 +37,9 @@ def prepare(out_dir: pathlib.Path) -> dict[str, str]:
             pytest.fail(why)
         pytest.skip(why)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hostlib.build(out_dir)
+    kernels = pathlib.Path(hostlib.build(out_dir)._name)
     lib_dir = build(out_dir, pycuda_site, include)
-    return environment(lib_dir, pycuda_site, out_dir / "libgp_host_arith.so", out_dir)
+    return environment(lib_dir, pycuda_site, kernels, out_dir)
 
 
 def site() -> pathlib.Path | None:

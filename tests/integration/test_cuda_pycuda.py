@@ -1,7 +1,9 @@
 """The CUDA backend on the real pycuda, whose driver library is a host emulation
 (tests/cuda/libcuda_emu.cpp): pycuda's contexts, memory, module loading and argument packing
-exactly as on a GPU, the kernels compiled by nvcc as a worker compiles them, and run on the host.
-What it cannot show is what the GPU adds: concurrency between threads, shared memory, speed."""
+exactly as on a GPU, the kernels compiled by nvcc as a worker compiles them (the cubins it
+loads), and the same kernel files run on the host with CUDA's thread model
+(tests/cuda/kernel_threads.h). What it cannot show is what only a GPU has: warps, blocks
+running at once, speed."""
 
 from __future__ import annotations
 

@@ -15,10 +15,6 @@
 #define GP_HD __host__ __device__ __forceinline__
 #define GP_HD_NOINLINE __host__ __device__ __noinline__
 #define GP_UNROLL _Pragma("unroll")
-// The global index of this thread as `i`; threads past `limit` return.
-#define GP_THREAD_INDEX(i, limit)                                          \
-    const uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; \
-    if (i >= (uint64_t)(limit)) return;
 // The Montgomery product is a call on the device unless GP_INLINE_MUL is defined: inlining it
 // in every point formula makes ptxas take minutes per kernel file, for a speed-up to be measured.
 #if defined(GP_INLINE_MUL)
@@ -32,6 +28,12 @@
 #define GP_HD_NOINLINE inline
 #define GP_UNROLL
 #endif
+
+// The global index of this thread as `i`; threads past `limit` return. (In a kernel: the tests
+// run the kernel files on the host with the thread model of tests/cuda/kernel_threads.h.)
+#define GP_THREAD_INDEX(i, limit)                                          \
+    const uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; \
+    if (i >= (uint64_t)(limit)) return;
 
 namespace gp {
 

@@ -1,5 +1,5 @@
-// Pippenger's bucket method, per-thread steps: what one GPU thread does in msm.cu, and what the
-// host reference in tests/cuda/host_arith.cpp runs in loops, so both share every formula.
+// Pippenger's bucket method, per-thread steps: what one GPU thread does in msm.cu (also tested
+// one step at a time on the host, through tests/cuda/host_arith.cpp).
 //
 // Scalars: 8 32-bit limbs, least significant first, in standard form (not Montgomery), < 2^255.
 // Each is cut into nwin = ceil(256 / c) signed c-bit digits d_w in [-2^(c-1), 2^(c-1)] with
