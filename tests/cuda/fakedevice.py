@@ -1,9 +1,9 @@
 """worker.cuda.device.Device on tests/cuda/fakedriver.py: the real Device code, with every
-kernel of msm.cu and ntt.cu run on the host (hostlib.build, kernel_threads.h).
+kernel of msm.cu and ntt.cu run on the host (hostlib.build_kernels, kernel_threads.h).
 
 The MSM and NTT drivers and the backend run on it unchanged, so their launch sequences, buffer
 sizes, arguments and memory lifetimes are tested without a GPU; what it cannot show is anything
-only the GPU has (warps, blocks running at once, registers, speed).
+only the GPU has (blocks running at once, registers, speed).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A host stand-in for the part of pycuda.driver that worker/cuda/device.py uses.
 
 worker.cuda.device.Device runs on it unchanged (its memory discipline, launches, error
-mapping), and the kernel files run on the host (hostlib.build: each kernel's emu_ function).
+mapping), and the kernel files run on the host (hostlib.build_kernels: each kernel's emu_ function).
 It keeps the pycuda rules a GPU would hold us to (pycuda's src/cpp/cuda.hpp and driver.py):
 
 - contexts: make_context() pushes the new context on the calling thread and remembers that
@@ -20,6 +20,7 @@ It keeps the pycuda rules a GPU would hold us to (pycuda's src/cpp/cuda.hpp and 
 from __future__ import annotations
 
 import ctypes
+import pathlib
 import re
 import threading
 from typing import Any
@@ -49,10 +50,11 @@ class LaunchError(Error):
 _KERNEL = re.compile(r'extern "C" __global__ void ([\w#]+)\(([^)]*)\)')
 
 
-def kernel_parameters(module: str) -> dict[str, list[bool]]:
+def kernel_parameters(module: str, kernels_dir: pathlib.Path = sources.KERNELS_DIR
+                      ) -> dict[str, list[bool]]:
     """The kernels of one .cu file: name -> for each parameter, whether it is a pointer (the
     G1/G2 kernels that a macro makes are listed under both names)."""
-    text = sources.load(module).replace("\\\n", " ")
+    text = sources.load(module, kernels_dir).replace("\\\n", " ")
     return {name.replace("##G", group): ["*" in p for p in params.split(",")]
             for name, params in _KERNEL.findall(text) for group in ("g1", "g2")}
 

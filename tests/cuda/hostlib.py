@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 
@@ -35,23 +34,41 @@ ADD, SUB, MUL, SQR, NEG, INV, TO_MONT, FROM_MONT = range(8)
 P_ADD, P_ADD_AFFINE, P_DBL, P_DBL_AFFINE, P_NEG, P_EQUALS = range(6)
 
 
-_BUILT: dict[tuple[str, ...], ctypes.CDLL] = {}  #: one build per set of options per process
+_BUILT: dict[tuple[str, ...], ctypes.CDLL] = {}  #: each library once per set of options
 
 
 def build(out_dir: pathlib.Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
-    """Compile host_arith.cpp and the kernel files with g++ (and these -D options, a build of
-    worker.cuda.sources.VARIANTS) into out_dir, or return this process's earlier build; skip
-    without g++, except under CI=true. The library's path is its `_name`."""
+    """host_arith.cpp compiled by g++ (with these -D options, a build of
+    worker.cuda.sources.VARIANTS) into out_dir, or this process's earlier build of it; skips
+    without g++, except under CI=true."""
+    return _library("libgp_host_arith.so", [SOURCE], out_dir, defines)
+
+
+def build_kernels(out_dir: pathlib.Path, defines: tuple[str, ...] = (),
+                  kernels_dir: pathlib.Path = KERNELS,
+                  modules: tuple[str, ...] = sources.MODULES) -> ctypes.CDLL:
+    """The kernel files (msm.cu, ntt.cu) compiled by g++ with the thread model of
+    kernel_threads.h, each kernel behind a C function emu_<name>(grid, block, arguments...),
+    every argument a 64-bit integer: what libcuda_emu.cpp and fakedriver.py call for a launch.
+    A library of its own: its warp-level atomics are not host_arith.cpp's (one definition per
+    library). Its path is the library's `_name`. (Tests of the thread model give other kernel
+    files, which may include the kernel headers.)"""
+    units = [_kernel_unit(module, kernels_dir, out_dir) for module in modules]
+    return _library("libgp_kernels.so", units, out_dir, defines, (f"-I{kernels_dir}",))
+
+
+def _library(name: str, units: list[pathlib.Path], out_dir: pathlib.Path,
+             defines: tuple[str, ...], includes: tuple[str, ...] = ()) -> ctypes.CDLL:
     gxx = shutil.which("g++")
     if gxx is None:
         if os.environ.get("CI") == "true":
             pytest.fail("g++ is required under CI=true to test the CUDA arithmetic on the host")
         pytest.skip("g++ not found: the CUDA arithmetic is not tested on the host")
-    if defines in _BUILT:
-        return _BUILT[defines]
-    units = [SOURCE] + [_kernel_unit(module, out_dir) for module in sources.MODULES]
+    key = (name, *includes, *(unit.name for unit in units), *defines)
+    if key in _BUILT:
+        return _BUILT[key]
     options = ["-std=c++17", "-O2", "-U_FORTIFY_SOURCE", "-fPIC", "-Wall", "-Wextra", "-Werror",
-               *defines, f"-I{KERNELS}", f"-I{SOURCE.parent}"]
+               *defines, *includes, f"-I{KERNELS}", f"-I{SOURCE.parent}"]
     objects = [out_dir / f"{unit.stem}.o" for unit in units]
     compiles = [subprocess.Popen([gxx, *options, "-c", str(unit), "-o", str(obj)],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -60,38 +77,20 @@ def build(out_dir: pathlib.Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
     errors = [out for proc, out in zip(compiles, outputs, strict=True) if proc.returncode]
     if errors:
         raise RuntimeError("g++ failed:\n" + "\n".join(errors)[-6000:])
-    lib = out_dir / "libgp_host_arith.so"
+    lib = out_dir / name
     subprocess.run([gxx, "-shared", *map(str, objects), "-o", str(lib)], check=True,
                    capture_output=True, text=True)
-    _BUILT[defines] = ctypes.CDLL(str(lib))
-    return _BUILT[defines]
+    _BUILT[key] = ctypes.CDLL(str(lib))
+    return _BUILT[key]
 
 
-def kernels_with_barriers(module: str) -> set[str]:
-    """The kernels of a .cu file whose text (up to the next kernel) calls __syncthreads: they
-    run as fibers; the rest as plain calls, which abort at a barrier rather than skip it."""
-    text = sources.load(module)
-    found = list(_KERNEL_START.finditer(text))
-    ends = [m.start() for m in found[1:]] + [len(text)]
-    return {m.group(1) for m, end in zip(found, ends, strict=True)
-            if "__syncthreads" in text[m.start():end]}
-
-
-_KERNEL_START = re.compile(r'extern "C" __global__ void (\w+)\(')
-
-
-def _kernel_unit(module: str, out_dir: pathlib.Path) -> pathlib.Path:
-    """A C++ file that compiles the kernel file `module` on the host (kernel_threads.h) and gives
-    each kernel a C entry point, emu_<name>(grid, block, arguments...), every argument a 64-bit
-    integer: what libcuda_emu.cpp and fakedriver.py call for a launch."""
+def _kernel_unit(module: str, kernels_dir: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     lines = ['#include "kernel_threads.h"', f'#include "{module}"', 'extern "C" {']
-    barriers = kernels_with_barriers(module)
-    for name, pointers in kernel_parameters(module).items():
+    for name, pointers in kernel_parameters(module, kernels_dir).items():
         raw = [f"a{i}" for i in range(len(pointers))]
         params = ", ".join(f"uint64_t {a}" for a in ["grid", "block", *raw])
-        fibers = "true" if name in barriers else "false"
         lines.append(f"void emu_{name}({params}) {{")
-        lines.append(f"    gp_host::launch({', '.join([name, fibers, 'grid', 'block', *raw])});")
+        lines.append(f"    gp_host::launch({', '.join([name, 'grid', 'block', *raw])});")
         lines.append("}")
     lines.append("}")
     unit = out_dir / f"host_{module.replace('.', '_')}.cpp"

@@ -1,8 +1,9 @@
 // A host emulation of the CUDA driver library (libcuda.so.1) for the part that pycuda and
 // worker/cuda/device.py use, so that the real pycuda runs the worker's CUDA backend on a machine
 // without a GPU (tests/integration/test_cuda_pycuda.py). Kernels run as the emu_ functions of
-// the kernel files compiled for the host (hostlib.build), loaded from $GPUPROXY_EMU_KERNELS; $GPUPROXY_EMU_SIGNATURES lists each kernel's
-// parameters ("name PIIP": P a pointer, I a 32-bit value), read from the .cu sources.
+// the kernel files compiled for the host (hostlib.build_kernels), loaded from
+// $GPUPROXY_EMU_KERNELS; $GPUPROXY_EMU_SIGNATURES lists each kernel's parameters ("name PIIP":
+// P a pointer, I a 32-bit value), read from the .cu sources.
 //
 // It holds the caller to what a GPU would: a current context for every call that needs one;
 // modules that are real cubins (ELF), holding the kernel asked for; a launch's packed argument

@@ -37,7 +37,7 @@ def prepare(out_dir: pathlib.Path) -> dict[str, str]:
             pytest.fail(why)
         pytest.skip(why)
     out_dir.mkdir(parents=True, exist_ok=True)
-    kernels = pathlib.Path(hostlib.build(out_dir)._name)
+    kernels = pathlib.Path(hostlib.build_kernels(out_dir)._name)
     lib_dir = build(out_dir, pycuda_site, include)
     return environment(lib_dir, pycuda_site, kernels, out_dir)
 

@@ -2,8 +2,8 @@
 (tests/cuda/libcuda_emu.cpp): pycuda's contexts, memory, module loading and argument packing
 exactly as on a GPU, the kernels compiled by nvcc as a worker compiles them (the cubins it
 loads), and the same kernel files run on the host with CUDA's thread model
-(tests/cuda/kernel_threads.h). What it cannot show is what only a GPU has: warps, blocks
-running at once, speed."""
+(tests/cuda/kernel_threads.h). What it cannot show is what only a GPU has: blocks running
+at once, timing, speed."""
 
 from __future__ import annotations
 

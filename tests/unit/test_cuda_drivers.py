@@ -48,7 +48,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    return hostlib.build(tmp_path_factory.mktemp("cuda_emu"))
+    return hostlib.build_kernels(tmp_path_factory.mktemp("cuda_emu"))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from worker.groth16 import backends
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    return hostlib.build(tmp_path_factory.mktemp("cuda_emu"))
+    return hostlib.build_kernels(tmp_path_factory.mktemp("cuda_emu"))
 
 
 @pytest.fixture(scope="module")

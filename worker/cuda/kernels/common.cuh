@@ -120,7 +120,7 @@ inline uint32_t madc_hi_cc(uint32_t a, uint32_t b, uint32_t d, Carry& c) {
 // same counter at once make one atomic between them (witness scalars put most points in the
 // same few buckets: without this, a million atomics queue on one address).
 GP_HD uint32_t counter_claim(uint32_t* counters, uint32_t key) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(GP_HOST_WARPS)  // tests/cuda/kernel_threads.h
     namespace cg = cooperative_groups;
     cg::coalesced_group same = cg::labeled_partition(cg::coalesced_threads(), key);
     uint32_t base = 0;
@@ -133,7 +133,7 @@ GP_HD uint32_t counter_claim(uint32_t* counters, uint32_t key) {
 
 // *p = max(*p, v), atomically on the device.
 GP_HD void atomic_max(uint32_t* p, uint32_t v) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(GP_HOST_WARPS)
     atomicMax(p, v);
 #else
     if (v > *p) *p = v;
