@@ -32,15 +32,28 @@ async def sweep(
     return len(requeued)
 
 
+async def grant_grace(store: Store, lease_s: float) -> int:
+    """One more lease for every running task: its worker could not renew it while the broker
+    or its database was away, and may be heartbeating all along. A worker that really died
+    meanwhile loses its task one lease later."""
+    extended = await store.extend_leases(models.now_ms() + int(lease_s * 1000))
+    if extended:
+        log.info("leases of running tasks extended for their workers to renew them",
+                 tasks=extended, lease_s=lease_s)
+    return extended
+
+
 async def run_forever(
     store: Store, timeouts_s: Mapping[str, float], on_change: Callable[[str], None],
-    interval_s: float,
+    interval_s: float, lease_s: float,
 ) -> None:
     """Sweep every interval; a failed sweep is logged (once per outage) and the next one runs
-    as usual."""
+    as usual, after a grace for the leases that could not be renewed during the outage."""
     outage = Outage("housekeeper sweep")
     while True:
         try:
+            if outage.failures:
+                await grant_grace(store, lease_s)
             await sweep(store, timeouts_s, on_change)
             outage.succeeded()
         except Exception as exc:

@@ -13,7 +13,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker import cleaner, exceptions, housekeeper, metrics, models
+from broker import cleaner, exceptions, housekeeper, metrics
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
 from broker.payloads import open_payload_store
@@ -64,10 +64,7 @@ class Broker:
         self.dispatcher = Dispatcher(store, lease_s=cfg.lease_s)
         hub.listen(self.dispatcher.task_changed)
         # Workers could not heartbeat while this broker was down: give them a lease to come back.
-        extended = await store.extend_leases(models.now_ms() + int(cfg.lease_s * 1000))
-        if extended:
-            log.info("leases of running tasks extended for their workers to reconnect",
-                     tasks=extended, lease_s=cfg.lease_s)
+        await housekeeper.grant_grace(store, cfg.lease_s)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -103,6 +100,7 @@ class Broker:
         self._spawn("dispatcher", self.dispatcher.run_forever)
         self._spawn("housekeeper", lambda: housekeeper.run_forever(
             store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
+            lease_s=cfg.lease_s,
         ))
         self._spawn("cleaner", lambda: cleaner.run_forever(
             store, self.payloads, orphan_age_s=cfg.orphan_age_s,

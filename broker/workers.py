@@ -16,6 +16,7 @@ from broker import convert, exceptions, framing, models, policy
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher, Session
 from broker.models import Gpu, TaskFilter, TaskState, WorkerRecord
+from broker.outages import Outage
 from broker.service import mapped_errors
 from broker.tasks import TaskManager
 from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
@@ -55,6 +56,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         self.store = tasks.store
         self.dispatcher = dispatcher
         self.config = config
+        self._bookkeeping_outage = Outage("storing workers' heartbeats and progress")
 
     # -- the Work stream -------------------------------------------------------------------
 
@@ -141,14 +143,14 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             if kind == "capacity":
                 session.accepting = msg.capacity.free > 0
                 self.dispatcher.wake()
-                await self._pause_changed(session, msg.capacity)
+                await self._bookkeeping(self._pause_changed(session, msg.capacity))
             elif kind == "heartbeat":
-                await self._heartbeat(session, msg.heartbeat.held)
-                await self._keys_changed(session, tuple(msg.heartbeat.resident_keys))
+                await self._bookkeeping(self._heartbeat(session, msg.heartbeat))
             elif kind == "progress":
                 p = msg.progress
                 with contextlib.suppress(exceptions.StaleFence):
-                    await self.tasks.progress(p.task.task_id, p.task.fence, p.phase, p.fraction)
+                    await self._bookkeeping(
+                        self.tasks.progress(p.task.task_id, p.task.fence, p.phase, p.fraction))
             elif kind == "failure":
                 f = msg.failure
                 await self._fenced(self.tasks.fail(
@@ -168,15 +170,27 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             else:
                 raise exceptions.InvalidArgument(detail=f"unexpected message {kind!r}")
 
-    async def _heartbeat(self, session: Session, held: Sequence[workers_pb2.HeldTask]) -> None:
+    async def _bookkeeping(self, op: Awaitable[object]) -> None:
+        """Store what a worker's periodic messages say (heartbeats, capacity, progress). The
+        next message says it again, so while the database is unreachable this is logged, once
+        per outage, and the worker's stream stays open: cutting every worker off would not
+        bring the database back. (The housekeeper gives leases a grace once it is back.)"""
+        try:
+            await op
+            self._bookkeeping_outage.succeeded()
+        except exceptions.StoreUnavailable as exc:
+            self._bookkeeping_outage.failed(exc)
+
+    async def _heartbeat(self, session: Session, beat: workers_pb2.Heartbeat) -> None:
         await self.store.touch_worker(session.worker_id, models.now_ms())
-        for h in held:
+        for h in beat.held:
             try:
                 await self.tasks.renew(h.task_id, h.fence)
             except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
                 log.warning("heartbeat for a task the worker no longer holds",
                             worker_id=session.worker_id, task_id=h.task_id, fence=h.fence)
                 session.revoke(h.task_id, h.fence, str(exc))
+        await self._keys_changed(session, tuple(beat.resident_keys))
 
     async def _pause_changed(self, session: Session, capacity: workers_pb2.Capacity) -> None:
         """Keep the registry's record of a worker's pause (after failures in a row) current."""
@@ -197,8 +211,9 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         record = session.record
         if record is None or all(getattr(record, k) == v for k, v in fields.items()):
             return False
-        session.record = dataclasses.replace(record, **fields, last_seen_at=models.now_ms())
-        await self.store.upsert_worker(session.record)
+        changed = dataclasses.replace(record, **fields, last_seen_at=models.now_ms())
+        await self.store.upsert_worker(changed)
+        session.record = changed  # only once stored: a failed store is tried again
         return True
 
     async def _fenced(self, op: Awaitable[object], session: Session, task_id: str) -> None:

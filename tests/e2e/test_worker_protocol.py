@@ -10,6 +10,7 @@ import os
 import pathlib
 import subprocess
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,6 +19,7 @@ import pytest
 from broker.client import BrokerClient
 from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
 from tests.e2e.conftest import BrokerFactory
+from tests.fixtures.tcp_cut import TcpCut
 
 LEASE_S = 1.5
 
@@ -382,3 +384,46 @@ async def test_a_waiting_task_whose_payload_was_removed_takes_it_again_on_resubm
         assert await w.fetch(held_of(await w.next())) == payload
     finally:
         await w.close()
+
+
+async def test_a_database_outage_longer_than_the_lease_takes_no_task_from_a_live_worker(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    url = urllib.parse.urlsplit(mariadb_dsn)
+    relay = await TcpCut(url.hostname or "127.0.0.1", url.port or 3306).start()
+    dsn = url._replace(netloc=f"{url.username}:@127.0.0.1:{relay.port}").geturl()
+    # (started from a thread: this loop relays the broker's database connections)
+    broker = await asyncio.to_thread(broker_factory, dsn, "fs", extra=["--lease-s", str(LEASE_S)])
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, b"c1 output")
+        held = held_of(await w.next())
+
+        async def heartbeats() -> None:
+            while True:
+                await w.heartbeat(held)
+                await asyncio.sleep(LEASE_S / 3)
+
+        beating = asyncio.create_task(heartbeats())
+        # Given the database gone for three leases while the worker heartbeats all along
+        relay.cut()
+        await asyncio.sleep(3 * LEASE_S)
+        relay.restore()
+        await asyncio.sleep(2 * LEASE_S)
+
+        # Then the worker's stream stayed open, and its task is still its own: the first
+        # attempt's result finishes it
+        assert not beating.done() and not w.call.done()  # type: ignore[union-attr]
+        beating.cancel()
+        finished = await w.upload(held, b"proof")
+        assert finished.state == 4 and finished.attempts == 1
+        async with BrokerClient(broker.url) as client:
+            shown = await client.get_task(task_id)
+        assert [a.outcome for a in shown.history] == ["finished"]
+        logs = broker.logs()
+        assert "storing workers' heartbeats and progress failed" in logs
+        assert "leases of running tasks extended for their workers to renew them" in logs
+    finally:
+        await w.close()
+        await relay.close()
