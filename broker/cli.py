@@ -127,10 +127,13 @@ def task_dict(task: tasks_pb2.Task) -> dict[str, Any]:
     return d
 
 
-def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    for row in (headers, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+def print_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
+    """Columns padded to their widest cell; a cell's line breaks and runs of spaces become one
+    space (a processor's multi-line error would break the rows)."""
+    cells = [[" ".join(str(x).split()) for x in row] for row in (headers, *rows)]
+    widths = [max(len(x) for x in col) for col in zip(*cells, strict=True)]
+    for row in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
 async def cmd_tasks_list(args: argparse.Namespace) -> int:
@@ -148,11 +151,17 @@ async def cmd_tasks_list(args: argparse.Namespace) -> int:
             token = reply.next_page_token
             if not token:
                 break
+    if token:
+        print(f"(the first {len(tasks)} tasks; there are more: raise --limit, or narrow with "
+              "--state, --type, --miner or --worker)", file=sys.stderr)
     if args.json:
         print(json.dumps([task_dict(t) for t in tasks], indent=2))
         return 0
     print_table(
-        [(t.id, t.task_type, t.miner, STATE_NAMES.get(t.state, "?"), t.worker_id or "-",
+        # A task keeps the worker of its last attempt: not shown once it waits again (it would
+        # read as assigned)
+        [(t.id, t.task_type, t.miner, STATE_NAMES.get(t.state, "?"),
+          t.worker_id if t.state != tasks_pb2.TASK_STATE_INIT and t.worker_id else "-",
           f"{t.attempts}/{t.max_attempts}", _when(t.created_at), _when(t.finished_at),
           t.comment, t.error_message[:60]) for t in tasks],
         ("ID", "TYPE", "MINER", "STATE", "WORKER", "ATTEMPTS", "CREATED", "FINISHED",
@@ -185,7 +194,8 @@ async def cmd_tasks_show(args: argparse.Namespace) -> int:
     for name, value in fields:
         print(f"{name + ':':<13}{value}")
     if task.history:
-        print("history:")
+        print("history:" + (f" (the {task.history_omitted} oldest attempts left out)"
+                            if task.history_omitted else ""))
         print_table(
             [(str(a.number), a.worker_id or "-", _when(a.started_at), _when(a.ended_at),
               a.outcome, a.reason) for a in task.history],
@@ -426,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", type=_state_list, help="init,running,error,finished")
     p.add_argument("--type", help="task types, comma separated")
     p.add_argument("--miner")
-    p.add_argument("--worker")
+    p.add_argument("--worker", help="tasks whose last attempt ran on this worker (running "
+                   "there, or ended there)")
     p.add_argument("--limit", type=_positive, default=100)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

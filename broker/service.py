@@ -119,6 +119,13 @@ def filter_from(request: tasks_pb2.ListTasksRequest) -> TaskFilter:
     )
 
 
+#: ListTasks and GetTask replies stay under this size, well inside gRPC's 4 MiB message limit:
+#: a page of tasks with long error messages ends early, and the history of a task reset many
+#: times keeps its newest attempts (the reply says how many older ones it left out).
+REPLY_BUDGET_BYTES = 3 * 1024 * 1024
+FIELD_OVERHEAD_BYTES = 8  #: a repeated field's tag and length, at most
+
+
 class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
     def __init__(self, tasks: TaskManager) -> None:
         self.tasks = tasks
@@ -147,7 +154,16 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.Task:
         task, history = await self.tasks.get(request.id)
-        return convert.task_to_proto(task, history)
+        msg = convert.task_to_proto(task)
+        rows = [convert.attempt_to_proto(a) for a in history]
+        room = REPLY_BUDGET_BYTES - msg.ByteSize()
+        first = len(rows)  # the newest attempts that fit
+        while first and room >= rows[first - 1].ByteSize() + FIELD_OVERHEAD_BYTES:
+            first -= 1
+            room -= rows[first].ByteSize() + FIELD_OVERHEAD_BYTES
+        msg.history.extend(rows[first:])
+        msg.history_omitted = first
+        return msg
 
     @mapped_errors
     async def ListTasks(
@@ -156,9 +172,18 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         tasks, cursor = await self.tasks.list_tasks(
             filter_from(request), request.page_size, decode_cursor(request.page_token)
         )
-        return tasks_pb2.ListTasksResponse(
-            tasks=[convert.task_to_proto(t) for t in tasks], next_page_token=encode_cursor(cursor)
-        )
+        reply = tasks_pb2.ListTasksResponse()
+        size = 0
+        for i, task in enumerate(tasks):
+            msg = convert.task_to_proto(task)
+            size += msg.ByteSize() + FIELD_OVERHEAD_BYTES
+            if i and size > REPLY_BUDGET_BYTES:  # the page ends early; the next starts here
+                last = tasks[i - 1]
+                cursor = PageCursor(created_at=last.created_at, task_id=last.id)
+                break
+            reply.tasks.append(msg)
+        reply.next_page_token = encode_cursor(cursor)
+        return reply
 
     @mapped_errors
     async def WatchTask(

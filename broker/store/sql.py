@@ -109,7 +109,8 @@ class SqlStore(Store):
         task = await self._task(tx, task_id, lock=True)
         if task.state != TaskState.ERROR:
             raise _wrong_state(task, "only a task in error can be reset")
-        await self._add_attempt(tx, task, "", now_ms, now_ms, "reset", task.error_message)
+        await self._add_attempt(tx, task, "", now_ms, now_ms, "reset",
+                                policy.clipped(task.error_message))
         return await self._save(
             tx, task, state=TaskState.INIT, attempts=0, worker_id="", error_message="",
             started_at=None, finished_at=None, lease_expires_at=None, not_before=now_ms,

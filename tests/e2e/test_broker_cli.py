@@ -363,3 +363,70 @@ async def test_a_second_broker_on_a_taken_port_says_so(
     assert second.returncode == 1 and "Traceback" not in second.stderr
     assert f"cannot listen on {first.url}: another program (a broker?) holds the port" \
         in second.stderr
+
+
+async def fail_from_outside(dsn: str, count: int, reason: str, attempts: int) -> list[str]:
+    """`count` tasks that failed `attempts` times with `reason` each and ended in error."""
+    store = open_store(dsn)
+    await store.open()
+    try:
+        ids = []
+        for i in range(count):
+            task, _ = await store.create_task(models.NewTask(
+                id=f"t-{i:04d}", task_type="c2", miner="f01000", comment="", priority=0,
+                payload_size=1, payload_sha256="0" * 64, max_attempts=attempts,
+                created_at=models.now_ms()))
+            for _ in range(attempts):
+                claimed = await store.claim_task("w-test", ["c2"], 60_000, models.now_ms())
+                assert claimed is not None and claimed.id == task.id
+                await store.fail_task(task.id, claimed.fence, reason, True, 0, models.now_ms())
+            ids.append(task.id)
+        return ids
+    finally:
+        await store.close()
+
+
+RESETS = 400
+
+
+async def test_long_error_messages_and_histories_stay_within_a_reply(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy  # type: ignore[no-untyped-def]
+) -> None:
+    # Given 120 tasks in error, each message listing 12 reasons of 4 KiB (about 6 MiB in all,
+    # over gRPC's 4 MiB per reply), the last one reset and failed again 400 times (800 more
+    # attempt rows of 4 KiB)
+    b = broker_factory(sqlite_dsn)
+    reason = "GPU fell off the bus\nCaused by:\n  CUDA error 999 " + "x" * 4000
+    ids = await fail_from_outside(sqlite_dsn, 120, reason, attempts=12)
+    store = open_store(sqlite_dsn)
+    await store.open()
+    try:
+        for _ in range(RESETS):
+            await store.reset_task(ids[-1], models.now_ms())
+            claimed = await store.claim_task("w-test", ["c2"], 60_000, models.now_ms())
+            assert claimed is not None
+            await store.fail_task(ids[-1], claimed.fence, reason, False, 0, models.now_ms())
+    finally:
+        await store.close()
+
+    # Then `tasks list` gets them all, page by page, one line each
+    listed = gpuproxy("tasks", "list", "--url", b.url, "--limit", "1000")
+    assert listed.returncode == 0, listed.stderr
+    rows = listed.stdout.splitlines()[1:]
+    assert len(rows) == 120 and all("failed after" in r for r in rows)
+    assert listed.stderr == ""
+    # And a limit that leaves some out says so
+    short = gpuproxy("tasks", "list", "--url", b.url, "--limit", "50")
+    assert len(short.stdout.splitlines()) == 51
+    assert "the first 50 tasks; there are more: raise --limit" in short.stderr
+    # And `tasks show` of the task reset 400 times shows its newest attempts, saying how many
+    # older ones it left out, a reason of several lines on one row
+    shown = gpuproxy("tasks", "show", "--url", b.url, ids[-1])
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    [header] = [line for line in lines if line.startswith("history:")]
+    omitted = int(header.split("the ")[1].split()[0])
+    history = lines[lines.index(header) + 2:]
+    assert omitted > 0 and len(history) > 500 and len(history) + omitted == 12 + 2 * RESETS
+    assert all("GPU fell off the bus Caused by: CUDA error 999" in r for r in history
+               if " failed " in r)
