@@ -72,13 +72,16 @@ class BrokerClient:
         await self.close()
 
     def translate(self, exc: grpc.aio.AioRpcError) -> exceptions.BrokerError:
-        if exc.code() is grpc.StatusCode.UNAVAILABLE:
-            err: exceptions.BrokerError = exceptions.BrokerUnreachable(
-                url=self.url, detail=exc.details()
-            )
+        answered = any(key == exceptions.ERROR_METADATA_KEY
+                       for key, _ in exc.trailing_metadata() or ())
+        err: exceptions.BrokerError
+        if exc.code() is grpc.StatusCode.UNAVAILABLE and answered:
+            err = exceptions.BrokerCannotServe(url=self.url, detail=exc.details())
+        elif exc.code() is grpc.StatusCode.UNAVAILABLE:
+            err = exceptions.BrokerUnreachable(url=self.url, detail=exc.details())
         else:
             err = exceptions.RemoteError(detail=exc.details() or exc.code().name)
-        err.code = exc.code()  # type: ignore[attr-defined]
+        err.code = exc.code()  # type: ignore[union-attr]
         return err
 
     async def _unary(self, method: Any, request: Any) -> Any:

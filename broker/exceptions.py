@@ -16,6 +16,11 @@ class DocumentedError(Exception):
         super().__init__(text)
 
 
+#: Trailing metadata of a request the broker refused: the error's class name. A client tells by
+#: it the broker's own UNAVAILABLE (its database is away) from a connection that found no broker.
+ERROR_METADATA_KEY = "gpuproxy-error"
+
+
 class BrokerError(DocumentedError):
     """The broker failed: see the log for details."""
 
@@ -114,6 +119,10 @@ class StoreRefused(BrokerError):
 # Raised on the client side (CLI, plugin, worker) from a broker's answer.
 class BrokerUnreachable(BrokerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
+
+
+class BrokerCannotServe(BrokerUnreachable):
+    """The broker at {url} answered but cannot serve now: {detail}"""
 
 
 class RemoteError(BrokerError):

@@ -7,7 +7,7 @@ so a task is requeued exactly once whichever broker sees it first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -46,16 +46,22 @@ async def grant_grace(store: Store, lease_s: float) -> int:
 async def run_forever(
     store: Store, timeouts_s: Mapping[str, float], on_change: Callable[[str], None],
     interval_s: float, lease_s: float,
+    on_store: Callable[[bool], Awaitable[None]] | None = None,
 ) -> None:
     """Sweep every interval; a failed sweep is logged (once per outage) and the next one runs
-    as usual, after a grace for the leases that could not be renewed during the outage."""
+    as usual, after a grace for the leases that could not be renewed during the outage.
+    `on_store` hears when the database stops answering (False) and answers again (True)."""
     outage = Outage("housekeeper sweep")
     while True:
         try:
             if outage.failures:
                 await grant_grace(store, lease_s)
             await sweep(store, timeouts_s, on_change)
+            if outage.failures and on_store is not None:
+                await on_store(True)
             outage.succeeded()
         except Exception as exc:
             outage.failed(exc)
+            if outage.failures == 1 and on_store is not None:
+                await on_store(False)
         await asyncio.sleep(interval_s)

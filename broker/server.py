@@ -50,6 +50,7 @@ class Broker:
         self.dispatcher: Dispatcher | None = None
         self.server: grpc.aio.Server | None = None
         self.loops: list[asyncio.Task[None]] = []
+        self._served: tuple[str, ...] = ()  #: the service names health reports on
         self.port = 0
 
     async def start(self) -> None:
@@ -95,12 +96,12 @@ class Broker:
                 raise exceptions.ConfigError(
                     field="metrics-url", detail=f"cannot serve metrics on {cfg.metrics_listen}: "
                     f"{exc.strerror or exc}") from exc
-        for name in ("", names[0], names[1]):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._served = ("", names[0], names[1])
+        await self._serving(True)
         self._spawn("dispatcher", self.dispatcher.run_forever)
         self._spawn("housekeeper", lambda: housekeeper.run_forever(
             store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
-            lease_s=cfg.lease_s,
+            lease_s=cfg.lease_s, on_store=self._serving,
         ))
         self._spawn("cleaner", lambda: cleaner.run_forever(
             store, self.payloads, orphan_age_s=cfg.orphan_age_s,
@@ -109,6 +110,16 @@ class Broker:
         log.info("broker started", listen=cfg.listen, port=self.port,
                  db=_masked(cfg.dsn), resource_type=cfg.resource_type,
                  payload_path=cfg.payload_path if cfg.resource_type == "fs" else None)
+
+    async def _serving(self, store_works: bool) -> None:
+        """Health says NOT_SERVING while the database is unreachable (the housekeeper, which
+        reaches it every second, tells): a load balancer or probe then looks at the database,
+        not at a broker that answers."""
+        assert self.health is not None
+        status = (health_pb2.HealthCheckResponse.SERVING if store_works
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in self._served:
+            await self.health.set(name, status)
 
     def _spawn(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.loops.append(asyncio.create_task(loop(), name=name))

@@ -51,7 +51,8 @@ async def _abort(exc: BaseException, context: grpc.aio.ServicerContext, method: 
     if isinstance(exc, exceptions.BrokerError):
         code = status_of(exc)
         log.info("request refused", method=method, code=code.name, error=str(exc))
-        await context.abort(code, str(exc))
+        await context.abort(code, str(exc), trailing_metadata=(
+            (exceptions.ERROR_METADATA_KEY, type(exc).__name__),))
     log.error("request failed", method=method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal broker error; see the broker's log")
 

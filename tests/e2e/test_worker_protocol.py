@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from broker import exceptions
 from broker.client import BrokerClient
 from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
 from tests.e2e.conftest import BrokerFactory
@@ -386,7 +388,14 @@ async def test_a_waiting_task_whose_payload_was_removed_takes_it_again_on_resubm
         await w.close()
 
 
-async def test_a_database_outage_longer_than_the_lease_takes_no_task_from_a_live_worker(
+async def health_of(url: str) -> int:
+    async with grpc.aio.insecure_channel(url) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5)
+    return int(reply.status)
+
+
+async def test_a_database_outage_shows_in_health_and_takes_no_task_from_a_live_worker(
     mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
 ) -> None:
     url = urllib.parse.urlsplit(mariadb_dsn)
@@ -408,9 +417,18 @@ async def test_a_database_outage_longer_than_the_lease_takes_no_task_from_a_live
         beating = asyncio.create_task(heartbeats())
         # Given the database gone for three leases while the worker heartbeats all along
         relay.cut()
-        await asyncio.sleep(3 * LEASE_S)
+        await asyncio.sleep(1.5 * LEASE_S)
+        # Then health says the broker cannot serve, and a request is told why
+        assert await health_of(broker.url) == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with BrokerClient(broker.url) as client:
+            with pytest.raises(exceptions.BrokerCannotServe) as refused:
+                await client.get_task(task_id)
+        assert str(refused.value).startswith(
+            f"The broker at {broker.url} answered but cannot serve now: Database ")
+        await asyncio.sleep(1.5 * LEASE_S)
         relay.restore()
         await asyncio.sleep(2 * LEASE_S)
+        assert await health_of(broker.url) == health_pb2.HealthCheckResponse.SERVING
 
         # Then the worker's stream stayed open, and its task is still its own: the first
         # attempt's result finishes it
