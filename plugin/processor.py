@@ -2,9 +2,10 @@
 
 Requests are served concurrently and answered in the order they finish; venus-worker matches
 answers by id. A line that is not a request gets an error answer for its id when the id can be
-read, and a log line otherwise; the loop goes on either way. At the end of stdin (venus-worker
-stopped or restarts its processor) the requests in flight are abandoned: their tasks stay on the
-broker, and the same requests sent again find them.
+read, and a log line otherwise; the loop goes on either way, also when reading a line fails in a
+way nobody foresaw. At the end of stdin (venus-worker stopped or restarts its processor) the
+requests in flight are abandoned: their tasks stay on the broker, and the same requests sent
+again find them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def quote(line: bytes) -> str:
     return text + ("..." if len(line) > QUOTE_BYTES else "")
 
 
+def internal_error(exc: Exception) -> str:
+    """The answer to a request that a bug of the plugin cost."""
+    return f"internal error of the C2 plugin ({type(exc).__name__}: {exc}); see its log"
+
+
 class Processor:
     def __init__(self, prover: Prover, writer: LineWriter, dumper: Dumper) -> None:
         self.prover = prover
@@ -61,19 +67,28 @@ class Processor:
         await self.abandon()
 
     def accept(self, line: bytes) -> None:
-        """Read one line and start serving it in a task of its own."""
+        """Read one line and start serving it in a task of its own. Never raises."""
         if not line.strip():
             return
+        request_id: int | None = None
         try:
             request = protocol.parse_request(line)
+            request_id = request.id
+            log.info("request", request_id=request.id, sector_id=request.sector_id,
+                     miner=request.miner, proof_type=request.registered_proof,
+                     task_bytes=len(request.task))
+            self._spawn(self.dumper.request(request.id, line), None)
+            self._spawn(self._serve(request), request)
         except exceptions.MalformedRequest as exc:
             self._spawn(self._refuse(exc, line), None)
-            return
-        log.info("request", request_id=request.id, sector_id=request.sector_id,
-                 miner=request.miner, proof_type=request.registered_proof,
-                 task_bytes=len(request.task))
-        self._spawn(self.dumper.request(request.id, line), None)
-        self._spawn(self._serve(request), request)
+        except Exception as exc:
+            # A bug on one line must cost that line only: an exception out of here would end
+            # the plugin, and with it every request in flight.
+            log.exception("line failed unexpectedly", request_id=request_id, line=quote(line),
+                          line_bytes=len(line))
+            if request_id is not None:
+                answer = protocol.error_line(request_id, internal_error(exc))
+                self._spawn(self._answer(request_id, answer), None)
 
     async def abandon(self) -> None:
         """Stop serving: requests in flight get no answer (nobody is left to read it); the
@@ -127,10 +142,7 @@ class Processor:
         except Exception as exc:
             # A bug here must cost one answer, not the loop.
             log.exception("request failed unexpectedly", request_id=request_id)
-            answer = protocol.error_line(
-                request_id, f"internal error of the C2 plugin ({type(exc).__name__}: {exc}); "
-                "see its log",
-            )
+            answer = protocol.error_line(request_id, internal_error(exc))
         await self._answer(request_id, answer)
 
     async def _answer(self, request_id: int, line: bytes) -> None:

@@ -146,5 +146,7 @@ def decode(data: bytes, span: Span) -> Any:
     """The value at `span`, decoded (for the small ones only)."""
     try:
         return json.loads(data[span[0]:span[1]])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and an integer over Python's
+        # digit limit; RecursionError, a value nested too deep for json. The walk accepts both.
         raise JsonSyntaxError(f"undecodable value ({exc})", span[0]) from None

@@ -260,6 +260,28 @@ async def test_malformed_lines_get_error_answers_while_other_requests_go_on(
     assert len(await tasks_on(broker.url)) == 1
 
 
+async def test_lines_json_cannot_decode_do_not_end_the_plugin(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+) -> None:
+    # Given a request being proved
+    worker_factory(broker.url, env={"FAKE_C2_SLEEP_S": "1.5"})
+    plugin = await plugin_factory(broker.url)
+    good = task_bytes(171)
+    await plugin.send(request_line(1, good))
+    # When an id of 5000 digits, and a prover_id nested 100000 arrays deep, follow it (json
+    # raises ValueError and RecursionError on them)
+    await plugin.send(b'{"id":%s,"task":%s}\n' % (b"9" * 5000, good))
+    deep = b"[" * 100_000 + b"]" * 100_000
+    await plugin.send(request_line(3, good.replace(json.dumps(
+        PROVER_ID, separators=(",", ":")).encode(), deep)))
+    # Then the one with an id gets an error, the other is logged, and the proof still comes
+    assert "prover_id is not a list of 32 bytes" in await plugin.error(3, timeout_s=5)
+    assert await plugin.proof(1) == proof_of(good)
+    assert sorted(plugin.answers) == [1, 3]
+    assert "line ignored: no request id can be read in it" in plugin.logs()
+    assert plugin.proc.returncode is None and "Traceback" not in plugin.logs()
+
+
 async def test_a_task_in_error_is_reported_then_reset_when_asked_again(
     broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
 ) -> None:

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
-from plugin import exceptions, stdio
+from plugin import exceptions, protocol, stdio
 from plugin.dump import Dumper
 from plugin.processor import Processor
 from plugin.protocol import C2Request
@@ -135,6 +136,71 @@ async def test_answers_go_out_as_requests_finish_and_bad_lines_do_not_stop_the_l
     assert answers[3]["err_msg"] == "task t sector 666 error reason: bad GPU"
     assert answers[5]["err_msg"].startswith("internal error of the C2 plugin (RuntimeError: a "
                                             "bug)")
+    reader.feed(None)
+    await run
+
+
+async def test_lines_json_cannot_decode_are_refused_while_the_good_request_is_answered(
+    pipe: Pipe, tmp_path: pathlib.Path
+) -> None:
+    prover, reader = ScriptedProver(tmp_path), ListReader()
+    processor = Processor(prover, stdio.LineWriter(pipe.write_fd), Dumper(None))
+    run = asyncio.create_task(processor.run(reader))  # type: ignore[arg-type]
+    # Given a request in flight, then an id of 5000 digits and a prover_id 100000 arrays deep
+    # (json.loads raises ValueError and RecursionError on them)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with structlog.testing.capture_logs() as logs:
+        reader.feed(request_line(1, 41), b'{"id":%s,"task":{}}\n' % (b"9" * 5000),
+                    request_line(3, 43).replace(PROVER_ID, deep))
+        await until(lambda: 3 in pipe.answers())
+    # Then the line with an id gets its error, the one without is logged
+    assert "prover_id is not a list of 32 bytes" in pipe.answers()[3]["err_msg"]
+    [ignored] = [e for e in logs if e["event"].startswith("line ignored")]
+    assert ignored["line"].startswith('{"id":999') and ignored["line_bytes"] == 5018
+    # And the request in flight is still answered
+    prover.release(41)
+    await until(lambda: 1 in pipe.answers())
+    assert list(pipe.answers()) == [3, 1]
+    assert pipe.answers()[1]["output"] == {"proof": [41]}
+    reader.feed(None)
+    await run
+
+
+async def test_a_bug_on_one_line_costs_that_line_only(
+    pipe: Pipe, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prover, reader = ScriptedProver(tmp_path), ListReader()
+    dumper = Dumper(None)
+    processor = Processor(prover, stdio.LineWriter(pipe.write_fd), dumper)
+    real_parse, real_dump = protocol.parse_request, dumper.request
+
+    def parse(line: bytes) -> C2Request:
+        if b"parser bug" in line:
+            raise IndexError("a parser bug")
+        return real_parse(line)
+
+    def dump(request_id: int | None, line: bytes) -> Any:
+        if request_id == 2:
+            raise RuntimeError("a bug after the id was read")
+        return real_dump(request_id, line)
+
+    monkeypatch.setattr(protocol, "parse_request", parse)
+    monkeypatch.setattr(dumper, "request", dump)
+    run = asyncio.create_task(processor.run(reader))  # type: ignore[arg-type]
+    prover.release(51)
+    # Given a line the parser fails on, and one that fails once its id is known
+    with structlog.testing.capture_logs() as logs:
+        reader.feed(b"parser bug\n", request_line(2, 52), request_line(3, 51))
+        await until(lambda: len(pipe.answers()) == 2)
+    # Then both are logged with their traceback, the second answered with an error
+    failures = [e for e in logs if e["event"] == "line failed unexpectedly"]
+    assert [(e["request_id"], e["line"][:8], e["exc_info"]) for e in failures] == [
+        (None, "parser b", True), (2, '{"id":2,', True),
+    ]
+    assert pipe.answers()[2]["err_msg"] == ("internal error of the C2 plugin (RuntimeError: a "
+                                            "bug after the id was read); see its log")
+    # And the loop went on to serve the next request
+    assert pipe.answers()[3]["output"] == {"proof": [51]}
     reader.feed(None)
     await run
 

@@ -12,6 +12,10 @@ from plugin import exceptions, protocol, rawjson
 PROVER_ID = [1] + [0] * 31
 C1OUT = (b'{"registered_proof":"StackedDrg32GiBV1_1","vanilla_proofs":{"StackedDrg32GiBV1":'
          b'[[{"p":[1,2,{"s":"a \\" ] } [ \\\\"}]}]]},"comm_r":[1,2],"seed":[3]}')
+#: Values json.loads cannot decode though the walk takes them: an integer over Python's limit
+#: of 4300 digits (ValueError), and arrays nested past the recursion limit (RecursionError).
+HUGE_INT = b"9" * 5000
+DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
 def c2_task(c1out: bytes = C1OUT, sector_id: int = 163, miner_id: int = 1000) -> bytes:
@@ -72,6 +76,8 @@ def test_the_largest_u64_id_is_an_id() -> None:
     (b'{"id":"7","task":{}}\n', None, "no id"),
     (b'{"id":true,"task":{}}\n', None, "no id"),
     (b'{"id":18446744073709551616,"task":{}}\n', None, "no id"),
+    (b'{"id":%s,"task":{}}\n' % HUGE_INT, None, "no id"),
+    (b'{"id":%s,"task":{}}\n' % DEEP, None, "no id"),
     (b'{"id":5}\n', 5, "the request has no task"),
     (b'{"id":5,"task":[1]}\n', 5, "task is not a JSON object"),
     (b'{"id":5,"task":{"c1out":{},"sector_id":1}}\n', 5, "task has no prover_id, miner_id"),
@@ -93,6 +99,8 @@ def test_malformed_lines_say_what_is_wrong_and_keep_the_id_when_readable(
     ("sector_id", b"-3", "sector_id is not an unsigned integer"),
     ("sector_id", b'"163"', "sector_id is not an unsigned integer"),
     ("miner_id", b"1000.5", "miner_id is not an unsigned integer"),
+    ("prover_id", DEEP, "prover_id is not a list of 32 bytes"),
+    ("sector_id", HUGE_INT, "sector_id is not an unsigned integer"),
 ])
 def test_task_fields_of_the_wrong_kind_are_malformed(
     field: str, value: bytes, complaint: str
@@ -144,6 +152,15 @@ def test_scalars_are_values(scalar: bytes) -> None:
 def test_scalars_outside_the_grammar_are_refused(bad: bytes) -> None:
     with pytest.raises(rawjson.JsonSyntaxError):
         rawjson.ends_after(bad, rawjson.value_end(bad, 0))
+
+
+@pytest.mark.parametrize("value", [HUGE_INT, DEEP, b'"\xff"', b"[1,,2]"])
+def test_values_json_cannot_decode_are_syntax_errors(value: bytes) -> None:
+    data = b'{"a":%s}' % value
+    found: dict[rawjson.Path, rawjson.Span] = {}
+    rawjson.members(data, 0, found)
+    with pytest.raises(rawjson.JsonSyntaxError, match="undecodable value"):
+        rawjson.decode(data, found[("a",)])
 
 
 def test_a_large_c1out_is_walked_quickly() -> None:
