@@ -99,6 +99,11 @@ class ProcessorUnavailable(ProcessorError):
     and envs."""
 
 
+class ProcessorExitedEarly(ProcessorError):
+    """{processor} (pid {pid}) exited with status {returncode} before it was ready. Its last
+    output: {said}"""
+
+
 class ProcessorDied(ProcessorError):
     """{processor} (pid {pid}) exited with status {returncode} while running this task; it is
     restarted for the next one. Its last output: {said}"""

@@ -19,12 +19,13 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
 import signal
 from typing import Any
 
 import structlog
 
-from worker import exceptions
+from worker import exceptions, lifeline
 from worker.config import ProcessorConfig
 
 log = structlog.get_logger(__name__)
@@ -36,6 +37,9 @@ QUOTE_CHARS = 120
 #: How many of the child's last lines (stderr, stray stdout) an error quotes: a processor that
 #: dies on a missing parameters file says so there, and the task's error must carry it.
 LAST_LINES = 5
+#: How often a child's exit is looked for, and how long its output may still be read after it.
+EXIT_POLL_S = 0.5
+DRAIN_S = 1.0
 
 
 # -- framing (pure) -------------------------------------------------------------------------------
@@ -75,8 +79,8 @@ def parse_response(line: bytes) -> Response:
     """One response line; raises BadResponse saying what is wrong with it."""
     try:
         data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadResponse(f"the response is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # not JSON, or a number or nesting too large
+        raise BadResponse(f"the response is not JSON we can read ({exc})") from None
     if not isinstance(data, dict):
         raise BadResponse("the response is not a JSON object")
     request_id = data.get("id")
@@ -100,6 +104,19 @@ def quote(line: bytes | str) -> str:
 # -- the child process ----------------------------------------------------------------------------
 
 
+async def exit_status(proc: asyncio.subprocess.Process) -> int:
+    """The child's exit status as soon as it has exited: `proc.wait()` also waits until its
+    pipes close, which a helper process that inherited them may put off indefinitely."""
+    while proc.returncode is None:
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+class _ExitedEarly(Exception):
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+
 @dataclasses.dataclass
 class _Child:
     proc: asyncio.subprocess.Process
@@ -121,6 +138,14 @@ class _Child:
 
     def kill(self, because: exceptions.ProcessorError) -> None:
         self.killed_because = self.killed_because or because
+        self.kill_group()
+
+    def stop_reading(self) -> None:
+        """End our reading of its stdout, as if it had closed it."""
+        if self.proc.stdout is not None:
+            self.proc.stdout.feed_eof()
+
+    def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             # The child leads its own process group: its helpers go too.
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -186,7 +211,7 @@ class ExtProcessor:
         if child.proc.stdin is not None:
             child.proc.stdin.close()
         try:
-            await asyncio.wait_for(asyncio.shield(child.proc.wait()), timeout_s)
+            await asyncio.wait_for(exit_status(child.proc), timeout_s)
         except TimeoutError:
             child.kill(exceptions.ProcessorError(processor=self.name, detail="killed at shutdown"))
         await asyncio.gather(*child.tasks, return_exceptions=True)
@@ -204,13 +229,19 @@ class ExtProcessor:
 
     async def _spawn(self) -> _Child:
         cfg = self.config
+        env = {**os.environ, **cfg.envs}
+        if shutil.which(cfg.bin, path=env.get("PATH")) is None:  # as exec would find it
+            raise exceptions.ProcessorUnavailable(processor=self.name, detail=(
+                "it is not executable" if os.path.isfile(cfg.bin) else "no such file"))
         try:
             proc = await asyncio.create_subprocess_exec(
-                cfg.bin, *cfg.args, stdin=asyncio.subprocess.PIPE,
+                # Killed by the kernel if the worker is: it must not keep the GPU busy while
+                # the restarted worker runs the same task there again.
+                *lifeline.bound([cfg.bin, *cfg.args]), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, **cfg.envs}, limit=LINE_LIMIT_BYTES,
+                env=env, limit=LINE_LIMIT_BYTES,
                 # Its own session: a Ctrl-C meant for the worker must not kill the task it runs
-                # while the worker drains. It still sees EOF on stdin when the worker dies.
+                # while the worker drains.
                 start_new_session=True,
             )
         except OSError as exc:
@@ -220,32 +251,35 @@ class ExtProcessor:
         child = _Child(proc)
         relay = asyncio.create_task(self._relay_stderr(proc, child), name=f"{self.stage} stderr")
         try:
-            await asyncio.wait_for(self._await_ready(proc), cfg.ready_timeout_s)
+            await asyncio.wait_for(self._await_ready(child), cfg.ready_timeout_s)
         except BaseException as exc:
             child.kill(exceptions.ProcessorError(processor=self.name, detail="not ready"))
-            await proc.wait()
+            await exit_status(proc)
             await asyncio.gather(relay, return_exceptions=True)
             if isinstance(exc, TimeoutError):
                 raise exceptions.ProcessorUnavailable(
                     processor=self.name, detail=f"it did not print {ready_line(self.stage)!r} "
                     f"within {cfg.ready_timeout_s:g} s",
                 ) from None
+            if isinstance(exc, _ExitedEarly):  # its stderr is relayed by now: say what it said
+                raise exceptions.ProcessorExitedEarly(
+                    processor=self.name, pid=proc.pid, returncode=exc.returncode,
+                    said=child.said) from None
             raise
         reader = asyncio.create_task(self._read_responses(child), name=f"{self.stage} responses")
-        child.tasks = [reader, relay]
+        watcher = asyncio.create_task(self._watch_exit(child), name=f"{self.stage} exit")
+        child.tasks = [reader, relay, watcher]
         log.info("processor ready", processor=self.name, pid=proc.pid)
         return child
 
-    async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
+    async def _await_ready(self, child: _Child) -> None:
+        proc = child.proc
         assert proc.stdout is not None
         want = ready_line(self.stage)
         while True:
             line = await proc.stdout.readline()
             if not line:
-                code = await proc.wait()
-                raise exceptions.ProcessorUnavailable(
-                    processor=self.name, detail=f"it exited with status {code} before it was ready"
-                )
+                raise _ExitedEarly(await exit_status(proc))
             if line.strip() == want.encode():
                 return
             log.warning("processor line before ready ignored", processor=self.name,
@@ -262,6 +296,46 @@ class ExtProcessor:
             pass
 
     async def _read_responses(self, child: _Child) -> None:
+        """Match answers to requests until the child's stdout ends; then fail what is left."""
+        proc = child.proc
+        try:
+            await self._read_lines(child)
+        except Exception as exc:  # never silently: the requests in flight would wait forever
+            log.exception("reading the processor's answers failed; killing it",
+                          processor=self.name, pid=proc.pid)
+            child.kill(exceptions.ProcessorError(
+                processor=self.name, detail=f"its answers could not be read ({exc!r})"))
+        code = await exit_status(proc)
+        if relays := child.tasks[1:2]:  # its last stderr lines, unless a helper holds stderr
+            await asyncio.wait(relays, timeout=DRAIN_S)
+        error = child.killed_because or exceptions.ProcessorDied(
+            processor=self.name, pid=proc.pid, returncode=code, said=child.said
+        )
+        for future in child.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        child.pending.clear()
+        if not self._closing and child.killed_because is None:
+            log.warning("processor exited; it is restarted for the next task",
+                        processor=self.name, pid=proc.pid, status=code)
+
+    async def _watch_exit(self, child: _Child) -> None:
+        """A child that exits while a helper it started still holds its stdout gives the reader
+        no end of input (a wrapper script's `sleep &`, say): the task would wait out its
+        timeout. So once the child has exited, the reader gets a moment to read what is left,
+        then the child's process group is killed, and failing that our end of stdout ends."""
+        proc = child.proc
+        reader = child.tasks[0]
+        while proc.returncode is None and not reader.done():
+            await asyncio.sleep(EXIT_POLL_S)
+        for end in (child.kill_group, child.stop_reading):
+            if (await asyncio.wait({reader}, timeout=DRAIN_S))[0]:
+                return
+            log.warning("processor exited but its output is still held open (a helper it "
+                        "started?); ending it", processor=self.name, pid=proc.pid)
+            end()
+
+    async def _read_lines(self, child: _Child) -> None:
         proc = child.proc
         assert proc.stdout is not None
         while child.killed_because is None:
@@ -284,19 +358,6 @@ class ExtProcessor:
                             id=response.id)
             elif not future.done():
                 future.set_result(response)
-        code = await proc.wait()
-        if relays := child.tasks[1:]:  # its last stderr lines, unless a helper holds stderr
-            await asyncio.wait(relays, timeout=1.0)
-        error = child.killed_because or exceptions.ProcessorDied(
-            processor=self.name, pid=proc.pid, returncode=code, said=child.said
-        )
-        for future in child.pending.values():
-            if not future.done():
-                future.set_exception(error)
-        child.pending.clear()
-        if not self._closing and child.killed_because is None:
-            log.warning("processor exited; it is restarted for the next task",
-                        processor=self.name, pid=proc.pid, status=code)
 
     def _stray(self, child: _Child, problem: BadResponse, line: bytes) -> None:
         """A stdout line that is not a response. venus-worker logs such a line and reads on, so

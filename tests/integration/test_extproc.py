@@ -267,3 +267,83 @@ async def test_child_that_never_gets_ready_is_refused(make_executor: ExecutorFac
     executor = make_executor({"FAKE_C2_NO_READY": "1"}, ready_timeout_s=0.5)
     with pytest.raises(exceptions.ProcessorUnavailable, match="c2 processor ready"):
         await executor.start()
+
+
+@pytest.mark.parametrize("helper", ["group", "session"])
+async def test_a_processor_that_dies_is_seen_at_once_though_a_helper_holds_its_output(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path,
+    helper: str,
+) -> None:
+    # Given a processor that starts a helper (inheriting its stdout) and then crashes
+    executor = make_executor({"FAKE_C2_CRASH": "1", "FAKE_C2_HELPER": helper,
+                              "FAKE_C2_STDERR": "CUDA error 999"})
+    t0 = time.monotonic()
+    # Then the task fails as a crash within seconds, not at its timeout
+    with pytest.raises(exceptions.ProcessorDied, match="exited with status 3") as info:
+        await executor.run(job(json.dumps(c2_input()).encode(), timeout_s=60))
+    assert time.monotonic() - t0 < 10 and "CUDA error 999" in str(info.value)
+    _processor, helper_pid = pids(tmp_path)
+    if helper == "group":  # a helper in its process group goes with it
+        await asyncio.sleep(0.2)
+        assert not alive(helper_pid)
+    else:
+        os.kill(helper_pid, 9)
+
+
+async def test_a_processor_that_exits_before_ready_says_why(
+    make_executor: ExecutorFactory,
+) -> None:
+    missing = "/var/tmp/filecoin-proof-parameters/v28-stacked-proof-of-replication.params"
+    executor = make_executor({"FAKE_C2_EXIT_EARLY": "1",
+                              "FAKE_C2_STDERR": f"parameter file {missing} not found"})
+    with pytest.raises(exceptions.ProcessorExitedEarly) as info:
+        await executor.start()
+    assert "exited with status 1 before it was ready" in str(info.value)
+    assert f"parameter file {missing} not found" in str(info.value)
+    assert info.value.retryable
+
+
+async def test_an_answer_with_a_number_too_long_to_read_is_a_stray_line(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job]
+) -> None:
+    # A line json cannot turn into values (an integer of 5000 digits) is passed over like
+    # any stray line, and the answer after it is still read
+    executor = make_executor({"FAKE_C2_CHATTER": '{"id":' + "9" * 5000 + ',"output":1}'})
+    task = c2_input()
+    assert await executor.run(job(json.dumps(task).encode())) == fake_c2.expected_proof(task)
+
+
+PARENT = """
+import asyncio, sys
+from worker.config import ProcessorConfig
+from worker.extproc import ExtProcessor
+
+async def main():
+    p = ExtProcessor("c2", ProcessorConfig(bin=sys.executable, args=(sys.argv[1],)))
+    await p.start()
+    print("processor pid", p.pid, flush=True)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_worker_killed_outright_takes_its_processor_along(tmp_path: pathlib.Path) -> None:
+    # Given a worker process whose processor is running
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PARENT, str(FAKE), stdout=asyncio.subprocess.PIPE,
+        cwd=pathlib.Path(__file__).parents[2])
+    assert parent.stdout is not None
+    line = b""
+    while not line.startswith(b"processor pid "):  # (its log lines come first)
+        line = await asyncio.wait_for(parent.stdout.readline(), 30)
+        assert line, "the parent exited"
+    child = int(line.split()[-1])
+    assert alive(child)
+    # When the worker is SIGKILLed, the processor goes too: it would keep the GPU busy
+    parent.kill()
+    await parent.wait()
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not alive(child)
