@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from worker import notify
+from worker import lifeline, notify
 from worker.backoff import Backoff
 
 log = structlog.get_logger(__name__)
@@ -136,7 +136,10 @@ class Supervisor:
         argv = [sys.executable, "-m", "worker.cli", "run", "--gpu", str(child.gpu),
                 *self.child_args]
         child.proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            # Killed by the kernel if the supervisor is, so that a new supervisor does not find
+            # its GPUs taken by orphans
+            *lifeline.bound(argv), env=env, stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         child.started_at = time.monotonic()
         log.info("worker started", gpu=child.gpu, pid=child.proc.pid)

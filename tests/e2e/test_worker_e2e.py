@@ -333,6 +333,29 @@ async def test_supervise_runs_a_worker_per_gpu(
     shutil.rmtree(sock_dir)
 
 
+async def test_workers_of_a_supervisor_killed_outright_go_with_it(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    supervisor = worker_factory(broker.url, gpu=None, command="supervise")
+    supervisor.wait_for("registered", count=2)
+    workers = [json.loads((tmp_path / "locks" / f"GPU-e2e-{i}.lock").read_text())["pid"]
+               for i in (0, 1)]
+    # When the supervisor is SIGKILLed, its workers go too: a new supervisor finds free GPUs
+    supervisor.signal(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not any(_running(pid) for pid in workers)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a worker's parent is gone: init reaps it)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def test_noop_tasks_return_the_payload_digest(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:
