@@ -24,6 +24,7 @@ from tests.cuda.fakedriver import FakeModule, OutOfMemory
 from worker.config import WorkerConfig
 from worker.cuda import backend, exceptions, plan
 from worker.cuda import msm as msm_driver
+from worker.cuda import ntt as ntt_driver
 from worker.exceptions import DeviceLost, TaskFailed
 from worker.executors.base import Job
 from worker.executors.groth16 import Groth16Executor
@@ -145,7 +146,7 @@ def test_msm_refuses_a_scalar_count_that_differs_from_the_points(
 
 # --- NTT ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("log_n", [0, 1, 2, 5, 11])  # 11: two passes of ntt_pass (10 + 1 stages)
+@pytest.mark.parametrize("log_n", [0, 1, 2, 5, 11, 12])  # 11, 12: two passes of 6 + 5, 6 + 6
 def test_ntt_steps_match_the_cpu_backend(cuda: backend.CudaBackend, cpu: backends.Backend,
                                          log_n: int) -> None:
     domain = ntt.Domain(log_n)
@@ -153,6 +154,13 @@ def test_ntt_steps_match_the_cpu_backend(cuda: backend.CudaBackend, cpu: backend
     for step in ("intt", "coset_ntt", "to_coset"):
         got = getattr(cuda, step)(domain, values)
         assert np.array_equal(got, getattr(cpu, step)(domain, values)), step
+
+
+def test_ntt_stages_are_spread_evenly_over_as_few_passes_as_tiles_allow() -> None:
+    assert ntt_driver.passes(10) == [10] and ntt_driver.passes(11) == [6, 5]
+    assert ntt_driver.passes(21) == [7, 7, 7] and ntt_driver.passes(31) == [8, 8, 8, 7]
+    assert all(sum(ntt_driver.passes(k)) == k and max(ntt_driver.passes(k), default=0) <= 10
+               for k in range(32))
 
 
 def test_quotient_on_the_device_matches_the_prover_steps(

@@ -70,9 +70,17 @@ def transform(dev: Device, buf: Any, log_n: int, twiddles: Any) -> None:
     if log_n == 0:
         return
     dev.launch("fr_bit_reverse", n, buf, log_n, block=256)
-    for s in range(0, log_n, TILE_LOG):
-        t = min(TILE_LOG, log_n - s)
+    s = 0
+    for t in passes(log_n):
         dev.launch_grid("ntt_pass", n >> t, 1 << (t - 1), buf, twiddles, log_n, s, t)
+        s += t
+
+
+def passes(log_n: int) -> list[int]:
+    """Stages per ntt_pass: as few passes as tiles allow, the stages spread evenly over them
+    (2^21 as 7 + 7 + 7, not 10 + 10 + 1: a 1-stage pass is n/2 blocks of one thread each)."""
+    count = -(-log_n // TILE_LOG)
+    return [log_n // count + (i < log_n % count) for i in range(count)] if log_n else []
 
 
 def intt(dev: Device, t: Tables, log_n: int, buf: Any) -> None:
