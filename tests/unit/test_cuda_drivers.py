@@ -136,6 +136,32 @@ def test_key_points_that_do_not_fit_stay_on_the_host(lib: ctypes.CDLL) -> None:
     assert small.msm_g1(bases, field.to_vector([1, 2, 3, 4])) == reference("g1", pts, [1, 2, 3, 4])
 
 
+@pytest.mark.parametrize("group", ["g1", "g2"])
+@pytest.mark.parametrize("n", [3, 1000, 5000])
+def test_an_msm_takes_no_more_memory_than_the_backend_leaves_it(lib: ctypes.CDLL, group: str,
+                                                                 n: int) -> None:
+    # The room kept free beside a resident section (msm.scratch_bytes) bounds what an MSM
+    # over it allocates at its peak
+    dev = FakeDevice(lib)
+    _pts, lem = random_points(group, 1)
+    points = np.repeat(lem, n, axis=0)
+    scalars = field.to_vector([rng.randrange(hostlib.R) for _ in range(n)])
+    with dev.active("msm"):
+        buf = dev.upload(points)
+        base = dev.driver.used
+        dev.driver.peak = base
+        msm_driver.msm(dev, group, buf, scalars)
+        assert 0 < dev.driver.peak - base <= msm_driver.scratch_bytes(group, n)
+
+
+def test_a_key_section_beyond_the_32_bit_bucket_indices_is_refused_by_name(
+    cuda: backend.CudaBackend,
+) -> None:
+    huge = np.broadcast_to(np.zeros(96, np.uint8), (plan.MAX_POINTS + 1, 96))  # no memory taken
+    with pytest.raises(exceptions.TooLarge, match=r"268435457 points .* --backend cpu"):
+        cuda.load_bases("g1", huge)
+
+
 def test_msm_refuses_a_scalar_count_that_differs_from_the_points(
     cuda: backend.CudaBackend,
 ) -> None:
@@ -349,12 +375,14 @@ def test_proofs_on_the_emulated_gpu_verify_and_an_evicted_key_frees_its_memory(
 def test_a_new_key_takes_the_gpu_memory_of_the_key_it_replaces(
     lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
 ) -> None:
-    # Given a GPU with room for one key's points (besides the MSM headroom), a cache of one
+    # Given a GPU with room for one key's points (besides the room its MSMs need), a cache of one
     shas = [keycache.install(groth16_demo(6, n).zkey, tmp_path) for n in (1, 2)]
     keys = [keycache.read_key(keycache.key_path(tmp_path, sha), sha) for sha in shas]
     size = max(sum(p.nbytes for p in (k.a, k.b1, k.b2, k.c, k.h)) for k in keys)
+    room = max(msm_room(g, len(p)) for k in keys
+               for g, p in (("g1", k.a), ("g1", k.b1), ("g2", k.b2), ("g1", k.c), ("g1", k.h)))
     cuda = backend.CudaBackend(
-        device=FakeDevice(lib, capacity=backend.HEADROOM_BYTES + size * 3 // 2), self_test=False)
+        device=FakeDevice(lib, capacity=room + size * 3 // 2), self_test=False)
     cache = keycache.KeyCache(cuda, max_keys=1)
     # When the keys are used in turn, each replaces the other on the GPU
     for sha in [*shas, *shas]:
@@ -362,6 +390,12 @@ def test_a_new_key_takes_the_gpu_memory_of_the_key_it_replaces(
         sections = (loaded.a, loaded.b1, loaded.b2, loaded.c, loaded.h)
         assert all(isinstance(b, backend.CudaBases) and b.device is not None for b in sections)
         del loaded, sections  # as a finished task lets go of its key
+
+
+def msm_room(group: str, points: int) -> int:
+    """What the backend leaves free besides a resident key section: the headroom and the
+    temporaries of an MSM over it."""
+    return backend.HEADROOM_BYTES + msm_driver.scratch_bytes(group, points)
 
 
 def _executor_on(lib: ctypes.CDLL, tmp_path: pathlib.Path, files: devsetup.DemoFiles
@@ -384,8 +418,9 @@ async def test_out_of_gpu_memory_fails_the_attempt_and_the_worker_keeps_serving(
 ) -> None:
     files = groth16_demo(5, 1)
     executor, cuda, job = _executor_on(lib, tmp_path, files)
-    # When the GPU runs out of memory during a proof
-    cuda.device.driver.faults.append(OutOfMemory("cuMemAlloc failed: out of memory"))
+    # When the GPU runs out of memory during a proof, and again once the memory kept for later
+    # (resident key points, NTT tables) is given back
+    cuda.device.driver.faults += [OutOfMemory("cuMemAlloc failed: out of memory")] * 2
     with pytest.raises(TaskFailed, match=r"CUDA failed on GPU 0 \(host emulation\) during .*"
                        "out of memory") as caught:
         await executor.run(job)
@@ -399,6 +434,27 @@ async def test_out_of_gpu_memory_fails_the_attempt_and_the_worker_keeps_serving(
     driver = cuda.device.driver
     assert driver.used == 0 and driver.leaks == [] and not any(c.valid for c in driver.contexts)
     assert executor.resident_keys() == []
+
+
+async def test_running_out_of_gpu_memory_once_gives_back_what_is_kept_and_proves(
+    lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
+) -> None:
+    # Given a proof made once, so that its key points and NTT tables are kept on the GPU
+    files = groth16_demo(5, 1)
+    executor, cuda, job = _executor_on(lib, tmp_path, files)
+    vk = proofjson.read_verification_key(files.verification_key.read_text())
+    assert proofjson.verify_proof_json(vk, await executor.run(job))
+    kept = cuda.device.driver.used
+    assert kept > 0
+    # When the GPU runs out of memory in the next proof (a key admitted while it was emptier)
+    cuda.device.driver.faults.append(OutOfMemory("cuMemAlloc failed: out of memory"))
+    # Then what was kept is given back, the step runs again, and the proof verifies
+    with structlog.testing.capture_logs() as logs:
+        assert proofjson.verify_proof_json(vk, await executor.run(job))
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "GPU memory ran out: resident key points and NTT tables given back; trying again"]
+    await executor.close()
+    assert cuda.device.driver.used == 0 and cuda.device.driver.leaks == []
 
 
 async def test_a_launch_failure_loses_the_gpu_and_asks_for_a_restart(
@@ -424,13 +480,13 @@ def test_a_key_section_left_on_the_host_moves_to_the_gpu_once_there_is_room(
 ) -> None:
     # Given a section loaded while the GPU was full (another key still in use)
     pts, lem = random_points("g1", 8)
-    dev = FakeDevice(lib, capacity=backend.HEADROOM_BYTES + 4 * lem.nbytes)
+    dev = FakeDevice(lib, capacity=msm_room("g1", 8) + 4 * lem.nbytes)
     cuda = backend.CudaBackend(device=dev, self_test=False)
-    dev.driver.capacity = backend.HEADROOM_BYTES  # as if taken by the other key
+    dev.driver.capacity = msm_room("g1", 8)  # as if taken by the other key
     bases = cuda.load_bases("g1", lem)
     assert isinstance(bases, backend.CudaBases) and bases.device is None
     # When the memory is free again, the next MSM keeps the points on the GPU
-    dev.driver.capacity = backend.HEADROOM_BYTES + 4 * lem.nbytes
+    dev.driver.capacity = msm_room("g1", 8) + 4 * lem.nbytes
     scalars = list(range(1, 9))
     assert cuda.msm_g1(bases, field.to_vector(scalars)) == reference("g1", pts, scalars)
     assert bases.device is not None and dev.driver.used == lem.nbytes

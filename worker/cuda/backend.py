@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
-from worker.cuda import compiler, exceptions, selftest, sources
+from worker.cuda import compiler, exceptions, plan, selftest, sources
 from worker.cuda import msm as msm_driver
 from worker.cuda import ntt as ntt_driver
 from worker.cuda.device import Device
@@ -24,12 +26,14 @@ from worker.groth16 import curve, field, ntt, zkey
 from worker.groth16.backends import base
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _STEPS = {"intt": ntt_driver.intt, "coset_ntt": ntt_driver.coset_ntt,
           "to_coset": ntt_driver.to_coset}
 
-#: Device memory kept free when deciding whether a key section may stay resident: the largest
-#: MSM's temporaries (digits, entries, bucket sums) need room too.
+#: Device memory kept free when deciding whether a key section may stay resident, besides the
+#: temporaries of an MSM over it (msm.scratch_bytes): NTT buffers and tables need room too. What
+#: this misses, an operation that runs out of memory gets back by evicting (`_with_room`).
 HEADROOM_BYTES = 4 << 30
 
 
@@ -48,6 +52,7 @@ class CudaBackend(base.Backend):
         self.device = device or Device(gpu, cache_dir, variant=variant)
         self.name = f"cuda:{self.device.name}"
         self._tables: dict[int, ntt_driver.Tables] = {}
+        self._resident: weakref.WeakSet[CudaBases] = weakref.WeakSet()
         if self_test:
             try:
                 selftest.check(self)
@@ -58,19 +63,53 @@ class CudaBackend(base.Backend):
                  variant=self.device.variant)
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
+        if len(points) > plan.MAX_POINTS:
+            raise exceptions.TooLarge(points=len(points), limit=plan.MAX_POINTS)
+        bases = CudaBases(group=group, count=len(points), host=points, device=None)
         with self.device.active(f"uploading {group} key points"):
-            resident = self._fits(points)
-            bases = CudaBases(group=group, count=len(points), host=points, device=None)
-            if resident:  # freed once the key cache lets go of the key
-                bases.device = self.device.keep(bases, self.device.upload(points))
-        if not resident:
+            self._keep_if_room(bases)
+        if bases.device is None:
             log.warning("key points stay on the host: too little GPU memory", group=group,
                         points=len(points), gpu=self.device.name)
         return bases
 
-    def _fits(self, points: zkey.Points) -> bool:
-        """Whether a key section may stay on the GPU (call inside `active`)."""
-        return self.device.free_memory() - points.nbytes > HEADROOM_BYTES
+    def _keep_if_room(self, bases: CudaBases) -> None:
+        """Upload a key section to stay on the GPU if that leaves room for an MSM over it and
+        the headroom (call inside `active`); freed once the key cache lets go of the key."""
+        need = (bases.host.nbytes + msm_driver.scratch_bytes(bases.group, max(bases.count, 1))
+                + HEADROOM_BYTES)
+        if self.device.free_memory() > need:
+            bases.device = self.device.keep(bases, self.device.upload(bases.host))
+            self._resident.add(bases)
+
+    def _with_room(self, run: Callable[[], T]) -> T:
+        """run(); if the GPU runs out of memory, once more after giving back what is kept for
+        later (resident key sections, NTT tables: made again as needed). Without this, a key
+        admitted while the GPU was emptier would fail every attempt the same way."""
+        try:
+            return run()
+        except exceptions.DeviceFailed as exc:
+            if not exc.out_of_memory or not self._evict():
+                raise
+            log.warning("GPU memory ran out: resident key points and NTT tables given back; "
+                        "trying again", gpu=self.device.name, error=str(exc))
+            return run()
+
+    def _evict(self) -> bool:
+        """Free every resident key section and NTT table; whether there was any."""
+        resident = [b for b in self._resident if b.device is not None]
+        if not resident and not self._tables:
+            return False
+        with self.device.active("giving back GPU memory"):
+            for bases in resident:
+                self.device.release(bases.device)
+                bases.device = None
+            for t in self._tables.values():
+                for f in dataclasses.fields(t):
+                    self.device.release(getattr(t, f.name))
+            self._tables.clear()
+        self._resident.clear()
+        return True
 
     def intt(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
         return self._ntt(domain, evaluations, "intt")
@@ -86,11 +125,15 @@ class CudaBackend(base.Backend):
         """h = A*B - C on the coset, the three moved there and combined without leaving the GPU
         (what the prover computes as to_coset three times and native.mul_sub)."""
         dev = self.device
-        with dev.active("quotient"):
-            t = self._tables_for(domain)
-            bufs = [ntt_driver.upload(dev, v) for v in (a, b, c)]
-            ntt_driver.quotient(dev, t, domain.log_size, *bufs)
-            return ntt_driver.download(dev, bufs[0], domain.size)
+
+        def run() -> field.FrVector:
+            with dev.active("quotient"):
+                t = self._tables_for(domain)
+                bufs = [ntt_driver.upload(dev, v) for v in (a, b, c)]
+                ntt_driver.quotient(dev, t, domain.log_size, *bufs)
+                return ntt_driver.download(dev, bufs[0], domain.size)
+
+        return self._with_room(run)
 
     def msm_g1(self, bases: base.Bases, scalars: field.FrVector) -> curve.G1:
         return curve.g1_from_lem(self._msm("g1", bases, scalars))
@@ -107,25 +150,34 @@ class CudaBackend(base.Backend):
         if len(scalars) != bases.count:
             raise ValueError(f"{len(scalars)} scalars for {bases.count} {group} points")
         operation = f"msm_{group} of {bases.count} points"
-        with self.device.active(operation):
-            if bases.device is None and self._fits(bases.host):  # memory freed since the load
-                bases.device = self.device.keep(bases, self.device.upload(bases.host))
-            points = bases.device if bases.device is not None else self.device.upload(bases.host)
-            try:
-                return msm_driver.msm(self.device, group, points, scalars)
-            except ValueError as exc:  # py-arkworks refused a window sum: not on the curve
-                raise exceptions.DeviceFailed(gpu=self.device.name, operation=operation,
-                                              detail=f"a wrong partial sum ({exc})") from exc
+
+        def run() -> bytes:
+            with self.device.active(operation):
+                if bases.device is None:  # memory may have been freed since the load
+                    self._keep_if_room(bases)
+                points = (bases.device if bases.device is not None
+                          else self.device.upload(bases.host))
+                try:
+                    return msm_driver.msm(self.device, group, points, scalars)
+                except ValueError as exc:  # py-arkworks refused a window sum: not on the curve
+                    raise exceptions.DeviceFailed(gpu=self.device.name, operation=operation,
+                                                  detail=f"a wrong partial sum ({exc})") from exc
+
+        return self._with_room(run)
 
     def _ntt(self, domain: ntt.Domain, values: field.FrVector, step: str) -> field.FrVector:
         if len(values) != domain.size:
             raise ValueError(f"{len(values)} values for a domain of {domain.size}")
         dev = self.device
-        with dev.active(f"{step} of 2^{domain.log_size}"):
-            t = self._tables_for(domain)
-            buf = ntt_driver.upload(dev, values)
-            _STEPS[step](dev, t, domain.log_size, buf)
-            return ntt_driver.download(dev, buf, domain.size)
+
+        def run() -> field.FrVector:
+            with dev.active(f"{step} of 2^{domain.log_size}"):
+                t = self._tables_for(domain)
+                buf = ntt_driver.upload(dev, values)
+                _STEPS[step](dev, t, domain.log_size, buf)
+                return ntt_driver.download(dev, buf, domain.size)
+
+        return self._with_room(run)
 
     def _tables_for(self, domain: ntt.Domain) -> ntt_driver.Tables:
         if domain.log_size not in self._tables:

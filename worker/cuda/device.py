@@ -50,6 +50,7 @@ class Device:
         self._depth = 0  #: nesting of `active` on the thread holding the lock
         self._scratch: dict[int, Any] = {}  #: id -> allocation of the running operation
         self._discarded: list[Any] = []  #: kept allocations whose owner is gone
+        self._kept: dict[int, weakref.finalize[Any, Any]] = {}  #: id -> its owner's finalizer
         self._functions: dict[str, Any] = {}
         self._closed = False
         self.lost: str | None = None  #: why the context is unusable (see DeviceFailed.lost)
@@ -98,7 +99,7 @@ class Device:
                 if lost:
                     self.lost = detail = f"{detail}; the GPU context is lost"
                 raise exceptions.DeviceFailed(gpu=self.name, operation=operation, detail=detail,
-                                              lost=lost) from exc
+                                              lost=lost, out_of_memory=not lost) from exc
             finally:
                 self._depth -= 1
                 try:
@@ -134,17 +135,27 @@ class Device:
         return buf
 
     def keep(self, owner: object, buf: Any) -> Any:
-        """Let `buf` outlive the operation: it is freed after `owner` is garbage."""
+        """Let `buf` outlive the operation: it is freed after `owner` is garbage, or by
+        `release`."""
         del self._scratch[id(buf)]
-        weakref.finalize(owner, self._discarded.append, buf)
+        self._kept[id(buf)] = weakref.finalize(owner, self._discarded.append, buf)
         return buf
 
+    def release(self, buf: Any) -> None:
+        """Free a kept allocation now (inside `active`), before its owner is gone."""
+        finalizer = self._kept.pop(id(buf), None)
+        if finalizer is not None and finalizer.detach() is not None:
+            buf.free()
+
     def free(self, buf: Any) -> None:
-        """Free scratch memory before the operation ends (a large temporary)."""
+        """Free scratch memory before the operation ends (a large temporary), once the
+        launches queued before, which may read it, are done."""
+        self._context.synchronize()
         del self._scratch[id(buf)]
         buf.free()
 
     def _take_discarded(self) -> list[Any]:
+        self._kept = {k: f for k, f in self._kept.items() if f.alive}
         taken = []
         while self._discarded:  # finalizers append from any thread; pop is atomic
             taken.append(self._discarded.pop())

@@ -30,6 +30,13 @@ class DeviceFailed(CudaError):
     #: The context is unusable from now on (any CUDA error but out of memory: a launch failure
     #: or an illegal address poisons the context for good); the process must start again.
     lost: bool = False
+    #: The GPU had no room for an allocation (the context is fine).
+    out_of_memory: bool = False
+
+
+class TooLarge(CudaError):
+    """An MSM of {points} points is more than the CUDA backend takes at once ({limit}); run
+    such circuits with --backend cpu."""
 
 
 class SelfTestFailed(CudaError):

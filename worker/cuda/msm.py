@@ -44,6 +44,17 @@ def msm(dev: Device, group: str, points: Any, scalars: field.FrVector,
     return combine(group, raw, p.windows, p.window_bits)
 
 
+def scratch_bytes(group: str, n: int) -> int:
+    """An upper bound of the device memory an MSM of n points takes besides the points: the
+    scalars, the digits and the sorted entries (4 bytes per point and window each), the first
+    round of chunk sums, and the per-bucket arrays. (2^27 G2 points: about 27 GiB.)"""
+    p = plan.msm_plan(n)
+    buckets = p.windows * p.buckets
+    entries = p.windows * n
+    return (32 * n + 8 * entries + XYZZ_BYTES[group] * (entries // p.chunk + 2 * buckets)
+            + 32 * buckets)
+
+
 def combine(group: str, raw: bytes, nwin: int, c: int) -> bytes:
     """sum 2^(c w) W_w over the downloaded XYZZ window sums, as affine LEM bytes."""
     size = XYZZ_BYTES[group]
@@ -98,14 +109,16 @@ def _sort(dev: Device, p: plan.MsmPlan, scalars: field.FrVector) -> tuple[Any, A
     entries = dev.alloc(4 * total)
     dev.launch("msm_scatter", p.entries, digits, p.points, p.window_bits, p.windows, cursor,
                entries)
+    dev.free(digits)  # once the scatter is done: the largest temporary with `entries`
     return counts, offsets, entries
 
 
 def _rounds(dev: Device, group: str, nbuckets: int, counts: Any, offsets: Any, chunk: int,
             first: tuple[str, Any, Any]) -> Any:
     """Chunked sums of every bucket until each has one; the dense XYZZ bucket array. A round's
-    inputs made by the round before are freed once its result is read back (the largest MSM
-    temporaries: the first round's sums are about a third of the points' size)."""
+    inputs made by the round before are freed once its result is read back, the sorted entries
+    after the first round (the largest MSM temporaries: 4 bytes per point and window, and the
+    first round's sums, windows / chunk XYZZ points per point, about half the points' size)."""
     kind, source, entries = first
     spent: list[Any] = []
     while True:
@@ -122,6 +135,8 @@ def _rounds(dev: Device, group: str, nbuckets: int, counts: Any, offsets: Any, c
             dev.launch(f"msm_sum_xyzz_{group}", nchunks, source, offsets, counts, starts,
                        nbuckets, chunk, nchunks, sums)
         done = int(dev.download(most, np.uint32, 1)[0]) <= 1  # synchronous: the round is over
+        if kind == "entries":
+            spent.append(entries)  # the sorted entries are summed: read no more
         for buf in spent:
             dev.free(buf)
         if done:

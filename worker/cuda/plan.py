@@ -56,10 +56,15 @@ def _floor_pow2(x: int) -> int:
     return 1 << (max(x, 1).bit_length() - 1)
 
 
+#: The most points one MSM takes: bucket counts, offsets and sorted entries are 32-bit, and an
+#: entry holds its point's index in 31 bits (windows x points < 2^32 holds up to 2^28).
+MAX_POINTS = 1 << 28
+
+
 def msm_plan(points: int) -> MsmPlan:
-    """The plan for an MSM of `points` points (>= 1)."""
-    if points < 1:
-        raise ValueError(f"an MSM needs at least one point, got {points}")
+    """The plan for an MSM of `points` points (1 to MAX_POINTS)."""
+    if not 1 <= points <= MAX_POINTS:
+        raise ValueError(f"an MSM takes 1 to {MAX_POINTS} points, got {points}")
     c = window_bits(points)
     chunk = min(MAX_CHUNK, max(MIN_CHUNK, _floor_pow2(windows(c) * points // TARGET_THREADS)))
     runs = max(1, (1 << (c - 1)) // RUN_LENGTH)
