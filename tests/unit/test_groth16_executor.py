@@ -6,15 +6,17 @@ import hashlib
 import json
 import pathlib
 import shutil
+import socket
 from collections.abc import Callable
 
 import pytest
+import structlog
 
 from worker import exceptions
 from worker.config import WorkerConfig
 from worker.executors import base, create
 from worker.executors.groth16 import Groth16Executor, zkey_sha256
-from worker.groth16 import backends, curve, devsetup, keycache, proofjson, zkey
+from worker.groth16 import backends, curve, devsetup, field, keycache, proofjson, wtns, zkey
 from worker.groth16 import exceptions as g16
 
 Demo = Callable[..., devsetup.DemoFiles]
@@ -28,6 +30,19 @@ def test_install_names_the_key_by_sha256(groth16_demo: Demo, tmp_path: pathlib.P
     assert keycache.install(files.zkey, tmp_path / "params") == sha
     with pytest.raises(ValueError, match="not a lowercase hex sha256"):
         keycache.key_path(tmp_path, "../etc/passwd")
+
+
+def test_an_install_cut_short_leaves_no_copy_behind(
+    groth16_demo: Demo, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(src: object, dst: str) -> None:
+        pathlib.Path(dst).write_bytes(b"part of a key")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keycache.shutil, "copyfile", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        keycache.install(groth16_demo(4, 1).zkey, tmp_path / "params")
+    assert list((tmp_path / "params").iterdir()) == []
 
 
 def test_cache_loads_once_and_evicts_the_oldest(groth16_demo: Demo,
@@ -76,7 +91,11 @@ def _job(payload: pathlib.Path, comment: str) -> base.Job:
 
 @pytest.fixture
 async def executor(tmp_path: pathlib.Path) -> Groth16Executor:
-    config = WorkerConfig(task_types=("groth16",), params_dir=tmp_path / "params")
+    # No broker: a port nothing listens on (a broker on the default port must not answer)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{s.getsockname()[1]}"
+    config = WorkerConfig(task_types=("groth16",), params_dir=tmp_path / "params", url=nobody)
     runner = create(config)["groth16"]
     assert isinstance(runner, Groth16Executor)
     await runner.start()
@@ -153,12 +172,37 @@ class FaultyBackend(backends.Backend):
         return self.inner.msm_g2(bases, scalars)
 
 
-async def test_a_wrong_proof_is_a_retryable_failure(groth16_demo: Demo,
-                                                    executor: Groth16Executor) -> None:
+async def test_a_wrong_proof_from_a_device_is_made_again_on_the_cpu(
+    groth16_demo: Demo, executor: Groth16Executor
+) -> None:
+    # Given a device whose proofs do not verify
     executor._cache = keycache.KeyCache(FaultyBackend())
     files = groth16_demo(4, 1)
     sha = keycache.install(files.zkey, executor.params_dir)
-    with pytest.raises(exceptions.TaskFailed, match="backend faulty on this host does not "
-                       "verify") as info:
-        await executor.run(_job(files.wtns, f"zkey={sha}"))
-    assert info.value.retryable
+    # Then the task's proof is the CPU's, which verifies, and the log names the faulty device
+    with structlog.testing.capture_logs() as logs:
+        result = await executor.run(_job(files.wtns, f"zkey={sha}"))
+    vk = proofjson.read_verification_key(files.verification_key.read_text())
+    assert proofjson.verify_proof_json(vk, result)
+    assert any("the GPU is faulty (run `gpuproxy-worker check-gpu`)" in e["event"]
+               for e in logs if e["log_level"] == "error")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "faulty"])
+async def test_a_witness_that_does_not_satisfy_the_circuit_fails_for_good(
+    groth16_demo: Demo, executor: Groth16Executor, tmp_path: pathlib.Path, backend: str
+) -> None:
+    if backend == "faulty":
+        executor._cache = keycache.KeyCache(FaultyBackend())
+    # Given a witness of the right size whose last private signal is wrong
+    files = groth16_demo(4, 1)
+    sha = keycache.install(files.zkey, executor.params_dir)
+    values = field.from_vector(wtns.read(files.wtns.read_bytes()))
+    values[-1] = (values[-1] + 1) % field.R
+    bad = tmp_path / "bad.wtns"
+    bad.write_bytes(wtns.write(values))
+    # Then the task fails for good, saying why: no other worker could prove it
+    with pytest.raises(exceptions.TaskFailed, match="the witness does not satisfy the circuit "
+                       f"of proving key {sha}") as info:
+        await executor.run(_job(bad, f"zkey={sha}"))
+    assert not info.value.retryable

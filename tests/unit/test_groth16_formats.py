@@ -111,6 +111,15 @@ def test_zkey_refuses_a_bad_section_size(groth16_demo: Demo) -> None:
         zkey.read(_rebuild(sections), "k.zkey")
 
 
+@pytest.mark.parametrize("keep", [0, 2, 51])
+def test_zkey_with_its_header_cut_short_says_so(groth16_demo: Demo, keep: int) -> None:
+    sections = _zkey_sections(groth16_demo(4).zkey.read_bytes())
+    sections[2] = sections[2][:keep]
+    with pytest.raises(exceptions.FormatError, match=f"section 2 .* has {keep} bytes: the file "
+                       "is cut short"):
+        zkey.read(_rebuild(sections), "k.zkey")
+
+
 def test_zkey_refuses_a_coefficient_out_of_range(groth16_demo: Demo) -> None:
     sections = _zkey_sections(groth16_demo(4).zkey.read_bytes())
     coefs = bytearray(sections[4])

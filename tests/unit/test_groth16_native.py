@@ -131,3 +131,19 @@ def test_a_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(native, "_lib", None)
     with pytest.raises(exceptions.NativeUnavailable, match="Install a C compiler"):
         native.library()
+    assert list((tmp_path / "gpuproxy").iterdir()) == []  # no temp file left behind
+
+
+def test_a_damaged_cached_build_is_made_again(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: pathlib.Path) -> None:
+    # Given a cached build cut short (a full disk, a copy interrupted), and CC with arguments
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "gcc -Wno-unused")
+    monkeypatch.setattr(native, "_lib", None)
+    built = native._build()
+    built.write_bytes(built.read_bytes()[:100])
+    monkeypatch.setattr(native, "_lib", None)
+    # Then the helper is built again and works
+    lib = native.library()
+    assert lib is not None and built.stat().st_size > 1000
+    assert [p.name for p in (tmp_path / "gpuproxy").iterdir()] == [built.name]

@@ -23,7 +23,7 @@ from worker import exceptions, executors
 from worker.config import WorkerConfig
 from worker.cuda import select
 from worker.executors.base import Executor, Job
-from worker.groth16 import backends, keycache, proofjson, prover, verifier, wtns
+from worker.groth16 import backends, field, keycache, proofjson, prover, verifier, wtns
 from worker.groth16 import exceptions as g16
 
 log = structlog.get_logger(__name__)
@@ -49,6 +49,7 @@ class Groth16Executor(Executor):
         self.backend_name = backend_name or config.backend
         self.device = f"GPU {config.gpu}" if config.gpu is not None else "this host"
         self._cache: keycache.KeyCache | None = None
+        self._cpu: backends.Backend | None = None  #: made when a device's proof is wrong
 
     async def start(self) -> None:
         try:
@@ -136,8 +137,7 @@ class Groth16Executor(Executor):
             key = cache.get(self.params_dir, sha256)
             proof, public = prover.prove(key, witness, cache.backend, should_stop=stop.is_set)
             if not verifier.verify(key.key.verification_key(), proof, public):
-                raise g16.ProofInvalid(backend=f"{key.backend} on {self.device}",
-                                       detail="the pairing check failed")
+                proof, public = self._on_the_cpu(task_id, sha256, key, witness, stop)
         except (g16.KeyMissing, g16.KeyDamaged) as exc:
             raise exceptions.KeyFileUnusable(detail=str(exc)) from exc
         except (g16.FormatError, g16.Mismatch) as exc:
@@ -149,3 +149,31 @@ class Groth16Executor(Executor):
         log.info("groth16 proof verified", task_id=task_id, zkey=sha256[:16],
                  public=len(public))
         return proofjson.result_document(proof, public)
+
+    def _on_the_cpu(self, task_id: str, sha256: str, key: backends.LoadedKey,
+                    witness: field.FrVector, stop: threading.Event
+                    ) -> tuple[verifier.Proof, list[int]]:
+        """A proof that did not verify, made again on the CPU backend (the reference). If that
+        one verifies, the device erred: said in the log, and the CPU's proof is the result. If
+        it does not either, the witness does not satisfy the key's circuit, or the key is
+        wrong: no other attempt could do better, so the task fails for good."""
+        if key.backend in backends.NAMES:
+            cpu_proof = None
+        else:
+            log.error("the proof made on the GPU does not verify; proving again on the CPU",
+                      task_id=task_id, backend=key.backend, device=self.device)
+            if self._cpu is None:
+                self._cpu = backends.create("cpu")
+            proof, public = prover.prove(key.key, witness, self._cpu, should_stop=stop.is_set)
+            cpu_proof = (proof, public) if verifier.verify(
+                key.key.verification_key(), proof, public) else None
+        if cpu_proof is None:
+            raise exceptions.TaskFailed(retryable=False, detail=(
+                f"the proof does not verify, made on the CPU too: the witness does not satisfy "
+                f"the circuit of proving key {sha256}, or that key is not the one the witness "
+                "was computed for (compute the witness with the key's circuit, or upload the "
+                "right key)"))
+        log.error("the GPU computed a wrong proof and the CPU a right one: the GPU is faulty "
+                  "(run `gpuproxy-worker check-gpu`); the CPU's proof is returned",
+                  task_id=task_id, backend=key.backend, device=self.device)
+        return cpu_proof

@@ -10,6 +10,7 @@ before a new one is loaded, so that on a GPU its memory is free for the new key'
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -43,8 +44,12 @@ def install(source: pathlib.Path, params_dir: pathlib.Path) -> str:
         params_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=params_dir, suffix=".zkey.tmp")
         os.close(fd)
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:  # a copy cut short (a full disk) must not leave gigabytes behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     return sha256
 
 

@@ -8,10 +8,13 @@ few times and never load a half-written file. ctypes releases the GIL during eac
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import pathlib
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -41,15 +44,28 @@ def library() -> ctypes.CDLL:
     global _lib
     with _lock:
         if _lib is None:
-            _lib = _declare(ctypes.CDLL(str(_build())))
+            path = _build()
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:  # a cached build that was cut short or damaged: build it again
+                path.unlink(missing_ok=True)
+                path = _build()
+                try:
+                    lib = ctypes.CDLL(str(path))
+                except OSError as exc:
+                    raise exceptions.NativeUnavailable(
+                        detail=f"the build {path} does not load: {exc}") from exc
+            _lib = _declare(lib)
         return _lib
 
 
 def _build() -> pathlib.Path:
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    compiler = shlex.split(os.environ.get("CC", "")) or [
+        c for c in (shutil.which("gcc") or shutil.which("cc"),) if c]
     if not compiler:
         raise exceptions.NativeUnavailable(detail="no C compiler (gcc or cc) on PATH")
-    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    # The cache may be shared by machines of other kinds (a home folder on NFS)
+    digest = hashlib.sha256(" ".join([*CFLAGS, *compiler, platform.machine()]).encode())
     for name in SOURCES:
         digest.update((SOURCE_DIR / name).read_bytes())
     target = cache_dir() / f"libg16-{digest.hexdigest()[:16]}.so"
@@ -59,15 +75,22 @@ def _build() -> pathlib.Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
         os.close(fd)
-        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE_DIR / "g16.c")],
+    except OSError as exc:
+        raise exceptions.NativeUnavailable(
+            detail=f"cannot write to the cache folder {target.parent}: {exc}; set "
+            "XDG_CACHE_HOME to a folder this user may write") from exc
+    try:
+        done = subprocess.run([*compiler, *CFLAGS, "-o", tmp, str(SOURCE_DIR / "g16.c")],
                               capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
-            os.unlink(tmp)
-            raise exceptions.NativeUnavailable(
-                detail=f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+            raise exceptions.NativeUnavailable(detail=f"{' '.join(compiler)} exited with "
+                                               f"{done.returncode}: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise exceptions.NativeUnavailable(detail=f"{compiler}: {exc}") from exc
+        raise exceptions.NativeUnavailable(detail=f"{' '.join(compiler)}: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # gone once replaced; left by a failed or timed-out build otherwise
     return target
 
 

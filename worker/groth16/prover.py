@@ -56,6 +56,7 @@ def prove(
     with step("ntt"):
         a, b, c = (backend.to_coset(domain, v) for v in (a, b, c))
         h = native.mul_sub(a, b, c)
+        del a, b, c  # 32 bytes per constraint each: not held through the MSMs
     with step("msm_g1"):
         pi_a = backend.msm_g1(key.a, witness)
         b1 = backend.msm_g1(key.b1, witness)

@@ -109,7 +109,9 @@ def check_file(path: pathlib.Path) -> None:
 
 def _read_sizes(file: binfile.BinFile) -> tuple[int, int, int]:
     raw = file.section(2)
-    n8q = struct.unpack_from("<I", raw)[0] if len(raw) >= 4 else 0
+    if len(raw) < 4 + field.N8Q:
+        raise file.error(f"section 2 (the header) has {len(raw)} bytes: the file is cut short")
+    n8q = struct.unpack_from("<I", raw)[0]
     if n8q != field.N8Q:
         prime = int.from_bytes(raw[4:4 + n8q], "little") if 4 + n8q <= len(raw) else 0
         raise exceptions.WrongCurve(name=file.name, kind="zkey", found=field.curve_name(prime))

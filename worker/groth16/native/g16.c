@@ -296,10 +296,11 @@ int fr_ntt(fr *v, uint32_t log_n, const fr *root, const fr *shift, const fr *sca
     bit_reverse(v, log_n);
     fr_to_mont(&tw[0], &FR_ONE);
     for (uint32_t i = 1; i < n / 2; i++) fr_mul(&tw[i], &tw[i - 1], &w);
-    for (uint32_t len = 2; len <= n; len <<= 1) {
-        uint32_t half = len >> 1, step = n / len;
-        for (uint32_t start = 0; start < n; start += len) {
-            for (uint32_t j = 0; j < half; j++) {
+    // 64-bit: at n = 2^31, len and start reach 2^32 (a 32-bit len wraps to 0: a division by 0)
+    for (uint64_t len = 2; len <= n; len <<= 1) {
+        uint64_t half = len >> 1, step = n / len;
+        for (uint64_t start = 0; start < n; start += len) {
+            for (uint64_t j = 0; j < half; j++) {
                 fr *x = &v[start + j], *y = &v[start + j + half], t;
                 fr_mul(&t, y, &tw[j * step]);
                 fr_sub(y, x, &t);
