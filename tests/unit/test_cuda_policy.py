@@ -86,9 +86,13 @@ def test_plan_fits_the_kernels(log_n: int) -> None:
     assert p.entries < 2**32  # 32-bit entry offsets
 
 
-def test_plan_refuses_an_empty_msm() -> None:
-    with pytest.raises(ValueError, match="at least one point"):
-        plan.msm_plan(0)
+def test_plan_refuses_an_empty_msm_and_one_past_the_32_bit_indices() -> None:
+    for points in (0, plan.MAX_POINTS + 1):
+        with pytest.raises(ValueError, match=f"takes 1 to 268435456 points, got {points}"):
+            plan.msm_plan(points)
+    # The largest it takes keeps every bucket count, offset and entry within 32 bits
+    largest = plan.msm_plan(plan.MAX_POINTS)
+    assert largest.windows * largest.points < 2**32 and largest.points < 2**31
 
 
 def test_open_backend_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
