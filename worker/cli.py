@@ -164,6 +164,9 @@ def settings(
     """Flag values and the WorkerConfig they make; configures logging on the way."""
     environ = os.environ if environ is None else environ
     file = load_toml(args.config)
+    # One file serves both commands (the supervisor hands its --config to every worker it
+    # starts): `gpus` is the supervisor's key, `gpu` a single worker's; each skips the other's
+    file.pop("gpu" if flags is SUPERVISE_FLAGS else "gpus", None)
     section = file.pop("processors", None)
     values = resolve(args, flags, file, environ)
     logs.configure(values["log_level"], values["log_format"])

@@ -41,6 +41,28 @@ def test_example_worker_config_is_valid() -> None:
     assert c2.bin == "/usr/local/bin/venus-worker" and list(c2.args) == ["processor", "c2"]
 
 
+def test_one_worker_config_serves_the_supervisor_and_its_workers(tmp_path: pathlib.Path) -> None:
+    from worker import cli as worker_cli
+
+    # The supervisor hands its --config to each worker it starts: its `gpus` must not stop them
+    path = tmp_path / "worker.toml"
+    path.write_text('gpus = "0,1"\ngpu = 0\n' + (DEPLOY / "worker.toml").read_text())
+    for command, flags in (("run", worker_cli.RUN_FLAGS),
+                           ("supervise", worker_cli.SUPERVISE_FLAGS)):
+        args = worker_cli.build_parser().parse_args([command, "--config", str(path)])
+        values, _ = worker_cli.settings(args, flags, environ={})
+        assert values.get("gpus", "0,1") == "0,1" and values.get("gpu", 0) == 0
+
+
+def test_the_worker_unit_signals_the_supervisor_alone_and_gives_it_a_home() -> None:
+    unit = (DEPLOY / "gpuproxy-worker.service").read_text()
+    # SIGTERM to the whole group would kill the C2 processors mid-proof, past the grace period
+    assert "\nKillMode=mixed\n" in unit and "\nType=notify\n" in unit
+    assert "\nStateDirectory=gpuproxy\n" in unit and "HOME=/var/lib/gpuproxy" in unit
+    timeout = int(re.search(r"\nTimeoutStartSec=(\d+)\n", unit).group(1))  # type: ignore[union-attr]
+    assert timeout > 120  # a C2 processor's ready wait
+
+
 def test_wheelhouse_script_refuses_to_start_without_a_cuda_toolkit(tmp_path: pathlib.Path
                                                                     ) -> None:
     script = DEPLOY / "wheelhouse.sh"
