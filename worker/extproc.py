@@ -141,9 +141,15 @@ class _Child:
         self.kill_group()
 
     def stop_reading(self) -> None:
-        """End our reading of its stdout, as if it had closed it."""
-        if self.proc.stdout is not None:
-            self.proc.stdout.feed_eof()
+        """Close our ends of its stdout and stderr, as if it had closed them: the readers see
+        their end and no more data arrives (a helper that escaped its process group may
+        still hold the other ends)."""
+        # asyncio's own transport: the process object gives its pipes no public handle
+        transport = self.proc._transport  # type: ignore[attr-defined]
+        for fd in (1, 2):
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is not None:
+                pipe.close()
 
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -320,16 +326,17 @@ class ExtProcessor:
                         processor=self.name, pid=proc.pid, status=code)
 
     async def _watch_exit(self, child: _Child) -> None:
-        """A child that exits while a helper it started still holds its stdout gives the reader
-        no end of input (a wrapper script's `sleep &`, say): the task would wait out its
-        timeout. So once the child has exited, the reader gets a moment to read what is left,
-        then the child's process group is killed, and failing that our end of stdout ends."""
+        """A child that exits while a helper it started still holds its stdout or stderr gives
+        the readers no end of input (a wrapper script's `sleep &`, say): the task would wait
+        out its timeout, and closing would hang. So once the child has exited, the readers get
+        a moment to read what is left, then the child's process group is killed, and failing
+        that our ends of its pipes are closed."""
         proc = child.proc
-        reader = child.tasks[0]
-        while proc.returncode is None and not reader.done():
+        readers = set(child.tasks[:2])  # stdout's and stderr's
+        while proc.returncode is None and not all(r.done() for r in readers):
             await asyncio.sleep(EXIT_POLL_S)
         for end in (child.kill_group, child.stop_reading):
-            if (await asyncio.wait({reader}, timeout=DRAIN_S))[0]:
+            if not (await asyncio.wait(readers, timeout=DRAIN_S))[1]:
                 return
             log.warning("processor exited but its output is still held open (a helper it "
                         "started?); ending it", processor=self.name, pid=proc.pid)

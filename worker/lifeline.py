@@ -1,4 +1,4 @@
-"""Children that die with their parent: `python -m worker.lifeline PARENT_PID -- COMMAND ...`.
+"""Children that die with their parent: `python -I lifeline.py PARENT_PID -- COMMAND ...`.
 
 A C2 processor proves for minutes on the GPU. If its worker is killed outright (kill -9, the
 OOM killer), nothing tells the processor: it would keep the card busy while the restarted worker
@@ -23,15 +23,18 @@ CANNOT_RUN = 127
 
 
 def bound(argv: Sequence[str]) -> list[str]:
-    """argv, started so that it is killed when this process dies (as it is, off Linux)."""
+    """argv, started so that it is killed when this process dies (as it is, off Linux). This
+    file runs by its path in isolated mode (-I): the child's environment (PYTHONHOME of a
+    processor's own Python, say) and working folder must not change how it starts; it needs
+    only the standard library."""
     if not sys.platform.startswith("linux"):
         return list(argv)
-    return [sys.executable, "-m", "worker.lifeline", str(os.getpid()), "--", *argv]
+    return [sys.executable, "-I", __file__, str(os.getpid()), "--", *argv]
 
 
 def main(args: Sequence[str]) -> int:
     if len(args) < 3 or args[1] != "--" or not args[0].isdigit():
-        print("usage: python -m worker.lifeline PARENT_PID -- COMMAND [ARG...]", file=sys.stderr)
+        print("usage: python -I lifeline.py PARENT_PID -- COMMAND [ARG...]", file=sys.stderr)
         return 2
     parent, command = int(args[0]), list(args[2:])
     libc = ctypes.CDLL(None, use_errno=True)

@@ -95,17 +95,29 @@ inline thread_local Block* running = nullptr;
     _longjmp(b->scheduler, 1);
 }
 
+// The fiber stacks of one host thread, unmapped when it ends (each costs some 2,000 memory
+// mappings, and a test process runs kernels from many short-lived threads).
+struct StackArea {
+    char* base = nullptr;
+    size_t bytes = 0;
+    ~StackArea() {
+        if (base) munmap(base, bytes);
+    }
+};
+
 // The MAX_BLOCK fibers of this host thread, each on a stack above a guard page that faults on
 // overflow, touched only as deep as the kernels go.
 __attribute__((noinline)) inline Block& fiber_block() {
     static thread_local Block b;
-    static thread_local bool made = false;
-    if (made) return b;
+    static thread_local StackArea area;
+    if (area.base) return b;
     const size_t page = (size_t)sysconf(_SC_PAGESIZE), span = page + STACK_BYTES;
     void* m = mmap(nullptr, span * MAX_BLOCK, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) fail("cannot map the fiber stacks");
     char* base = static_cast<char*>(m);
+    area.base = base;
+    area.bytes = span * MAX_BLOCK;
     running = &b;
     for (uint32_t t = 0; t < MAX_BLOCK; t++) {
         if (mprotect(base + t * span, page, PROT_NONE) != 0) fail("cannot guard a stack");
@@ -119,7 +131,6 @@ __attribute__((noinline)) inline Block& fiber_block() {
         if (_setjmp(b.scheduler) == 0) setcontext(&start);  // back once `entry` is set
     }
     running = nullptr;
-    made = true;
     return b;
 }
 

@@ -274,7 +274,10 @@ async def test_a_processor_that_dies_is_seen_at_once_though_a_helper_holds_its_o
     make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path,
     helper: str,
 ) -> None:
-    # Given a processor that starts a helper (inheriting its stdout) and then crashes
+    # Given a processor that starts a helper (inheriting its stdout and stderr, writing on both
+    # later) and then crashes
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
     executor = make_executor({"FAKE_C2_CRASH": "1", "FAKE_C2_HELPER": helper,
                               "FAKE_C2_STDERR": "CUDA error 999"})
     t0 = time.monotonic()
@@ -283,8 +286,11 @@ async def test_a_processor_that_dies_is_seen_at_once_though_a_helper_holds_its_o
         await executor.run(job(json.dumps(c2_input()).encode(), timeout_s=60))
     assert time.monotonic() - t0 < 10 and "CUDA error 999" in str(info.value)
     _processor, helper_pid = pids(tmp_path)
+    # And what the helper writes later goes nowhere, and closing does not wait for it
+    await asyncio.sleep(1.5)
+    await asyncio.wait_for(executor.close(), 5)
+    assert loop_errors == []
     if helper == "group":  # a helper in its process group goes with it
-        await asyncio.sleep(0.2)
         assert not alive(helper_pid)
     else:
         os.kill(helper_pid, 9)
@@ -347,3 +353,16 @@ async def test_a_worker_killed_outright_takes_its_processor_along(tmp_path: path
     while alive(child) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not alive(child)
+
+
+async def test_a_processor_starts_whatever_the_workers_folder_and_its_environment(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The launcher that ties the processor's life to the worker's is Python too: a worker.py
+    # in the folder the worker runs in, or a processor's own PYTHONPATH, must not reach it
+    (tmp_path / "worker.py").write_text("raise SystemExit('the wrong worker module')\n")
+    monkeypatch.chdir(tmp_path)
+    executor = make_executor({"PYTHONPATH": str(tmp_path)})
+    task = c2_input()
+    assert await executor.run(job(json.dumps(task).encode())) == fake_c2.expected_proof(task)

@@ -147,3 +147,12 @@ def test_a_damaged_cached_build_is_made_again(monkeypatch: pytest.MonkeyPatch,
     lib = native.library()
     assert lib is not None and built.stat().st_size > 1000
     assert [p.name for p in (tmp_path / "gpuproxy").iterdir()] == [built.name]
+
+
+def test_a_cc_that_is_not_a_command_line_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: pathlib.Path) -> None:
+    monkeypatch.setenv("CC", "gcc -DX='1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_lib", None)
+    with pytest.raises(exceptions.NativeUnavailable, match="CC=\"gcc -DX='1\" is not a command"):
+        native.library()

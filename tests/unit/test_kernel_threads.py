@@ -5,6 +5,8 @@ barrier, a wrong warp-aggregated atomic)."""
 from __future__ import annotations
 
 import ctypes
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +103,24 @@ def test_warp_aggregated_claims_are_unique_and_counted(lib: ctypes.CDLL) -> None
     # The threads of a warp that claim together make one group, as on a GPU
     claimed = keys % 2 == 1
     assert sizes[claimed].max() > 1 and sizes[claimed].max() <= 32
+
+
+def test_threads_that_ran_kernels_give_their_fiber_stacks_back(lib: ctypes.CDLL) -> None:
+    # Each host thread maps stacks for a block's fibers: about 2,000 mappings, of the kernel's
+    # 65,530 per process. A test process runs kernels from many short-lived threads.
+    def mappings() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    values = np.arange(2 * 32, dtype=np.uint32)
+    before = mappings()
+    for _ in range(40):
+        t = threading.Thread(target=_launch, args=(lib, "reverse_synced", 1, 32, _addr(values)))
+        t.start()
+        t.join()
+    # (join returns before the thread's last C++ destructors have run: give them a moment)
+    deadline = time.monotonic() + 5
+    while mappings() >= before + 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mappings() < before + 100
+    assert (values == np.arange(64, dtype=np.uint32)).all()  # reversed an even number of times

@@ -60,8 +60,12 @@ def library() -> ctypes.CDLL:
 
 
 def _build() -> pathlib.Path:
-    compiler = shlex.split(os.environ.get("CC", "")) or [
-        c for c in (shutil.which("gcc") or shutil.which("cc"),) if c]
+    try:
+        compiler = shlex.split(os.environ.get("CC", "")) or [
+            c for c in (shutil.which("gcc") or shutil.which("cc"),) if c]
+    except ValueError as exc:
+        raise exceptions.NativeUnavailable(
+            detail=f"CC={os.environ['CC']!r} is not a command line ({exc})") from None
     if not compiler:
         raise exceptions.NativeUnavailable(detail="no C compiler (gcc or cc) on PATH")
     # The cache may be shared by machines of other kinds (a home folder on NFS)
