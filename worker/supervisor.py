@@ -133,7 +133,8 @@ class Supervisor:
 
     async def _start(self, child: Child, notify_path: str) -> None:
         env = {**os.environ, notify.ENV: notify_path}
-        argv = [sys.executable, "-m", "worker.cli", "run", "--gpu", str(child.gpu),
+        # -P: a worker.py in the folder the supervisor runs in must not stand in for the package
+        argv = [sys.executable, "-P", "-m", "worker.cli", "run", "--gpu", str(child.gpu),
                 *self.child_args]
         child.proc = await asyncio.create_subprocess_exec(
             # Killed by the kernel if the supervisor is, so that a new supervisor does not find
