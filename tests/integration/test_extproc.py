@@ -239,6 +239,8 @@ async def test_cancelled_task_stops_the_child(
 
 @pytest.mark.parametrize(("payload", "complaint"), [
     (b"not json at all", "not JSON"),
+    (b'{"c1out": {}, "sector_id": ' + b"9" * 5000 + b"}", "not JSON this worker can read"),
+    (b'{"c1out": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not JSON this worker can read"),
     (b"[1, 2]", "not a JSON object"),
     (b'{"c1out": {}, "prover_id": [0], "sector_id": 1, "miner_id": 2}', "prover_id"),
     (b'{"c1out": {}, "prover_id": [' + b",".join([b"0"] * 32) + b'], "miner_id": 2}',

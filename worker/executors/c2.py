@@ -38,8 +38,8 @@ def check_input(payload: bytes) -> C2Input:
     """Raises MalformedPayload unless the payload is a C2 input venus-worker would send."""
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _malformed(f"not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # not JSON, or a number or nesting too large
+        raise _malformed(f"not JSON this worker can read ({exc})") from None
     if not isinstance(data, dict):
         raise _malformed("not a JSON object")
     missing = [k for k in ("c1out", "prover_id", "sector_id", "miner_id") if k not in data]
