@@ -101,7 +101,7 @@ def decode_cursor(token: str) -> PageCursor | None:
     try:
         created_at, task_id = json.loads(base64.urlsafe_b64decode(token.encode()))
         return PageCursor(created_at=int(created_at), task_id=str(task_id))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise exceptions.InvalidArgument(
             detail="page_token is not one this broker returned; start from an empty token"
         ) from exc

@@ -127,6 +127,8 @@ def test_proof_json_round_trip(groth16_demo: Demo, cpu: backends.Backend) -> Non
     b"not json", b"[]", b'{"proof": {}}', b'{"proof": {"pi_a": []}, "public": []}',
     b'{"proof": {"pi_a": ["1", "2", "1"], "pi_b": [], "pi_c": []}, "public": ["x"]}',
     b'{"proof": {"protocol": "plonk"}, "public": []}',
+    b'{"proof": {}, "public": [' + b"9" * 5000 + b"]}",  # past Python's digit limit
+    b'{"proof": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # past its nesting limit
 ])
 def test_malformed_proof_documents_do_not_verify(groth16_demo: Demo, document: bytes) -> None:
     vk = zkey.read(groth16_demo(4, 1).zkey.read_bytes()).verification_key()

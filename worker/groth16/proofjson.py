@@ -81,7 +81,7 @@ def read_proof(
         _check_protocol(data, "proof.json")
         parsed = Proof(a=_g1(data["pi_a"]), b=_g2(data["pi_b"]), c=_g1(data["pi_c"]))
         return parsed, [_number(x) for x in signals]
-    except (KeyError, TypeError, ValueError, IndexError) as exc:  # JSONDecodeError too
+    except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
         raise _error("proof.json", f"{exc!r}") from None
 
 
@@ -105,7 +105,7 @@ def _load(document: str | bytes | Mapping[str, Any], name: str) -> Mapping[str, 
         return document
     try:
         data = json.loads(document)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, or a number or nesting too large
         raise _error(name, f"not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise _error(name, "not a JSON object")
