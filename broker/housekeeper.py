@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from broker import metrics, models
+from broker import exceptions, metrics, models
 from broker.outages import Outage
 from broker.store import Store
 
@@ -49,19 +49,24 @@ async def run_forever(
     on_store: Callable[[bool], Awaitable[None]] | None = None,
 ) -> None:
     """Sweep every interval; a failed sweep is logged (once per outage) and the next one runs
-    as usual, after a grace for the leases that could not be renewed during the outage.
-    `on_store` hears when the database stops answering (False) and answers again (True)."""
+    as usual. After the database was unreachable, leases get a grace first: their workers could
+    not renew them meanwhile. `on_store` hears when the database stops answering (False) and
+    answers again (True)."""
     outage = Outage("housekeeper sweep")
+    unreachable = False  #: the database did not answer since the last good sweep
     while True:
         try:
-            if outage.failures:
+            if unreachable:
                 await grant_grace(store, lease_s)
             await sweep(store, timeouts_s, on_change)
-            if outage.failures and on_store is not None:
+            if unreachable and on_store is not None:
                 await on_store(True)
+            unreachable = False
             outage.succeeded()
         except Exception as exc:
             outage.failed(exc)
-            if outage.failures == 1 and on_store is not None:
-                await on_store(False)
+            if isinstance(exc, exceptions.StoreUnavailable) and not unreachable:
+                unreachable = True
+                if on_store is not None:
+                    await on_store(False)
         await asyncio.sleep(interval_s)
