@@ -255,7 +255,7 @@ class ExtProcessor:
                 processor=self.name, detail=exc.strerror or str(exc)
             ) from exc
         child = _Child(proc)
-        relay = asyncio.create_task(self._relay_stderr(proc, child), name=f"{self.stage} stderr")
+        relay = asyncio.create_task(self._relay_stderr(child), name=f"{self.stage} stderr")
         try:
             await asyncio.wait_for(self._await_ready(child), cfg.ready_timeout_s)
         except BaseException as exc:
@@ -392,7 +392,8 @@ class ExtProcessor:
                   pid=child.proc.pid, error=str(error))
         child.kill(error)
 
-    async def _relay_stderr(self, proc: asyncio.subprocess.Process, child: _Child) -> None:
+    async def _relay_stderr(self, child: _Child) -> None:
+        proc = child.proc
         assert proc.stderr is not None
         while True:
             try:

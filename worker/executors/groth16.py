@@ -4,7 +4,8 @@ The task's comment names the proving key as `zkey=<sha256>`; the key is the file
 `<--params-dir>/<sha256>.zkey`, fetched from the broker on first use when it is not there
 (`gpuproxy keys upload`), loaded once and kept across tasks. The result is
 {"proof": <snarkjs proof.json>, "public": <public.json>}. Every proof is verified before it is
-returned, as Filecoin's own C2 does: a proof that fails (a faulty GPU) is a retryable failure.
+returned, as Filecoin's own C2 does: one made on a GPU that fails is made again on the CPU
+(a faulty GPU), and one that fails there too fails the task for good (a wrong witness).
 """
 
 from __future__ import annotations
@@ -157,23 +158,19 @@ class Groth16Executor(Executor):
         one verifies, the device erred: said in the log, and the CPU's proof is the result. If
         it does not either, the witness does not satisfy the key's circuit, or the key is
         wrong: no other attempt could do better, so the task fails for good."""
-        if key.backend in backends.NAMES:
-            cpu_proof = None
-        else:
+        if key.backend not in backends.NAMES:  # made on the GPU: the CPU is the reference
             log.error("the proof made on the GPU does not verify; proving again on the CPU",
                       task_id=task_id, backend=key.backend, device=self.device)
             if self._cpu is None:
                 self._cpu = backends.create("cpu")
             proof, public = prover.prove(key.key, witness, self._cpu, should_stop=stop.is_set)
-            cpu_proof = (proof, public) if verifier.verify(
-                key.key.verification_key(), proof, public) else None
-        if cpu_proof is None:
-            raise exceptions.TaskFailed(retryable=False, detail=(
-                f"the proof does not verify, made on the CPU too: the witness does not satisfy "
-                f"the circuit of proving key {sha256}, or that key is not the one the witness "
-                "was computed for (compute the witness with the key's circuit, or upload the "
-                "right key)"))
-        log.error("the GPU computed a wrong proof and the CPU a right one: the GPU is faulty "
-                  "(run `gpuproxy-worker check-gpu`); the CPU's proof is returned",
-                  task_id=task_id, backend=key.backend, device=self.device)
-        return cpu_proof
+            if verifier.verify(key.key.verification_key(), proof, public):
+                log.error("the GPU computed a wrong proof and the CPU a right one: the GPU is "
+                          "faulty (run `gpuproxy-worker check-gpu`); the CPU's proof is returned",
+                          task_id=task_id, backend=key.backend, device=self.device)
+                return proof, public
+        raise exceptions.TaskFailed(retryable=False, detail=(
+            f"the proof does not verify, made on the CPU too: the witness does not satisfy "
+            f"the circuit of proving key {sha256}, or that key is not the one the witness "
+            "was computed for (compute the witness with the key's circuit, or upload the "
+            "right key)"))

@@ -46,17 +46,19 @@ def library() -> ctypes.CDLL:
         if _lib is None:
             path = _build()
             try:
-                lib = ctypes.CDLL(str(path))
-            except OSError:  # a cached build that was cut short or damaged: build it again
+                lib = _load(path)
+            except exceptions.NativeUnavailable:  # a cached build cut short or damaged
                 path.unlink(missing_ok=True)
-                path = _build()
-                try:
-                    lib = ctypes.CDLL(str(path))
-                except OSError as exc:
-                    raise exceptions.NativeUnavailable(
-                        detail=f"the build {path} does not load: {exc}") from exc
+                lib = _load(_build())
             _lib = _declare(lib)
         return _lib
+
+
+def _load(path: pathlib.Path) -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise exceptions.NativeUnavailable(detail=f"the build {path} does not load: {exc}") from exc
 
 
 def _build() -> pathlib.Path:
