@@ -172,6 +172,9 @@ class Worker:
         self.payloads = payloads
         self.executors = executors
         self.tasks: dict[str, Running] = {}
+        #: Revoked tasks still winding down: their slots stay taken, so that a new task does
+        #: not share the GPU with a proof that has not stopped yet.
+        self.stopping: set[asyncio.Task[None]] = set()
         self.stream: Stream | None = None
         self.connected = asyncio.Event()
         self.draining = asyncio.Event()
@@ -352,7 +355,10 @@ class Worker:
     def _free(self) -> int:
         if self.draining.is_set() or self.releasing or time.monotonic() < self.paused_until:
             return 0
-        return max(0, self.config.max_tasks - len(self.tasks))
+        return max(0, self.config.max_tasks - self._taken())
+
+    def _taken(self) -> int:
+        return len(self.tasks) + len(self.stopping)
 
     def _post(self, **message: Any) -> None:
         """Queue a message if connected; dropped otherwise (Register says it all again)."""
@@ -400,7 +406,10 @@ class Worker:
     def _refusal(self, task: tasks_pb2.Task) -> str:
         if self.draining.is_set() or self.releasing:
             return "the worker is stopping"
-        if len(self.tasks) >= self.config.max_tasks:
+        if self._taken() >= self.config.max_tasks:
+            if self.stopping:
+                return (f"the worker is still stopping {len(self.stopping)} revoked "
+                        f"task{'s' * (len(self.stopping) != 1)}")
             return f"the worker already runs {len(self.tasks)} of {self.config.max_tasks} tasks"
         if task.task_type not in self.executors:
             return f"this worker does not run {task.task_type!r} tasks"
@@ -425,7 +434,10 @@ class Worker:
         running.phase = "revoked"
         running.runner.cancel()
         # Forget it now: a new assignment of the same task must not find the stopping one.
+        # Its slot stays taken until it has stopped (the broker has freed it on its side).
         del self.tasks[revoke.task_id]
+        self.stopping.add(running.runner)
+        self._post_capacity()
 
     # -- heartbeat loop -------------------------------------------------------------------------
 
@@ -512,6 +524,10 @@ class Worker:
                 running.payload.discard()
             if self.tasks.get(task.id) is running:
                 del self.tasks[task.id]
+            if running.runner in self.stopping:
+                self.stopping.discard(running.runner)
+                bound.info("revoked task stopped; its slot is free",
+                           took_s=round(time.monotonic() - started, 1))
             self._post_capacity()
             bound.debug("task ended", phase=running.phase, took_s=round(time.monotonic() - started))
 

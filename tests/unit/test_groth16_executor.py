@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import pathlib
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import pytest
 import structlog
 
+from tests.fixtures.gated_backend import GatedBackend
 from worker import exceptions
 from worker.config import WorkerConfig
 from worker.executors import base, create
@@ -206,3 +208,27 @@ async def test_a_witness_that_does_not_satisfy_the_circuit_fails_for_good(
                        f"of proving key {sha}") as info:
         await executor.run(_job(bad, f"zkey={sha}"))
     assert not info.value.retryable
+
+
+async def test_a_stopped_proof_returns_only_once_its_thread_has_stopped(
+    groth16_demo: Demo, executor: Groth16Executor
+) -> None:
+    # Given a proof in its first G1 MSM, a step that lasts until the gate opens
+    gated = GatedBackend()
+    executor._cache = keycache.KeyCache(gated)
+    files = groth16_demo(4, 1)
+    sha = keycache.install(files.zkey, executor.params_dir)
+    running = asyncio.create_task(executor.run(_job(files.wtns, f"zkey={sha}")))
+    try:
+        assert await asyncio.to_thread(gated.entered.wait, 30)
+        # When the task is stopped (revoked, or the worker stops at once)
+        running.cancel()
+        # Then it does not end while the device still works for it: the slot stays taken
+        await asyncio.sleep(0.3)
+        assert not running.done()
+    finally:
+        gated.release.set()
+    # And once the step ends, the proof stops there: no further MSM runs for it
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 30)
+    assert gated.msm_g1_calls == 1

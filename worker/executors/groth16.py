@@ -92,10 +92,18 @@ class Groth16Executor(Executor):
 
     async def _prove_in_thread(self, task_id: str, sha256: str, payload: bytes) -> bytes:
         stop = threading.Event()
+        proving = asyncio.ensure_future(
+            asyncio.to_thread(self.prove, task_id, sha256, payload, stop))
         try:
-            return await asyncio.to_thread(self.prove, task_id, sha256, payload, stop)
+            return await asyncio.shield(proving)
         except asyncio.CancelledError:
-            stop.set()  # the thread stops at the next step of the proof
+            # The thread stops at the proof's next step (an MSM at most). Returning before it
+            # has would free the worker's slot while the device still works for this task.
+            stop.set()
+            log.info("stopping the proof at its next step", task_id=task_id)
+            await asyncio.wait([proving])
+            if not proving.cancelled():
+                proving.exception()  # Cancelled, or a failure nobody waits for any more
             raise
 
     async def close(self) -> None:

@@ -37,10 +37,13 @@ def prove(
     """
     times: dict[str, float] = {} if timings is None else timings
 
-    @contextlib.contextmanager
-    def step(name: str) -> Iterator[None]:
+    def checkpoint() -> None:
         if should_stop is not None and should_stop():
             raise exceptions.Cancelled()
+
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        checkpoint()
         start = time.perf_counter()
         yield
         times[name] = times.get(name, 0.0) + time.perf_counter() - start
@@ -58,9 +61,13 @@ def prove(
         h = native.mul_sub(a, b, c)
         del a, b, c  # 32 bytes per constraint each: not held through the MSMs
     with step("msm_g1"):
+        # A stop waits for one MSM at most, not for the four of them.
         pi_a = backend.msm_g1(key.a, witness)
+        checkpoint()
         b1 = backend.msm_g1(key.b1, witness)
+        checkpoint()
         pi_c = backend.msm_g1(key.c, witness[pk.n_public + 1:])
+        checkpoint()
         pi_h = backend.msm_g1(key.h, h)
     with step("msm_g2"):
         pi_b = backend.msm_g2(key.b2, witness)
