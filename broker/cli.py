@@ -65,6 +65,8 @@ RUN_FLAGS = [
     Flag("clean-interval-s", "seconds between cleaner sweeps", 300.0, seconds),
     Flag("metrics-url", "HOST:PORT to serve Prometheus metrics on (off when empty)", "",
          lambda text: listen_address(text) if text.strip() else ""),
+    Flag("metrics-refresh-s", "seconds between readings of the task counts per type and state "
+         "(gpuproxy_tasks) from the database", 5.0, seconds),
     *LOG_FLAGS,
 ]
 
@@ -92,6 +94,7 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
         retention_s=values["retention_s"],
         clean_interval_s=values["clean_interval_s"],
         metrics_listen=values["metrics_url"],
+        metrics_refresh_s=values["metrics_refresh_s"],
     )
 
 

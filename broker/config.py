@@ -44,6 +44,7 @@ class BrokerConfig:
     retention_s: float = 7 * 24 * 3600.0  #: finished and errored tasks are kept this long
     clean_interval_s: float = 300.0
     metrics_listen: str = ""  #: HOST:PORT of the Prometheus endpoint; "" for none
+    metrics_refresh_s: float = 5.0  #: how often the task counts are read for the metrics
     watch_poll_s: float = 1.0  #: how soon a watch sees changes made by another broker
 
     def __post_init__(self) -> None:
@@ -66,7 +67,8 @@ class BrokerConfig:
         for task_type, t in self.type_timeout_s:
             _check_positive(f"type-timeout-s {task_type}", t)
         for name in ("max_payload_bytes", "lease_s", "retry_backoff_s", "retry_backoff_max_s",
-                     "orphan_age_s", "retention_s", "clean_interval_s", "watch_poll_s"):
+                     "orphan_age_s", "retention_s", "clean_interval_s", "watch_poll_s",
+                     "metrics_refresh_s"):
             _check_positive(name.replace("_", "-"), getattr(self, name))
 
     def max_attempts_for(self, task_type: str) -> int:

@@ -25,6 +25,8 @@ async def sweep(
     requeued = await store.requeue_expired(models.now_ms(), timeouts_ms)
     for task in requeued:
         metrics.REQUEUED.labels(task.task_type).inc()
+        if task.state == models.TaskState.ERROR:
+            metrics.ERRORED.labels(task.task_type, "taken_back").inc()
         log.warning("task taken back from its worker", task_id=task.id,
                     state=task.state.name.lower(), attempts=task.attempts,
                     max_attempts=task.max_attempts, error=task.error_message or None)

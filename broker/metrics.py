@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import prometheus_client as prom
+import structlog
+
+from broker.models import TaskCount, TaskState, now_ms
+from broker.store import Store
+
+log = structlog.get_logger(__name__)
 
 REGISTRY = prom.CollectorRegistry()
 
@@ -36,6 +45,56 @@ REQUEUED = prom.Counter(
 WORKERS = prom.Gauge(
     "gpuproxy_workers_connected", "Work streams open on this broker", registry=REGISTRY,
 )
+ERRORED = prom.Counter(
+    "gpuproxy_tasks_errored_total", "Tasks that went to error, by cause: failed (for good, or "
+    "its last attempt), taken_back (its last attempt lost its worker), cancelled",
+    ["task_type", "cause"], registry=REGISTRY,
+)
+# Read from the database (every broker sharing it reports the same numbers), so that a queue
+# that grows or tasks that pile up in error can be alerted on.
+TASKS = prom.Gauge(
+    "gpuproxy_tasks", "Tasks in the database by type and state", ["task_type", "state"],
+    registry=REGISTRY,
+)
+OLDEST_WAITING = prom.Gauge(
+    "gpuproxy_oldest_waiting_task_seconds",
+    "Age of the oldest task waiting for a worker (init), by type; 0 when none waits",
+    ["task_type"], registry=REGISTRY,
+)
+QUEUE_READ_AT = prom.Gauge(
+    "gpuproxy_tasks_read_timestamp_seconds",
+    "When gpuproxy_tasks was last read from the database (it stays put while it is down)",
+    registry=REGISTRY,
+)
+_seen: set[tuple[str, str]] = set()  #: label sets shown so far: gone ones read 0, not stale
+
+
+def record_counts(counts: Sequence[TaskCount], at_ms: int) -> None:
+    """Set the queue gauges from one reading of the database."""
+    now: dict[tuple[str, str], int] = {}
+    oldest: dict[str, int] = {}
+    for c in counts:
+        now[(c.task_type, c.state.name.lower())] = c.count
+        if c.state == TaskState.INIT:
+            oldest[c.task_type] = c.oldest_created_at
+    _seen.update(now)
+    for labels in _seen:
+        TASKS.labels(*labels).set(now.get(labels, 0))
+    for task_type in {t for t, _ in _seen}:
+        since = oldest.get(task_type)
+        OLDEST_WAITING.labels(task_type).set(0 if since is None else max(at_ms - since, 0) / 1000)
+    QUEUE_READ_AT.set(at_ms / 1000)
+
+
+async def refresh_forever(store: Store, interval_s: float) -> None:
+    """Read the task counts every interval. The database being down is the housekeeper's to
+    log; the gauges keep their last values and the timestamp says how old they are."""
+    while True:
+        try:
+            record_counts(await store.task_counts(), now_ms())
+        except Exception as exc:
+            log.debug("task counts not read", error=str(exc))
+        await asyncio.sleep(interval_s)
 
 
 def serve(listen: str) -> None:

@@ -98,6 +98,16 @@ class TaskFilter:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskCount:
+    """How many tasks of a type are in a state, and when the oldest of them was submitted."""
+
+    task_type: str
+    state: TaskState
+    count: int
+    oldest_created_at: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PageCursor:
     """Position after the last task of a page (lists are newest first)."""
 

@@ -103,6 +103,9 @@ class Broker:
             store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
             lease_s=cfg.lease_s, on_store=self._serving,
         ))
+        if cfg.metrics_listen:
+            self._spawn("task counts", lambda: metrics.refresh_forever(
+                store, interval_s=cfg.metrics_refresh_s))
         self._spawn("cleaner", lambda: cleaner.run_forever(
             store, self.payloads, orphan_age_s=cfg.orphan_age_s,
             retention_s=cfg.retention_s, interval_s=cfg.clean_interval_s,

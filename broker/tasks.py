@@ -174,6 +174,7 @@ class TaskManager:
     async def cancel(self, task_id: str, reason: str) -> Task:
         reason = policy.clipped(reason or "by operator")
         task = await self.store.cancel_task(task_id, reason, models.now_ms())
+        metrics.ERRORED.labels(task.task_type, "cancelled").inc()
         self.hub.notify(task_id)
         log.info("task cancelled", task_id=task_id, reason=reason)
         return task
@@ -246,6 +247,8 @@ class TaskManager:
         )
         task = await self.store.fail_task(task_id, fence, message, retryable, retry_at, now)
         metrics.FAILED_ATTEMPTS.labels(task.task_type, str(retryable).lower()).inc()
+        if task.state == TaskState.ERROR:
+            metrics.ERRORED.labels(task.task_type, "failed").inc()
         self.hub.notify(task_id)
         log.warning("task attempt failed", task_id=task_id, worker_id=held.worker_id,
                     retryable=retryable, reason=message, state=task.state.name.lower())

@@ -17,6 +17,7 @@ from broker.models import (
     PageCursor,
     Resource,
     Task,
+    TaskCount,
     TaskFilter,
     WorkerRecord,
 )
@@ -53,6 +54,10 @@ class Store(abc.ABC):
         self, flt: TaskFilter, limit: int, after: PageCursor | None = None
     ) -> list[Task]:
         """Newest first (created_at DESC, id DESC), strictly after the cursor."""
+
+    @abc.abstractmethod
+    async def task_counts(self) -> list[TaskCount]:
+        """The number of tasks per type and state (those present only)."""
 
     @abc.abstractmethod
     async def get_attempts(self, task_id: str) -> list[Attempt]:

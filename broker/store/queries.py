@@ -147,6 +147,11 @@ class Queries:
         sql = f"SELECT {_TASK} FROM tasks {where}ORDER BY created_at DESC, id DESC LIMIT ?"
         return sql, [*args, limit]
 
+    # The claim index (state, task_type, ..., created_at) answers this without the rows.
+    task_counts = (
+        "SELECT task_type, state, COUNT(*), MIN(created_at) FROM tasks GROUP BY task_type, state"
+    )
+
     referenced_blobs = (
         "SELECT payload_sha256 FROM tasks WHERE state <> 4 "
         "UNION SELECT result_sha256 FROM tasks WHERE result_sha256 <> '' "

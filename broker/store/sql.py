@@ -23,6 +23,7 @@ from broker.models import (
     PageCursor,
     Resource,
     Task,
+    TaskCount,
     TaskFilter,
     TaskState,
     WorkerRecord,
@@ -88,6 +89,11 @@ class SqlStore(Store):
         sql, args = self.sql.list_tasks(flt, limit, after)
         rows = await self._read(lambda tx: tx.all(sql, args))
         return [queries.task_from_row(r) for r in rows]
+
+    async def task_counts(self) -> list[TaskCount]:
+        rows = await self._read(lambda tx: tx.all(self.sql.task_counts))
+        return [TaskCount(task_type=r[0], state=TaskState(int(r[1])), count=int(r[2]),
+                          oldest_created_at=int(r[3])) for r in rows]
 
     async def get_attempts(self, task_id: str) -> list[Attempt]:
         return await self._read(lambda tx: self._history(tx, task_id))

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import subprocess
+import time
 
 import grpc
 import pytest
@@ -311,17 +312,37 @@ async def test_metrics_endpoint_counts_submissions(
     from tests.e2e.conftest import free_port
 
     metrics_url = f"127.0.0.1:{free_port()}"
-    broker = broker_factory(sqlite_dsn, "fs", extra=["--metrics-url", metrics_url])
+    broker = broker_factory(sqlite_dsn, "fs", extra=[
+        "--metrics-url", metrics_url, "--metrics-refresh-s", "0.2"])
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=5) as reply:
+            lines = reply.read().decode().splitlines()
+        return {k: float(v) for k, _, v in (x.rpartition(" ") for x in lines if x[:1] != "#")}
+
+    def until(name: str, value: float) -> dict[str, float]:
+        for _ in range(50):  # the counts are read from the database every 0.2 s
+            if (seen := scrape()).get(name) == value:
+                return seen
+            time.sleep(0.1)
+        raise AssertionError(f"{name} never read {value}: {seen.get(name)}")
+
     payload = tmp_path / "c1"
     write_payload(payload, 4096)
     for _ in range(2):  # the second submit is the same task
-        gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner", "f01000",
-                 str(payload))
-    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    assert 'gpuproxy_tasks_submitted_total{task_type="c2"} 1.0' in text
-    assert "gpuproxy_payload_bytes_received_total 4096.0" in text
-    assert "gpuproxy_workers_connected 0.0" in text
+        submitted = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2",
+                             "--miner", "f01000", str(payload))
+    text = until('gpuproxy_tasks{state="init",task_type="c2"}', 1.0)
+    assert text['gpuproxy_tasks_submitted_total{task_type="c2"}'] == 1.0
+    assert text["gpuproxy_payload_bytes_received_total"] == 4096.0
+    assert text["gpuproxy_workers_connected"] == 0.0
+    assert text['gpuproxy_oldest_waiting_task_seconds{task_type="c2"}'] > 0
+    # A cancelled task leaves the queue for error, counted by cause
+    gpuproxy("tasks", "cancel", submitted.stdout.strip(), "--url", broker.url)
+    text = until('gpuproxy_tasks{state="error",task_type="c2"}', 1.0)
+    assert text['gpuproxy_tasks{state="init",task_type="c2"}'] == 0.0
+    assert text['gpuproxy_oldest_waiting_task_seconds{task_type="c2"}'] == 0.0
+    assert text['gpuproxy_tasks_errored_total{cause="cancelled",task_type="c2"}'] == 1.0
 
 
 def test_values_that_cannot_work_are_refused_before_anything_starts(

@@ -108,6 +108,25 @@ async def test_list_filters_by_state_type_miner_and_worker(
     assert await ids(worker_id="w8") == []
 
 
+async def test_task_counts_by_type_and_state_with_the_oldest(
+    store: Store, submit: Submit
+) -> None:
+    assert await store.task_counts() == []
+    a = await submit(task_type="c2-32g")
+    b = await submit(task_type="c2-32g")
+    c = await submit(task_type="c2-64g")
+    running = await store.claim_task("w1", ["c2-32g"], LEASE_MS, T0)
+    assert running is not None and running.id == a.id
+    await store.cancel_task(c.id, "wrong sector", T0)
+    counts = {(n.task_type, n.state): (n.count, n.oldest_created_at)
+              for n in await store.task_counts()}
+    assert counts == {
+        ("c2-32g", TaskState.RUNNING): (1, a.created_at),
+        ("c2-32g", TaskState.INIT): (1, b.created_at),
+        ("c2-64g", TaskState.ERROR): (1, c.created_at),
+    }
+
+
 async def test_list_pages_newest_first_without_duplicates_or_gaps(
     store: Store, submit: Submit
 ) -> None:

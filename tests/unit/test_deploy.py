@@ -143,3 +143,14 @@ def test_compose_builds_the_dockerfile_targets(compose: dict[str, Any]) -> None:
         assert f" AS {build['target']}\n" in dockerfile
     gpu = compose["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
+def test_alert_rules_name_only_metrics_the_broker_exports() -> None:
+    from broker import metrics
+
+    rules = yaml.safe_load((DEPLOY / "alerts.yaml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    named = {m for e in exprs for m in re.findall(r"\b(gpuproxy_[a-z_]+)", e)}
+    families = list(metrics.REGISTRY.collect())  # a counter's samples end in _total
+    exported = {m.name + ("_total" if m.type == "counter" else "") for m in families}
+    assert named and named <= exported, named - exported
