@@ -35,8 +35,10 @@ from plugin.waiter import Waiter, channel_options
 
 log = structlog.get_logger(__name__)
 
-#: env_logger's level names, as gpuproxy's plugin took them, to ours.
-LEVEL_ALIASES = {"trace": "debug", "warn": "warning"}
+#: env_logger's level names, as gpuproxy's plugin took them, to ours ("off": errors only).
+LEVEL_ALIASES = {"trace": "debug", "warn": "warning", "off": "error"}
+#: The shortest wait between task reads; gpuproxy's plugin took 0 as "no wait".
+MIN_POLL_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +53,26 @@ class LegacyFlag(Flag):
 
 
 def log_level(value: str) -> str:
-    value = value.strip().lower()
-    return LEVEL_ALIASES.get(value, value)
+    """A level as env_logger reads it: `info`, `warn`, or a filter list such as
+    `info,hyper=warn` whose bare level counts (per-module levels mean nothing here)."""
+    bare = [p.strip().lower() for p in value.split(",") if p.strip() and "=" not in p]
+    level = bare[-1] if bare else "info"
+    return LEVEL_ALIASES.get(level, level)
+
+
+def poll_seconds(text: str) -> float:
+    value = seconds(text)
+    return MIN_POLL_S if value == 0 else value
 
 
 RUN_FLAGS = [
     LegacyFlag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy, or "
                "HOST:PORT)", "http://127.0.0.1:18888", address, legacy_env="C2PROXY_LISTEN_URL"),
     LegacyFlag("poll-task-interval", "seconds between task reads when the broker's watch "
-               "stream cannot be held (otherwise the broker pushes every change)", 60.0, seconds,
-               legacy_env="C2PROXY_POLL_TASK_INTERVAL"),
-    LegacyFlag("log-level", "log level (trace and warn are taken as debug and warning)", "info",
+               "stream cannot be held (otherwise the broker pushes every change)", 60.0,
+               poll_seconds, legacy_env="C2PROXY_POLL_TASK_INTERVAL"),
+    LegacyFlag("log-level", "log level (env_logger's trace, warn, off and filter lists such as "
+               "info,hyper=warn are taken too)", "info",
                log_level, choices=logs.LEVELS, legacy_env="C2PROXY_LOG_LEVEL"),
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
     Flag("dump-dir", "write each request and response line, as it crossed the pipe, to a file "

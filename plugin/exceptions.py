@@ -44,5 +44,5 @@ class GaveUp(PluginError):
 
 
 class WorkDirUnusable(PluginError):
-    """Cannot keep temporary files in {path}: {detail}. Free space there, or set TMPDIR to a
-    folder with room for a C1 output per request in flight."""
+    """Cannot keep temporary files in {path}: {detail}. The folder must be writable, with room
+    for a C1 output per request in flight; or set TMPDIR to another folder."""

@@ -25,7 +25,7 @@ import structlog
 
 from broker.client import BrokerClient
 from broker.exceptions import BrokerError
-from plugin import c2, exceptions, retry
+from plugin import c2, exceptions, retry, workdir
 from plugin.config import PluginConfig
 from plugin.protocol import STAGE, C2Request
 from protos.gpuproxy.v1 import tasks_pb2
@@ -78,6 +78,7 @@ class Waiter:
         """Move the request's C2 input into a file: the payload to submit."""
         payload = self.work_dir / f"{request.id}-{next(self._files)}.c2-input.json"
         try:
+            await asyncio.to_thread(workdir.revive, self.work_dir)
             await asyncio.to_thread(payload.write_bytes, request.task)
         except OSError as exc:
             payload.unlink(missing_ok=True)
@@ -202,6 +203,7 @@ class Waiter:
 
     async def _download(self, task: tasks_pb2.Task) -> bytes:
         out = self.work_dir / f"{task.id}-{next(self._files)}.proof"
+        await asyncio.to_thread(workdir.revive, self.work_dir)
         try:
             await self.client.download_result(task.id, out)
             return await asyncio.to_thread(out.read_bytes)

@@ -28,6 +28,8 @@ PREFIX = "cluster-c2-plugin-"
 LOCK = ".lock"
 #: A folder without its lock file this old was left by a plugin killed while it started.
 UNLOCKED_AGE_S = 600.0
+#: Locks of folders made again after they were removed under us, held for the process's life.
+_relocked: list[int] = []
 
 
 @contextlib.contextmanager
@@ -44,6 +46,18 @@ def staging_folder(parent: pathlib.Path | None = None) -> collections.abc.Iterat
             yield folder
         finally:
             os.close(fd)
+
+
+def revive(folder: pathlib.Path) -> None:
+    """Make this process's folder again if something removed it (a /tmp cleaner ageing out
+    the files of a plugin that sat idle for days): otherwise every request would fail until
+    the plugin is restarted. Locked again, so that other plugins take it for a live one's."""
+    if folder.is_dir():
+        return
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _relocked.append(_lock(folder))
+    log.warning("the staging folder was removed by something else; made again",
+                folder=str(folder))
 
 
 def remove_left_by_dead(parent: pathlib.Path) -> list[pathlib.Path]:

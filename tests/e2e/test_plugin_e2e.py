@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from broker.client import BrokerClient
+from plugin import workdir
 from protos.gpuproxy.v1 import tasks_pb2
 from tests.e2e import test_worker_e2e as worker_e2e
 from tests.e2e.conftest import (
@@ -111,9 +113,11 @@ async def plugin_factory(
     """factory(url, extra=[...]): a started plugin that has printed its ready line."""
     started: list[PluginProcess] = []
 
-    async def make(url: str, extra: list[str] | None = None) -> PluginProcess:
+    async def make(url: str, extra: list[str] | None = None,
+                   env_add: dict[str, str] | None = None) -> PluginProcess:
         log_path = tmp_path / f"plugin-{len(started)}.log"
         env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith("C2PROXY_")}
+        env.update(env_add or {})
         with log_path.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
                 str(BIN / "cluster-c2-plugin"), "run", "--gpuproxy-url", f"http://{url}",
@@ -184,6 +188,25 @@ async def test_concurrent_requests_get_their_proofs(
     assert sorted(dumps) == ["1.request", "1.response", "2.request", "2.response",
                              "3.request", "3.response"]
     assert {dumps[f"{i}.response"] for i in tasks} == set(plugin.lines)
+
+
+async def test_a_staging_folder_removed_under_an_idle_plugin_is_made_again(
+    broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given a plugin whose staging folder a /tmp cleaner removed while it sat idle
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    worker_factory(broker.url)
+    plugin = await plugin_factory(broker.url, env_add={"TMPDIR": str(tmp)})
+    [folder] = tmp.iterdir()
+    shutil.rmtree(folder)
+    # When a request comes, it is proved all the same, and the folder is there again, locked
+    task = task_bytes(5)
+    await plugin.send(request_line(1, task))
+    assert await plugin.proof(1) == proof_of(task)
+    assert (folder / workdir.LOCK).is_file() and workdir.remove_left_by_dead(tmp) == []
+    assert "the staging folder was removed by something else; made again" in plugin.logs()
 
 
 async def test_the_same_request_twice_makes_one_task(

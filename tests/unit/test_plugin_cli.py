@@ -52,6 +52,23 @@ def test_the_original_command_line_is_accepted() -> None:
     assert args.no_gpu and args.log_level == "debug"
 
 
+@pytest.mark.parametrize(("given", "level"), [
+    ("off", "error"), ("info,hyper=warn", "info"), ("debug,h2=info", "debug"),
+    ("hyper=warn", "info"), ("WARN", "warning"),
+])
+def test_env_logger_levels_and_filters_are_read_as_gpuproxys_plugin_was_started(
+    given: str, level: str
+) -> None:
+    args = cli.build_parser().parse_args(["run", "--log-level", given])
+    assert args.log_level == level
+    assert resolve(cli.build_parser().parse_args(["run"]), cli.RUN_FLAGS,
+                   environ={"C2PROXY_LOG_LEVEL": given})["log_level"] == level
+
+
+def test_a_poll_interval_of_0_waits_a_second() -> None:
+    assert config_of(["--poll-task-interval", "0"]).poll_interval_s == cli.MIN_POLL_S
+
+
 def test_help_names_the_environment_variables(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["run", "--help"])
