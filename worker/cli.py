@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import pathlib
 import shlex
@@ -75,7 +76,7 @@ SUPERVISE_FLAGS = [
 ]
 #: Keys of venus-worker's [[processors.*]] blocks that have no meaning here.
 VENUS_ONLY_KEYS = frozenset({"name", "weight", "concurrent", "cgroup", "locks",
-                             "auto_restart", "inherit_envs", "stable_wait"})
+                             "auto_restart", "stable_wait", "numa_preferred"})
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -120,7 +121,8 @@ def processors_from(
         blocks["c2"] = c2
     return {
         stage: worker_config.ProcessorConfig(
-            bin=block["bin"], args=tuple(block.get("args", ())), envs=dict(block.get("envs", {}))
+            bin=block["bin"], args=tuple(block.get("args", ())), envs=dict(block.get("envs", {})),
+            inherit_envs=block.get("inherit_envs", True),
         )
         for stage, block in blocks.items()
     }
@@ -145,17 +147,41 @@ def _check_block(stage: str, block: Any) -> dict[str, Any]:
     field = f"processors.{stage}"
     if not isinstance(block, dict) or not isinstance(block.get("bin"), str):
         raise exceptions.ConfigError(field=field, detail="needs bin = \"/path/to/processor\"")
-    args, envs = block.get("args", []), block.get("envs", {})
+    # Without args, venus-worker runs the binary's own `processor <stage>` subcommand: its
+    # blocks often name bin alone.
+    args, envs = block.get("args", ["processor", stage]), block.get("envs", {})
+    inherit = block.get("inherit_envs", True)
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise exceptions.ConfigError(field=field, detail="args must be a list of strings")
     if not isinstance(envs, dict) or not all(isinstance(v, str) for v in envs.values()):
         raise exceptions.ConfigError(field=field, detail="envs must be a table of strings")
-    ignored = sorted(set(block) - {"bin", "args", "envs"})
+    if not isinstance(inherit, bool):
+        raise exceptions.ConfigError(field=field, detail="inherit_envs must be true or false")
+    ignored = sorted(set(block) - {"bin", "args", "envs", "inherit_envs"})
     if set(ignored) - VENUS_ONLY_KEYS:
         raise exceptions.ConfigError(field=field, detail=f"unknown keys {ignored}")
     if ignored:
         log.info("venus-worker processor keys ignored", stage=stage, keys=ignored)
-    return {"bin": block["bin"], "args": list(args), "envs": dict(envs)}
+    return {"bin": block["bin"], "args": list(args), "envs": dict(envs), "inherit_envs": inherit}
+
+
+def _gpu_decides(processors: dict[str, worker_config.ProcessorConfig], gpu: int | None
+                 ) -> dict[str, worker_config.ProcessorConfig]:
+    """With --gpu the worker picks its card for its processors too: a CUDA_VISIBLE_DEVICES
+    in a block copied from a venus-worker config would send every worker of a supervisor to
+    that one card, past the GPU locks."""
+    if gpu is None:
+        return processors
+    kept = {}
+    for stage, processor in processors.items():
+        clash = {k: v for k, v in processor.envs.items() if k in gpus.GPU_ENVS}
+        if clash:
+            log.warning("the processor's own GPU setting is replaced by --gpu", stage=stage,
+                        ignored=clash, gpu=gpu)
+            processor = dataclasses.replace(processor, envs={
+                k: v for k, v in processor.envs.items() if k not in gpus.GPU_ENVS})
+        kept[stage] = processor
+    return kept
 
 
 def settings(
@@ -183,7 +209,8 @@ def settings(
         fs_resource_path=pathlib.Path(fs_path).expanduser() if fs_path else None,
         task_timeout_s=values["task_timeout_s"],
         grace_s=values["grace_s"],
-        processors=processors_from(args, values["c2_bin"], section, environ),
+        processors=_gpu_decides(processors_from(args, values["c2_bin"], section, environ),
+                                values.get("gpu")),
         params_dir=pathlib.Path(values["params_dir"]).expanduser(),
         backend=values["backend"],
         pause_after_failures=values["pause_after_failures"],

@@ -19,6 +19,8 @@ class ProcessorConfig:
     bin: str
     args: tuple[str, ...] = ()
     envs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: False: the child gets `envs` and the GPU the worker chose, not the worker's environment.
+    inherit_envs: bool = True
     #: How long the child may take to print "<stage> processor ready".
     ready_timeout_s: float = 120.0
 

@@ -119,5 +119,12 @@ class ProcessorProtocolError(ProcessorError):
     {line!r}"""
 
 
+class ProcessorCannotRead(ProcessorError):
+    """{processor} (pid {pid}) could not read request {request_id} and will not answer it: it
+    said {line!r}. A processor built with an older proofs library than the sealer that made
+    the C2 input does not know its proof type: update it on this host (another worker may
+    prove the task meanwhile)."""
+
+
 class ProcessorFailed(ProcessorError):
     """{processor} answered with an error: {detail}"""

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from worker import exceptions, lifeline
+from worker import exceptions, gpus, lifeline
 from worker.config import ProcessorConfig
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,9 @@ LAST_LINES = 5
 #: How often a child's exit is looked for, and how long its output may still be read after it.
 EXIT_POLL_S = 0.5
 DRAIN_S = 1.0
+#: What venus-worker's and damocles' processors log on stderr for a request line that does not
+#: deserialize (an unknown proof type, a value out of range); they answer nothing to it.
+UNREADABLE_REQUEST = "unmarshal request"
 
 
 # -- framing (pure) -------------------------------------------------------------------------------
@@ -63,7 +66,8 @@ def encode_request(request_id: int, task: bytes) -> bytes:
     they must be escaped), so turning them into spaces keeps every value, key order and number
     format, and keeps the request on one line.
     """
-    body = task.strip().replace(b"\r", b" ").replace(b"\n", b" ")
+    # A UTF-8 byte order mark, which Python's json skips and serde refuses, goes too.
+    body = task.strip().removeprefix(b"\xef\xbb\xbf").replace(b"\r", b" ").replace(b"\n", b" ")
     return b'{"id":%d,"task":%s}\n' % (request_id, body)
 
 
@@ -235,7 +239,9 @@ class ExtProcessor:
 
     async def _spawn(self) -> _Child:
         cfg = self.config
-        env = {**os.environ, **cfg.envs}
+        inherited = os.environ if cfg.inherit_envs else {
+            k: v for k, v in os.environ.items() if k in gpus.GPU_ENVS}  # --gpu's choice
+        env = {**inherited, **cfg.envs}
         if shutil.which(cfg.bin, path=env.get("PATH")) is None:  # as exec would find it
             raise exceptions.ProcessorUnavailable(processor=self.name, detail=(
                 "it is not executable" if os.path.isfile(cfg.bin) else "no such file"))
@@ -406,3 +412,18 @@ class ExtProcessor:
             if text:
                 child.last_lines.append(quote(text))
             log.info("processor", processor=self.stage, pid=proc.pid, line=text)
+            if UNREADABLE_REQUEST in text.lower():
+                self._unreadable(child, text)
+
+    def _unreadable(self, child: _Child, text: str) -> None:
+        """The child could not read a request and goes on without answering it: fail that
+        request now rather than after its timeout. It parses each line as it arrives, so the
+        request is the last one sent (requests arrive minutes apart, not together)."""
+        for request_id in reversed(child.pending):
+            future = child.pending[request_id]
+            if not future.done():
+                del child.pending[request_id]
+                future.set_exception(exceptions.ProcessorCannotRead(
+                    processor=self.name, pid=child.proc.pid, request_id=request_id,
+                    line=quote(text)))
+                return

@@ -81,6 +81,10 @@ def select(gpus: Sequence[Gpu], index: int) -> Gpu:
     )
 
 
+#: The variables `cuda_env` sets.
+GPU_ENVS = ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES")
+
+
 def cuda_env(index: int) -> dict[str, str]:
     """What `--gpu index` puts in the environment of the worker and its children."""
     return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}

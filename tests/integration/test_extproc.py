@@ -186,6 +186,28 @@ async def test_a_malformed_answer_fails_its_request_naming_the_child(
     assert alive(pids(tmp_path)[0])
 
 
+async def test_a_request_the_processor_cannot_read_fails_at_once_and_it_serves_on(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    # Given a processor built before the proof type of the sealer's C1 output existed
+    proof_type = "StackedDrg2KiBV1_2_Feat_NonInteractivePoRep"
+    executor = make_executor({"FAKE_C2_UNKNOWN_PROOF": proof_type})
+    newer = c2_input()
+    newer["c1out"]["registered_proof"] = proof_type
+    # When such a task comes, it fails within moments (it is never answered), saying why
+    started = time.monotonic()
+    with pytest.raises(exceptions.ProcessorCannotRead) as info:
+        await executor.run(job(json.dumps(newer).encode(), timeout_s=60.0))
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert "could not read request 1" in message and "unknown variant" in message
+    assert "update it on this host" in message and info.value.retryable
+    # And the same processor proves the next task it can read
+    assert await executor.run(job(json.dumps(c2_input()).encode())) == fake_c2.expected_proof(
+        c2_input())
+    assert len(pids(tmp_path)) == 1
+
+
 async def test_an_answer_that_never_comes_times_out_quoting_what_came_instead(
     make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
 ) -> None:
@@ -368,3 +390,26 @@ async def test_a_processor_starts_whatever_the_workers_folder_and_its_environmen
     executor = make_executor({"PYTHONPATH": str(tmp_path)})
     task = c2_input()
     assert await executor.run(job(json.dumps(task).encode())) == fake_c2.expected_proof(task)
+
+
+async def test_a_processor_that_inherits_nothing_still_gets_the_workers_gpu(
+    job: Callable[..., executors.Job], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a worker on GPU 3 (--gpu sets these) with a secret in its environment
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    monkeypatch.setenv("WORKER_SECRET", "s3cret")
+    env_file = tmp_path / "env.json"
+    processor = ProcessorConfig(bin=sys.executable, args=(str(FAKE),), inherit_envs=False,
+                                envs={"FAKE_C2_ENV_FILE": str(env_file), "FIL_PROOFS_USE_GPU": "1"})
+    executor = C2Executor(WorkerConfig(processors={"c2": processor}))
+    try:
+        task = c2_input()
+        assert await executor.run(job(json.dumps(task).encode())) == fake_c2.expected_proof(task)
+    finally:
+        await executor.close()
+    # Then its processor block's inherit_envs = false keeps the worker's environment out, but
+    # not the card the worker runs on
+    seen = json.loads(env_file.read_text())
+    assert "WORKER_SECRET" not in seen and seen["FIL_PROOFS_USE_GPU"] == "1"
+    assert seen["CUDA_VISIBLE_DEVICES"] == "3" and seen["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"

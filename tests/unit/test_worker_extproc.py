@@ -25,6 +25,11 @@ def test_request_is_one_line_even_from_a_pretty_printed_task() -> None:
     assert json.loads(line)["task"] == json.loads(task)
 
 
+def test_a_byte_order_mark_serde_would_refuse_is_not_sent() -> None:
+    task = b'\xef\xbb\xbf{"c1out":{},"sector_id":1}'
+    assert encode_request(2, task) == b'{"id":2,"task":{"c1out":{},"sector_id":1}}\n'
+
+
 def test_ready_line() -> None:
     assert ready_line("c2") == "c2 processor ready"
 
@@ -84,6 +89,8 @@ def test_a_c2_input_as_venus_worker_sends_it() -> None:
     (c2_payload(prover_id="f01000"), "prover_id"),
     (c2_payload(sector_id=-1), "sector_id is not an unsigned integer"),
     (c2_payload(sector_id=1.5), "sector_id"),
+    (c2_payload(sector_id=2**64), "sector_id is not an unsigned integer below 2"),
+    (c2_payload(c1out={"ticket": float("nan")}), "NaN is not a JSON number"),
     (c2_payload(miner_id=True), "miner_id"),
 ])
 def test_malformed_c2_inputs_fail_for_good(payload: bytes, complaint: str) -> None:

@@ -89,8 +89,25 @@ def test_venus_worker_processor_block_in_the_config_file(tmp_path: pathlib.Path)
     )
 
 
+def test_a_damocles_block_runs_as_damocles_would_run_it(tmp_path: pathlib.Path) -> None:
+    # Given a block as damocles-worker's examples write it: bin alone, a card, numa and envs
+    path = tmp_path / "worker.toml"
+    path.write_text(
+        '[[processors.c2]]\nbin = "/usr/local/bin/damocles-worker"\nnuma_preferred = 0\n'
+        'inherit_envs = false\nenvs = { CUDA_VISIBLE_DEVICES = "0", FIL_PROOFS_USE_GPU = "1" }\n'
+    )
+    # Then without args it runs the binary's `processor c2`, as damocles does, inheriting nothing
+    c2 = config_of("--config", str(path)).processors["c2"]
+    assert c2.args == ("processor", "c2") and not c2.inherit_envs
+    assert c2.envs == {"CUDA_VISIBLE_DEVICES": "0", "FIL_PROOFS_USE_GPU": "1"}
+    # And a worker given --gpu runs it on that card, not on the one the block names
+    c2 = config_of("--config", str(path), "--gpu", "1").processors["c2"]
+    assert c2.envs == {"FIL_PROOFS_USE_GPU": "1"}
+
+
 @pytest.mark.parametrize(("toml", "complaint"), [
     ('[[processors.c2]]\nargs = ["x"]\n', "bin"),
+    ('[[processors.c2]]\nbin = "/x"\ninherit_envs = "no"\n', "inherit_envs must be true"),
     ('[[processors.c2]]\nbin = "/x"\nargs = "run"\n', "args must be a list"),
     ('[[processors.c2]]\nbin = "/x"\nenvs = { A = 1 }\n', "envs must be a table"),
     ('[[processors.c2]]\nbin = "/x"\nbinary = "/y"\n', "unknown keys"),

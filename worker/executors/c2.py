@@ -24,6 +24,7 @@ from worker.extproc import ExtProcessor
 log = structlog.get_logger(__name__)
 
 TASK_TYPE = "c2"
+U64_MAX = 2**64 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ class C2Input:
 def check_input(payload: bytes) -> C2Input:
     """Raises MalformedPayload unless the payload is a C2 input venus-worker would send."""
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # not JSON, or a number or nesting too large
         raise _malformed(f"not JSON this worker can read ({exc})") from None
     if not isinstance(data, dict):
@@ -50,8 +51,8 @@ def check_input(payload: bytes) -> C2Input:
     if not _is_bytes(data["prover_id"], 32):
         raise _malformed("prover_id is not a list of 32 bytes")
     for key in ("sector_id", "miner_id"):
-        if not _is_uint(data[key]):
-            raise _malformed(f"{key} is not an unsigned integer")
+        if not _is_uint(data[key]) or data[key] > U64_MAX:
+            raise _malformed(f"{key} is not an unsigned integer below 2^64")
     return C2Input(sector_id=data["sector_id"], miner_id=data["miner_id"])
 
 
@@ -63,6 +64,11 @@ def proof_of(output: Any, processor: str) -> bytes:
             processor=processor, detail="its output has no proof (a non-empty list of bytes)"
         )
     return bytes(proof)
+
+
+def _no_constant(name: str) -> Any:
+    # Python reads NaN and Infinity; serde, in the processor, does not (it would not answer).
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _is_uint(value: Any) -> bool:
