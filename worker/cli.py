@@ -24,7 +24,7 @@ from broker import logs
 from broker.cli import run_command
 from broker.flags import Flag, add_flags, address, load_toml, resolve, seconds
 from worker import config as worker_config
-from worker import daemon, exceptions, gpus
+from worker import daemon, exceptions, executors, gpus
 from worker.supervisor import Supervisor
 
 log = structlog.get_logger(__name__)
@@ -233,6 +233,9 @@ async def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     values, config = settings(args, SUPERVISE_FLAGS)
+    # A setting its workers would refuse (no --c2-bin for c2, say) is said once, here: the
+    # workers would otherwise exit at start and be restarted forever.
+    executors.create(config)
     indices = [_gpu_index(v) for v in _csv(values["gpus"])]
     if twice := sorted({i for i in indices if indices.count(i) > 1}):
         raise exceptions.ConfigError(field="gpus", detail=f"GPU {twice[0]} is listed twice: "
