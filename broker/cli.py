@@ -38,6 +38,8 @@ N = TypeVar("N", int, float)
 
 STATE_NAMES = {1: "init", 2: "running", 3: "error", 4: "finished"}
 STATE_NUMBERS = {name: num for num, name in STATE_NAMES.items()}
+#: Longest pause between tries to reach a broker that `tasks wait` lost.
+WAIT_RETRY_MAX_S = 10.0
 
 LOG_FLAGS = [
     Flag("log-level", "log level", "info", choices=logs.LEVELS),
@@ -274,27 +276,65 @@ async def cmd_tasks_submit(args: argparse.Namespace) -> int:
             key = await client.upload_resource(zkey)
             log.info("proving key on the broker", sha256=key.sha256, bytes=key.size)
             comment = policy.key_comment(key.sha256) + (f" {comment}" if comment else "")
-        task = await client.submit_file(
+        task, existed = await client.submit(
             path, task_type=args.type, miner=args.miner, comment=comment,
             priority=args.priority, max_attempts=args.max_attempts,
         )
         print(task.id, flush=True)
+        if existed:
+            print(f"(this payload was submitted before for {task.miner} as {task.task_type}: "
+                  f"that task, {STATE_NAMES.get(task.state)}, is the answer, with its own "
+                  "comment, priority and attempts; `gpuproxy tasks reset` runs one in error "
+                  "again)", file=sys.stderr)
+        await _say_if_nobody_runs(client, task.task_type)
         if not args.wait:
             return 0
-        async for task in client.watch(task.id):  # noqa: B020 - the last one is kept
-            log.info("task state", task_id=task.id, state=STATE_NAMES.get(task.state),
-                     worker=task.worker_id or None)
-        if task.state != 4:
-            raise exceptions.RemoteError(
-                detail=f"task {task.id} ended in {STATE_NAMES.get(task.state)}: "
-                f"{task.error_message}"
-            )
-        if out is not None:
-            size, _ = await client.download_result(task.id, out)
-            if task.task_type == "groth16":
-                split_groth16_result(out)
-            log.info("result written", path=args.output, bytes=size)
+        await _wait(client, task.id, out)
     return 0
+
+
+async def _say_if_nobody_runs(client: BrokerClient, task_type: str) -> None:
+    """A task of a type no worker runs (a typo: C2) would wait forever without a word."""
+    try:
+        workers = await client.list_workers()
+    except exceptions.BrokerError:
+        return  # only advice: the task is submitted
+    if not any(task_type in w.task_types for w in workers):
+        print(f"(no worker known to the broker runs {task_type} tasks: the task waits until "
+              "one registers; see `gpuproxy workers list`)", file=sys.stderr)
+
+
+async def cmd_tasks_wait(args: argparse.Namespace) -> int:
+    out = _output_file(args.output) if args.output else None
+    async with _client(args) as client:
+        await _wait(client, args.id, out)
+    return 0
+
+
+async def _wait(client: BrokerClient, task_id: str, out: pathlib.Path | None) -> None:
+    """Follow the task until it ends, through broker restarts; its result into `out`."""
+    task, outage = None, 0
+    while task is None or task.state not in (3, 4):
+        try:
+            async for task in client.watch(task_id):
+                outage = 0
+                log.info("task state", task_id=task.id, state=STATE_NAMES.get(task.state),
+                         worker=task.worker_id or None)
+        except (exceptions.BrokerUnreachable, exceptions.BrokerCannotServe) as exc:
+            if not outage:
+                log.warning("the broker cannot be reached; waiting for it to come back",
+                            error=str(exc))
+            outage += 1
+            await asyncio.sleep(min(WAIT_RETRY_MAX_S, 0.5 * 2 ** min(outage, 5)))
+    if task.state != 4:
+        raise exceptions.RemoteError(
+            detail=f"task {task.id} ended in {STATE_NAMES.get(task.state)}: {task.error_message}"
+        )
+    if out is not None:
+        size, _ = await client.download_result(task.id, out)
+        if task.task_type == "groth16":
+            split_groth16_result(out)
+        log.info("result written", path=str(out), bytes=size)
 
 
 def split_groth16_result(out: pathlib.Path) -> None:
@@ -467,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the task ends")
     p.add_argument("-o", "--output", help="with --wait: write the result here (groth16: "
                    "snarkjs proof.json, with public.json beside it)")
+
+    p = client_cmd("wait", "wait until a task ends (through broker restarts); exit 1 unless "
+                   "it finished", cmd_tasks_wait)
+    p.add_argument("id")
+    p.add_argument("-o", "--output", help="write the result here (groth16: snarkjs "
+                   "proof.json, with public.json beside it)")
 
     p = client_cmd("result", "download a finished task's result", cmd_tasks_result)
     p.add_argument("id")

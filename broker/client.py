@@ -97,6 +97,16 @@ class BrokerClient:
         priority: int = 0, max_attempts: int = 0,
     ) -> tasks_pb2.Task:
         """Submit a file as a task's payload; uploads only when the broker lacks it."""
+        task, _ = await self.submit(path, task_type=task_type, miner=miner, comment=comment,
+                                    priority=priority, max_attempts=max_attempts)
+        return task
+
+    async def submit(
+        self, path: pathlib.Path, *, task_type: str, miner: str, comment: str = "",
+        priority: int = 0, max_attempts: int = 0,
+    ) -> tuple[tasks_pb2.Task, bool]:
+        """`submit_file`, also saying whether the task existed already (the same payload,
+        miner and type were submitted before: that task, as it is, is the answer)."""
         size, sha = file_sha256(path)
         header = tasks_pb2.SubmitHeader(
             task_type=task_type, miner=miner, comment=comment, priority=priority,
@@ -116,7 +126,7 @@ class BrokerClient:
             reply = await call.read()
             if reply is grpc.aio.EOF or reply.WhichOneof("msg") != "task":
                 raise exceptions.RemoteError(detail="the broker ended the submit without a task")
-            return reply.task
+            return reply.task, first.ack.task_existed
         except grpc.aio.AioRpcError as exc:
             raise self.translate(exc) from exc
         finally:

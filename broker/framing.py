@@ -3,6 +3,8 @@ register), then chunks of at most CHUNK_BYTES; and blobs sent back as BlobChunk 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +30,20 @@ async def chunks(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         if len(req.chunk) > CHUNK_BYTES:
             raise exceptions.InvalidArgument(detail=f"chunks must be at most {CHUNK_BYTES} bytes")
         yield req.chunk
+
+
+async def drain(requests: AsyncIterator[Any], size: int, timeout_s: float = 60.0) -> None:
+    """Read and drop the rest of an upload the broker refused half-way (its payload folder
+    failed, say), up to the size its header announced. A client whose write meets a call
+    already ended hears only grpc's "Internal error from Core"; one that finishes writing
+    reads the broker's own reason."""
+    left = size
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            async for req in requests:
+                left -= len(getattr(req, "chunk", b""))
+                if left < 0:
+                    return
 
 
 async def blob_chunks(

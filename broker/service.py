@@ -32,6 +32,7 @@ STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
     exceptions.WorkerNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.ResourceNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    exceptions.WorkerOnline: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.StaleFence: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.WorkerIdInUse: grpc.StatusCode.ALREADY_EXISTS,
     exceptions.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -147,7 +148,12 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
             task_existed=plan.existing is not None,
         ))
         chunks = framing.chunks(request_iterator) if plan.send_payload else None
-        task = await self.tasks.complete_submit(plan, chunks)
+        try:
+            task = await self.tasks.complete_submit(plan, chunks)
+        except exceptions.PayloadStoreUnavailable:
+            # Refused half-way: the client is still writing and must hear why.
+            await framing.drain(request_iterator, h.payload_size)
+            raise
         yield tasks_pb2.SubmitTaskResponse(task=convert.task_to_proto(task))
 
     @mapped_errors

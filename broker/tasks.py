@@ -59,8 +59,10 @@ def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
         raise exceptions.InvalidArgument(
             detail="payload_sha256 must be 64 lower-case hex digits"
         )
-    if h.payload_size < 0:
-        raise exceptions.InvalidArgument(detail="payload_size must not be negative")
+    if h.payload_size <= 0:
+        # No task type has an empty input: it would only spend an attempt on a worker.
+        raise exceptions.InvalidArgument(detail="the payload is empty: submit the task's input "
+                                         "(a C1 output for c2, a .wtns for groth16)")
     if h.payload_size > max_payload_bytes:
         raise exceptions.PayloadTooLarge(size=h.payload_size, limit=max_payload_bytes)
     if h.max_attempts < 0:

@@ -3,10 +3,12 @@ the plugin use it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import time
 
@@ -75,6 +77,9 @@ async def test_submit_list_show_and_resubmit(
     task_id = first.stdout.strip()
     assert task_id == models.task_id("f01000", "c2", sha)
     assert again.stdout.strip() == task_id
+    assert "no worker known to the broker runs c2 tasks" in first.stderr
+    assert "this payload was submitted before for f01000 as c2" in again.stderr
+    assert "was submitted before" not in other.stderr
     assert other.returncode == 0 and other.stdout.strip() != task_id
     assert "uploaded=False" in broker.logs() or '"uploaded": false' in broker.logs()
 
@@ -111,6 +116,11 @@ async def test_result_roundtrip_and_watch_across_processes(
     )
     assert waiter.stdout is not None
     task_id = waiter.stdout.readline().strip()
+
+    # And the broker restarts meanwhile (the waiter waits for it to come back)
+    broker.stop(signal.SIGKILL)
+    await asyncio.sleep(1.0)
+    broker_factory(sqlite_dsn, "fs", payload_dir, port=int(broker.url.rsplit(":", 1)[1]))
 
     # When another process finishes it through the shared database and folder
     proof = os.urandom(1920)
@@ -451,3 +461,39 @@ async def test_long_error_messages_and_histories_stay_within_a_reply(
     assert omitted > 0 and len(history) > 500 and len(history) + omitted == 12 + 2 * RESETS
     assert all("GPU fell off the bus Caused by: CUDA error 999" in r for r in history
                if " failed " in r)
+
+
+def test_a_submit_the_broker_refuses_mid_upload_says_why(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given a broker whose payload folder became unwritable after it started
+    folder = tmp_path / "payloads"
+    broker = broker_factory(sqlite_dsn, "fs", payload_dir=folder)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        # When files of several chunks are submitted, each is refused in the broker's words,
+        # not grpc's ("Internal error from Core", "RPC already finished")
+        for seed in range(3):
+            payload = tmp_path / f"c1-{seed}"
+            write_payload(payload, 5 * 1024 * 1024, seed)
+            done = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2",
+                            "--miner", "f01000", str(payload))
+            assert done.returncode == 1, done.stderr
+            assert f"Payload folder {folder} cannot be used" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr and "Core" not in done.stderr
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+
+
+def test_an_empty_payload_is_refused_at_submit(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    broker = broker_factory(sqlite_dsn, "fs")
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(b"")
+    done = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner", "f01000",
+                    str(empty))
+    assert done.returncode == 1 and "the payload is empty" in done.stderr
+    listed = gpuproxy("tasks", "list", "--url", broker.url, "--json")
+    assert json.loads(listed.stdout) == []
