@@ -69,6 +69,10 @@ class WorkerNotFound(BrokerError):
 
 
 # FAILED_PRECONDITION
+class WorkerOnline(BrokerError):
+    """Worker {worker_id} is online: stop it first; an offline worker can be removed."""
+
+
 class WrongState(BrokerError):
     """Task {task_id} is {state}: {detail}"""
 

@@ -150,6 +150,13 @@ class WorkerRecord:
     resident_keys: tuple[str, ...] = ()  #: sha256 of the proving keys it holds loaded
     paused_until: int = 0  #: ms; taking no task until then, after failures in a row
     pause_reason: str = ""  #: the last of those failures
+    #: The connected worker process's random token; "" once its stream has ended. Every broker
+    #: sharing the database sees it, so a second process with this id is refused by any.
+    instance: str = ""
+    #: This registration's random token: a stream that ends clears `instance` only if no
+    #: newer registration (on another broker, say) has replaced it.
+    session: str = ""
+    disconnected_at: int = 0  #: ms; when its stream ended (0: connected, or not known)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -13,10 +13,11 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker import cleaner, exceptions, housekeeper, metrics
+from broker import cleaner, clock, exceptions, housekeeper, metrics
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
-from broker.payloads import open_payload_store
+from broker.models import TaskFilter, TaskState
+from broker.payloads import PayloadStore, open_payload_store
 from broker.service import TaskBrokerService
 from broker.store import Store, open_store
 from broker.tasks import TaskManager
@@ -60,12 +61,11 @@ class Broker:
         self.store = store
         self.payloads = open_payload_store(cfg.resource_type, cfg.payload_path, store)
         await self.payloads.open()
+        await _check_payloads_reachable(store, self.payloads, cfg)
         hub = ChangeHub()
         self.tasks = TaskManager(store=store, payloads=self.payloads, config=cfg, hub=hub)
         self.dispatcher = Dispatcher(store, lease_s=cfg.lease_s)
         hub.listen(self.dispatcher.task_changed)
-        # Workers could not heartbeat while this broker was down: give them a lease to come back.
-        await housekeeper.grant_grace(store, cfg.lease_s)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -96,6 +96,10 @@ class Broker:
                 raise exceptions.ConfigError(
                     field="metrics-url", detail=f"cannot serve metrics on {cfg.metrics_listen}: "
                     f"{exc.strerror or exc}") from exc
+        # Workers could not heartbeat while this broker was down: give them a lease to come back.
+        # Only now that it serves: a broker failing to start again and again (its port taken)
+        # must not keep the leases of dead workers' tasks alive for every other broker.
+        await housekeeper.grant_grace(store, cfg.lease_s)
         self._served = ("", names[0], names[1])
         await self._serving(True)
         self._spawn("dispatcher", self.dispatcher.run_forever)
@@ -103,6 +107,7 @@ class Broker:
             store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
             lease_s=cfg.lease_s, on_store=self._serving,
         ))
+        self._spawn("clock", lambda: clock.watch_forever(store, cfg.lease_s))
         if cfg.metrics_listen:
             self._spawn("task counts", lambda: metrics.refresh_forever(
                 store, interval_s=cfg.metrics_refresh_s))
@@ -161,6 +166,26 @@ class Broker:
         if self.store is not None:
             await self.store.close()
         log.info("broker stopped")
+
+
+async def _check_payloads_reachable(store: Store, payloads: PayloadStore,
+                                    cfg: BrokerConfig) -> None:
+    """Brokers sharing a database must share where payloads live: a task submitted through one
+    and given to a worker through another fails otherwise ("no payload"). Said at start when
+    none of the newest waiting tasks' payloads is here."""
+    waiting = await store.list_tasks(TaskFilter(states=(TaskState.INIT, TaskState.RUNNING)), 20)
+    if not waiting:
+        return
+    for task in waiting:
+        if await payloads.exists(task.payload_sha256):
+            return
+    where = (f"--fs-resource-path {cfg.payload_path}" if cfg.resource_type == "fs"
+             else "the database (--resource-type db)")
+    log.error("none of the payloads of the newest waiting tasks is in " + where + ": brokers "
+              "sharing a database must use the same --resource-type and payload folder (one "
+              "NFS mount); otherwise these payloads were lost, and their tasks fail when a "
+              "worker fetches them (resubmit them)", tasks=len(waiting),
+              resource_type=cfg.resource_type)
 
 
 def _masked(dsn: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
         gpus=tuple(Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_bytes=g.memory_bytes)
                    for g in reg.gpus),
         registered_at=now_ms, last_seen_at=now_ms, resident_keys=tuple(reg.resident_keys),
+        instance=reg.instance, session=secrets.token_hex(8),
     )
 
 
@@ -57,6 +59,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         self.dispatcher = dispatcher
         self.config = config
         self._bookkeeping_outage = Outage("storing workers' heartbeats and progress")
+        self._endings: set[asyncio.Task[None]] = set()  #: cleanups of ended Work streams
 
     # -- the Work stream -------------------------------------------------------------------
 
@@ -71,7 +74,10 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             raise exceptions.WorkerIdInUse(
                 worker_id=record.worker_id,
                 hostname=twin.record.hostname if twin.record else "unknown")
-        await self.store.upsert_worker(record)
+        # The same, for a process connected to another broker sharing the database.
+        live_ms = int(self.config.lease_s * 1000)
+        if held := await self.store.register_worker(record, live_ms):
+            raise exceptions.WorkerIdInUse(worker_id=record.worker_id, hostname=held.hostname)
         session = Session(record.worker_id, record.task_types, record.max_tasks,
                           stale_after_s=self.config.lease_s, instance=register.instance)
         session.record = record
@@ -101,11 +107,26 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         finally:
             self.dispatcher.remove(session)
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            await self._hand_back_undelivered(session)
-            log.info("worker disconnected", worker_id=record.worker_id,
-                     holding=list(session.held))
+            # In a task of its own: a hang-up cancels this handler, and may cancel it again
+            # (the call, then its connection) while the cleanup still awaits the database.
+            ending = asyncio.create_task(self._stream_ended(session, reader))
+            self._endings.add(ending)
+            ending.add_done_callback(self._endings.discard)
+            await asyncio.shield(ending)
+
+    async def _stream_ended(self, session: Session, reader: asyncio.Task[None]) -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        await self._hand_back_undelivered(session)
+        record = session.record
+        assert record is not None
+        try:
+            await self.store.worker_disconnected(record.worker_id, record.session,
+                                                 models.now_ms())
+        except Exception as exc:  # the id frees itself once the record is a lease old
+            log.warning("could not record that the worker disconnected",
+                        worker_id=record.worker_id, error=str(exc))
+        log.info("worker disconnected", worker_id=record.worker_id, holding=list(session.held))
 
     async def _resume(self, session: Session, held: Sequence[workers_pb2.HeldTask]) -> None:
         """After a reconnect the worker keeps what is still its own and drops the rest.
@@ -304,14 +325,14 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         now = models.now_ms()
         for w in await self.store.list_workers():
             if w.worker_id == request.worker_id and self.online(w, now):
-                raise exceptions.WrongState(
-                    task_id=f"worker {w.worker_id}", state="online",
-                    detail="stop the worker first; an offline worker can be removed",
-                )
+                raise exceptions.WorkerOnline(worker_id=w.worker_id)
         if not await self.store.remove_worker(request.worker_id):
             raise exceptions.WorkerNotFound(worker_id=request.worker_id)
         return workers_pb2.RemoveWorkerResponse()
 
     def online(self, w: WorkerRecord, now_ms: int) -> bool:
-        live = any(s.worker_id == w.worker_id for s in self.dispatcher.sessions)
-        return live or now_ms - w.last_seen_at < self.config.lease_s * 1000
+        """Connected here, or heartbeating through another broker: its stream has not ended
+        and it was seen within a lease."""
+        if any(s.worker_id == w.worker_id for s in self.dispatcher.sessions):
+            return True
+        return not w.disconnected_at and now_ms - w.last_seen_at < self.config.lease_s * 1000

@@ -222,6 +222,21 @@ class Store(abc.ABC):
         """Record a heartbeat: last_seen_at = now_ms."""
 
     @abc.abstractmethod
+    async def database_time_ms(self) -> int | None:
+        """The database server's clock (ms since the epoch); None where it is this host's."""
+
+    @abc.abstractmethod
+    async def register_worker(self, worker: WorkerRecord, live_ms: int) -> WorkerRecord | None:
+        """Store a registration (keeping when the id first registered), unless another worker
+        process holds the id: its record says so (another `instance`, not ended) and was seen
+        less than `live_ms` ago. That record is returned then, and nothing is stored."""
+
+    @abc.abstractmethod
+    async def worker_disconnected(self, worker_id: str, session: str, now_ms: int) -> None:
+        """The stream of registration `session` ended: the id is free for another process,
+        unless a newer registration holds it."""
+
+    @abc.abstractmethod
     async def list_workers(self) -> list[WorkerRecord]:
         """Every known worker, by worker_id."""
 

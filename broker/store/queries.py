@@ -228,6 +228,11 @@ class Queries:
         "UPDATE tasks SET lease_expires_at = ? WHERE state = 2 AND lease_expires_at < ?"
     )
 
+    @property
+    def database_time(self) -> str | None:
+        """The database server's clock in ms; None for SQLite, which runs on this host."""
+        return "SELECT ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000)" if self.mysql else None
+
     # -- workers -------------------------------------------------------------------------
 
     @property
@@ -243,6 +248,12 @@ class Queries:
         return f"INSERT INTO workers ({cols}) VALUES (?, ?, ?, ?, ?) {update}"
 
     touch_worker = "UPDATE workers SET last_seen_at = ? WHERE worker_id = ?"
+
+    @property
+    def lock_worker(self) -> str:
+        return ("SELECT worker_id, hostname, info, registered_at, last_seen_at FROM workers "
+                "WHERE worker_id = ?" + self._lock)
+
     list_workers = (
         "SELECT worker_id, hostname, info, registered_at, last_seen_at FROM workers "
         "ORDER BY worker_id"
@@ -297,7 +308,8 @@ def worker_args(w: WorkerRecord) -> list[Any]:
         "addresses": list(w.addresses), "version": w.version, "task_types": list(w.task_types),
         "max_tasks": w.max_tasks, "gpus": [dataclasses.asdict(g) for g in w.gpus],
         "resident_keys": list(w.resident_keys), "paused_until": w.paused_until,
-        "pause_reason": w.pause_reason,
+        "pause_reason": w.pause_reason, "instance": w.instance, "session": w.session,
+        "disconnected_at": w.disconnected_at,
     }
     return [w.worker_id, w.hostname, json.dumps(info), w.registered_at, w.last_seen_at]
 
@@ -312,4 +324,6 @@ def worker_from_row(row: Row) -> WorkerRecord:
         registered_at=int(registered_at), last_seen_at=int(last_seen_at),
         resident_keys=tuple(info.get("resident_keys", ())),
         paused_until=int(info.get("paused_until", 0)), pause_reason=info.get("pause_reason", ""),
+        instance=info.get("instance", ""), session=info.get("session", ""),
+        disconnected_at=int(info.get("disconnected_at", 0)),
     )

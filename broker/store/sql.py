@@ -352,6 +352,38 @@ class SqlStore(Store):
         args = queries.worker_args(worker)
         await self._write(lambda tx: tx.run(self.sql.upsert_worker, args))
 
+    async def database_time_ms(self) -> int | None:
+        statement = self.sql.database_time
+        if statement is None:
+            return None
+        row = await self._read(lambda tx: tx.one(statement))
+        return None if row is None else int(row[0])
+
+    async def register_worker(self, worker: WorkerRecord, live_ms: int) -> WorkerRecord | None:
+        async def change(tx: Tx) -> WorkerRecord | None:
+            row = await tx.one(self.sql.lock_worker, [worker.worker_id])
+            if row is not None:
+                held = queries.worker_from_row(row)
+                if (held.instance and worker.instance and held.instance != worker.instance
+                        and worker.last_seen_at - held.last_seen_at < live_ms):
+                    return held
+            await tx.run(self.sql.upsert_worker, queries.worker_args(worker))
+            return None
+
+        return await self._write(change)
+
+    async def worker_disconnected(self, worker_id: str, session: str, now_ms: int) -> None:
+        async def change(tx: Tx) -> None:
+            row = await tx.one(self.sql.lock_worker, [worker_id])
+            if row is None:
+                return
+            held = queries.worker_from_row(row)
+            if held.session == session:
+                gone = dataclasses.replace(held, instance="", session="", disconnected_at=now_ms)
+                await tx.run(self.sql.upsert_worker, queries.worker_args(gone))
+
+        await self._write(change)
+
     async def touch_worker(self, worker_id: str, now_ms: int) -> None:
         await self._write(lambda tx: tx.run(self.sql.touch_worker, [now_ms, worker_id]))
 

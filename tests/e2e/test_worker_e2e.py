@@ -356,6 +356,33 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _workers(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "gpuproxy"), "workers", *args, "--url", url],
+                          capture_output=True, text=True)
+
+
+async def test_a_stopped_worker_is_offline_at_once_and_can_be_removed(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a running worker: it is online, and cannot be removed
+    worker = worker_factory(broker.url)
+    worker.wait_for("registered")
+    [listed] = json.loads(_workers(broker.url, "list", "--json").stdout)
+    assert listed["online"]
+    refused = _workers(broker.url, "remove", listed["worker_id"])
+    assert refused.returncode == 1
+    assert f"Worker {listed['worker_id']} is online: stop it first" in refused.stderr
+    # When it is stopped, it is offline at once (not a lease later), and can be removed
+    worker.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait) == 0
+    stopped = time.monotonic()
+    while (listed := json.loads(_workers(broker.url, "list", "--json").stdout)[0]).get("online"):
+        assert time.monotonic() - stopped < LEASE_S / 2, "still online"
+        await asyncio.sleep(0.1)
+    assert _workers(broker.url, "remove", listed["worker_id"]).returncode == 0
+    assert json.loads(_workers(broker.url, "list", "--json").stdout) == []
+
+
 async def test_noop_tasks_return_the_payload_digest(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:
@@ -478,15 +505,16 @@ async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_
     assert "1 failed task in a row; the last: " in listed and "params file missing" in listed
 
 
-@pytest.mark.parametrize(("gpus", "complaint"), [
-    ("0,0", "GPU 0 is listed twice: one worker per GPU"),
-    ("5", "GPU 5 is not on this host; nvidia-smi lists 0, 1"),
+@pytest.mark.parametrize(("extra", "complaint"), [
+    (["--gpus", "0,0"], "GPU 0 is listed twice: one worker per GPU"),
+    (["--gpus", "5"], "GPU 5 is not on this host; nvidia-smi lists 0, 1"),
+    # a setting only its workers would refuse, each at start, restarted forever
+    (["--gpus", "0", "--allow-type", "c2,c3"], "Invalid setting allow-type"),
 ])
-async def test_supervise_refuses_gpus_it_cannot_run_before_starting_any_worker(
-    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path, gpus: str,
-    complaint: str,
+async def test_supervise_refuses_settings_it_cannot_run_before_starting_any_worker(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path,
+    extra: list[str], complaint: str,
 ) -> None:
-    supervisor = worker_factory(broker.url, gpu=None, command="supervise",
-                                extra=["--gpus", gpus])
+    supervisor = worker_factory(broker.url, gpu=None, command="supervise", extra=extra)
     assert await asyncio.to_thread(supervisor.wait) == 1
     assert complaint in supervisor.logs() and "worker started" not in supervisor.logs()

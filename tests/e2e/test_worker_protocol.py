@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from broker import exceptions
 from broker.client import BrokerClient
 from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
-from tests.e2e.conftest import BrokerFactory
+from tests.e2e.conftest import BIN, BrokerFactory, cli_env
 from tests.fixtures.tcp_cut import TcpCut
 
 LEASE_S = 1.5
@@ -76,6 +76,7 @@ class ScriptedWorker:
             workers_pb2.FetchPayloadRequest(task=held))])
 
     async def close(self) -> None:
+        """Hang up as a worker process that exits does: the connection closes."""
         if self.call is not None:
             self.call.cancel()
         await self.channel.close()
@@ -352,6 +353,86 @@ async def test_a_reconnect_of_the_same_process_replaces_its_stream_another_is_re
     finally:
         for w in (first, again, clone):
             await w.close()
+
+
+async def test_a_cloned_worker_is_refused_by_every_broker_sharing_the_database(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    a = broker_factory(mariadb_dsn, "db")
+    b = broker_factory(mariadb_dsn, "db")
+    wid = f"w-{os.getpid()}-{time.monotonic_ns()}"
+    first = ScriptedWorker(a.url, wid, instance="aaaa")
+    clone = ScriptedWorker(b.url, wid, instance="bbbb")
+    later = ScriptedWorker(b.url, wid, instance="bbbb")
+    try:
+        # Given a worker holding a task through broker a
+        await first.connect()
+        task_id = await submit(a.url, tmp_path, b"the original's task")
+        held_of(await first.next())
+        # When a copy of its state folder registers through broker b, it is refused there too
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await clone.connect()
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "in use by another live worker process (host test)" in str(refused.value.details())
+        # And the original keeps its task and attempt (a clone accepted would fail it)
+        async with BrokerClient(a.url) as client:
+            task = await client.get_task(task_id)
+        assert (task.state, task.attempts, task.worker_id) == (2, 1, wid)
+        # Once the original's stream has ended, the id is free through any broker
+        await first.close()
+        for _ in range(50):
+            try:
+                await later.connect()
+                break
+            except grpc.aio.AioRpcError:
+                later = ScriptedWorker(b.url, wid, instance="bbbb")
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the id stayed taken after the original hung up")
+    finally:
+        for w in (first, clone, later):
+            await w.close()
+
+
+async def test_a_broker_with_another_payload_folder_than_its_database_says_so_at_start(
+    sqlite_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a task waiting, its payload in the first broker's folder
+    first = broker_factory(sqlite_dsn, "fs", payload_dir=tmp_path / "nfs")
+    await submit(first.url, tmp_path, b"a c1 output")
+    # When a second broker on that database starts with a folder of its own, it says so
+    apart = broker_factory(sqlite_dsn, "fs", payload_dir=tmp_path / "local")
+    assert "none of the payloads of the newest waiting tasks is in --fs-resource-path" in (
+        apart.logs())
+    assert "must use the same --resource-type and payload folder" in apart.logs()
+    # And one sharing the folder does not
+    shared = broker_factory(sqlite_dsn, "fs", payload_dir=tmp_path / "nfs")
+    assert "none of the payloads" not in shared.logs()
+
+
+async def test_a_broker_that_fails_to_start_leaves_the_leases_alone(
+    sqlite_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a task whose worker stopped heartbeating (its lease runs out in 30 s)
+    broker = broker_factory(sqlite_dsn, "fs", extra=["--lease-s", "30"])
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, b"orphaned")
+        held_of(await w.next())
+        async with BrokerClient(broker.url) as client:
+            before = (await client.get_task(task_id)).lease_expires_at.ToMilliseconds()
+            # When another broker on the database fails to start (the port is taken)
+            failed = subprocess.run(
+                [str(BIN / "gpuproxy"), "run", "--db-dsn", sqlite_dsn, "--url", broker.url,
+                 "--fs-resource-path", str(tmp_path / "payloads"), "--lease-s", "600"],
+                capture_output=True, text=True, timeout=60, env=cli_env(tmp_path))
+            assert failed.returncode == 1 and "cannot listen on" in failed.stderr
+            # Then the lease is where the worker left it: the task still comes back in time
+            after = (await client.get_task(task_id)).lease_expires_at.ToMilliseconds()
+            assert after == before
+    finally:
+        await w.close()
 
 
 async def test_a_worker_id_too_long_for_the_database_is_refused(

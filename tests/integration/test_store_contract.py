@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from broker import exceptions, policy
-from broker.models import NewTask, PageCursor, Task, TaskFilter, TaskState
+from broker.models import NewTask, PageCursor, Task, TaskFilter, TaskState, WorkerRecord
 from broker.store import Store
 
 T0 = 1_700_000_000_000
@@ -728,3 +728,33 @@ async def test_reset_tasks_is_all_or_nothing(store: Store, submit: Submit) -> No
     # And alone, the task in error is reset
     [reset] = await store.reset_tasks([task.id], T0 + 3)
     assert reset.state == TaskState.INIT
+
+
+def worker_record(instance: str, seen_at: int) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id="gpu0-abc", hostname=f"host-{instance}", addresses=("10.0.0.7",),
+        version="1", task_types=("c2",), max_tasks=1, gpus=(), registered_at=seen_at,
+        last_seen_at=seen_at, instance=instance, session=f"s-{instance}-{seen_at}",
+    )
+
+
+async def test_a_worker_id_is_held_by_one_live_process_at_a_time(store: Store) -> None:
+    live_ms = 60_000
+    first = worker_record("aaaa", T0)
+    assert await store.register_worker(first, live_ms) is None
+    # Another process with the id is refused while the first one's record is live
+    held = await store.register_worker(worker_record("bbbb", T0 + 1000), live_ms)
+    assert held is not None and held.hostname == "host-aaaa"
+    # The same process registering again (a reconnect) is not
+    again = worker_record("aaaa", T0 + 2000)
+    assert await store.register_worker(again, live_ms) is None
+    # The end of a stream that a newer registration replaced frees nothing
+    await store.worker_disconnected(first.worker_id, first.session, T0 + 2500)
+    assert await store.register_worker(worker_record("bbbb", T0 + 3000), live_ms) is not None
+    # The end of the current one frees the id; and it keeps its first registration time
+    await store.worker_disconnected(again.worker_id, again.session, T0 + 3500)
+    assert await store.register_worker(worker_record("bbbb", T0 + 4000), live_ms) is None
+    [kept] = await store.list_workers()
+    assert kept.instance == "bbbb" and kept.registered_at == T0
+    # A process silent for longer than live_ms (its host hung) holds the id no more
+    assert await store.register_worker(worker_record("cccc", T0 + 4000 + live_ms), live_ms) is None
