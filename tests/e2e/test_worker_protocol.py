@@ -336,6 +336,13 @@ async def test_a_restarted_worker_without_its_task_gives_it_back_at_once(
         await w.close()
 
 
+async def refused_as_twin(w: ScriptedWorker) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await w.connect()
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "in use by another live worker process (host test)" in str(refused.value.details())
+
+
 async def test_a_reconnect_of_the_same_process_replaces_its_stream_another_is_refused(
     broker  # type: ignore[no-untyped-def]
 ) -> None:
@@ -344,10 +351,7 @@ async def test_a_reconnect_of_the_same_process_replaces_its_stream_another_is_re
     clone = ScriptedWorker(broker.url, "w1", instance="bbbb")
     try:
         await first.connect()
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await clone.connect()
-        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        assert "in use by another live worker process (host test)" in str(refused.value.details())
+        await refused_as_twin(clone)
         await again.connect()  # the same process after a network blip: its old stream ends
         assert await first.next() == grpc.aio.EOF
     finally:
@@ -370,10 +374,7 @@ async def test_a_cloned_worker_is_refused_by_every_broker_sharing_the_database(
         task_id = await submit(a.url, tmp_path, b"the original's task")
         held_of(await first.next())
         # When a copy of its state folder registers through broker b, it is refused there too
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await clone.connect()
-        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        assert "in use by another live worker process (host test)" in str(refused.value.details())
+        await refused_as_twin(clone)
         # And the original keeps its task and attempt (a clone accepted would fail it)
         async with BrokerClient(a.url) as client:
             task = await client.get_task(task_id)
