@@ -81,6 +81,14 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
     dsn = values["db_dsn"]
     if dsn.startswith("sqlite:///~"):
         dsn = "sqlite:///" + _expand(dsn[len("sqlite:///"):])
+    elif dsn.startswith("sqlite:///") and not dsn.startswith("sqlite:////"):
+        # Relative to where the broker happens to start: started elsewhere, it would open
+        # another, empty database, and the tasks would seem lost. Said, and fixed here.
+        path = pathlib.Path(dsn[len("sqlite:///"):]).resolve()
+        log.warning("the SQLite path is relative to the folder the broker started in; write "
+                    "sqlite:////ABSOLUTE/PATH (four slashes) for a fixed place",
+                    given=values["db_dsn"], file=str(path))
+        dsn = f"sqlite:///{path}"
     return broker_config.BrokerConfig(
         listen=values["url"],
         db_dsn=dsn,

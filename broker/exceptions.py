@@ -54,6 +54,11 @@ class ResultNotFound(BrokerError):
     """Task {task_id} has no result: it is {state}; only finished tasks have one."""
 
 
+class PayloadDropped(BrokerError):
+    """Task {task_id} is finished, and its payload was dropped then (nothing needs it any
+    more); its result is kept: `gpuproxy tasks result {task_id} -o FILE`."""
+
+
 class PayloadNotFound(BrokerError):
     """Payload {sha256} is not stored: it was cleaned up or never uploaded; submit the task
     again."""

@@ -29,6 +29,7 @@ STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
     exceptions.TaskNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.ResultNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.PayloadNotFound: grpc.StatusCode.NOT_FOUND,
+    exceptions.PayloadDropped: grpc.StatusCode.NOT_FOUND,
     exceptions.WorkerNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.ResourceNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.WrongState: grpc.StatusCode.FAILED_PRECONDITION,

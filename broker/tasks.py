@@ -191,6 +191,9 @@ class TaskManager:
 
     async def open_payload(self, task_id: str) -> tuple[Task, AsyncIterator[bytes]]:
         task = await self.store.get_task(task_id)
+        if task.state == TaskState.FINISHED and not await self.payloads.exists(
+                task.payload_sha256):
+            raise exceptions.PayloadDropped(task_id=task_id)
         return task, self.payloads.read(task.payload_sha256)
 
     # -- resources (proving keys) -----------------------------------------------------------

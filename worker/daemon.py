@@ -94,6 +94,10 @@ async def serve(config: WorkerConfig) -> int:
         )
         if removed := fetcher.remove_leftovers():
             log.info("removed payloads left by a previous run", files=removed)
+        if problem := fetcher.shared_folder_problem():
+            log.warning(f"--fs-resource-path is {problem}: is the broker's folder mounted? "
+                        "(--fs-resource-path) Payloads are streamed from the broker meanwhile",
+                        fs_resource_path=str(config.fs_resource_path))
         await asyncio.gather(*(e.start() for e in runners.values()))
         identity = Identity(
             worker_id=worker_id, hostname=socket.gethostname(),

@@ -20,6 +20,7 @@ import time
 import structlog
 
 from broker.client import file_sha256
+from broker.payloads.fs import MARKER
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
 from worker import exceptions
 from worker.executors.base import ProgressFn
@@ -57,6 +58,20 @@ class PayloadFetcher:
         self.temp_dir = temp_dir
         self.remote = remote
         self.shared_root = shared_root
+
+    def shared_folder_problem(self) -> str:
+        """What is wrong with the shared folder ("" when nothing is, or none is used): one
+        without the broker's marker is an NFS mount that did not happen, or another folder."""
+        if self.shared_root is None:
+            return ""
+        try:
+            if not self.shared_root.is_dir():
+                return "missing"
+            if not (self.shared_root / MARKER).is_file():
+                return f"not the broker's payload folder (no {MARKER} in it)"
+            return ""
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc})"
 
     def remove_leftovers(self) -> int:
         """Delete temp payloads a previous run left behind (it was killed mid-task)."""

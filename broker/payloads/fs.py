@@ -28,6 +28,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _TEMP_SUFFIX = ".tmp"
 _PROBE_PREFIX = ".gpuproxy-probe."
+#: Left in the folder by the broker: a worker that does not find it at its --fs-resource-path
+#: looks at an NFS mount point without the share on it, or at another folder.
+MARKER = ".gpuproxy-payloads"
 
 
 class FsPayloadStore(PayloadStore):
@@ -99,7 +102,11 @@ class FsPayloadStore(PayloadStore):
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f"{_PROBE_PREFIX}{secrets.token_hex(8)}{_TEMP_SUFFIX}"
             probe.write_bytes(b"probe")
-            probe.unlink()
+            if (self.root / MARKER).exists():
+                probe.unlink()
+            else:
+                probe.write_text("The payloads of a gpuproxy broker; workers read them here.\n")
+                probe.replace(self.root / MARKER)
         except OSError as exc:
             raise self._unavailable(exc) from exc
 

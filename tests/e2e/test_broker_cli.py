@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from broker import models
 from broker.client import BrokerClient
-from broker.payloads.fs import FsPayloadStore
+from broker.payloads.fs import MARKER, FsPayloadStore
 from broker.store import open_store
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
 from tests.e2e.conftest import BrokerFactory
@@ -30,6 +30,11 @@ def write_payload(path: pathlib.Path, size: int, seed: int = 0) -> str:
     data = hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1)
     path.write_bytes(data[:size])
     return hashlib.sha256(data[:size]).hexdigest()
+
+
+def stored_files(payload_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Payloads and temp files (not the marker the broker keeps there)."""
+    return [p for p in payload_dir.rglob("*") if p.is_file() and p.name != MARKER]
 
 
 async def finish_from_outside(dsn: str, payload_dir: pathlib.Path, result: bytes) -> str:
@@ -116,6 +121,10 @@ async def test_result_roundtrip_and_watch_across_processes(
     )
     assert waiter.stdout is not None
     task_id = waiter.stdout.readline().strip()
+
+    # Its payload can be read back as submitted while it waits
+    kept = gpuproxy("tasks", "payload", "--url", broker.url, task_id, "-o", str(tmp_path / "p"))
+    assert kept.returncode == 0 and (tmp_path / "p").read_bytes() == payload.read_bytes()
 
     # And the broker restarts meanwhile (the waiter waits for it to come back)
     broker.stop(signal.SIGKILL)
@@ -217,10 +226,9 @@ async def test_bad_uploads_leave_nothing(
     # Then no task and no payload (nor temp file) remain
     async with BrokerClient(broker.url) as client:
         for _ in range(50):
-            leftovers = [p for p in payload_dir.rglob("*") if p.is_file()]
+            leftovers = stored_files(payload_dir)
             if not leftovers:
                 break
-            import asyncio
             await asyncio.sleep(0.1)
         assert leftovers == []
         assert list((await client.list_tasks()).tasks) == []
@@ -283,7 +291,7 @@ async def test_restart_loses_nothing(
     broker.start()
     shown = gpuproxy("tasks", "show", "--url", broker.url, task_id, "--json")
     assert json.loads(shown.stdout)["state"] == "init"
-    assert len([p for p in payload_dir.rglob("*") if p.is_file()]) == 1
+    assert len(stored_files(payload_dir)) == 1
 
 
 def test_bad_flags_and_unreachable_things_get_clear_messages(

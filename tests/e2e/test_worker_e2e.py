@@ -398,6 +398,11 @@ async def test_noop_tasks_return_the_payload_digest(
     async with BrokerClient(broker.url) as client:
         await client.download_result(task.id, out)
     assert out.read_text() == hashlib.sha256(b"check the deployment").hexdigest()
+    # The payload went with the finish; asking for it says so, and where the result is
+    gone = subprocess.run([str(BIN / "gpuproxy"), "tasks", "payload", task.id, "--url",
+                           broker.url, "-o", str(tmp_path / "p")], capture_output=True, text=True)
+    assert gone.returncode == 1 and "its payload was dropped then" in gone.stderr
+    assert f"gpuproxy tasks result {task.id}" in gone.stderr
 
 
 async def test_kill_9_of_the_busy_worker_moves_its_task_to_the_other(

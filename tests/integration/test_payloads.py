@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import shutil
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -20,6 +21,7 @@ from broker.payloads import (
     PayloadStore,
     open_payload_store,
 )
+from broker.payloads.fs import MARKER
 from broker.store import open_store
 
 MiB = 1024 * 1024
@@ -67,7 +69,9 @@ async def harness(payloads_where: tuple[str, str]) -> AsyncIterator[Harness]:
 
 
 async def _files(root: pathlib.Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The payload files and leftovers under root (the broker's marker stays for good)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name != MARKER)
 
 
 async def _fs_leftover(root: pathlib.Path) -> None:
@@ -321,7 +325,7 @@ async def test_fs_unwritable_folder_is_reported_with_path(tmp_path: pathlib.Path
 async def test_fs_folder_lost_during_upload_is_reported(tmp_path: pathlib.Path) -> None:
     fs = FsPayloadStore(tmp_path / "payloads")
     await fs.open()
-    (tmp_path / "payloads").rmdir()
+    shutil.rmtree(tmp_path / "payloads")
     (tmp_path / "payloads").write_bytes(b"")  # e.g. the mount went away
 
     with pytest.raises(exceptions.PayloadStoreUnavailable, match="payloads"):

@@ -75,3 +75,23 @@ def test_a_listen_address_may_take_any_free_port() -> None:
 def test_seconds_must_be_finite(text: str) -> None:
     with pytest.raises(ValueError, match="finite"):
         flags.seconds(text)
+
+
+def test_a_relative_sqlite_path_is_made_absolute_and_said(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import structlog
+
+    from broker import cli
+
+    monkeypatch.chdir(tmp_path)
+    values = resolve(argparse.ArgumentParser().parse_args([]), cli.RUN_FLAGS, {}, {})
+    with structlog.testing.capture_logs() as logs:
+        config = cli.broker_config_from({**values, "db_dsn": "sqlite:///tmp/gpuproxy.db"})
+        absolute = cli.broker_config_from({**values, "db_dsn": "sqlite:////srv/gpuproxy.db"})
+    # Started elsewhere, the broker would open another, empty database: the path is fixed
+    assert config.db_dsn == f"sqlite:///{tmp_path}/tmp/gpuproxy.db"
+    assert absolute.db_dsn == "sqlite:////srv/gpuproxy.db"
+    [said] = logs
+    assert "write sqlite:////ABSOLUTE/PATH" in said["event"]
+    assert said["file"] == f"{tmp_path}/tmp/gpuproxy.db"

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from broker.payloads.fs import MARKER, FsPayloadStore
 from protos.gpuproxy.v1 import tasks_pb2
 from worker.payloads import TEMP_SUFFIX, PayloadFetcher, shared_path
 from worker.remote import Remote
@@ -64,3 +65,16 @@ async def test_leftover_temp_payloads_are_removed(tmp_path: pathlib.Path,
     (temp / "keep.txt").write_bytes(b"y")
     assert PayloadFetcher(temp, remote).remove_leftovers() == 1
     assert [p.name for p in temp.iterdir()] == ["keep.txt"]
+
+
+async def test_a_shared_folder_that_is_not_mounted_is_named(tmp_path: pathlib.Path,
+                                                           remote: Remote) -> None:
+    def problem(root: pathlib.Path | None) -> str:
+        return PayloadFetcher(tmp_path / "tmp", remote, root).shared_folder_problem()
+
+    mount = tmp_path / "mnt"
+    assert problem(mount) == "missing"
+    mount.mkdir()  # the mount point, without the NFS share on it
+    assert problem(mount) == f"not the broker's payload folder (no {MARKER} in it)"
+    await FsPayloadStore(mount).open()  # a broker serves it (this test plays the share)
+    assert problem(mount) == "" and problem(None) == ""
