@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import structlog
 from google.protobuf import json_format
 
+from broker import __version__, exceptions, logs, policy
 from broker import config as broker_config
-from broker import exceptions, logs, policy
 from broker.client import BrokerClient
 from broker.flags import (
     Flag,
@@ -140,6 +140,13 @@ def task_dict(task: tasks_pb2.Task) -> dict[str, Any]:
     return d
 
 
+def _brief(error: str, width: int = 60) -> str:
+    """The end of an error for a table cell: "failed after 3 attempts: #1 on worker ..." says
+    the cause last (`tasks show` has it whole)."""
+    error = " ".join(error.split())
+    return error if len(error) <= width else "..." + error[-(width - 3):]
+
+
 def print_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> None:
     """Columns padded to their widest cell; a cell's line breaks and runs of spaces become one
     space (a processor's multi-line error would break the rows)."""
@@ -176,7 +183,7 @@ async def cmd_tasks_list(args: argparse.Namespace) -> int:
         [(t.id, t.task_type, t.miner, STATE_NAMES.get(t.state, "?"),
           t.worker_id if t.state != tasks_pb2.TASK_STATE_INIT and t.worker_id else "-",
           f"{t.attempts}/{t.max_attempts}", _when(t.created_at), _when(t.finished_at),
-          t.comment, t.error_message[:60]) for t in tasks],
+          t.comment, _brief(t.error_message)) for t in tasks],
         ("ID", "TYPE", "MINER", "STATE", "WORKER", "ATTEMPTS", "CREATED", "FINISHED",
          "COMMENT", "ERROR"),
     )
@@ -467,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpuproxy", description="Broker of C2 proof tasks between sealers and GPU workers."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the broker")

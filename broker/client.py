@@ -79,6 +79,10 @@ class BrokerClient:
             err = exceptions.BrokerCannotServe(url=self.url, detail=exc.details())
         elif exc.code() is grpc.StatusCode.UNAVAILABLE:
             err = exceptions.BrokerUnreachable(url=self.url, detail=exc.details())
+        elif exc.code() is grpc.StatusCode.UNIMPLEMENTED or "http2 header with status" in (
+                exc.details() or ""):
+            # A gRPC server without our service, or an HTTP server or proxy answering 404.
+            err = exceptions.NotABroker(url=self.url, detail=exc.details())
         else:
             err = exceptions.RemoteError(detail=exc.details() or exc.code().name)
         err.code = exc.code()  # type: ignore[union-attr]

@@ -130,6 +130,11 @@ class BrokerUnreachable(BrokerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
 
 
+class NotABroker(BrokerError):
+    """The server at {url} is not a gpuproxy broker, or one too old for this command ({detail}):
+    check the address and port, and that the broker runs the same version."""
+
+
 class BrokerCannotServe(BrokerUnreachable):
     """The broker at {url} answered but cannot serve now: {detail}"""
 

@@ -1,1 +1,2 @@
-"""plugin package (filled by its own issue)."""
+"""The sealer side: the C2 processor venus-worker / damocles-worker starts, which proves
+through the broker."""

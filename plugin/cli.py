@@ -22,8 +22,8 @@ from typing import Any
 
 import structlog
 
+from broker import __version__, logs
 from broker import exceptions as broker_exceptions
-from broker import logs
 from broker.cli import run_command
 from broker.client import BrokerClient
 from broker.flags import Flag, add_flags, address, resolve, seconds
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="C2 processor for venus-worker / damocles-worker ([[processors.c2]]) that "
         "has the gpuproxy broker's GPU workers make the proofs.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", allow_abbrev=False,
                          help="serve C2 requests on stdin/stdout (started by venus-worker)")

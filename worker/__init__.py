@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+from broker import __version__
 
-try:
-    __version__ = importlib.metadata.version("gpuproxy")
-except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+__all__ = ["__version__"]

@@ -19,8 +19,8 @@ from typing import Any
 
 import structlog
 
+from broker import __version__, logs
 from broker import exceptions as broker_exceptions
-from broker import logs
 from broker.cli import run_command
 from broker.flags import Flag, add_flags, address, load_toml, resolve, seconds
 from worker import config as worker_config
@@ -270,6 +270,9 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
     logs.configure(args.log_level, "console")
     if args.gpu is not None:
         os.environ.update(gpus.cuda_env(args.gpu))
+    if why := select.why_unusable(await asyncio.to_thread(select.probe)):
+        print(f"gpuproxy-worker check-gpu: this host cannot run CUDA: {why}", file=sys.stderr)
+        return 2
     try:
         cuda, message = await asyncio.to_thread(select.open_backend, "cuda")
     except cuda_exceptions.CudaUnavailable as exc:
@@ -315,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpuproxy-worker", allow_abbrev=False,
         description="Per-GPU worker that runs C2 (and other) tasks pushed by the gpuproxy broker.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one worker", allow_abbrev=False)
     _add_worker_flags(run, RUN_FLAGS)

@@ -108,6 +108,15 @@ def quote(line: bytes | str) -> str:
 # -- the child process ----------------------------------------------------------------------------
 
 
+def _why_not(binary: str) -> str:
+    """Why a processor binary cannot be run, as its operator would look for it."""
+    if os.sep not in binary:
+        return "not found in the PATH of the worker (give its full path)"
+    if os.path.isdir(binary):
+        return "it is a folder, not a program"
+    return "it is not executable" if os.path.isfile(binary) else "no such file"
+
+
 async def exit_status(proc: asyncio.subprocess.Process) -> int:
     """The child's exit status as soon as it has exited: `proc.wait()` also waits until its
     pipes close, which a helper process that inherited them may put off indefinitely."""
@@ -243,8 +252,7 @@ class ExtProcessor:
             k: v for k, v in os.environ.items() if k in gpus.GPU_ENVS}  # --gpu's choice
         env = {**inherited, **cfg.envs}
         if shutil.which(cfg.bin, path=env.get("PATH")) is None:  # as exec would find it
-            raise exceptions.ProcessorUnavailable(processor=self.name, detail=(
-                "it is not executable" if os.path.isfile(cfg.bin) else "no such file"))
+            raise exceptions.ProcessorUnavailable(processor=self.name, detail=_why_not(cfg.bin))
         try:
             proc = await asyncio.create_subprocess_exec(
                 # Killed by the kernel if the worker is: it must not keep the GPU busy while

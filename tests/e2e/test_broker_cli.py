@@ -10,6 +10,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 
 import grpc
@@ -505,3 +506,32 @@ def test_an_empty_payload_is_refused_at_submit(
     assert done.returncode == 1 and "the payload is empty" in done.stderr
     listed = gpuproxy("tasks", "list", "--url", broker.url, "--json")
     assert json.loads(listed.stdout) == []
+
+
+@pytest.mark.parametrize("program", ["gpuproxy", "gpuproxy-worker", "cluster-c2-plugin"])
+def test_every_program_says_its_version(program: str) -> None:
+    import importlib.metadata
+
+    done = subprocess.run([str(pathlib.Path(sys.executable).parent / program), "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"{program} {importlib.metadata.version('gpuproxy')}"
+
+
+async def test_a_server_that_is_not_a_broker_is_named_as_such(
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    # Given a gRPC server that serves something else (health only) at the address
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        done = await asyncio.to_thread(gpuproxy, "tasks", "list", "--url", f"127.0.0.1:{port}")
+    finally:
+        await server.stop(0)
+    assert done.returncode == 1
+    assert f"The server at 127.0.0.1:{port} is not a gpuproxy broker" in done.stderr

@@ -476,6 +476,9 @@ async def test_a_task_failing_every_attempt_ends_in_error_listing_each_reason(
         capture_output=True, text=True, check=True,
     )
     assert task_id in listed.stdout and "2/2" in listed.stdout
+    # The table's ERROR cell ends with the cause, not with the start of the attempt list
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(task_id)]
+    assert row.endswith("GPU memory fault")
 
 
 async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_the_queue(

@@ -63,6 +63,7 @@ def test_check_gpu_without_pycuda_says_what_to_install() -> None:
         env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "pip install 'gpuproxy[gpu]'" in result.stderr
+    assert "this host cannot run CUDA" in result.stderr and "--backend" not in result.stderr
     assert result.stdout == ""
 
 

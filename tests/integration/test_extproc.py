@@ -281,10 +281,21 @@ async def test_malformed_payload_fails_for_good_before_the_child_is_used(
     assert not info.value.retryable
 
 
-async def test_missing_binary_is_named(make_executor: ExecutorFactory) -> None:
-    executor = make_executor(bin="/nonexistent/c2-processor")
-    with pytest.raises(exceptions.ProcessorUnavailable, match="/nonexistent/c2-processor"):
+@pytest.mark.parametrize(("binary", "why"), [
+    ("/nonexistent/c2-processor", "no such file"),
+    ("/tmp", "it is a folder, not a program"),
+    ("{tmp}/notes.txt", "it is not executable"),
+    ("no-such-c2-processor", "not found in the PATH of the worker"),
+])
+async def test_a_binary_that_cannot_run_is_named_with_why(
+    make_executor: ExecutorFactory, tmp_path: pathlib.Path, binary: str, why: str
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a program\n")
+    binary = binary.format(tmp=tmp_path)
+    executor = make_executor(bin=binary)
+    with pytest.raises(exceptions.ProcessorUnavailable) as info:
         await executor.start()
+    assert binary in str(info.value) and why in str(info.value)
 
 
 async def test_child_that_never_gets_ready_is_refused(make_executor: ExecutorFactory) -> None:

@@ -51,6 +51,12 @@ def _cuda_unusable(probe: Probe) -> str | None:
     return None
 
 
+def why_unusable(found: Probe) -> str | None:
+    """Why CUDA cannot run on this host and what to do, or None when it can."""
+    why_not = _cuda_unusable(found)
+    return None if why_not is None else f"{why_not}: {_fix(found)}"
+
+
 def _fix(probe: Probe) -> str:
     """What to do about what the probe found, by its cause."""
     error = probe.pycuda_error or ""
