@@ -87,7 +87,9 @@ async def serve(config: WorkerConfig) -> int:
     try:
         worker_id = state.load_or_create(work_dir, label).worker_id
         structlog.contextvars.bind_contextvars(worker_id=worker_id)
-        held_locks += locks.acquire_all(config.lock_dir, chosen, worker_id)
+        # Without nvidia-smi there is no UUID: the card is locked by its index.
+        lockable = chosen or ([gpus.unlisted(config.gpu)] if config.gpu is not None else [])
+        held_locks += locks.acquire_all(config.lock_dir, lockable, worker_id)
         fetcher = PayloadFetcher(
             work_dir / "tmp", remote,
             config.fs_resource_path if config.resource_type == "fs" else None,
@@ -124,8 +126,8 @@ async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
     if config.gpu is not None:
         os.environ.update(gpus.cuda_env(config.gpu))
         if found is None:
-            log.warning("no nvidia-smi: GPU used without inventory or lock", gpu=config.gpu,
-                        nvidia_smi=config.nvidia_smi)
+            log.warning("no nvidia-smi: GPU used without inventory, locked by its index only",
+                        gpu=config.gpu, nvidia_smi=config.nvidia_smi)
             return []
         return [gpus.select(found, config.gpu)]
     if found is None:

@@ -81,6 +81,12 @@ def select(gpus: Sequence[Gpu], index: int) -> Gpu:
     )
 
 
+def unlisted(index: int) -> Gpu:
+    """GPU `index` when nvidia-smi cannot say more: named and locked by its index."""
+    return Gpu(index=index, name="unknown (no nvidia-smi)", uuid=f"index-{index}",
+               memory_bytes=0)
+
+
 #: The variables `cuda_env` sets.
 GPU_ENVS = ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES")
 

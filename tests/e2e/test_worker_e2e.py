@@ -233,19 +233,24 @@ async def test_broker_restart_within_the_lease_loses_no_work(
     assert worker.logs().count("broker unreachable") == 1
 
 
+@pytest.mark.parametrize(("smi", "named"), [([], "GPU 0 (GPU-e2e-0)"),
+                                            (["--nvidia-smi", ""], "GPU 0 (index-0)")])
 async def test_two_workers_on_one_gpu_are_refused_naming_both(
-    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path,
+    smi: list[str], named: str,
 ) -> None:
-    first = worker_factory(broker.url, gpu=0)
+    # (without nvidia-smi, the card is known by its index only)
+    first = worker_factory(broker.url, gpu=0, extra=smi)
     first.wait_for("registered")
-    second = worker_factory(broker.url, gpu=0, work_dir=str(tmp_path / "other" / "{gpu}"))
+    second = worker_factory(broker.url, gpu=0, work_dir=str(tmp_path / "other" / "{gpu}"),
+                            extra=smi)
     assert await asyncio.to_thread(second.wait) == 1
     ids = [json.loads((root / "gpu0" / "state.json").read_text())["worker_id"]
            for root in (tmp_path / "workers", tmp_path / "other")]
     message = second.logs()
     assert f"already used by worker {ids[0]}" in message
     assert f"worker {ids[1]} would share it" in message
-    assert "GPU 0 (GPU-e2e-0)" in message
+    assert named in message
 
 
 async def test_two_workers_in_one_work_folder_are_refused(
