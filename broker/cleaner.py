@@ -1,6 +1,8 @@
 """The payload cleaner: drops old finished tasks and the payloads no task needs any more.
 
-A sweep first deletes finished and error tasks past the retention period, then removes temp
+A sweep first deletes finished and error tasks past the retention period, and workers not seen
+for as long (a re-created container registers under a new id: the old one would stay listed
+as offline for ever), then removes temp
 leftovers of interrupted uploads and complete blobs that no task references, both only when
 older than the orphan age (which protects a submit whose task row is not written yet).
 """
@@ -27,11 +29,13 @@ _DELETE_BATCH = 1000
 class SweepReport:
     tasks_deleted: int
     payloads: CleanReport
+    workers_forgotten: int = 0
 
     @property
     def removed_anything(self) -> bool:
         p = self.payloads
-        return bool(self.tasks_deleted or p.temp_removed or p.orphans_removed)
+        return bool(self.tasks_deleted or self.workers_forgotten or p.temp_removed
+                    or p.orphans_removed)
 
 
 async def sweep(
@@ -50,9 +54,10 @@ async def sweep(
         tasks_deleted += n
         if n < _DELETE_BATCH:
             break
+    forgotten = await store.forget_workers_seen_before(cutoff_ms)
     keep = await store.referenced_blobs()
     report = await payloads.clean(keep=keep, older_than_ms=int(orphan_age_s * 1000), now_ms=now)
-    return SweepReport(tasks_deleted, report)
+    return SweepReport(tasks_deleted, report, forgotten)
 
 
 async def run_forever(
@@ -79,6 +84,7 @@ async def run_forever(
                 log.info(
                     "cleaner swept",
                     tasks_deleted=report.tasks_deleted,
+                    workers_forgotten=report.workers_forgotten,
                     temp_removed=report.payloads.temp_removed,
                     orphans_removed=report.payloads.orphans_removed,
                     bytes_freed=report.payloads.bytes_freed,

@@ -241,5 +241,9 @@ class Store(abc.ABC):
         """Every known worker, by worker_id."""
 
     @abc.abstractmethod
+    async def forget_workers_seen_before(self, cutoff_ms: int) -> int:
+        """Remove the workers last seen before the cutoff; how many."""
+
+    @abc.abstractmethod
     async def remove_worker(self, worker_id: str) -> bool:
         """Forget a worker; False when unknown."""

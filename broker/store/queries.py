@@ -259,6 +259,7 @@ class Queries:
         "ORDER BY worker_id"
     )
     delete_worker = "DELETE FROM workers WHERE worker_id = ?"
+    forget_workers = "DELETE FROM workers WHERE last_seen_at < ?"
 
     read_chunk = "SELECT data FROM blob_chunks WHERE upload_id = ? AND seq = ?"
     list_blobs = f"SELECT {_BLOB} FROM blobs ORDER BY created_at, upload_id"

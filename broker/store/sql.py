@@ -391,6 +391,9 @@ class SqlStore(Store):
         rows = await self._read(lambda tx: tx.all(self.sql.list_workers))
         return [queries.worker_from_row(r) for r in rows]
 
+    async def forget_workers_seen_before(self, cutoff_ms: int) -> int:
+        return int(await self._write(lambda tx: tx.run(self.sql.forget_workers, [cutoff_ms])))
+
     async def remove_worker(self, worker_id: str) -> bool:
         return bool(await self._write(lambda tx: tx.run(self.sql.delete_worker, [worker_id])))
 

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from broker import cleaner, exceptions, models
-from broker.models import NewTask, Task, TaskState
+from broker.models import NewTask, Task, TaskState, WorkerRecord
 from broker.payloads import CleanReport, FsPayloadStore
 from broker.store import Store
 
@@ -177,3 +177,22 @@ async def test_run_forever_survives_a_failed_sweep(store: Store, tmp_path: pathl
     swept = next(e for e in logs if e["event"] == "cleaner swept")
     assert swept["orphans_removed"] == 1
     assert any(e["event"] == "cleaner sweep works again" for e in logs)
+
+
+async def test_sweep_forgets_workers_not_seen_for_the_retention_period(
+    store: Store, payloads: FsPayloadStore
+) -> None:
+    def seen(worker_id: str, at_ms: int) -> WorkerRecord:
+        return WorkerRecord(worker_id=worker_id, hostname="h", addresses=(), version="1",
+                            task_types=("c2",), max_tasks=1, gpus=(), registered_at=at_ms,
+                            last_seen_at=at_ms)
+
+    # Given a worker gone for 8 days (its container re-created under a new id) and one seen
+    # yesterday
+    await store.register_worker(seen("gone", NOW_MS - 8 * DAY_MS), live_ms=60_000)
+    await store.register_worker(seen("resting", NOW_MS - 1 * DAY_MS), live_ms=60_000)
+    # When the cleaner sweeps with a 7-day retention, only the first is forgotten
+    report = await cleaner.sweep(store, payloads, orphan_age_s=3600, retention_s=7 * DAY_S,
+                                 now_ms=NOW_MS)
+    assert report.workers_forgotten == 1 and report.removed_anything
+    assert [w.worker_id for w in await store.list_workers()] == ["resting"]

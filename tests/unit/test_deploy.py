@@ -133,11 +133,14 @@ def test_compose_workers_reach_the_broker_and_read_its_payload_folder(
     assert config.resource_type == "fs" and str(config.fs_resource_path) == broker_fs
     assert f"payloads:{broker_fs}" in services["broker"]["volumes"]
     assert f"payloads:{broker_fs}:ro" in worker["volumes"]
+    # Its id lives on a volume: a re-created container is the same worker, not a new one
+    work_dir = str(config.work_dir).split("/{gpu}")[0]
+    assert f"workers:{work_dir}" in worker["volumes"]
 
 
 def test_compose_builds_the_dockerfile_targets(compose: dict[str, Any]) -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    for name in ("broker", "worker-gpu"):
+    for name in ("broker", "worker", "worker-gpu"):
         build = compose["services"][name]["build"]
         assert build["dockerfile"] == "deploy/Dockerfile" and build["context"] == ".."
         assert f" AS {build['target']}\n" in dockerfile
