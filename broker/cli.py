@@ -232,9 +232,23 @@ async def cmd_tasks_reset(args: argparse.Namespace) -> int:
 
 
 async def cmd_tasks_cancel(args: argparse.Namespace) -> int:
+    """Each task on its own: one that cannot be cancelled (finished, say) is named, the others
+    are cancelled all the same, and the exit status says whether all were."""
+    refused = []
     async with _client(args) as client:
-        task = await client.cancel(args.id, args.reason or "")
-    print(f"{task.id} {STATE_NAMES[task.state]}: {task.error_message}")
+        for task_id in dict.fromkeys(args.ids):
+            try:
+                task = await client.cancel(task_id, args.reason or "")
+            except (exceptions.BrokerUnreachable, exceptions.NotABroker):
+                raise
+            except exceptions.BrokerError as exc:
+                print(f"{task_id} not cancelled: {exc}", file=sys.stderr)
+                refused.append(task_id)
+                continue
+            print(f"{task.id} {STATE_NAMES[task.state]}: {task.error_message}")
+    if refused:
+        raise exceptions.RemoteError(detail=f"{len(refused)} of {len(set(args.ids))} tasks "
+                                     "were not cancelled (said above)")
     return 0
 
 
@@ -507,8 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("reset", "put tasks in error back to init", cmd_tasks_reset)
     p.add_argument("ids", nargs="+", metavar="ID")
 
-    p = client_cmd("cancel", "stop a task: it goes to error", cmd_tasks_cancel)
-    p.add_argument("id")
+    p = client_cmd("cancel", "stop tasks: they go to error", cmd_tasks_cancel)
+    p.add_argument("ids", nargs="+", metavar="ID")
     p.add_argument("--reason")
 
     p = client_cmd("submit", "submit a file as a task's payload", cmd_tasks_submit)

@@ -535,3 +535,23 @@ async def test_a_server_that_is_not_a_broker_is_named_as_such(
         await server.stop(0)
     assert done.returncode == 1
     assert f"The server at 127.0.0.1:{port} is not a gpuproxy broker" in done.stderr
+
+
+def test_cancel_takes_several_tasks_and_names_the_ones_it_cannot(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    broker = broker_factory(sqlite_dsn, "fs")
+    ids = []
+    for seed in range(2):
+        write_payload(tmp_path / f"c1-{seed}", 1000, seed)
+        ids.append(gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner",
+                            "f01000", str(tmp_path / f"c1-{seed}")).stdout.strip())
+    done = gpuproxy("tasks", "cancel", ids[0], "no-such-task", ids[1], "--reason", "wrong deal",
+                    "--url", broker.url)
+    # Both tasks are cancelled; the unknown one is named, and the status says not all were
+    assert done.returncode == 1
+    assert "no-such-task not cancelled: No task no-such-task" in done.stderr
+    assert "1 of 3 tasks were not cancelled" in done.stderr
+    rows = json.loads(gpuproxy("tasks", "list", "--url", broker.url, "--json").stdout)
+    assert {r["id"]: (r["state"], r["error_message"]) for r in rows} == {
+        i: ("error", "cancelled: wrong deal") for i in ids}
