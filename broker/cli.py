@@ -183,7 +183,8 @@ async def cmd_tasks_list(args: argparse.Namespace) -> int:
         [(t.id, t.task_type, t.miner, STATE_NAMES.get(t.state, "?"),
           t.worker_id if t.state != tasks_pb2.TASK_STATE_INIT and t.worker_id else "-",
           f"{t.attempts}/{t.max_attempts}", _when(t.created_at), _when(t.finished_at),
-          t.comment, _brief(t.error_message)) for t in tasks],
+          t.comment, _brief(t.error_message)
+          or (f"retrying: {_brief(t.last_failure, 50)}" if t.last_failure else "")) for t in tasks],
         ("ID", "TYPE", "MINER", "STATE", "WORKER", "ATTEMPTS", "CREATED", "FINISHED",
          "COMMENT", "ERROR"),
     )
@@ -211,6 +212,8 @@ async def cmd_tasks_show(args: argparse.Namespace) -> int:
          if task.result_sha256 else "-"),
         ("error", task.error_message or "-"),
     ]
+    if task.last_failure:
+        fields.append(("retrying", f"after: {task.last_failure}"))
     for name, value in fields:
         print(f"{name + ':':<13}{value}")
     if task.history:

@@ -18,7 +18,7 @@ import structlog
 
 from broker import convert, exceptions, framing, models
 from broker.models import PageCursor, TaskFilter, TaskState
-from broker.tasks import SubmitHeader, TaskManager
+from broker.tasks import RETRIED_OUTCOMES, SubmitHeader, TaskManager
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -163,6 +163,9 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
     ) -> tasks_pb2.Task:
         task, history = await self.tasks.get(request.id)
         msg = convert.task_to_proto(task)
+        if task.state == TaskState.INIT:
+            ended = [a for a in history if a.outcome in RETRIED_OUTCOMES]
+            msg.last_failure = ended[-1].reason if ended else ""
         rows = [convert.attempt_to_proto(a) for a in history]
         room = REPLY_BUDGET_BYTES - msg.ByteSize()
         first = len(rows)  # the newest attempts that fit
@@ -182,8 +185,10 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         )
         reply = tasks_pb2.ListTasksResponse()
         size = 0
+        failures = await self.tasks.last_failures(tasks)
         for i, task in enumerate(tasks):
             msg = convert.task_to_proto(task)
+            msg.last_failure = failures.get(task.id, "")
             size += msg.ByteSize() + FIELD_OVERHEAD_BYTES
             if i and size > REPLY_BUDGET_BYTES:  # the page ends early; the next starts here
                 last = tasks[i - 1]

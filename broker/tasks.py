@@ -22,6 +22,9 @@ from broker.watch import ChangeHub
 
 log = structlog.get_logger(__name__)
 
+#: Attempt outcomes after which a task runs again: their reason is its `last_failure`.
+RETRIED_OUTCOMES = ("failed", "requeued")
+
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -151,6 +154,18 @@ class TaskManager:
         tasks = tasks[:page_size]
         cursor = PageCursor(created_at=tasks[-1].created_at, task_id=tasks[-1].id) if more else None
         return tasks, cursor
+
+    async def last_failures(self, tasks: Sequence[Task]) -> dict[str, str]:
+        """Why each waiting task's last attempt ended, for those that ran before (few: a
+        failed attempt waits out a backoff)."""
+        found = {}
+        for task in tasks:
+            if task.state == TaskState.INIT and task.attempts > 0:
+                history = await self.store.get_attempts(task.id)
+                ended = [a for a in history if a.outcome in RETRIED_OUTCOMES]
+                if ended:
+                    found[task.id] = ended[-1].reason
+        return found
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
         """The task now, then each new version, ending after a terminal state."""

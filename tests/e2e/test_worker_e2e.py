@@ -486,6 +486,31 @@ async def test_a_task_failing_every_attempt_ends_in_error_listing_each_reason(
     assert row.endswith("GPU memory fault")
 
 
+async def test_a_task_waiting_to_be_retried_shows_why_its_last_attempt_failed(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given a task whose first attempt failed, waiting out a long retry backoff
+    broker = broker_factory(sqlite_dsn, "fs", extra=["--retry-backoff-s", "600"])
+    worker = worker_factory(broker.url, env={"FAKE_C2_FAIL": "params file missing"})
+    worker.wait_for("registered")
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    async with BrokerClient(broker.url) as client, asyncio.timeout(15):
+        while not (task := await client.get_task(task_id)).last_failure:
+            await asyncio.sleep(0.05)
+    assert task.state == tasks_pb2.TASK_STATE_INIT and task.attempts == 1
+    # Then the task list and the task itself say why it runs again
+    listed = subprocess.run(
+        [str(BIN / "gpuproxy"), "tasks", "list", "--url", broker.url, "--state", "init"],
+        capture_output=True, text=True, check=True).stdout
+    [row] = [line for line in listed.splitlines() if line.startswith(task_id)]
+    assert " 1/3 " in row and "retrying: " in row and row.endswith("params file missing")
+    shown = subprocess.run(
+        [str(BIN / "gpuproxy"), "tasks", "show", task_id, "--url", broker.url],
+        capture_output=True, text=True, check=True).stdout
+    assert "retrying:    after: " in shown and "params file missing" in shown
+
+
 async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_the_queue(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:

@@ -48,7 +48,7 @@ class Progress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "task_type", "miner", "comment", "priority", "state", "payload_id", "payload_size", "payload_sha256", "worker_id", "attempts", "max_attempts", "error_message", "created_at", "started_at", "finished_at", "result_size", "result_sha256", "version", "lease_expires_at", "progress", "history", "history_omitted")
+    __slots__ = ("id", "task_type", "miner", "comment", "priority", "state", "payload_id", "payload_size", "payload_sha256", "worker_id", "attempts", "max_attempts", "error_message", "created_at", "started_at", "finished_at", "result_size", "result_sha256", "version", "lease_expires_at", "progress", "history", "history_omitted", "last_failure")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     MINER_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class Task(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     HISTORY_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
     id: str
     task_type: str
     miner: str
@@ -95,7 +96,8 @@ class Task(_message.Message):
     progress: Progress
     history: _containers.RepeatedCompositeFieldContainer[Attempt]
     history_omitted: int
-    def __init__(self, id: _Optional[str] = ..., task_type: _Optional[str] = ..., miner: _Optional[str] = ..., comment: _Optional[str] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[TaskState, str]] = ..., payload_id: _Optional[str] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., worker_id: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_size: _Optional[int] = ..., result_sha256: _Optional[str] = ..., version: _Optional[int] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., history_omitted: _Optional[int] = ...) -> None: ...
+    last_failure: str
+    def __init__(self, id: _Optional[str] = ..., task_type: _Optional[str] = ..., miner: _Optional[str] = ..., comment: _Optional[str] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[TaskState, str]] = ..., payload_id: _Optional[str] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., worker_id: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_size: _Optional[int] = ..., result_sha256: _Optional[str] = ..., version: _Optional[int] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., history_omitted: _Optional[int] = ..., last_failure: _Optional[str] = ...) -> None: ...
 
 class SubmitHeader(_message.Message):
     __slots__ = ("task_type", "miner", "comment", "priority", "payload_size", "payload_sha256", "max_attempts")
