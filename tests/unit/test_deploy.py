@@ -157,3 +157,13 @@ def test_alert_rules_name_only_metrics_the_broker_exports() -> None:
     families = list(metrics.REGISTRY.collect())  # a counter's samples end in _total
     exported = {m.name + ("_total" if m.type == "counter" else "") for m in families}
     assert named and named <= exported, named - exported
+
+
+@pytest.mark.parametrize("program", ["broker", "worker"])
+def test_the_readme_lists_every_flag_with_its_variable(program: str) -> None:
+    from worker import cli as worker_cli
+
+    readme = (DEPLOY.parent / "README.md").read_text()
+    flags = cli.RUN_FLAGS if program == "broker" else worker_cli.RUN_FLAGS
+    missing = [f.name for f in flags if f"| `--{f.name}` | `{f.env}` |" not in readme]
+    assert not missing, f"README lacks the {program} flags {missing}"
