@@ -394,6 +394,25 @@ async def cmd_keys_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_keys_list(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        keys = await client.list_resources()
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(k, preserving_proto_field_name=True)
+                          for k in keys], indent=2))
+        return 0
+    print_table([(k.sha256, k.name, k.size, _when(k.created_at)) for k in keys],
+                ("SHA256", "NAME", "BYTES", "UPLOADED"))
+    return 0
+
+
+async def cmd_keys_remove(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        key = await client.delete_resource(args.sha256)
+    print(f"{key.sha256} ({key.name}) removed")
+    return 0
+
+
 async def cmd_tasks_result(args: argparse.Namespace) -> int:
     out = _output_file(args.output)
     async with _client(args) as client:
@@ -569,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
     p.add_argument("file")
     p.set_defaults(func=cmd_keys_upload)
+    p = ksub.add_parser("list", help="the keys the broker keeps")
+    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_list)
+    p = ksub.add_parser("remove", help="drop a key no waiting or running task names")
+    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+    p.add_argument("sha256")
+    p.set_defaults(func=cmd_keys_remove)
 
     workers = sub.add_parser("workers", help="list and remove workers")
     wsub = workers.add_subparsers(dest="workers_command", required=True)

@@ -180,6 +180,14 @@ class BrokerClient:
                 return None
             raise
 
+    async def list_resources(self) -> list[tasks_pb2.Resource]:
+        reply = await self._unary(self.stub.ListResources, tasks_pb2.ListResourcesRequest())
+        return list(reply.resources)
+
+    async def delete_resource(self, sha256: str) -> tasks_pb2.Resource:
+        return await self._unary(self.stub.DeleteResource,
+                                 tasks_pb2.DeleteResourceRequest(sha256=sha256))
+
     async def upload_resource(self, path: pathlib.Path) -> tasks_pb2.Resource:
         """Upload a file as a resource unless the broker holds it already."""
         size, sha = file_sha256(path)

@@ -74,6 +74,11 @@ class WorkerNotFound(BrokerError):
 
 
 # FAILED_PRECONDITION
+class ResourceInUse(BrokerError):
+    """Key {sha256} is named by task {task_id}, which is not finished: cancel it, or wait for
+    it, before removing the key."""
+
+
 class WorkerOnline(BrokerError):
     """Worker {worker_id} is online: stop it first; an offline worker can be removed."""
 

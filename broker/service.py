@@ -34,6 +34,7 @@ STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
     exceptions.ResourceNotFound: grpc.StatusCode.NOT_FOUND,
     exceptions.WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.WorkerOnline: grpc.StatusCode.FAILED_PRECONDITION,
+    exceptions.ResourceInUse: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.StaleFence: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.WorkerIdInUse: grpc.StatusCode.ALREADY_EXISTS,
     exceptions.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -261,6 +262,20 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         resource, chunks = await self.tasks.open_resource(request.sha256)
         async for msg in framing.blob_chunks(resource.size, resource.sha256, chunks):
             yield msg
+
+
+    @mapped_errors
+    async def ListResources(
+        self, request: tasks_pb2.ListResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ListResourcesResponse:
+        resources = await self.tasks.list_resources()
+        return tasks_pb2.ListResourcesResponse(resources=[_resource_proto(r) for r in resources])
+
+    @mapped_errors
+    async def DeleteResource(
+        self, request: tasks_pb2.DeleteResourceRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.Resource:
+        return _resource_proto(await self.tasks.delete_resource(request.sha256))
 
 
 def _resource_proto(r: models.Resource) -> tasks_pb2.Resource:

@@ -236,6 +236,20 @@ class TaskManager:
         log.info("resource stored", sha256=sha256, name=resource.name, bytes=size)
         return resource
 
+    async def list_resources(self) -> list[models.Resource]:
+        return await self.store.list_resources()
+
+    async def delete_resource(self, sha256: str) -> models.Resource:
+        """Forget a proving key and drop its file, unless a waiting or running task needs it."""
+        resource = await self.store.get_resource(sha256)
+        if resource is None:
+            raise exceptions.ResourceNotFound(sha256=sha256)
+        if (task_id := await self.store.delete_resource(sha256)) is not None:
+            raise exceptions.ResourceInUse(sha256=sha256, task_id=task_id)
+        await cleaner.release_payload(self.store, self.payloads, sha256)
+        log.info("resource deleted", sha256=sha256, name=resource.name)
+        return resource
+
     async def open_resource(self, sha256: str) -> tuple[models.Resource, AsyncIterator[bytes]]:
         resource = await self.get_resource(sha256)
         return resource, self.payloads.read(sha256)

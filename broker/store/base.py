@@ -183,6 +183,15 @@ class Store(abc.ABC):
     # -- blobs kept in the database (the `db` payload store) ------------------------------
 
     @abc.abstractmethod
+    async def list_resources(self) -> list[Resource]:
+        """Every resource, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_resource(self, sha256: str) -> str | None:
+        """Forget a resource, unless a task that is not finished names it in its comment
+        (`zkey=<sha256>`): that task's id then, and nothing is deleted."""
+
+    @abc.abstractmethod
     async def blob_begin(self, upload_id: str, sha256: str, size: int, now_ms: int) -> None:
         """Start an upload: a row that is not ready yet."""
 

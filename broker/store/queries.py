@@ -173,6 +173,11 @@ class Queries:
                 + conflict)
 
     select_resource = "SELECT sha256, name, size, created_at FROM resources WHERE sha256 = ?"
+    list_resources = "SELECT sha256, name, size, created_at FROM resources ORDER BY created_at"
+    delete_resource = "DELETE FROM resources WHERE sha256 = ?"
+    # Groth16 tasks name their key in their comment (zkey=<sha256>): the argument is a LIKE
+    # pattern, since no statement here may hold a literal percent sign.
+    task_naming = "SELECT id FROM tasks WHERE state IN (1, 2) AND comment LIKE ? LIMIT 1"
 
     # -- attempts ------------------------------------------------------------------------
 

@@ -296,6 +296,20 @@ class SqlStore(Store):
         row = await self._read(lambda tx: tx.one(self.sql.select_resource, [sha256]))
         return None if row is None else _resource(row)
 
+    async def list_resources(self) -> list[Resource]:
+        rows = await self._read(lambda tx: tx.all(self.sql.list_resources))
+        return [_resource(r) for r in rows]
+
+    async def delete_resource(self, sha256: str) -> str | None:
+        async def change(tx: Tx) -> str | None:
+            row = await tx.one(self.sql.task_naming, [f"%zkey={sha256}%"])
+            if row is not None:
+                return str(row[0])
+            await tx.run(self.sql.delete_resource, [sha256])
+            return None
+
+        return await self._write(change)
+
     # -- blobs kept in the database ------------------------------------------------------
 
     async def blob_begin(self, upload_id: str, sha256: str, size: int, now_ms: int) -> None:

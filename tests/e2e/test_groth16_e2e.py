@@ -160,3 +160,30 @@ async def test_a_worker_whose_gpu_fails_hands_the_task_back_and_exits_to_be_rest
     shown = json.loads(gpuproxy("tasks", "show", task_id, "--url", broker.url, "--json").stdout)
     assert shown["state"] == "init" and shown["attempts"] == 1, shown
     assert "unspecified launch failure; the GPU context is lost" in json.dumps(shown)
+
+
+async def test_keys_are_listed_and_removed_once_no_task_needs_them(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given a groth16 task waiting (no worker) with its key uploaded on the way
+    payloads = tmp_path / "payloads"
+    broker = broker_factory(sqlite_dsn, "fs", payload_dir=payloads)
+    files = groth16.write_demo(tmp_path / "circuit", 4, n_public=1, seed=9)
+    submitted = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "groth16",
+                         "--zkey", str(files.zkey), "--wtns", str(files.wtns))
+    task_id = submitted.stdout.strip()
+    sha = files.zkey_sha256
+    [key] = json.loads(gpuproxy("keys", "list", "--url", broker.url, "--json").stdout)
+    assert key["sha256"] == sha and int(key["size"]) == files.zkey.stat().st_size
+    assert key["name"] == files.zkey.name
+    stored = payloads / sha[:2] / sha[2:4] / sha
+    assert stored.is_file()
+    # When it is removed while the task waits, that is refused, naming the task
+    refused = gpuproxy("keys", "remove", sha, "--url", broker.url)
+    assert refused.returncode == 1 and f"named by task {task_id}" in refused.stderr
+    # Once the task is cancelled, the key goes, its file with it
+    assert gpuproxy("tasks", "cancel", task_id, "--url", broker.url).returncode == 0
+    removed = gpuproxy("keys", "remove", sha, "--url", broker.url)
+    assert removed.returncode == 0 and f"{sha} ({files.zkey.name}) removed" in removed.stdout
+    assert json.loads(gpuproxy("keys", "list", "--url", broker.url, "--json").stdout) == []
+    assert not stored.exists()

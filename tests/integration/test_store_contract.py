@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from broker import exceptions, policy
-from broker.models import NewTask, PageCursor, Task, TaskFilter, TaskState, WorkerRecord
+from broker.models import (
+    NewTask,
+    PageCursor,
+    Resource,
+    Task,
+    TaskFilter,
+    TaskState,
+    WorkerRecord,
+)
 from broker.store import Store
 
 T0 = 1_700_000_000_000
@@ -758,3 +766,17 @@ async def test_a_worker_id_is_held_by_one_live_process_at_a_time(store: Store) -
     assert kept.instance == "bbbb" and kept.registered_at == T0
     # A process silent for longer than live_ms (its host hung) holds the id no more
     assert await store.register_worker(worker_record("cccc", T0 + 4000 + live_ms), live_ms) is None
+
+
+async def test_a_resource_is_removed_only_when_no_unfinished_task_names_it(
+    store: Store, submit: Submit
+) -> None:
+    sha = hashlib.sha256(b"a proving key").hexdigest()
+    await store.add_resource(Resource(sha256=sha, name="k.zkey", size=13, created_at=T0))
+    assert [r.sha256 for r in await store.list_resources()] == [sha]
+    task = await submit(comment=f"zkey={sha} sector 7")
+    assert await store.delete_resource(sha) == task.id
+    assert [r.sha256 for r in await store.list_resources()] == [sha]
+    await store.cancel_task(task.id, "test", T0)
+    assert await store.delete_resource(sha) is None
+    assert await store.list_resources() == [] and await store.get_resource(sha) is None

@@ -89,6 +89,16 @@ class TaskBrokerStub:
                 request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResourceRequest.SerializeToString,
                 response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.ListResources = channel.unary_unary(
+                '/gpuproxy.v1.TaskBroker/ListResources',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ListResourcesRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ListResourcesResponse.FromString,
+                _registered_method=True)
+        self.DeleteResource = channel.unary_unary(
+                '/gpuproxy.v1.TaskBroker/DeleteResource',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.DeleteResourceRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.FromString,
+                _registered_method=True)
 
 
 class TaskBrokerServicer:
@@ -164,6 +174,19 @@ class TaskBrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListResources(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResource(self, request, context):
+        """Refused (FAILED_PRECONDITION) while a task that is not finished names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskBrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +244,16 @@ def add_TaskBrokerServicer_to_server(servicer, server):
                     servicer.GetResource,
                     request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResourceRequest.FromString,
                     response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.SerializeToString,
+            ),
+            'ListResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResources,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ListResourcesRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ListResourcesResponse.SerializeToString,
+            ),
+            'DeleteResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResource,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.DeleteResourceRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +553,60 @@ class TaskBroker:
             '/gpuproxy.v1.TaskBroker/GetResource',
             protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.GetResourceRequest.SerializeToString,
             protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuproxy.v1.TaskBroker/ListResources',
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ListResourcesRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.ListResourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuproxy.v1.TaskBroker/DeleteResource',
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.DeleteResourceRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_tasks__pb2.Resource.FromString,
             options,
             channel_credentials,
             insecure,
