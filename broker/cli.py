@@ -607,7 +607,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
     p.add_argument("id")
     p.set_defaults(func=cmd_workers_remove)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """`--stat init` must not pass for `--state init`: a flag is spelled whole, as the
+    worker's and the plugin's are (a later flag could make an abbreviation mean another)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 def report(exc: BaseException) -> None:

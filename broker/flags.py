@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 import pathlib
@@ -112,9 +113,12 @@ def resolve(
     known = {f.name for f in flags} | {f.dest for f in flags}
     unknown = sorted(set(file) - known)
     if unknown:
+        names = sorted(f.name for f in flags)
+        hints = [f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+            key.replace("_", "-"), names, n=1)) else key for key in unknown]
         raise exceptions.ConfigError(
-            field="config", detail=f"unknown keys {unknown}; known keys are flag names"
-        )
+            field="config", detail=f"unknown keys in --config: {', '.join(hints)}; the keys "
+            f"are the flag names: {', '.join(names)}")
     values: dict[str, Any] = {}
     for flag in flags:
         value = getattr(args, flag.dest, None)

@@ -37,9 +37,11 @@ def test_bad_environment_value_names_the_variable() -> None:
 
 def test_unknown_config_keys_are_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "broker.toml"
-    path.write_text('db_dsn = "sqlite:///a"\nlease = 3\n')
-    with pytest.raises(exceptions.ConfigError, match="lease"):
+    path.write_text('db_dsn = "sqlite:///a"\nlease = 3\ndb-dns = "x"\n')
+    with pytest.raises(exceptions.ConfigError) as info:
         resolve(parse([]), FLAGS, load_toml(str(path)), {})
+    # A typo is named with the key it most likely meant
+    assert "db-dns (did you mean db-dsn?), lease (did you mean lease-s?)" in str(info.value)
 
 
 def test_unreadable_config_file_is_named(tmp_path: pathlib.Path) -> None:
@@ -95,3 +97,11 @@ def test_a_relative_sqlite_path_is_made_absolute_and_said(
     [said] = logs
     assert "write sqlite:////ABSOLUTE/PATH" in said["event"]
     assert said["file"] == f"{tmp_path}/tmp/gpuproxy.db"
+
+
+def test_a_flag_must_be_spelled_whole() -> None:
+    from broker import cli
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["tasks", "list", "--stat", "init"])
+    assert cli.build_parser().parse_args(["tasks", "list", "--state", "init"]).state
