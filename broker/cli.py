@@ -628,11 +628,19 @@ def report(exc: BaseException) -> None:
     while cur is not None and cur not in chain:
         chain.append(cur)
         cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
-    print(f"error: {chain[0]}", file=sys.stderr)
+    causes = []
     for cause in chain[1:]:
         details = getattr(cause, "details", None)  # a gRPC error's own words are its details
         text = str(details() if callable(details) else cause).strip().splitlines()
-        print(f"  caused by: {type(cause).__name__}: {text[0] if text else ''}", file=sys.stderr)
+        causes.append(f"{type(cause).__name__}: {text[0] if text else ''}")
+    if logs.current_format == "json":  # a log collector reads one object per line
+        print(json.dumps({"timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
+                          "level": "error", "event": str(chain[0]), "causes": causes}),
+              file=sys.stderr)
+        return
+    print(f"error: {chain[0]}", file=sys.stderr)
+    for line in causes:
+        print(f"  caused by: {line}", file=sys.stderr)
 
 
 def run_command(command: Coroutine[Any, Any, int],

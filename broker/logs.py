@@ -10,8 +10,14 @@ import structlog
 LEVELS = ("debug", "info", "warning", "error")
 
 
+#: The format configured last: a command's final error follows it (one JSON object per line).
+current_format = "console"
+
+
 def configure(level: str = "info", fmt: str = "console") -> None:
     """Route structlog and the standard logging module (grpc, aiomysql) to stderr."""
+    global current_format
+    current_format = fmt
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

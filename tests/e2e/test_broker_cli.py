@@ -555,3 +555,14 @@ def test_cancel_takes_several_tasks_and_names_the_ones_it_cannot(
     rows = json.loads(gpuproxy("tasks", "list", "--url", broker.url, "--json").stdout)
     assert {r["id"]: (r["state"], r["error_message"]) for r in rows} == {
         i: ("error", "cancelled: wrong deal") for i in ids}
+
+
+def test_with_json_logs_a_failed_command_says_so_in_one_json_line(
+    gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    done = gpuproxy("tasks", "list", "--url", "127.0.0.1:1", "--log-format", "json")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    said = json.loads(line)
+    assert said["level"] == "error" and said["event"].startswith("No broker at 127.0.0.1:1")
+    assert said["causes"] and said["timestamp"]
