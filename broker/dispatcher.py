@@ -22,6 +22,9 @@ from protos.gpuproxy.v1 import workers_pb2
 
 log = structlog.get_logger(__name__)
 
+#: How often held tasks are read again, for changes made through another broker.
+RECHECK_HELD_S = 5.0
+
 
 @dataclasses.dataclass(eq=False)
 class Session:
@@ -129,12 +132,18 @@ class Dispatcher:
     async def run_forever(self) -> None:
         """Dispatch until cancelled; a failed round (database down) is logged and retried."""
         outage = Outage("dispatch")
+        rechecked = time.monotonic()
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             except TimeoutError:
                 pass
             self._wake.clear()
+            if time.monotonic() - rechecked >= RECHECK_HELD_S:
+                # A task cancelled or taken back through another broker sharing the database
+                # is not heard of here: look, rather than wait for its worker's next heartbeat.
+                rechecked = time.monotonic()
+                self._checks.update(t for s in self.sessions for t in s.held)
             try:
                 await self._revoke_lost()
                 await self._assign()

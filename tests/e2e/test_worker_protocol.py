@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker import exceptions
 from broker.client import BrokerClient
+from broker.dispatcher import RECHECK_HELD_S
 from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
 from tests.e2e.conftest import BIN, BrokerFactory, cli_env
 from tests.fixtures.tcp_cut import TcpCut
@@ -310,6 +311,26 @@ async def test_two_brokers_on_one_database_hand_out_each_others_tasks(
         held = held_of(await w.next(timeout_s=3))
         assert held.task_id == task_id and time.monotonic() - t0 < 1.5
         assert await w.fetch(held) == b"through broker a"
+    finally:
+        await w.close()
+
+
+async def test_a_cancel_through_another_broker_reaches_the_worker_well_before_a_heartbeat(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a worker of broker b proving a task, with a lease of a minute (heartbeats each 20 s)
+    a = broker_factory(mariadb_dsn, "db")
+    b = broker_factory(mariadb_dsn, "db")
+    w = ScriptedWorker(b.url, "wb")
+    try:
+        await w.connect()
+        task_id = await submit(a.url, tmp_path, b"cancel me through a")
+        held_of(await w.next(timeout_s=3))
+        # When the task is cancelled through broker a, the worker is told within seconds
+        async with BrokerClient(a.url) as client:
+            await client.cancel(task_id, "wrong sector")
+        revoke = await w.next(timeout_s=RECHECK_HELD_S + 3)
+        assert revoke.WhichOneof("msg") == "revoke" and "wrong sector" in revoke.revoke.reason
     finally:
         await w.close()
 
