@@ -206,8 +206,9 @@ async def cmd_tasks_show(args: argparse.Namespace) -> int:
         ("created", _when(task.created_at)), ("started", _when(task.started_at)),
         ("finished", _when(task.finished_at)),
         ("lease until", _when(task.lease_expires_at)),
+        # The last attempt's progress stays in the record: said only while it runs
         ("progress", f"{task.progress.phase} {task.progress.fraction:.0%}"
-         if task.progress.phase else "-"),
+         if task.progress.phase and task.state == tasks_pb2.TASK_STATE_RUNNING else "-"),
         ("result", f"{task.result_sha256} ({task.result_size} bytes)"
          if task.result_sha256 else "-"),
         ("error", task.error_message or "-"),

@@ -95,6 +95,10 @@ async def test_worker_proves_a_submitted_task(
     assert info.task_types == ["c2"] and info.max_tasks == 1
     assert not list((tmp_path / "workers" / "gpu1" / "tmp").iterdir())  # no temp files left
     assert "ready (CUDA_VISIBLE_DEVICES=1)" in worker.logs()  # the processor sees GPU 1 only
+    # A finished task does not read as still proving
+    shown = subprocess.run([str(BIN / "gpuproxy"), "tasks", "show", task_id, "--url", broker.url],
+                           capture_output=True, text=True, check=True).stdout
+    assert task.progress.phase == "proving" and "\nprogress:    -\n" in shown
 
 
 async def test_heartbeats_keep_a_task_that_outlasts_its_lease(
