@@ -167,3 +167,25 @@ def test_the_readme_lists_every_flag_with_its_variable(program: str) -> None:
     flags = cli.RUN_FLAGS if program == "broker" else worker_cli.RUN_FLAGS
     missing = [f.name for f in flags if f"| `--{f.name}` | `{f.env}` |" not in readme]
     assert not missing, f"README lacks the {program} flags {missing}"
+
+
+def test_compose_c2_workers_run_the_hosts_processor_with_its_parameters(
+    compose: dict[str, Any],
+) -> None:
+    from worker import cli as worker_cli
+
+    service = compose["services"]["worker-c2"]
+    assert service["command"] == ["gpuproxy-worker", "supervise"]
+    args = worker_cli.build_parser().parse_args(["supervise"])
+    try:
+        _, config = worker_cli.settings(args, worker_cli.SUPERVISE_FLAGS, environ=_env(service))
+    finally:
+        logs.configure("info", "console")
+    assert config.task_types == ("c2",)
+    c2 = config.processors["c2"]
+    assert c2.args == ("processor", "c2")
+    # The binary and the parameter files come from the host, read-only, where the settings say
+    params = _env(service)["FIL_PROOFS_PARAMETER_CACHE"]
+    assert f"{c2.bin}:{c2.bin}:ro" in service["volumes"]
+    assert f"{params}:{params}:ro" in service["volumes"]
+    assert "workers:/var/lib/gpuproxy/workers" in service["volumes"]
