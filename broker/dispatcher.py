@@ -68,9 +68,11 @@ class Session:
             self.outbox.put_nowait(msg)
 
     def revoke(self, task_id: str, fence: int, reason: str) -> None:
-        """Tell the worker to drop this claim (only this fence: a newer claim stays)."""
+        """Tell the worker to drop this claim (only this fence: a newer claim stays). Its slot
+        is free only once the worker says so: the work may take a moment to stop."""
         if self.held.get(task_id) == fence:
             del self.held[task_id]
+            self.accepting = False  # until the worker's next Capacity
         self.send(workers_pb2.BrokerMessage(
             revoke=workers_pb2.Revoke(task_id=task_id, reason=reason, fence=fence)
         ))

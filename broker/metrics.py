@@ -58,7 +58,8 @@ TASKS = prom.Gauge(
 )
 OLDEST_WAITING = prom.Gauge(
     "gpuproxy_oldest_waiting_task_seconds",
-    "Age of the oldest task waiting for a worker (init), by type; 0 when none waits",
+    "How long the longest-waiting task (init) has been ready to run, by type (since its submit "
+    "or, for a retry, its backoff's end); 0 when none waits",
     ["task_type"], registry=REGISTRY,
 )
 QUEUE_READ_AT = prom.Gauge(
@@ -76,7 +77,7 @@ def record_counts(counts: Sequence[TaskCount], at_ms: int) -> None:
     for c in counts:
         now[(c.task_type, c.state.name.lower())] = c.count
         if c.state == TaskState.INIT:
-            oldest[c.task_type] = c.oldest_created_at
+            oldest[c.task_type] = c.oldest_since
     _seen.update(now)
     for labels in _seen:
         TASKS.labels(*labels).set(now.get(labels, 0))

@@ -99,12 +99,13 @@ class TaskFilter:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TaskCount:
-    """How many tasks of a type are in a state, and when the oldest of them was submitted."""
+    """How many tasks of a type are in a state, and since when the longest-waiting of them may
+    run: submitted, or made ready again (a retry after its backoff, a requeue, a reset)."""
 
     task_type: str
     state: TaskState
     count: int
-    oldest_created_at: int
+    oldest_since: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ import structlog
 
 from broker import convert, exceptions, framing, models
 from broker.models import PageCursor, TaskFilter, TaskState
-from broker.tasks import RETRIED_OUTCOMES, SubmitHeader, TaskManager
+from broker.tasks import SubmitHeader, TaskManager, last_failure
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -164,9 +164,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
     ) -> tasks_pb2.Task:
         task, history = await self.tasks.get(request.id)
         msg = convert.task_to_proto(task)
-        if task.state == TaskState.INIT:
-            ended = [a for a in history if a.outcome in RETRIED_OUTCOMES]
-            msg.last_failure = ended[-1].reason if ended else ""
+        msg.last_failure = last_failure(task, history)
         rows = [convert.attempt_to_proto(a) for a in history]
         room = REPLY_BUDGET_BYTES - msg.ByteSize()
         first = len(rows)  # the newest attempts that fit

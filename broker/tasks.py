@@ -74,6 +74,15 @@ def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
         raise exceptions.InvalidArgument(detail="comment is longer than 1024 characters")
 
 
+def last_failure(task: Task, history: Sequence[Attempt]) -> str:
+    """Why a task that waits to run again ended its last attempt; "" for one that has not run
+    since it was submitted or reset (a reset starts its attempts over)."""
+    if task.state != TaskState.INIT or task.attempts == 0:
+        return ""
+    ended = [a for a in history if a.outcome in RETRIED_OUTCOMES]
+    return ended[-1].reason if ended else ""
+
+
 class TaskManager:
     def __init__(
         self, *, store: Store, payloads: PayloadStore, config: BrokerConfig, hub: ChangeHub
@@ -161,10 +170,8 @@ class TaskManager:
         found = {}
         for task in tasks:
             if task.state == TaskState.INIT and task.attempts > 0:
-                history = await self.store.get_attempts(task.id)
-                ended = [a for a in history if a.outcome in RETRIED_OUTCOMES]
-                if ended:
-                    found[task.id] = ended[-1].reason
+                if reason := last_failure(task, await self.store.get_attempts(task.id)):
+                    found[task.id] = reason
         return found
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
@@ -241,6 +248,10 @@ class TaskManager:
 
     async def delete_resource(self, sha256: str) -> models.Resource:
         """Forget a proving key and drop its file, unless a waiting or running task needs it."""
+        if not SHA256_HEX.fullmatch(sha256):
+            raise exceptions.InvalidArgument(
+                detail=f"{sha256!r} is not a sha256 (64 lower-case hex digits): see "
+                "`gpuproxy keys list`")
         resource = await self.store.get_resource(sha256)
         if resource is None:
             raise exceptions.ResourceNotFound(sha256=sha256)

@@ -18,6 +18,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 
 import structlog
@@ -30,6 +31,9 @@ LOCK = ".lock"
 UNLOCKED_AGE_S = 600.0
 #: Locks of folders made again after they were removed under us, held for the process's life.
 _relocked: list[int] = []
+#: Two requests finding the folder gone at once must not both lock it (the second would wait
+#: on the first's lock for ever).
+_reviving = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -52,10 +56,11 @@ def revive(folder: pathlib.Path) -> None:
     """Make this process's folder again if something removed it (a /tmp cleaner ageing out
     the files of a plugin that sat idle for days): otherwise every request would fail until
     the plugin is restarted. Locked again, so that other plugins take it for a live one's."""
-    if folder.is_dir():
-        return
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _relocked.append(_lock(folder))
+    with _reviving:
+        if folder.is_dir():
+            return
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _relocked.append(_lock(folder))
     log.warning("the staging folder was removed by something else; made again",
                 folder=str(folder))
 

@@ -220,6 +220,11 @@ class Worker:
             self._post_capacity()  # nothing new while the stream closes
             if self.tasks:
                 await self._release_all("the worker stopped")
+            if self.stopping:
+                # Revoked tasks still on the device: their executors close after we return,
+                # and the GPU lock goes with them.
+                log.info("waiting for revoked tasks to stop", tasks=len(self.stopping))
+                await asyncio.wait(self.stopping, timeout=self.config.grace_s)
             await self._hang_up()
             for task in loops:
                 task.cancel()
@@ -429,11 +434,13 @@ class Worker:
         running = self.tasks.get(revoke.task_id)
         if running is None or running.runner is None:
             log.debug("revoke for a task not held here", task_id=revoke.task_id)
+            self._post_capacity()  # the broker takes no new task here until it hears this
             return
         if revoke.fence and revoke.fence != running.fence:
             # An older claim of a task this worker now holds again under a newer fence.
             log.debug("revoke of an older claim ignored", task_id=revoke.task_id,
                       fence=revoke.fence, held_fence=running.fence)
+            self._post_capacity()
             return
         log.warning("task revoked by the broker; stopping it", task_id=revoke.task_id,
                     reason=revoke.reason)

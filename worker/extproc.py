@@ -251,7 +251,8 @@ class ExtProcessor:
         inherited = os.environ if cfg.inherit_envs else {
             k: v for k, v in os.environ.items() if k in gpus.GPU_ENVS}  # --gpu's choice
         env = {**inherited, **cfg.envs}
-        if shutil.which(cfg.bin, path=env.get("PATH")) is None:  # as exec would find it
+        # As exec finds it: in the child's PATH, or the system default without one
+        if shutil.which(cfg.bin, path=env.get("PATH", os.defpath)) is None:
             raise exceptions.ProcessorUnavailable(processor=self.name, detail=_why_not(cfg.bin))
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -425,13 +426,14 @@ class ExtProcessor:
 
     def _unreadable(self, child: _Child, text: str) -> None:
         """The child could not read a request and goes on without answering it: fail that
-        request now rather than after its timeout. It parses each line as it arrives, so the
-        request is the last one sent (requests arrive minutes apart, not together)."""
-        for request_id in reversed(child.pending):
-            future = child.pending[request_id]
-            if not future.done():
-                del child.pending[request_id]
-                future.set_exception(exceptions.ProcessorCannotRead(
-                    processor=self.name, pid=child.proc.pid, request_id=request_id,
-                    line=quote(text)))
-                return
+        request now rather than after its timeout. The line names no request: only when one
+        is in flight is it known which (with several, their timeouts decide)."""
+        waiting = [i for i, f in child.pending.items() if not f.done()]
+        if len(waiting) != 1:
+            log.warning("the processor could not read one of the requests in flight; it is "
+                        "not known which", processor=self.name, requests=waiting, line=text)
+            return
+        [request_id] = waiting
+        future = child.pending.pop(request_id)
+        future.set_exception(exceptions.ProcessorCannotRead(
+            processor=self.name, pid=child.proc.pid, request_id=request_id, line=quote(text)))

@@ -147,9 +147,10 @@ class Queries:
         sql = f"SELECT {_TASK} FROM tasks {where}ORDER BY created_at DESC, id DESC LIMIT ?"
         return sql, [*args, limit]
 
-    # The claim index (state, task_type, ..., created_at) answers this without the rows.
     task_counts = (
-        "SELECT task_type, state, COUNT(*), MIN(created_at) FROM tasks GROUP BY task_type, state"
+        "SELECT task_type, state, COUNT(*), "
+        "MIN(CASE WHEN not_before > created_at THEN not_before ELSE created_at END) "
+        "FROM tasks GROUP BY task_type, state"
     )
 
     referenced_blobs = (
@@ -175,9 +176,12 @@ class Queries:
     select_resource = "SELECT sha256, name, size, created_at FROM resources WHERE sha256 = ?"
     list_resources = "SELECT sha256, name, size, created_at FROM resources ORDER BY created_at"
     delete_resource = "DELETE FROM resources WHERE sha256 = ?"
-    # Groth16 tasks name their key in their comment (zkey=<sha256>): the argument is a LIKE
-    # pattern, since no statement here may hold a literal percent sign.
-    task_naming = "SELECT id FROM tasks WHERE state IN (1, 2) AND comment LIKE ? LIMIT 1"
+    # Groth16 tasks name their key in their comment (zkey=<sha256>, any case): the argument is
+    # a lower-case LIKE pattern, since no statement here may hold a literal percent sign.
+    # LOWER: MariaDB's binary collation compares case, SQLite's LIKE does not.
+    task_naming = (
+        "SELECT id FROM tasks WHERE state IN (1, 2) AND LOWER(comment) LIKE ? LIMIT 1"
+    )
 
     # -- attempts ------------------------------------------------------------------------
 
@@ -251,6 +255,14 @@ class Queries:
             update = ("ON CONFLICT (worker_id) DO UPDATE SET hostname = excluded.hostname, "
                       "info = excluded.info, last_seen_at = excluded.last_seen_at")
         return f"INSERT INTO workers ({cols}) VALUES (?, ?, ?, ?, ?) {update}"
+
+    @property
+    def insert_worker(self) -> str:
+        """A first registration; the row count says whether the id was new."""
+        cols = "worker_id, hostname, info, registered_at, last_seen_at"
+        conflict = ("ON DUPLICATE KEY UPDATE worker_id = worker_id" if self.mysql
+                    else "ON CONFLICT DO NOTHING")
+        return f"INSERT INTO workers ({cols}) VALUES (?, ?, ?, ?, ?) {conflict}"
 
     touch_worker = "UPDATE workers SET last_seen_at = ? WHERE worker_id = ?"
 

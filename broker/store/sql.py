@@ -93,7 +93,7 @@ class SqlStore(Store):
     async def task_counts(self) -> list[TaskCount]:
         rows = await self._read(lambda tx: tx.all(self.sql.task_counts))
         return [TaskCount(task_type=r[0], state=TaskState(int(r[1])), count=int(r[2]),
-                          oldest_created_at=int(r[3])) for r in rows]
+                          oldest_since=int(r[3])) for r in rows]
 
     async def get_attempts(self, task_id: str) -> list[Attempt]:
         return await self._read(lambda tx: self._history(tx, task_id))
@@ -375,6 +375,10 @@ class SqlStore(Store):
 
     async def register_worker(self, worker: WorkerRecord, live_ms: int) -> WorkerRecord | None:
         async def change(tx: Tx) -> WorkerRecord | None:
+            # Insert first: a locking read of a row that is not there yet locks nothing, and
+            # two first registrations of one id through two brokers would both pass.
+            if await tx.run(self.sql.insert_worker, queries.worker_args(worker)) == 1:
+                return None
             row = await tx.one(self.sql.lock_worker, [worker.worker_id])
             if row is not None:
                 held = queries.worker_from_row(row)

@@ -424,3 +424,37 @@ async def test_a_processor_that_inherits_nothing_still_gets_the_workers_gpu(
     seen = json.loads(env_file.read_text())
     assert "WORKER_SECRET" not in seen and seen["FIL_PROOFS_USE_GPU"] == "1"
     assert seen["CUDA_VISIBLE_DEVICES"] == "3" and seen["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+async def test_an_unreadable_request_among_several_is_left_to_its_timeout(
+    make_executor: ExecutorFactory, job: Callable[..., executors.Job], tmp_path: pathlib.Path
+) -> None:
+    # Given a processor that cannot read one of two requests in flight (the line names none)
+    proof_type = "StackedDrg2KiBV1_2_Feat_NonInteractivePoRep"
+    executor = make_executor({"FAKE_C2_UNKNOWN_PROOF": proof_type, "FAKE_C2_SLEEP_S": "1"})
+    await executor.start()
+    newer = c2_input(sector_id=8)
+    newer["c1out"]["registered_proof"] = proof_type
+    good = c2_input(sector_id=9)
+    results = await asyncio.gather(
+        executor.run(job(json.dumps(good).encode(), timeout_s=20.0)),
+        executor.run(job(json.dumps(newer).encode(), timeout_s=3.0)),
+        return_exceptions=True)
+    # Then the readable one is proved, and the other is not blamed on it: its timeout ends it
+    assert results[0] == fake_c2.expected_proof(good)
+    assert isinstance(results[1], exceptions.ProcessorTimeout)
+
+
+async def test_a_processor_that_inherits_nothing_is_looked_for_where_exec_looks(
+    job: Callable[..., executors.Job], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a processor named bare, found only in the worker's own PATH
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "my-c2").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    processor = ProcessorConfig(bin="my-c2", args=(str(FAKE),), inherit_envs=False)
+    executor = C2Executor(WorkerConfig(processors={"c2": processor}))
+    # Then without the worker's environment it cannot be found, and that is said at once
+    with pytest.raises(exceptions.ProcessorUnavailable, match="not found in the PATH"):
+        await executor.start()

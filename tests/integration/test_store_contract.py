@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import uuid
@@ -22,7 +23,7 @@ from broker.models import (
     TaskState,
     WorkerRecord,
 )
-from broker.store import Store
+from broker.store import Store, open_store
 
 T0 = 1_700_000_000_000
 LEASE_MS = 30_000
@@ -126,13 +127,19 @@ async def test_task_counts_by_type_and_state_with_the_oldest(
     running = await store.claim_task("w1", ["c2-32g"], LEASE_MS, T0)
     assert running is not None and running.id == a.id
     await store.cancel_task(c.id, "wrong sector", T0)
-    counts = {(n.task_type, n.state): (n.count, n.oldest_created_at)
+    counts = {(n.task_type, n.state): (n.count, n.oldest_since)
               for n in await store.task_counts()}
     assert counts == {
         ("c2-32g", TaskState.RUNNING): (1, a.created_at),
         ("c2-32g", TaskState.INIT): (1, b.created_at),
         ("c2-64g", TaskState.ERROR): (1, c.created_at),
     }
+    # A task retried after two hours has waited since its backoff ended, not since its submit
+    await store.fail_task(a.id, running.fence, "GPU fell off", True, T0 + 7_200_000,
+                          T0 + 7_100_000)
+    await store.cancel_task(b.id, "only a left waiting", T0)
+    [waiting] = [n for n in await store.task_counts() if n.state == TaskState.INIT]
+    assert waiting.oldest_since == T0 + 7_200_000
 
 
 async def test_list_pages_newest_first_without_duplicates_or_gaps(
@@ -776,7 +783,28 @@ async def test_a_resource_is_removed_only_when_no_unfinished_task_names_it(
     assert [r.sha256 for r in await store.list_resources()] == [sha]
     task = await submit(comment=f"zkey={sha} sector 7")
     assert await store.delete_resource(sha) == task.id
+    # The worker reads the key's name in any case: so does this (MariaDB compares case)
+    upper = await submit(comment=f"ZKEY={sha.upper()}")
+    assert await store.delete_resource(sha) in (task.id, upper.id)
+    await store.cancel_task(upper.id, "test", T0)
     assert [r.sha256 for r in await store.list_resources()] == [sha]
     await store.cancel_task(task.id, "test", T0)
     assert await store.delete_resource(sha) is None
     assert await store.list_resources() == [] and await store.get_resource(sha) is None
+
+
+async def test_two_first_registrations_of_one_id_at_once_let_one_in(
+    store_dsn: str, store: Store
+) -> None:
+    # Two brokers (two stores on one database) register a new id for two processes at once
+    other = open_store(store_dsn)
+    await other.open()
+    try:
+        for n in range(10):
+            records = [dataclasses.replace(worker_record(i, T0), worker_id=f"race-{n}")
+                       for i in ("aaaa", "bbbb")]
+            refusals = await asyncio.gather(store.register_worker(records[0], 60_000),
+                                            other.register_worker(records[1], 60_000))
+            assert sorted(r is None for r in refusals) == [False, True], n
+    finally:
+        await other.close()
