@@ -21,6 +21,8 @@ from broker.store.base import Store
 
 log = structlog.get_logger(__name__)
 
+#: Workers are forgotten after the retention period, and never sooner than this.
+WORKER_MIN_AGE_MS = 24 * 3600 * 1000
 #: Tasks deleted per transaction; a sweep repeats until fewer come back.
 _DELETE_BATCH = 1000
 
@@ -54,7 +56,8 @@ async def sweep(
         tasks_deleted += n
         if n < _DELETE_BATCH:
             break
-    forgotten = await store.forget_workers_seen_before(cutoff_ms)
+    # At least a day: a short retention must not forget a worker between two heartbeats.
+    forgotten = await store.forget_workers_seen_before(min(cutoff_ms, now - WORKER_MIN_AGE_MS))
     keep = await store.referenced_blobs()
     report = await payloads.clean(keep=keep, older_than_ms=int(orphan_age_s * 1000), now_ms=now)
     return SweepReport(tasks_deleted, report, forgotten)
