@@ -233,7 +233,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         if record is None or all(getattr(record, k) == v for k, v in fields.items()):
             return False
         changed = dataclasses.replace(record, **fields, last_seen_at=models.now_ms())
-        await self.store.upsert_worker(changed)
+        await self.store.update_worker(changed)
         session.record = changed  # only once stored: a failed store is tried again
         return True
 

@@ -223,10 +223,6 @@ class Store(abc.ABC):
     # -- workers ---------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def upsert_worker(self, worker: WorkerRecord) -> None:
-        """Insert or replace a worker's registration (registered_at kept from the first)."""
-
-    @abc.abstractmethod
     async def touch_worker(self, worker_id: str, now_ms: int) -> None:
         """Record a heartbeat: last_seen_at = now_ms."""
 
@@ -239,6 +235,11 @@ class Store(abc.ABC):
         """Store a registration (keeping when the id first registered), unless another worker
         process holds the id: its record says so (another `instance`, not ended) and was seen
         less than `live_ms` ago. That record is returned then, and nothing is stored."""
+
+    @abc.abstractmethod
+    async def update_worker(self, worker: WorkerRecord) -> bool:
+        """Store what a connected worker's registration says now (its loaded keys, its
+        pause), unless a newer registration replaced it (another `session`); whether it did."""
 
     @abc.abstractmethod
     async def worker_disconnected(self, worker_id: str, session: str, now_ms: int) -> None:

@@ -362,10 +362,6 @@ class SqlStore(Store):
 
     # -- workers ---------------------------------------------------------------------------
 
-    async def upsert_worker(self, worker: WorkerRecord) -> None:
-        args = queries.worker_args(worker)
-        await self._write(lambda tx: tx.run(self.sql.upsert_worker, args))
-
     async def database_time_ms(self) -> int | None:
         statement = self.sql.database_time
         if statement is None:
@@ -387,6 +383,16 @@ class SqlStore(Store):
                     return held
             await tx.run(self.sql.upsert_worker, queries.worker_args(worker))
             return None
+
+        return await self._write(change)
+
+    async def update_worker(self, worker: WorkerRecord) -> bool:
+        async def change(tx: Tx) -> bool:
+            row = await tx.one(self.sql.lock_worker, [worker.worker_id])
+            if row is None or queries.worker_from_row(row).session != worker.session:
+                return False
+            await tx.run(self.sql.upsert_worker, queries.worker_args(worker))
+            return True
 
         return await self._write(change)
 

@@ -763,7 +763,10 @@ async def test_a_worker_id_is_held_by_one_live_process_at_a_time(store: Store) -
     # The same process registering again (a reconnect) is not
     again = worker_record("aaaa", T0 + 2000)
     assert await store.register_worker(again, live_ms) is None
-    # The end of a stream that a newer registration replaced frees nothing
+    # A late update of a registration that a newer one replaced changes nothing, nor does the
+    # end of its stream
+    assert not await store.update_worker(dataclasses.replace(first, resident_keys=("k",)))
+    assert await store.update_worker(dataclasses.replace(again, resident_keys=("k2",)))
     await store.worker_disconnected(first.worker_id, first.session, T0 + 2500)
     assert await store.register_worker(worker_record("bbbb", T0 + 3000), live_ms) is not None
     # The end of the current one frees the id; and it keeps its first registration time
@@ -771,6 +774,7 @@ async def test_a_worker_id_is_held_by_one_live_process_at_a_time(store: Store) -
     assert await store.register_worker(worker_record("bbbb", T0 + 4000), live_ms) is None
     [kept] = await store.list_workers()
     assert kept.instance == "bbbb" and kept.registered_at == T0
+    assert kept.resident_keys == ()  # the new registration's, not the replaced one's "k2"
     # A process silent for longer than live_ms (its host hung) holds the id no more
     assert await store.register_worker(worker_record("cccc", T0 + 4000 + live_ms), live_ms) is None
 
