@@ -261,7 +261,6 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
         async for msg in framing.blob_chunks(resource.size, resource.sha256, chunks):
             yield msg
 
-
     @mapped_errors
     async def ListResources(
         self, request: tasks_pb2.ListResourcesRequest, context: grpc.aio.ServicerContext

@@ -74,10 +74,15 @@ def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
         raise exceptions.InvalidArgument(detail="comment is longer than 1024 characters")
 
 
+def retrying(task: Task) -> bool:
+    """Waiting to run again: it ran since it was submitted or reset (a reset starts its
+    attempts over)."""
+    return task.state == TaskState.INIT and task.attempts > 0
+
+
 def last_failure(task: Task, history: Sequence[Attempt]) -> str:
-    """Why a task that waits to run again ended its last attempt; "" for one that has not run
-    since it was submitted or reset (a reset starts its attempts over)."""
-    if task.state != TaskState.INIT or task.attempts == 0:
+    """Why a task that waits to run again ended its last attempt; "" for one that does not."""
+    if not retrying(task):
         return ""
     ended = [a for a in history if a.outcome in RETRIED_OUTCOMES]
     return ended[-1].reason if ended else ""
@@ -168,10 +173,9 @@ class TaskManager:
         """Why each waiting task's last attempt ended, for those that ran before (few: a
         failed attempt waits out a backoff)."""
         found = {}
-        for task in tasks:
-            if task.state == TaskState.INIT and task.attempts > 0:
-                if reason := last_failure(task, await self.store.get_attempts(task.id)):
-                    found[task.id] = reason
+        for task in filter(retrying, tasks):
+            if reason := last_failure(task, await self.store.get_attempts(task.id)):
+                found[task.id] = reason
         return found
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:

@@ -98,7 +98,7 @@ async def serve(config: WorkerConfig) -> int:
             log.info("removed payloads left by a previous run", files=removed)
         if problem := fetcher.shared_folder_problem():
             log.warning(f"--fs-resource-path is {problem}: is the broker's folder mounted? "
-                        "(--fs-resource-path) Payloads are streamed from the broker meanwhile",
+                        "Payloads are streamed from the broker meanwhile",
                         fs_resource_path=str(config.fs_resource_path))
         await asyncio.gather(*(e.start() for e in runners.values()))
         identity = Identity(
@@ -431,16 +431,18 @@ class Worker:
         if ack is not None and revoke.reason == "released":
             ack.set()  # the broker has the task back
             return
+        self._drop(revoke)
+        self._post_capacity()  # the broker takes no new task here until it hears this
+
+    def _drop(self, revoke: workers_pb2.Revoke) -> None:
         running = self.tasks.get(revoke.task_id)
         if running is None or running.runner is None:
             log.debug("revoke for a task not held here", task_id=revoke.task_id)
-            self._post_capacity()  # the broker takes no new task here until it hears this
             return
         if revoke.fence and revoke.fence != running.fence:
             # An older claim of a task this worker now holds again under a newer fence.
             log.debug("revoke of an older claim ignored", task_id=revoke.task_id,
                       fence=revoke.fence, held_fence=running.fence)
-            self._post_capacity()
             return
         log.warning("task revoked by the broker; stopping it", task_id=revoke.task_id,
                     reason=revoke.reason)
@@ -450,7 +452,6 @@ class Worker:
         # Its slot stays taken until it has stopped (the broker has freed it on its side).
         del self.tasks[revoke.task_id]
         self.stopping.add(running.runner)
-        self._post_capacity()
 
     # -- heartbeat loop -------------------------------------------------------------------------
 

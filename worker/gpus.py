@@ -87,13 +87,13 @@ def unlisted(index: int) -> Gpu:
                memory_bytes=0)
 
 
-#: The variables `cuda_env` sets.
-GPU_ENVS = ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES")
-
-
 def cuda_env(index: int) -> dict[str, str]:
     """What `--gpu index` puts in the environment of the worker and its children."""
     return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
+
+
+#: The variables `cuda_env` sets.
+GPU_ENVS = tuple(cuda_env(0))
 
 
 async def inventory(command: str, env: Mapping[str, str] | None = None) -> list[Gpu] | None:

@@ -35,6 +35,7 @@ BLOB_COLUMNS = tuple(f.name for f in dataclasses.fields(BlobRow))
 _TASK = ", ".join(TASK_COLUMNS)
 _ATTEMPT = ", ".join(ATTEMPT_COLUMNS)
 _BLOB = ", ".join(BLOB_COLUMNS)
+_WORKER = "worker_id, hostname, info, registered_at, last_seen_at"  #: worker_args' order
 _CLAIM_ORDER = "ORDER BY priority DESC, created_at ASC, id ASC"
 
 
@@ -247,34 +248,28 @@ class Queries:
     @property
     def upsert_worker(self) -> str:
         """Replace a registration but keep when the worker first registered."""
-        cols = "worker_id, hostname, info, registered_at, last_seen_at"
         if self.mysql:
             update = ("ON DUPLICATE KEY UPDATE hostname = VALUES(hostname), info = VALUES(info), "
                       "last_seen_at = VALUES(last_seen_at)")
         else:
             update = ("ON CONFLICT (worker_id) DO UPDATE SET hostname = excluded.hostname, "
                       "info = excluded.info, last_seen_at = excluded.last_seen_at")
-        return f"INSERT INTO workers ({cols}) VALUES (?, ?, ?, ?, ?) {update}"
+        return f"INSERT INTO workers ({_WORKER}) VALUES (?, ?, ?, ?, ?) {update}"
 
     @property
     def insert_worker(self) -> str:
         """A first registration; the row count says whether the id was new."""
-        cols = "worker_id, hostname, info, registered_at, last_seen_at"
         conflict = ("ON DUPLICATE KEY UPDATE worker_id = worker_id" if self.mysql
                     else "ON CONFLICT DO NOTHING")
-        return f"INSERT INTO workers ({cols}) VALUES (?, ?, ?, ?, ?) {conflict}"
+        return f"INSERT INTO workers ({_WORKER}) VALUES (?, ?, ?, ?, ?) {conflict}"
 
     touch_worker = "UPDATE workers SET last_seen_at = ? WHERE worker_id = ?"
 
     @property
     def lock_worker(self) -> str:
-        return ("SELECT worker_id, hostname, info, registered_at, last_seen_at FROM workers "
-                "WHERE worker_id = ?" + self._lock)
+        return f"SELECT {_WORKER} FROM workers WHERE worker_id = ?" + self._lock
 
-    list_workers = (
-        "SELECT worker_id, hostname, info, registered_at, last_seen_at FROM workers "
-        "ORDER BY worker_id"
-    )
+    list_workers = f"SELECT {_WORKER} FROM workers ORDER BY worker_id"
     delete_worker = "DELETE FROM workers WHERE worker_id = ?"
     forget_workers = "DELETE FROM workers WHERE last_seen_at < ?"
 

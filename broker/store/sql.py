@@ -387,26 +387,24 @@ class SqlStore(Store):
         return await self._write(change)
 
     async def update_worker(self, worker: WorkerRecord) -> bool:
-        async def change(tx: Tx) -> bool:
-            row = await tx.one(self.sql.lock_worker, [worker.worker_id])
-            if row is None or queries.worker_from_row(row).session != worker.session:
-                return False
-            await tx.run(self.sql.upsert_worker, queries.worker_args(worker))
-            return True
-
-        return await self._write(change)
+        return await self._if_registered(worker.worker_id, worker.session, lambda _: worker)
 
     async def worker_disconnected(self, worker_id: str, session: str, now_ms: int) -> None:
-        async def change(tx: Tx) -> None:
-            row = await tx.one(self.sql.lock_worker, [worker_id])
-            if row is None:
-                return
-            held = queries.worker_from_row(row)
-            if held.session == session:
-                gone = dataclasses.replace(held, instance="", session="", disconnected_at=now_ms)
-                await tx.run(self.sql.upsert_worker, queries.worker_args(gone))
+        await self._if_registered(worker_id, session, lambda held: dataclasses.replace(
+            held, instance="", session="", disconnected_at=now_ms))
 
-        await self._write(change)
+    async def _if_registered(self, worker_id: str, session: str,
+                             change: Callable[[WorkerRecord], WorkerRecord]) -> bool:
+        """Store `change` of the worker's record while registration `session` is the current
+        one (not replaced by a newer, on another broker say); whether it was."""
+        async def write(tx: Tx) -> bool:
+            row = await tx.one(self.sql.lock_worker, [worker_id])
+            if row is None or (held := queries.worker_from_row(row)).session != session:
+                return False
+            await tx.run(self.sql.upsert_worker, queries.worker_args(change(held)))
+            return True
+
+        return await self._write(write)
 
     async def touch_worker(self, worker_id: str, now_ms: int) -> None:
         await self._write(lambda tx: tx.run(self.sql.touch_worker, [now_ms, worker_id]))
