@@ -23,6 +23,7 @@ import ctypes
 import pathlib
 import re
 import threading
+import types
 from typing import Any
 
 import numpy as np
@@ -177,6 +178,11 @@ class FakeFunction:
                  *(ctypes.c_uint64(v) for v in values))
 
 
+    def get_attribute(self, attribute: str) -> int:
+        assert attribute == "MAX_THREADS_PER_BLOCK", attribute
+        return self._driver.max_threads.get(self.name, 1024)
+
+
 class FakeModule:
     def __init__(self, driver: FakeDriver, name: str) -> None:
         self._driver = driver
@@ -194,6 +200,7 @@ class FakeDriver:
     Error = Error
     LogicError = LogicError
     MemoryError = OutOfMemory
+    function_attribute = types.SimpleNamespace(MAX_THREADS_PER_BLOCK="MAX_THREADS_PER_BLOCK")
 
     def __init__(self, lib: ctypes.CDLL, capacity: int = 1 << 40) -> None:
         self.lib = lib
@@ -202,6 +209,9 @@ class FakeDriver:
         self.peak = 0  #: the most memory in use at once
         self.leaks: list[str] = []  #: pycuda's "could not be cleaned up" warnings
         self.launches: list[str] = []
+        #: kernel -> the most threads per block it takes (1024 unless named), as its registers
+        #: would allow on a GPU
+        self.max_threads: dict[str, int] = {}
         #: what the next launches fail with, one each: an Error, or a LaunchError's message
         self.faults: list[Error | str] = []
         self.contexts: list[FakeContext] = []  #: every context made

@@ -327,8 +327,10 @@ CUresult CUDAAPI cuFuncSetBlockShape(CUfunction, int x, int y, int z) {
     return x > 0 && x <= 1024 && y == 1 && z == 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
-CUresult CUDAAPI cuFuncGetAttribute(int* value, CUfunction_attribute, CUfunction) {
-    *value = 0;
+// The host runs any block; GPUPROXY_EMU_MAX_THREADS plays a kernel whose registers allow fewer.
+CUresult CUDAAPI cuFuncGetAttribute(int* value, CUfunction_attribute attribute, CUfunction) {
+    const char* most = getenv("GPUPROXY_EMU_MAX_THREADS");
+    *value = attribute != CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK ? 0 : most ? atoi(most) : 1024;
     return CUDA_SUCCESS;
 }
 

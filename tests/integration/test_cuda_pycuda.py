@@ -56,6 +56,24 @@ def test_check_gpu_passes_on_the_emulated_card(emulated: dict[str, str]) -> None
     assert lines[-1] == "29 of 29 checks passed"
 
 
+@pytest.mark.timeout(600)
+def test_check_gpu_names_a_kernel_whose_registers_do_not_allow_its_block(
+    emulated: dict[str, str]
+) -> None:
+    # A card on which every kernel takes at most 64 threads per block (as the driver reports a
+    # kernel's registers through pycuda): both builds fail their self-test before any launch
+    result = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "gpuproxy-worker"), "check-gpu", "--gpu", "0",
+         "--msm-sizes", "1", "--ntt-max", "3", "--prove-sizes", "4"],
+        env={**os.environ, **emulated, "GPUPROXY_EMU_MAX_THREADS": "64"}, capture_output=True,
+        text=True, timeout=540, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ("gpuproxy-worker check-gpu: FAIL: The CUDA backend on cuda:GPU 0 (Host emulation) "
+            "failed its start-up check (msm_g1 of 64 points: msm_digits takes at most 64 "
+            "threads per block in the portable build (its registers), not 128)") in result.stderr
+    assert "msm_digits takes at most 64 threads per block in the chains build" in result.stderr
+
+
 def test_check_gpu_without_pycuda_says_what_to_install() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(

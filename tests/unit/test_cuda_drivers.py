@@ -511,7 +511,36 @@ def test_a_default_build_that_fails_its_self_test_gives_way_to_the_portable_one(
         cuda = backend.create()
     assert built == ["chains", "portable"] and cuda.device.variant == "portable"
     assert any(e["event"].startswith("the default build of the CUDA arithmetic failed")
-               and "wrong result" in e["error"] for e in logs)
+               and "msm_g1 of 64 points: a wrong partial sum" in e["error"] for e in logs)
     # A build asked for by name is not replaced
     with pytest.raises(exceptions.SelfTestFailed):
         backend.create(variant="chains")
+
+
+def test_a_kernel_launched_with_more_threads_than_its_registers_allow_is_refused_by_name(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a build whose G2 kernels take at most 64 threads per block on this GPU (CUDA would
+    # refuse the launch as "too many resources requested"), and a portable build that fits
+    made: list[FakeDevice] = []
+
+    def device(gpu: int, cache_dir: object, variant: str) -> FakeDevice:
+        dev = FakeDevice(lib)
+        dev.variant = variant
+        if variant == "chains":
+            dev.driver.max_threads["msm_sum_entries_g2"] = 64
+        made.append(dev)
+        return dev
+
+    monkeypatch.setattr(backend, "Device", device)
+    # When the backend starts, the self-test's G2 MSM is refused before its launch, saying
+    # which kernel, how many threads it takes and how many it was given
+    with structlog.testing.capture_logs() as logs:
+        cuda = backend.create()
+    assert cuda.device.variant == "portable"
+    [failed] = [e for e in logs if e["event"].startswith("the default build")]
+    assert ("(msm_g2 of 16 points: msm_sum_entries_g2 takes at most 64 threads per block in "
+            "the chains build (its registers), not 128)") in failed["error"]
+    assert "msm_sum_entries_g1" in made[0].launches
+    assert "msm_sum_entries_g2" not in made[0].launches
+    assert "msm_sum_entries_g2" in made[1].launches

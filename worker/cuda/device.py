@@ -28,6 +28,10 @@ from worker.cuda import compiler, exceptions, sources
 BLOCK = 128  #: threads per block of the arithmetic kernels (register-heavy)
 SCAN_BLOCK = 1024
 SCAN_PER_BLOCK = 2 * SCAN_BLOCK  #: values per block of scan_blocks
+#: The most threads per block of the kernels not launched with BLOCK (ntt_pass: half of one
+#: of ntt.cuh's tiles of 2^10 values). A kernel's registers times its block must fit the GPU's
+#: 64K registers per block: tests/unit/test_cuda_compile.py checks this table against ptxas.
+BLOCKS = {"scan_blocks": SCAN_BLOCK, "scan_add": 256, "fr_bit_reverse": 256, "ntt_pass": 512}
 
 
 class Device:
@@ -52,6 +56,7 @@ class Device:
         self._discarded: list[Any] = []  #: kept allocations whose owner is gone
         self._kept: dict[int, weakref.finalize[Any, Any]] = {}  #: id -> its owner's finalizer
         self._functions: dict[str, Any] = {}
+        self._max_blocks: dict[str, int] = {}  #: kernel -> the most threads per block it takes
         self._closed = False
         self.lost: str | None = None  #: why the context is unusable (see DeviceFailed.lost)
         self.name = f"GPU {index}"
@@ -223,8 +228,21 @@ class Device:
         self.launch_grid(name, grid, block, *args)
 
     def launch_grid(self, name: str, grid: int, block: int, *args: Any) -> None:
+        function = self.function(name)
+        if block > self._max_block(name, function):
+            # Said before launching: CUDA would refuse it as "too many resources requested"
+            raise exceptions.DeviceFailed(
+                gpu=self.name, operation=f"launching {name}",
+                detail=f"{name} takes at most {self._max_blocks[name]} threads per block in "
+                       f"the {self.variant} build (its registers), not {block}")
         values = [np.uint32(a) if isinstance(a, int) else a for a in args]
-        self.function(name)(*values, block=(block, 1, 1), grid=(grid, 1))
+        function(*values, block=(block, 1, 1), grid=(grid, 1))
+
+    def _max_block(self, name: str, function: Any) -> int:
+        if name not in self._max_blocks:
+            self._max_blocks[name] = int(function.get_attribute(
+                self._cuda.function_attribute.MAX_THREADS_PER_BLOCK))
+        return self._max_blocks[name]
 
     def scan(self, counts: Any, out: Any, m: int) -> int:
         """out = exclusive prefix sum of m uint32 counts; returns their total."""
@@ -241,4 +259,4 @@ class Device:
         if blocks > 1:
             block_offsets = self.alloc(4 * blocks)
             self._scan(block_sums, block_offsets, blocks)
-            self.launch("scan_add", m, out, m, block_offsets, block=256)
+            self.launch("scan_add", m, out, m, block_offsets, block=BLOCKS["scan_add"])

@@ -27,6 +27,7 @@ class DeviceFailed(CudaError):
     """CUDA failed on {gpu} during {operation}: {detail}. The attempt is retried; if it keeps
     failing, check the card (nvidia-smi, Xid lines in dmesg) or free its memory."""
 
+    detail: str = ""  #: what failed, without the GPU and the advice
     #: The context is unusable from now on (any CUDA error but out of memory: a launch failure
     #: or an illegal address poisons the context for good); the process must start again.
     lost: bool = False
@@ -40,5 +41,5 @@ class TooLarge(CudaError):
 
 
 class SelfTestFailed(CudaError):
-    """The CUDA backend on {gpu} gave a wrong result in its start-up check ({operation}): the
+    """The CUDA backend on {gpu} failed its start-up check ({operation}: {detail}): the
     kernels or the card are faulty. Run with --backend cpu and report the GPU model."""

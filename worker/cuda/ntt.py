@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.cuda.device import Device
+from worker.cuda.device import BLOCKS, Device
 from worker.groth16 import field, ntt
 
 TILE_LOG = 10  #: stages per ntt_pass (ntt.cuh's NTT_TILE_LOG)
@@ -69,7 +69,7 @@ def transform(dev: Device, buf: Any, log_n: int, twiddles: Any) -> None:
     n = 1 << log_n
     if log_n == 0:
         return
-    dev.launch("fr_bit_reverse", n, buf, log_n, block=256)
+    dev.launch("fr_bit_reverse", n, buf, log_n, block=BLOCKS["fr_bit_reverse"])
     s = 0
     for t in passes(log_n):
         dev.launch_grid("ntt_pass", n >> t, 1 << (t - 1), buf, twiddles, log_n, s, t)

@@ -19,6 +19,7 @@ from worker.groth16 import curve, field, ntt, zkey
 from worker.groth16.backends import Backend
 
 MSM_POINTS = {"g1": 64, "g2": 16}
+WRONG = "a wrong result"
 NTT_LOG_SIZE = 11  #: two passes of ntt_pass (10 stages in shared memory, then 1)
 
 
@@ -34,7 +35,8 @@ def _guarded(backend: Backend, operation: str, run: Callable[..., None], *args: 
     try:
         run(backend, *args)
     except exceptions.DeviceFailed as exc:
-        raise exceptions.SelfTestFailed(gpu=backend.name, operation=operation) from exc
+        raise exceptions.SelfTestFailed(gpu=backend.name, operation=operation,
+                                        detail=exc.detail) from exc
 
 
 def _check_msm(backend: Backend, group: str, rng: random.Random) -> None:
@@ -52,7 +54,8 @@ def _check_msm(backend: Backend, group: str, rng: random.Random) -> None:
         got2 = backend.msm_g2(backend.load_bases("g2", _points(lem, 24)), field.to_vector(scalars))
         ok = got2 == curve.from_ark_g2(want)  # type: ignore[arg-type]
     if not ok:
-        raise exceptions.SelfTestFailed(gpu=backend.name, operation=f"msm_{group} of {n} points")
+        raise exceptions.SelfTestFailed(gpu=backend.name, operation=f"msm_{group} of {n} points",
+                                        detail=WRONG)
 
 
 def _check_ntt(backend: Backend, rng: random.Random) -> None:
@@ -63,7 +66,7 @@ def _check_ntt(backend: Backend, rng: random.Random) -> None:
     got = backend.to_coset(domain, field.to_vector(values))
     if not np.array_equal(got, field.to_vector(want)):
         raise exceptions.SelfTestFailed(gpu=backend.name,
-                                        operation=f"to_coset of 2^{NTT_LOG_SIZE}")
+                                        operation=f"to_coset of 2^{NTT_LOG_SIZE}", detail=WRONG)
 
 
 def _points(lem: bytes, limbs: int) -> zkey.Points:
