@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 from google.protobuf import json_format
 
-from broker import __version__, exceptions, logs, policy
+from broker import __version__, access, exceptions, logs, policy
 from broker import config as broker_config
 from broker.client import BrokerClient
 from broker.flags import (
@@ -45,7 +45,9 @@ LOG_FLAGS = [
     Flag("log-level", "log level", "info", choices=logs.LEVELS),
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
 ]
-CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888", address)]
+#: The clients' flag; the broker's own says what it does there.
+TOKEN_FLAG = Flag("token-file", "file holding the broker's access token (empty: none)", "")
+CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888", address), TOKEN_FLAG]
 RUN_FLAGS = [
     Flag("url", "address to listen on", "127.0.0.1:18888", listen_address),
     Flag("db-dsn", "task database: sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB",
@@ -69,6 +71,8 @@ RUN_FLAGS = [
          lambda text: listen_address(text) if text.strip() else ""),
     Flag("metrics-refresh-s", "seconds between readings of the task counts per type and state "
          "(gpuproxy_tasks) from the database", 5.0, seconds),
+    Flag("token-file", "file holding the access token every call must carry (health checks "
+         "excepted); empty: any caller is served", ""),
     *LOG_FLAGS,
 ]
 
@@ -105,6 +109,7 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
         clean_interval_s=values["clean_interval_s"],
         metrics_listen=values["metrics_url"],
         metrics_refresh_s=values["metrics_refresh_s"],
+        token=access.read_token(values["token_file"]),
     )
 
 
@@ -122,7 +127,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> BrokerClient:
     values = resolve(args, [*CLIENT_FLAGS, *LOG_FLAGS])
     logs.configure(values["log_level"], values["log_format"])
-    return BrokerClient(values["url"])
+    return BrokerClient(values["url"], token=access.read_token(values["token_file"]))
 
 
 def _when(ts: Any) -> str:

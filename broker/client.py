@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import grpc
 
-from broker import exceptions
+from broker import access, exceptions
 from broker.payloads import CHUNK_BYTES
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
 
@@ -51,11 +51,14 @@ def file_sha256(path: pathlib.Path) -> tuple[int, str]:
 
 class BrokerClient:
     def __init__(
-        self, url: str, *, timeout_s: float = 30.0, options: Sequence[tuple[str, Any]] = ()
+        self, url: str, *, timeout_s: float = 30.0, options: Sequence[tuple[str, Any]] = (),
+        token: str = "",
     ) -> None:
-        """`options`: channel options added to CHANNEL_OPTIONS (e.g. a reconnect backoff)."""
+        """`options`: channel options added to CHANNEL_OPTIONS (e.g. a reconnect backoff);
+        `token`: the broker's access token, sent with every call (broker.access)."""
         self.url = url
         self.timeout_s = timeout_s
+        self.metadata = access.metadata(token)
         self.channel = grpc.aio.insecure_channel(
             target_of(url), options=[*CHANNEL_OPTIONS, *options]
         )
@@ -83,6 +86,8 @@ class BrokerClient:
                 exc.details() or ""):
             # A gRPC server without our service, or an HTTP server or proxy answering 404.
             err = exceptions.NotABroker(url=self.url, detail=exc.details())
+        elif exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+            err = exceptions.AccessDenied(url=self.url, detail=exc.details())
         else:
             err = exceptions.RemoteError(detail=exc.details() or exc.code().name)
         err.code = exc.code()  # type: ignore[union-attr]
@@ -90,7 +95,8 @@ class BrokerClient:
 
     async def _unary(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout_s, wait_for_ready=False)
+            return await method(request, timeout=self.timeout_s, wait_for_ready=False,
+                                metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise self.translate(exc) from exc
 
@@ -116,7 +122,7 @@ class BrokerClient:
             task_type=task_type, miner=miner, comment=comment, priority=priority,
             payload_size=size, payload_sha256=sha, max_attempts=max_attempts,
         )
-        call = self.stub.SubmitTask()
+        call = self.stub.SubmitTask(metadata=self.metadata)
         try:
             await call.write(tasks_pb2.SubmitTaskRequest(header=header))
             first = await call.read()
@@ -150,7 +156,8 @@ class BrokerClient:
 
     async def watch(self, task_id: str) -> AsyncIterator[tasks_pb2.Task]:
         """Every version of the task until a terminal state (no polling)."""
-        call = self.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task_id))
+        call = self.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task_id),
+                                   metadata=self.metadata)
         try:
             async for task in call:
                 yield task
@@ -203,13 +210,15 @@ class BrokerClient:
                     yield tasks_pb2.PutResourceRequest(chunk=block)
 
         try:
-            return await self.stub.PutResource(requests(), timeout=max(self.timeout_s, 600))
+            return await self.stub.PutResource(requests(), timeout=max(self.timeout_s, 600),
+                                               metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise self.translate(exc) from exc
 
     async def download_resource(self, sha256: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream a resource into `out` (temp file, checked, then renamed)."""
-        call = self.stub.GetResource(tasks_pb2.GetResourceRequest(sha256=sha256))
+        call = self.stub.GetResource(tasks_pb2.GetResourceRequest(sha256=sha256),
+                                     metadata=self.metadata)
         return await self._download(call, f"resource {sha256}", out)
 
     async def list_workers(self) -> list[workers_pb2.WorkerInfo]:
@@ -223,12 +232,14 @@ class BrokerClient:
 
     async def download_result(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream the task's result into `out` (temp file, checked, then renamed)."""
-        call = self.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id))
+        call = self.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id),
+                                   metadata=self.metadata)
         return await self._download(call, f"result of task {task_id}", out)
 
     async def download_payload(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream the task's payload into `out` (temp file, checked, then renamed)."""
-        call = self.stub.GetPayload(tasks_pb2.GetPayloadRequest(id=task_id))
+        call = self.stub.GetPayload(tasks_pb2.GetPayloadRequest(id=task_id),
+                                    metadata=self.metadata)
         return await self._download(call, f"payload of task {task_id}", out)
 
     async def _download(self, call: Any, what: str, out: pathlib.Path) -> tuple[int, str]:

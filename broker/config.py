@@ -46,6 +46,8 @@ class BrokerConfig:
     metrics_listen: str = ""  #: HOST:PORT of the Prometheus endpoint; "" for none
     metrics_refresh_s: float = 5.0  #: how often the task counts are read for the metrics
     watch_poll_s: float = 1.0  #: how soon a watch sees changes made by another broker
+    #: Calls must carry this (broker.access); "" lets any caller in.
+    token: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)

@@ -144,5 +144,9 @@ class BrokerCannotServe(BrokerUnreachable):
     """The broker at {url} answered but cannot serve now: {detail}"""
 
 
+class AccessDenied(BrokerError):
+    """The broker at {url} refused the call: {detail}"""
+
+
 class RemoteError(BrokerError):
     """{detail}"""

@@ -13,7 +13,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from broker import cleaner, clock, exceptions, housekeeper, metrics
+from broker import access, cleaner, clock, exceptions, housekeeper, metrics
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher
 from broker.models import TaskFilter, TaskState
@@ -66,7 +66,9 @@ class Broker:
         self.tasks = TaskManager(store=store, payloads=self.payloads, config=cfg, hub=hub)
         self.dispatcher = Dispatcher(store, lease_s=cfg.lease_s)
         hub.listen(self.dispatcher.task_changed)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[access.TokenCheck(cfg.token)] if cfg.token else None)
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(self.tasks, self.dispatcher, cfg), self.server
@@ -117,7 +119,8 @@ class Broker:
         ))
         log.info("broker started", listen=cfg.listen, port=self.port,
                  db=_masked(cfg.dsn), resource_type=cfg.resource_type,
-                 payload_path=cfg.payload_path if cfg.resource_type == "fs" else None)
+                 payload_path=cfg.payload_path if cfg.resource_type == "fs" else None,
+                 access="token" if cfg.token else "open to any caller (no --token-file)")
 
     async def _serving(self, store_works: bool) -> None:
         """Health says NOT_SERVING while the database is unreachable (the housekeeper, which

@@ -20,6 +20,8 @@ class PluginConfig:
     retry_max_s: float = 30.0
     #: Each request and response line is written to a file here, when set.
     dump_dir: pathlib.Path | None = None
+    #: The broker's access token, sent with every call (broker.access); "" for none.
+    token: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.url.strip():

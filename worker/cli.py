@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from broker import __version__, logs
+from broker import __version__, access, logs
 from broker import exceptions as broker_exceptions
 from broker.cli import run_command
 from broker.flags import Flag, add_flags, address, load_toml, resolve, seconds
@@ -36,6 +36,7 @@ LOG_FLAGS = [
 COMMON_FLAGS = [
     Flag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy works too)",
          "127.0.0.1:18888", address),
+    Flag("token-file", "file holding the broker's access token (empty: none)", ""),
     Flag("max-tasks", "tasks this worker runs at once", 1, int),
     Flag("allow-type", "task types this worker runs, comma separated", "c2"),
     Flag("nvidia-smi", "GPU inventory command; '' (or none installed) makes a CPU worker",
@@ -215,6 +216,7 @@ def settings(
         backend=values["backend"],
         pause_after_failures=values["pause_after_failures"],
         twin_wait_s=values["twin_wait_s"],
+        token=access.read_token(values["token_file"]),
     )
     return values, config
 

@@ -56,6 +56,8 @@ class WorkerConfig:
     pause_after_failures: int = 3
     #: How long a worker refused because a live worker has its id tries again before it exits.
     twin_wait_s: float = 120.0
+    #: The broker's access token, sent with every call (broker.access); "" for none.
+    token: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.url.strip():

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from broker import access
 from broker.client import CHANNEL_OPTIONS, target_of
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2, workers_pb2_grpc
 from worker import exceptions
@@ -42,9 +43,10 @@ def held(task_id: str, fence: int) -> workers_pb2.HeldTask:
 class Remote:
     """One channel to the broker, shared by the Work stream and the payload and result calls."""
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 60.0, token: str = "") -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.metadata = access.metadata(token)  #: sent with every call
         self.channel = grpc.aio.insecure_channel(target_of(url), options=CHANNEL_OPTIONS)
         self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
 
@@ -63,11 +65,12 @@ class Remote:
         return exceptions.BrokerRefused(what=what, code=code.name, detail=detail)
 
     def open_stream(self) -> Stream:
-        return Stream(self, self.stub.Work())
+        return Stream(self, self.stub.Work(metadata=self.metadata))
 
     async def fetch_payload(self, task: workers_pb2.HeldTask) -> AsyncIterator[tasks_pb2.BlobChunk]:
         """The payload's chunks; the first carries the size and sha256 of the whole."""
-        call = self.stub.FetchPayload(workers_pb2.FetchPayloadRequest(task=task))
+        call = self.stub.FetchPayload(workers_pb2.FetchPayloadRequest(task=task),
+                                      metadata=self.metadata)
         try:
             async for chunk in call:
                 yield chunk
@@ -92,7 +95,7 @@ class Remote:
 
         try:
             task_pb: tasks_pb2.Task = await self.stub.UploadResult(
-                requests(), timeout=self.timeout_s
+                requests(), timeout=self.timeout_s, metadata=self.metadata
             )
         except grpc.aio.AioRpcError as exc:
             raise self.translate(exc, "take the result", task.task_id) from exc
