@@ -49,6 +49,9 @@ class BrokerUnavailable(WorkerError):
 class BrokerRefused(WorkerError):
     """The broker refused to {what} ({code}): {detail}"""
 
+    code: str  #: the gRPC status name
+    detail: str
+
 
 class TaskLost(WorkerError):
     """Task {task_id} is no longer held by this worker ({detail}): it was requeued or cancelled

@@ -139,6 +139,13 @@ class Stream:
                     url=self.remote.url, code=exc.code().name, detail=exc.details() or ""
                 ) from exc
             raise self.remote.translate(exc, "register") from exc
+        except exceptions.BrokerRefused as exc:
+            # The broker ended the call before Register was written (an access token refused
+            # as the stream opened): the same refusal, seen by the writer
+            if exc.code in {code.name for code in FATAL_FOR_REGISTRATION}:
+                raise exceptions.RegistrationRefused(
+                    url=self.remote.url, code=exc.code, detail=exc.detail) from exc
+            raise
         if reply is grpc.aio.EOF:
             raise exceptions.BrokerUnavailable(
                 url=self.remote.url, detail="the stream ended before Registered"

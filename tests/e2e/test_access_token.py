@@ -4,6 +4,7 @@ only, each one without it is told what to do, and health probes need no token.""
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from tests.e2e.test_plugin_e2e import (
     request_line,
     task_bytes,
 )
+from worker import groth16
 
 REFUSED = ("this broker takes calls with its access token only: give this program the "
            "broker's token file (--token-file, or GPUPROXY_TOKEN_FILE)")
@@ -108,3 +110,27 @@ async def test_workers_and_plugins_prove_with_the_token_and_are_told_without_it(
     lost = worker_factory(broker.url, gpu=1)
     assert await asyncio.to_thread(lost.wait, 20) == 1
     assert f"refused this worker (UNAUTHENTICATED): {REFUSED}" in lost.logs()
+
+
+def test_a_groth16_worker_fetches_its_key_with_the_token(
+    broker: BrokerProcess, worker_factory: WorkerFactory,
+    gpuproxy: subprocess.CompletedProcess[str], token_file: pathlib.Path, tmp_path: pathlib.Path,
+) -> None:
+    # Given a groth16 worker with the token and no key of its own
+    worker = worker_factory(broker.url, gpu=None, extra=[
+        "--allow-type", "groth16", "--params-dir", str(tmp_path / "params"),
+        "--token-file", str(token_file)])
+    worker.wait_for("registered")
+    files = groth16.write_demo(tmp_path / "circuit", 4, n_public=1, seed=11)
+    # When a task naming a key the CLI uploads is submitted and waited for, with the token
+    out = tmp_path / "proof.json"
+    done = gpuproxy("tasks", "submit", "--url", broker.url,  # type: ignore[operator]
+                    "--token-file", str(token_file), "--type", "groth16",
+                    "--zkey", str(files.zkey), "--wtns", str(files.wtns), "--wait",
+                    "-o", str(out), timeout_s=120)
+    # Then the worker fetched the key from the broker, and the proof verifies
+    assert done.returncode == 0, done.stderr
+    assert "proving key fetched from the broker" in worker.logs()
+    vk = groth16.read_verification_key(files.verification_key.read_bytes())
+    public = json.loads((tmp_path / "public.json").read_text())
+    assert groth16.verify_proof_json(vk, out.read_bytes(), public)
