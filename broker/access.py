@@ -1,10 +1,12 @@
-"""An access token shared by a broker and its clients (workers, plugins, the CLI).
+"""Who may call a broker, and over what: an access token and TLS, shared by a broker and its
+clients (workers, plugins, the CLI).
 
 A broker started with --token-file answers only calls that carry that token, as the gRPC
 metadata `authorization: Bearer <token>`. The health service stays open: probes and load
-balancers check it without the secret, and it tells nothing about tasks. The token is a
-password, not encryption: across a network you do not trust, put TLS in front of the broker (a
-gRPC proxy) or a VPN between the hosts.
+balancers check it without the secret, and it tells nothing about tasks. With --tls-cert and
+--tls-key it serves TLS only; clients then trust its certificate through --tls-ca (a private CA,
+or the self-signed certificate itself) or, for an https:// address, the system's roots. The
+token is a password, TLS is what keeps it (and payloads) from the network.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hmac
 import os
 import pathlib
+import ssl
 import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +24,7 @@ import structlog
 from grpc_health.v1 import health
 
 from broker import exceptions
+from broker.flags import Flag
 
 log = structlog.get_logger("gpuproxy.access")
 
@@ -29,6 +33,12 @@ SCHEME = "Bearer "
 #: Services any caller may use without the token.
 OPEN_SERVICES = frozenset({health.SERVICE_NAME})
 FIX = "give this program the broker's token file (--token-file, or GPUPROXY_TOKEN_FILE)"
+#: The flags of every program that calls a broker.
+CLIENT_FLAGS = [
+    Flag("token-file", "file holding the broker's access token (empty: none)", ""),
+    Flag("tls-ca", "PEM file of the CA (or the broker's self-signed certificate) to trust: "
+         "TLS to the broker (an https:// address uses the system's CAs)", ""),
+]
 
 
 def read_token(path: str, field: str = "token-file") -> str:
@@ -60,6 +70,67 @@ def read_token(path: str, field: str = "token-file") -> str:
         log.warning("the token file can be read by other users of this host; chmod 600 it",
                     file=str(file), mode=oct(stat.S_IMODE(mode)))
     return text
+
+
+def read_pem(path: str, field: str, kind: str) -> bytes | None:
+    """The PEM file at `path` (`kind`: what it should hold, for the message); None for no
+    path. ConfigError when it is missing, unreadable or not PEM."""
+    if not path.strip():
+        return None
+    file = pathlib.Path(path).expanduser()
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise exceptions.ConfigError(
+            field=field, detail=f"cannot read {file}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise exceptions.ConfigError(
+            field=field, detail=f"{file} is not PEM: {kind} starts with a -----BEGIN line")
+    return data
+
+
+def read_ca(path: str) -> bytes | None:
+    """A client's --tls-ca: the roots to check the broker's certificate against."""
+    return read_pem(path, "tls-ca", "a CA certificate")
+
+
+def server_tls(cert_path: str, key_path: str) -> tuple[bytes, bytes] | None:
+    """The broker's certificate chain and private key (PEM) for TLS, checked to belong together
+    as a TLS library will use them; None when neither is given."""
+    if bool(cert_path.strip()) != bool(key_path.strip()):
+        raise exceptions.ConfigError(
+            field="tls-cert" if not cert_path.strip() else "tls-key",
+            detail="TLS needs both --tls-cert (the certificate chain) and --tls-key (its key)")
+    cert = read_pem(cert_path, "tls-cert", "a certificate")
+    key = read_pem(key_path, "tls-key", "a private key")
+    if cert is None or key is None:
+        return None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            pathlib.Path(cert_path).expanduser(), pathlib.Path(key_path).expanduser())
+    except ssl.SSLError as exc:
+        raise exceptions.ConfigError(
+            field="tls-key", detail=f"{key_path} is not the key of the certificate in "
+            f"{cert_path}, or either is damaged ({exc.reason or exc})") from None
+    return cert, key
+
+
+def tls_advice(detail: str, tls: bool) -> str:
+    """What to check when a connection to a broker failed, from gRPC's detail, when TLS (or its
+    absence) is the likely cause; "" otherwise."""
+    if "Hostname Verification Check failed" in detail:
+        return ("the broker's certificate does not name the host in this address: connect by "
+                "a name or IP in its subjectAltName, or make it a certificate that has this one")
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return ("the broker's certificate is not signed by the CA this program trusts: give "
+                "--tls-ca the CA's certificate (or the broker's own, if self-signed)")
+    if tls and "WRONG_VERSION_NUMBER" in detail:
+        return ("the broker does not serve TLS: drop --tls-ca and https://, or start it with "
+                "--tls-cert and --tls-key")
+    if not tls and "Socket closed" in detail:
+        return ("a broker serving TLS (--tls-cert) closes plain connections; if this one does, "
+                "give --tls-ca, or an https:// address")
+    return ""
 
 
 def metadata(token: str) -> tuple[tuple[str, str], ...] | None:

@@ -45,9 +45,8 @@ LOG_FLAGS = [
     Flag("log-level", "log level", "info", choices=logs.LEVELS),
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
 ]
-#: The clients' flag; the broker's own says what it does there.
-TOKEN_FLAG = Flag("token-file", "file holding the broker's access token (empty: none)", "")
-CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888", address), TOKEN_FLAG]
+CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888", address),
+                *access.CLIENT_FLAGS]
 RUN_FLAGS = [
     Flag("url", "address to listen on", "127.0.0.1:18888", listen_address),
     Flag("db-dsn", "task database: sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB",
@@ -73,6 +72,8 @@ RUN_FLAGS = [
          "(gpuproxy_tasks) from the database", 5.0, seconds),
     Flag("token-file", "file holding the access token every call must carry (health checks "
          "excepted); empty: any caller is served", ""),
+    Flag("tls-cert", "PEM certificate chain: serve TLS only (with --tls-key)", ""),
+    Flag("tls-key", "PEM private key of --tls-cert", ""),
     *LOG_FLAGS,
 ]
 
@@ -110,6 +111,7 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
         metrics_listen=values["metrics_url"],
         metrics_refresh_s=values["metrics_refresh_s"],
         token=access.read_token(values["token_file"]),
+        tls=access.server_tls(values["tls_cert"], values["tls_key"]),
     )
 
 
@@ -127,7 +129,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> BrokerClient:
     values = resolve(args, [*CLIENT_FLAGS, *LOG_FLAGS])
     logs.configure(values["log_level"], values["log_format"])
-    return BrokerClient(values["url"], token=access.read_token(values["token_file"]))
+    return BrokerClient(values["url"], token=access.read_token(values["token_file"]),
+                        tls_ca=access.read_ca(values["tls_ca"]))
 
 
 def _when(ts: Any) -> str:

@@ -32,11 +32,27 @@ CHANNEL_OPTIONS = [
 
 
 def target_of(url: str) -> str:
-    """Accept gpuproxy's http://HOST:PORT as well as HOST:PORT."""
-    for prefix in ("http://", "grpc://"):
+    """Accept gpuproxy's http://HOST:PORT, and https://HOST:PORT, as well as HOST:PORT."""
+    for prefix in ("http://", "https://", "grpc://"):
         if url.startswith(prefix):
             url = url[len(prefix):]
     return url.rstrip("/")
+
+
+def uses_tls(url: str, tls_ca: bytes | None) -> bool:
+    return tls_ca is not None or url.strip().startswith("https://")
+
+
+def open_channel(url: str, options: Sequence[tuple[str, Any]], tls_ca: bytes | None = None
+                 ) -> grpc.aio.Channel:
+    """A channel to the broker at `url`: TLS when `tls_ca` (PEM roots to trust: a private CA or
+    the broker's self-signed certificate) is given or the address is https:// (the system's
+    roots), plain otherwise."""
+    if uses_tls(url, tls_ca):
+        return grpc.aio.secure_channel(
+            target_of(url), grpc.ssl_channel_credentials(root_certificates=tls_ca),
+            options=list(options))
+    return grpc.aio.insecure_channel(target_of(url), options=list(options))
 
 
 def file_sha256(path: pathlib.Path) -> tuple[int, str]:
@@ -52,16 +68,16 @@ def file_sha256(path: pathlib.Path) -> tuple[int, str]:
 class BrokerClient:
     def __init__(
         self, url: str, *, timeout_s: float = 30.0, options: Sequence[tuple[str, Any]] = (),
-        token: str = "",
+        token: str = "", tls_ca: bytes | None = None,
     ) -> None:
         """`options`: channel options added to CHANNEL_OPTIONS (e.g. a reconnect backoff);
-        `token`: the broker's access token, sent with every call (broker.access)."""
+        `token`: the broker's access token, sent with every call; `tls_ca`: the roots that the
+        broker's TLS certificate is checked against (broker.access, open_channel)."""
         self.url = url
         self.timeout_s = timeout_s
         self.metadata = access.metadata(token)
-        self.channel = grpc.aio.insecure_channel(
-            target_of(url), options=[*CHANNEL_OPTIONS, *options]
-        )
+        self.tls = uses_tls(url, tls_ca)
+        self.channel = open_channel(url, [*CHANNEL_OPTIONS, *options], tls_ca)
         self.stub = tasks_pb2_grpc.TaskBrokerStub(self.channel)
         self.workers = workers_pb2_grpc.WorkerServiceStub(self.channel)
 
@@ -80,6 +96,9 @@ class BrokerClient:
         err: exceptions.BrokerError
         if exc.code() is grpc.StatusCode.UNAVAILABLE and answered:
             err = exceptions.BrokerCannotServe(url=self.url, detail=exc.details())
+        elif exc.code() is grpc.StatusCode.UNAVAILABLE and (
+                advice := access.tls_advice(exc.details() or "", self.tls)):
+            err = exceptions.TlsFailed(url=self.url, advice=advice, detail=exc.details())
         elif exc.code() is grpc.StatusCode.UNAVAILABLE:
             err = exceptions.BrokerUnreachable(url=self.url, detail=exc.details())
         elif exc.code() is grpc.StatusCode.UNIMPLEMENTED or "http2 header with status" in (

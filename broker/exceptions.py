@@ -135,6 +135,10 @@ class BrokerUnreachable(BrokerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
 
 
+class TlsFailed(BrokerError):
+    """The connection to the broker at {url} failed: {advice} ({detail})"""
+
+
 class NotABroker(BrokerError):
     """The server at {url} is not a gpuproxy broker, or one too old for this command ({detail}):
     check the address and port, and that the broker runs the same version."""

@@ -33,11 +33,11 @@ def address(text: str, *, listen: bool = False) -> str:
     To `listen` on, port 0 takes any free port."""
     lowest_port = 0 if listen else 1
     rest = text.strip()
-    for prefix in ("http://", "grpc://"):
+    for prefix in ("http://", "https://", "grpc://"):
         rest = rest.removeprefix(prefix)
     if "://" in rest:
-        raise ValueError(f"{text!r}: write HOST:PORT (or http://HOST:PORT): other schemes "
-                         "are not served")
+        raise ValueError(f"{text!r}: write HOST:PORT (or http://HOST:PORT, https://HOST:PORT "
+                         "for TLS): other schemes are not served")
     host, sep, port = rest.rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit() or not lowest_port <= int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT with a port from {lowest_port} to 65535")

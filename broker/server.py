@@ -83,7 +83,9 @@ class Broker:
         )
         reflection.enable_server_reflection(names, self.server)
         try:
-            self.port = self.server.add_insecure_port(cfg.listen)
+            self.port = (self.server.add_secure_port(
+                cfg.listen, grpc.ssl_server_credentials([(cfg.tls[1], cfg.tls[0])]))
+                if cfg.tls else self.server.add_insecure_port(cfg.listen))
         except RuntimeError:  # grpcio's "Failed to bind"
             self.port = 0
         if self.port == 0:
@@ -120,7 +122,8 @@ class Broker:
         log.info("broker started", listen=cfg.listen, port=self.port,
                  db=_masked(cfg.dsn), resource_type=cfg.resource_type,
                  payload_path=cfg.payload_path if cfg.resource_type == "fs" else None,
-                 access="token" if cfg.token else "open to any caller (no --token-file)")
+                 access="token" if cfg.token else "open to any caller (no --token-file)",
+                 tls=cfg.tls is not None)
 
     async def _serving(self, store_works: bool) -> None:
         """Health says NOT_SERVING while the database is unreachable (the housekeeper, which

@@ -75,7 +75,7 @@ RUN_FLAGS = [
                "info,hyper=warn are taken too)", "info",
                log_level, choices=logs.LEVELS, legacy_env="C2PROXY_LOG_LEVEL"),
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
-    Flag("token-file", "file holding the broker's access token (empty: none)", ""),
+    *access.CLIENT_FLAGS,
     Flag("dump-dir", "write each request and response line, as it crossed the pipe, to a file "
          "here named by request id"),
     Flag("deadline-s", "a request still without a proof after this many seconds is answered "
@@ -95,6 +95,7 @@ def config_from(values: dict[str, Any]) -> PluginConfig:
         retry_max_s=values["retry_max_s"],
         dump_dir=pathlib.Path(dump_dir).expanduser() if dump_dir else None,
         token=access.read_token(values["token_file"]),
+        tls_ca=access.read_ca(values["tls_ca"]),
     )
 
 
@@ -120,7 +121,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
              dump_dir=str(config.dump_dir) if config.dump_dir else None)
     with workdir.staging_folder() as work_dir:
         async with BrokerClient(config.url, options=channel_options(config),
-                                token=config.token) as client:
+                                token=config.token, tls_ca=config.tls_ca) as client:
             waiter = Waiter(config, client, work_dir)
             processor = Processor(waiter, stdio.LineWriter(protocol_fd), Dumper(config.dump_dir))
             reader = stdio.LineReader(sys.stdin.fileno())

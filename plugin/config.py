@@ -22,6 +22,8 @@ class PluginConfig:
     dump_dir: pathlib.Path | None = None
     #: The broker's access token, sent with every call (broker.access); "" for none.
     token: str = dataclasses.field(default="", repr=False)
+    #: PEM roots the broker's TLS certificate is checked against (see BrokerClient).
+    tls_ca: bytes | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.url.strip():

@@ -58,6 +58,9 @@ class WorkerConfig:
     twin_wait_s: float = 120.0
     #: The broker's access token, sent with every call (broker.access); "" for none.
     token: str = dataclasses.field(default="", repr=False)
+    #: PEM roots the broker's TLS certificate is checked against; None: plain, unless the url
+    #: is https:// (the system's roots).
+    tls_ca: bytes | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.url.strip():

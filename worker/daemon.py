@@ -83,7 +83,7 @@ async def serve(config: WorkerConfig) -> int:
     )
     work_dir = config.work_dir_for(label)
     held_locks = [locks.lock_work_dir(work_dir)]
-    remote = Remote(config.url, token=config.token)
+    remote = Remote(config.url, token=config.token, tls_ca=config.tls_ca)
     try:
         worker_id = state.load_or_create(work_dir, label).worker_id
         structlog.contextvars.bind_contextvars(worker_id=worker_id)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from broker import access
-from broker.client import CHANNEL_OPTIONS, target_of
+from broker.client import CHANNEL_OPTIONS, open_channel, uses_tls
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2, workers_pb2_grpc
 from worker import exceptions
 
@@ -43,11 +43,13 @@ def held(task_id: str, fence: int) -> workers_pb2.HeldTask:
 class Remote:
     """One channel to the broker, shared by the Work stream and the payload and result calls."""
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0, token: str = "") -> None:
+    def __init__(self, url: str, *, timeout_s: float = 60.0, token: str = "",
+                 tls_ca: bytes | None = None) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.metadata = access.metadata(token)  #: sent with every call
-        self.channel = grpc.aio.insecure_channel(target_of(url), options=CHANNEL_OPTIONS)
+        self.tls = uses_tls(url, tls_ca)
+        self.channel = open_channel(url, CHANNEL_OPTIONS, tls_ca)
         self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
 
     async def close(self) -> None:
@@ -59,7 +61,9 @@ class Remote:
             return exceptions.BrokerUnavailable(url=self.url, detail=f"{what}: {exc!r}")
         code, detail = exc.code(), exc.details() or exc.code().name
         if code in TRANSIENT:
-            return exceptions.BrokerUnavailable(url=self.url, detail=f"{what}: {detail}")
+            advice = access.tls_advice(detail, self.tls)
+            return exceptions.BrokerUnavailable(
+                url=self.url, detail=f"{what}: {advice + ': ' if advice else ''}{detail}")
         if code in LOST and task_id:
             return exceptions.TaskLost(task_id=task_id, detail=detail)
         return exceptions.BrokerRefused(what=what, code=code.name, detail=detail)

@@ -36,6 +36,7 @@ class BrokerProcess:
     log_path: pathlib.Path
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    tls_ca: bytes | None = None  #: the CA of a broker serving TLS
 
     def start(self, timeout_s: float = 20.0) -> BrokerProcess:
         with self.log_path.open("ab") as log:
@@ -53,7 +54,8 @@ class BrokerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"broker exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                with grpc.insecure_channel(self.url) as ch:
+                with (grpc.secure_channel(self.url, grpc.ssl_channel_credentials(self.tls_ca))
+                      if self.tls_ca else grpc.insecure_channel(self.url)) as ch:
                     reply = health_pb2_grpc.HealthStub(ch).Check(
                         health_pb2.HealthCheckRequest(service=""), timeout=1
                     )
@@ -94,12 +96,14 @@ def broker_factory(
     started: list[BrokerProcess] = []
 
     def make(dsn: str, resource_type: str = "fs", payload_dir: pathlib.Path | None = None,
-             extra: list[str] | None = None, port: int | None = None) -> BrokerProcess:
+             extra: list[str] | None = None, port: int | None = None,
+             tls_ca: bytes | None = None) -> BrokerProcess:
         payloads = payload_dir or tmp_path / "payloads"
         args = ["--db-dsn", dsn, "--resource-type", resource_type,
                 "--fs-resource-path", str(payloads), "--log-level", "debug", *(extra or [])]
         b = BrokerProcess(url=f"127.0.0.1:{port or free_port()}", args=args,
-                          log_path=tmp_path / f"broker-{len(started)}.log", env=cli_env(tmp_path))
+                          log_path=tmp_path / f"broker-{len(started)}.log", env=cli_env(tmp_path),
+                          tls_ca=tls_ca)
         started.append(b)
         return b.start()
 

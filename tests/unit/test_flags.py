@@ -54,12 +54,12 @@ def test_unreadable_config_file_is_named(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:18888", "http://10.0.0.5:18888", "[::1]:18888",
-                                  "broker:18888", "grpc://h:1/"])
+                                  "broker:18888", "grpc://h:1/", "https://broker.lan:443"])
 def test_a_broker_address_is_kept_as_written(text: str) -> None:
     assert flags.address(text) == text
 
 
-@pytest.mark.parametrize("text", ["127.0.0.1:84646", "127.0.0.1", "https://h:1", "", ":18888",
+@pytest.mark.parametrize("text", ["127.0.0.1:84646", "127.0.0.1", "ftp://h:1", "", ":18888",
                                   "h:0", "h:port"])
 def test_an_address_that_cannot_be_right_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):

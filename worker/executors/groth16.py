@@ -47,6 +47,7 @@ class Groth16Executor(Executor):
     def __init__(self, config: WorkerConfig, backend_name: str | None = None) -> None:
         self.url = config.url
         self.token = config.token
+        self.tls_ca = config.tls_ca
         self.params_dir = config.params_dir
         self.backend_name = backend_name or config.backend
         self.device = f"GPU {config.gpu}" if config.gpu is not None else "this host"
@@ -125,7 +126,8 @@ class Groth16Executor(Executor):
         await job.progress("fetching key", 0.0)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            async with BrokerClient(self.url, timeout_s=600, token=self.token) as client:
+            async with BrokerClient(self.url, timeout_s=600, token=self.token,
+                                    tls_ca=self.tls_ca) as client:
                 size, _ = await client.download_resource(sha256, path)
         except BrokerError as exc:
             if getattr(exc, "code", None) is grpc.StatusCode.NOT_FOUND:
