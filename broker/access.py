@@ -127,7 +127,9 @@ def tls_advice(detail: str, tls: bool) -> str:
     if tls and "WRONG_VERSION_NUMBER" in detail:
         return ("the broker does not serve TLS: drop --tls-ca and https://, or start it with "
                 "--tls-cert and --tls-key")
-    if not tls and "Socket closed" in detail:
+    # Only at connection time: a broker killed mid-call ends it with "Stream removed (Socket
+    # closed)" too
+    if not tls and "Socket closed" in detail and "failed to connect" in detail:
         return ("a broker serving TLS (--tls-cert) closes plain connections; if this one does, "
                 "give --tls-ca, or an https:// address")
     return ""

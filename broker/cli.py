@@ -251,7 +251,8 @@ async def cmd_tasks_cancel(args: argparse.Namespace) -> int:
         for task_id in dict.fromkeys(args.ids):
             try:
                 task = await client.cancel(task_id, args.reason or "")
-            except (exceptions.BrokerUnreachable, exceptions.NotABroker):
+            except (exceptions.BrokerUnreachable, exceptions.NotABroker,
+                    exceptions.AccessDenied):
                 raise
             except exceptions.BrokerError as exc:
                 print(f"{task_id} not cancelled: {exc}", file=sys.stderr)

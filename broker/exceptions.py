@@ -135,7 +135,7 @@ class BrokerUnreachable(BrokerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
 
 
-class TlsFailed(BrokerError):
+class TlsFailed(BrokerUnreachable):
     """The connection to the broker at {url} failed: {advice} ({detail})"""
 
 
