@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from broker.client import BrokerClient  # noqa: E402 - after the path fix-up above
+from broker.flags import without_settings  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -38,7 +39,7 @@ def free_port() -> int:
 def start(argv: list[str], work: pathlib.Path, name: str) -> subprocess.Popen[bytes]:
     with (work / f"{name}.log").open("ab") as log:
         return subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "HOME": str(work)})
+                                env={**without_settings(os.environ), "HOME": str(work)})
 
 
 async def wait_workers(url: str, count: int) -> None:

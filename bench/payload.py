@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from broker.client import BrokerClient
+from broker.flags import without_settings
 
 BUDGET_MIB = 64
 
@@ -87,7 +88,7 @@ async def bench(args: argparse.Namespace, work: pathlib.Path) -> None:
         [sys.executable, "-m", "broker.cli", "run", "--url", url, "--db-dsn", dsn,
          "--resource-type", args.resource_type, "--fs-resource-path", str(work / "payloads"),
          "--log-level", "warning"],
-        env={**os.environ, "HOME": str(work)},
+        env={**without_settings(os.environ), "HOME": str(work)},
     )
     try:
         await wait_ready(url)

@@ -105,9 +105,14 @@ def server_tls(cert_path: str, key_path: str) -> tuple[bytes, bytes] | None:
     key = read_pem(key_path, "tls-key", "a private key")
     if cert is None or key is None:
         return None
+    if b"ENCRYPTED" in key:
+        raise exceptions.ConfigError(
+            field="tls-key", detail=f"{key_path} is encrypted, and the broker starts unattended: "
+            "write it out unencrypted (openssl pkey -in KEY -out PLAIN.key) and chmod 600 it")
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            pathlib.Path(cert_path).expanduser(), pathlib.Path(key_path).expanduser())
+            pathlib.Path(cert_path).expanduser(), pathlib.Path(key_path).expanduser(),
+            password=lambda: b"")  # never a pass phrase prompt
     except ssl.SSLError as exc:
         raise exceptions.ConfigError(
             field="tls-key", detail=f"{key_path} is not the key of the certificate in "
@@ -115,20 +120,31 @@ def server_tls(cert_path: str, key_path: str) -> tuple[bytes, bytes] | None:
     return cert, key
 
 
-def tls_advice(detail: str, tls: bool) -> str:
-    """What to check when a connection to a broker failed, from gRPC's detail, when TLS (or its
-    absence) is the likely cause; "" otherwise."""
-    if "Hostname Verification Check failed" in detail:
-        return ("the broker's certificate does not name the host in this address: connect by "
-                "a name or IP in its subjectAltName, or make it a certificate that has this one")
-    if "CERTIFICATE_VERIFY_FAILED" in detail:
-        return ("the broker's certificate is not signed by the CA this program trusts: give "
-                "--tls-ca the CA's certificate (or the broker's own, if self-signed)")
-    if tls and "WRONG_VERSION_NUMBER" in detail:
-        return ("the broker does not serve TLS: drop --tls-ca and https://, or start it with "
-                "--tls-cert and --tls-key")
-    # Only at connection time: a broker killed mid-call ends it with "Stream removed (Socket
-    # closed)" too
+#: gRPC's words for a TLS set-up that cannot work however often it is tried, and what to do.
+TLS_FAILURES = (
+    (("Hostname Verification Check failed", "call host does not match SSL server name"),
+     "the broker's certificate does not name the host in this address (its subjectAltName "
+     "must): connect by a name or IP it has, or make it a certificate that has this one"),
+    (("CERTIFICATE_VERIFY_FAILED",),
+     "the broker's certificate is not signed by the CA this program trusts: give --tls-ca "
+     "the CA's certificate (or the broker's own, if self-signed)"),
+    (("WRONG_VERSION_NUMBER",),
+     "the broker does not serve TLS: drop --tls-ca and https://, or start it with --tls-cert "
+     "and --tls-key"),
+)
+
+
+def tls_failure(detail: str) -> str:
+    """What to do when gRPC's `detail` says TLS cannot work with this broker; "" otherwise."""
+    for words, advice in TLS_FAILURES:
+        if any(w in detail for w in words):
+            return advice
+    return ""
+
+
+def plain_to_tls_hint(detail: str, tls: bool) -> str:
+    """A hint for a plain connection the broker closed at once: it may serve TLS. Only at
+    connection time: a broker killed mid-call ends it with "Socket closed" too."""
     if not tls and "Socket closed" in detail and "failed to connect" in detail:
         return ("a broker serving TLS (--tls-cert) closes plain connections; if this one does, "
                 "give --tls-ca, or an https:// address")

@@ -252,7 +252,7 @@ async def cmd_tasks_cancel(args: argparse.Namespace) -> int:
             try:
                 task = await client.cancel(task_id, args.reason or "")
             except (exceptions.BrokerUnreachable, exceptions.NotABroker,
-                    exceptions.AccessDenied):
+                    exceptions.AccessDenied, exceptions.TlsFailed):
                 raise
             except exceptions.BrokerError as exc:
                 print(f"{task_id} not cancelled: {exc}", file=sys.stderr)

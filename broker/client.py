@@ -94,23 +94,38 @@ class BrokerClient:
         answered = any(key == exceptions.ERROR_METADATA_KEY
                        for key, _ in exc.trailing_metadata() or ())
         err: exceptions.BrokerError
+        detail = exc.details() or ""
         if exc.code() is grpc.StatusCode.UNAVAILABLE and answered:
-            err = exceptions.BrokerCannotServe(url=self.url, detail=exc.details())
-        elif exc.code() is grpc.StatusCode.UNAVAILABLE and (
-                advice := access.tls_advice(exc.details() or "", self.tls)):
-            err = exceptions.TlsFailed(url=self.url, advice=advice, detail=exc.details())
+            err = exceptions.BrokerCannotServe(url=self.url, detail=detail)
+        elif advice := access.tls_failure(detail):
+            err = exceptions.TlsFailed(url=self.url, advice=advice, detail=detail)
         elif exc.code() is grpc.StatusCode.UNAVAILABLE:
-            err = exceptions.BrokerUnreachable(url=self.url, detail=exc.details())
-        elif exc.code() is grpc.StatusCode.UNIMPLEMENTED or "http2 header with status" in (
-                exc.details() or ""):
+            hint = access.plain_to_tls_hint(detail, self.tls)
+            err = exceptions.BrokerUnreachable(url=self.url,
+                                               detail=f"{hint}: {detail}" if hint else detail)
+        elif exc.code() is grpc.StatusCode.UNIMPLEMENTED or "http2 header with status" in detail:
             # A gRPC server without our service, or an HTTP server or proxy answering 404.
-            err = exceptions.NotABroker(url=self.url, detail=exc.details())
+            err = exceptions.NotABroker(url=self.url, detail=detail)
         elif exc.code() is grpc.StatusCode.UNAUTHENTICATED:
-            err = exceptions.AccessDenied(url=self.url, detail=exc.details())
+            err = exceptions.AccessDenied(url=self.url, detail=detail)
         else:
-            err = exceptions.RemoteError(detail=exc.details() or exc.code().name)
+            err = exceptions.RemoteError(detail=detail or exc.code().name)
         err.code = exc.code()  # type: ignore[union-attr]
         return err
+
+    async def _real_status(self, exc: grpc.aio.AioRpcError) -> exceptions.BrokerError:
+        """`exc` translated; but a stream the broker ended before our first write (a token
+        refused as it opened) can fail the write as INTERNAL "Internal error from Core", its
+        status lost: a unary call then says what the refusal was."""
+        if exc.code() is not grpc.StatusCode.INTERNAL:
+            return self.translate(exc)
+        try:
+            await self._unary(self.stub.GetTask, tasks_pb2.GetTaskRequest(id=""))
+        except (exceptions.AccessDenied, exceptions.TlsFailed) as refusal:
+            return refusal
+        except exceptions.BrokerError:
+            pass  # refused for the empty id, as it should be: the stream failed otherwise
+        return self.translate(exc)
 
     async def _unary(self, method: Any, request: Any) -> Any:
         try:
@@ -157,7 +172,7 @@ class BrokerClient:
                 raise exceptions.RemoteError(detail="the broker ended the submit without a task")
             return reply.task, first.ack.task_existed
         except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc) from exc
+            raise await self._real_status(exc) from exc
         finally:
             call.cancel()
 

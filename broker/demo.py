@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import pathlib
 import signal
 import socket
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from broker import exceptions, policy
 from broker.client import BrokerClient
+from broker.flags import without_settings
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -52,7 +54,8 @@ def _free_port() -> int:
 
 def _spawn(argv: list[str], log_path: pathlib.Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                env=without_settings(os.environ))
 
 
 @contextlib.asynccontextmanager
@@ -86,7 +89,8 @@ async def _worker_online(url: str, logs: list[pathlib.Path], timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     async with BrokerClient(url, timeout_s=2) as client:
         while time.monotonic() < deadline:
-            with contextlib.suppress(exceptions.BrokerError):
+            with contextlib.suppress(exceptions.BrokerUnreachable,
+                                     exceptions.BrokerCannotServe):  # not up yet
                 if any(w.online for w in await client.list_workers()):
                     return
             await asyncio.sleep(0.1)

@@ -135,8 +135,8 @@ class BrokerUnreachable(BrokerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
 
 
-class TlsFailed(BrokerUnreachable):
-    """The connection to the broker at {url} failed: {advice} ({detail})"""
+class TlsFailed(BrokerError):
+    """TLS with the broker at {url} cannot work: {advice} ({detail})"""
 
 
 class NotABroker(BrokerError):

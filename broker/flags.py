@@ -19,6 +19,13 @@ from typing import Any
 from broker import exceptions
 
 
+def without_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without GPUPROXY_* settings: for the broker and workers that the demo and the
+    benches start with flags of their own, which a user's GPUPROXY_TOKEN_FILE (say) would
+    otherwise reach, and not their own clients."""
+    return {k: v for k, v in environ.items() if not k.startswith("GPUPROXY_")}
+
+
 def seconds(text: str) -> float:
     """A finite number (nan and inf are refused: a timeout of nan would fail every sweep)."""
     value = float(text)

@@ -11,6 +11,7 @@ import dataclasses
 
 import grpc
 
+from broker.exceptions import TlsFailed
 from worker.backoff import Outage
 
 #: Codes that say the broker, or the way to it, is not there right now.
@@ -32,6 +33,8 @@ def is_transient(exc: BaseException, also: frozenset[grpc.StatusCode] = frozense
     Errors the client raises without a status (a submit the broker ended without a task, a
     download that arrived damaged) are retried too.
     """
+    if isinstance(exc, TlsFailed):  # a certificate or TLS set-up no retry can mend
+        return False
     code = code_of(exc)
     return code is None or code in TRANSIENT or code in also
 

@@ -46,6 +46,10 @@ class BrokerUnavailable(WorkerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
 
 
+class TlsFailed(WorkerError):
+    """TLS with the broker at {url} cannot work: {advice} ({detail})"""
+
+
 class BrokerRefused(WorkerError):
     """The broker refused to {what} ({code}): {detail}"""
 

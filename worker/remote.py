@@ -60,10 +60,12 @@ class Remote:
             # A call that ended before our write (asyncio.InvalidStateError) is a broken stream.
             return exceptions.BrokerUnavailable(url=self.url, detail=f"{what}: {exc!r}")
         code, detail = exc.code(), exc.details() or exc.code().name
+        if advice := access.tls_failure(detail):
+            return exceptions.TlsFailed(url=self.url, advice=advice, detail=detail)
         if code in TRANSIENT:
-            advice = access.tls_advice(detail, self.tls)
+            hint = access.plain_to_tls_hint(detail, self.tls)
             return exceptions.BrokerUnavailable(
-                url=self.url, detail=f"{what}: {advice + ': ' if advice else ''}{detail}")
+                url=self.url, detail=f"{what}: {hint + ': ' if hint else ''}{detail}")
         if code in LOST and task_id:
             return exceptions.TaskLost(task_id=task_id, detail=detail)
         return exceptions.BrokerRefused(what=what, code=code.name, detail=detail)
@@ -138,7 +140,9 @@ class Stream:
                 url=self.remote.url, detail=f"no answer to Register within {timeout_s:g} s"
             ) from None
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in FATAL_FOR_REGISTRATION:
+            # (a certificate naming another host fails as UNAUTHENTICATED too: a TLS failure)
+            if exc.code() in FATAL_FOR_REGISTRATION and not access.tls_failure(
+                    exc.details() or ""):
                 raise exceptions.RegistrationRefused(
                     url=self.remote.url, code=exc.code().name, detail=exc.details() or ""
                 ) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -18,9 +19,13 @@ BIN = pathlib.Path(sys.executable).parent
 
 
 def test_demo_proves_and_verifies_through_broker_and_worker(tmp_path: pathlib.Path) -> None:
+    # (settings in the user's environment are for their own broker, not for the demo's)
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-users-own-broker")
     done = subprocess.run(
         [str(BIN / "gpuproxy"), "demo", "--log-size", "5", "--keep", str(tmp_path / "demo")],
         capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        env={**os.environ, "GPUPROXY_TOKEN_FILE": str(token), "GPUPROXY_URL": "10.9.9.9:1"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "proof VERIFIED" in done.stdout

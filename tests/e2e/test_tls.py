@@ -5,6 +5,7 @@ broker before it serves."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import subprocess
 from typing import Any
@@ -61,21 +62,35 @@ async def test_a_worker_a_plugin_and_the_cli_prove_over_tls_by_the_brokers_ca(
     assert "tls=True" in broker.logs() and "access=token" in broker.logs()
 
 
-def test_a_program_that_does_not_trust_or_speak_tls_is_told_which(
-    broker: BrokerProcess, gpuproxy: Run, tmp_path: pathlib.Path,
+UNTRUSTED = ("cannot work: the broker's certificate is not signed by the CA this program "
+             "trusts: give --tls-ca the CA's certificate (or the broker's own, if self-signed)")
+
+
+async def test_a_program_that_does_not_trust_or_speak_tls_is_told_which(
+    broker: BrokerProcess, gpuproxy: Run, worker_factory: WorkerFactory,
+    plugin_factory: PluginFactory, tmp_path: pathlib.Path,  # noqa: F811
     token_file: pathlib.Path,  # noqa: F811
 ) -> None:
+    # The CLI speaking plain is told the broker may serve TLS
     plain = gpuproxy("tasks", "list", "--url", broker.url, "--token-file", str(token_file))
     assert plain.returncode == 1
-    assert (f"The connection to the broker at {broker.url} failed: a broker serving TLS "
-            "(--tls-cert) closes plain connections; if this one does, give --tls-ca, or an "
-            "https:// address") in plain.stderr
+    assert (f"No broker at {broker.url}: is `gpuproxy run` started there, and is the address "
+            "right? (a broker serving TLS (--tls-cert) closes plain connections; if this one "
+            "does, give --tls-ca, or an https:// address") in plain.stderr
+    # Trusting another CA: the CLI, a worker and a plugin each say so, and none waits on
     stranger = test_certs.write(tmp_path / "other", "another CA")
     untrusted = gpuproxy("tasks", "list", "--url", broker.url, "--tls-ca", str(stranger.ca),
                          "--token-file", str(token_file))
     assert untrusted.returncode == 1
-    assert ("failed: the broker's certificate is not signed by the CA this program trusts: "
-            "give --tls-ca the CA's certificate") in untrusted.stderr
+    assert f"TLS with the broker at {broker.url} {UNTRUSTED}" in untrusted.stderr
+    worker = worker_factory(broker.url, extra=["--tls-ca", str(stranger.ca),
+                                               "--token-file", str(token_file)])
+    assert await asyncio.to_thread(worker.wait, 20) == 1
+    assert UNTRUSTED in worker.logs()
+    plugin = await plugin_factory(broker.url, ["--tls-ca", str(stranger.ca),
+                                               "--token-file", str(token_file)])
+    await plugin.send(request_line(1, task_bytes(191)))
+    assert UNTRUSTED in await plugin.error(1, timeout_s=10)
 
 
 def test_tls_settings_that_cannot_work_are_refused_before_anything_starts(
@@ -84,6 +99,8 @@ def test_tls_settings_that_cannot_work_are_refused_before_anything_starts(
     stranger = test_certs.write(tmp_path / "other", "another CA")
     not_pem = tmp_path / "ca.der"
     not_pem.write_bytes(b"\x30\x82\x01\x0a")
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(test_certs.encrypted(certs.key, b"pass phrase"))
     cases = [
         (["run", "--url", "127.0.0.1:0", "--tls-cert", str(certs.cert)],
          "Invalid setting tls-key: TLS needs both --tls-cert (the certificate chain) and "
@@ -92,6 +109,9 @@ def test_tls_settings_that_cannot_work_are_refused_before_anything_starts(
           "--tls-key", str(stranger.key)],
          f"Invalid setting tls-key: {stranger.key} is not the key of the certificate in "
          f"{certs.cert}"),
+        (["run", "--url", "127.0.0.1:0", "--tls-cert", str(certs.cert),
+          "--tls-key", str(locked)],
+         f"Invalid setting tls-key: {locked} is encrypted, and the broker starts unattended"),
         (["tasks", "list", "--tls-ca", str(not_pem)],
          f"Invalid setting tls-ca: {not_pem} is not PEM: a CA certificate starts with a "
          "-----BEGIN line"),
