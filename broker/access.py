@@ -23,7 +23,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health
 
-from broker import exceptions
+from broker import exceptions, metrics
 from broker.flags import Flag
 
 log = structlog.get_logger("gpuproxy.access")
@@ -176,6 +176,7 @@ class TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                f"this broker takes calls with its access token only: {FIX}")
         log.warning("a call without the broker's token was refused", method=details.method,
                     token="wrong" if sent else "none")
+        metrics.REFUSED.labels(token="wrong" if sent else "none").inc()
         return _refusal(handler, why)
 
 

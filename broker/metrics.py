@@ -42,6 +42,10 @@ REQUEUED = prom.Counter(
     "Running tasks taken back by the housekeeper (lease expired or timeout)", ["task_type"],
     registry=REGISTRY,
 )
+REFUSED = prom.Counter(
+    "gpuproxy_calls_refused_total", "Calls refused for their access token: none, or another "
+    "than the broker's (--token-file)", ["token"], registry=REGISTRY,
+)
 WORKERS = prom.Gauge(
     "gpuproxy_workers_connected", "Work streams open on this broker", registry=REGISTRY,
 )

@@ -8,12 +8,13 @@ import json
 import pathlib
 import secrets
 import subprocess
+import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.conftest import BrokerFactory, BrokerProcess, WorkerFactory
+from tests.e2e.conftest import BrokerFactory, BrokerProcess, WorkerFactory, free_port
 from tests.e2e.test_plugin_e2e import (
     PluginFactory,
     plugin_factory,  # noqa: F401 (a fixture)
@@ -36,17 +37,22 @@ def token_file(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture
-def broker(sqlite_dsn: str, broker_factory: BrokerFactory,
-           token_file: pathlib.Path) -> BrokerProcess:
+def metrics_url() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def broker(sqlite_dsn: str, broker_factory: BrokerFactory, token_file: pathlib.Path,
+           metrics_url: str) -> BrokerProcess:
     return broker_factory(sqlite_dsn, "fs", extra=[
         "--token-file", str(token_file), "--lease-s", "6", "--retry-backoff-s", "0.1",
-        "--max-attempts", "1",
+        "--max-attempts", "1", "--metrics-url", metrics_url,
     ])
 
 
 def test_the_cli_reaches_a_broker_with_its_token_only(
     broker: BrokerProcess, gpuproxy: subprocess.CompletedProcess[str],
-    token_file: pathlib.Path, tmp_path: pathlib.Path,
+    token_file: pathlib.Path, tmp_path: pathlib.Path, metrics_url: str,
 ) -> None:
     # Without a token, the call is refused, saying what to give the program
     bare = gpuproxy("tasks", "list", "--url", broker.url)  # type: ignore[operator]
@@ -70,10 +76,15 @@ def test_the_cli_reaches_a_broker_with_its_token_only(
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                           timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    # The broker said it takes tokens, logged both refusals, and never wrote the token
+    # The broker said it takes tokens, logged and counted both refusals, and never wrote the
+    # token
     assert "access=token" in broker.logs()
     assert broker.logs().count("a call without the broker's token was refused") == 2
     assert token_file.read_text().strip() not in broker.logs()
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=5) as reply:
+        scraped = reply.read().decode().splitlines()
+    assert 'gpuproxy_calls_refused_total{token="none"} 1.0' in scraped
+    assert 'gpuproxy_calls_refused_total{token="wrong"} 1.0' in scraped
 
 
 def test_an_unreadable_or_empty_token_file_stops_the_program_before_it_calls(
