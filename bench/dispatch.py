@@ -1,9 +1,10 @@
 """Dispatch latency and throughput: submit -> worker start (p50/p99) and sustained tasks per
-second with no-op tasks, on SQLite and MariaDB side by side.
+second with no-op tasks, on SQLite and MariaDB side by side, and on SQLite with an access token
+and TLS (what they cost).
 
     python bench/dispatch.py [--tasks 300] [--workers 4] [--mysql mysql://root:@127.0.0.1:3306]
 
-Each backend gets its own broker and CPU workers (`--allow-type noop`); tasks are submitted from
+Each run gets its own broker and CPU workers (`--allow-type noop`); tasks are submitted from
 several concurrent clients, and the broker's own timestamps give the latencies.
 """
 
@@ -20,12 +21,14 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from broker.client import BrokerClient  # noqa: E402 - after the path fix-up above
 from broker.flags import without_settings  # noqa: E402
+from tests.fixtures import certs  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -42,8 +45,8 @@ def start(argv: list[str], work: pathlib.Path, name: str) -> subprocess.Popen[by
                                 env={**without_settings(os.environ), "HOME": str(work)})
 
 
-async def wait_workers(url: str, count: int) -> None:
-    async with BrokerClient(url, timeout_s=2) as client:
+async def wait_workers(url: str, count: int, access: dict[str, Any]) -> None:
+    async with BrokerClient(url, timeout_s=2, **access) as client:
         for _ in range(300):
             try:
                 if sum(w.online for w in await client.list_workers()) >= count:
@@ -59,25 +62,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
-async def run_one(dsn: str, args: argparse.Namespace, work: pathlib.Path) -> dict[str, float]:
+async def run_one(dsn: str, args: argparse.Namespace, work: pathlib.Path,
+                  secure: bool = False) -> dict[str, float]:
+    """One broker and its workers; `secure`: with an access token and TLS."""
     url = f"127.0.0.1:{free_port()}"
+    served: list[str] = []
+    calling: list[str] = []
+    access: dict[str, Any] = {}
+    if secure:
+        tls = certs.write(work / "tls")
+        token = work / "token"
+        token.write_text(uuid.uuid4().hex)
+        token.chmod(0o600)
+        served = ["--token-file", str(token), "--tls-cert", str(tls.cert),
+                  "--tls-key", str(tls.key)]
+        calling = ["--token-file", str(token), "--tls-ca", str(tls.ca)]
+        access = {"token": token.read_text(), "tls_ca": tls.ca.read_bytes()}
     procs = [start([str(BIN / "gpuproxy"), "run", "--url", url, "--db-dsn", dsn,
-                    "--fs-resource-path", str(work / "payloads"), "--log-level", "warning"],
-                   work, "broker")]
+                    "--fs-resource-path", str(work / "payloads"), "--log-level", "warning",
+                    *served], work, "broker")]
     try:
         for i in range(args.workers):
             procs.append(start([
                 str(BIN / "gpuproxy-worker"), "run", "--gpuproxy-url", url, "--allow-type",
                 "noop", "--nvidia-smi", "", "--work-dir", str(work / f"w{i}"),
-                "--log-level", "warning"], work, f"worker-{i}"))
-        await wait_workers(url, args.workers)
+                "--log-level", "warning", *calling], work, f"worker-{i}"))
+        await wait_workers(url, args.workers, access)
         payloads = []
         for i in range(args.tasks):
             p = work / f"p{i}"
             p.write_bytes(f"{uuid.uuid4()} {i}".encode())
             payloads.append(p)
         sem = asyncio.Semaphore(args.clients)
-        async with BrokerClient(url, timeout_s=60) as client:
+        async with BrokerClient(url, timeout_s=60, **access) as client:
 
             async def one(p: pathlib.Path) -> tuple[float, float, float]:
                 async with sem:
@@ -125,12 +142,18 @@ async def main() -> None:
                         help="tasks submitted one by one to idle workers first")
     parser.add_argument("--mysql", default="mysql://root:@127.0.0.1:3306",
                         help="MariaDB server (a scratch database is created); '' to skip")
+    parser.add_argument("--no-secure", dest="secure", action="store_false",
+                        help="skip the run with an access token and TLS")
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="gpuproxy-dispatch-") as tmp:
         work = pathlib.Path(tmp)
         (work / "sqlite").mkdir()
         results["sqlite"] = await run_one(f"sqlite:///{work}/sqlite/b.db", args, work / "sqlite")
+        if args.secure:
+            (work / "secure").mkdir()
+            results["sqlite+tls"] = await run_one(f"sqlite:///{work}/secure/b.db", args,
+                                                  work / "secure", secure=True)
         if args.mysql:
             dsn, name = mysql_database(args.mysql)
             (work / "mariadb").mkdir()
@@ -149,9 +172,10 @@ async def main() -> None:
                        ("p99", "loaded: submit->start p99 (ms)"),
                        ("tps", "loaded: tasks per second")):
         print(f"{label:34}" + "".join(f"{results[n][key]:12.1f}" for n in names))
-    if len(names) == 2:
-        a, b = (results[n]["tps"] for n in names)
-        print(f"throughput ratio {names[1]}/{names[0]}: {b / a:.2f}")
+    for other in names[1:]:
+        a, b = results["sqlite"], results[other]
+        print(f"{other}/sqlite: throughput {b['tps'] / a['tps']:.2f}, idle p50 latency "
+              f"{b['idle_p50'] / a['idle_p50']:.2f}")
 
 
 if __name__ == "__main__":
