@@ -1,12 +1,10 @@
-"""Who may call a broker, and over what: an access token and TLS, shared by a broker and its
-clients (workers, plugins, the CLI).
+"""Who may call a broker: an access token shared by a broker and its clients (workers,
+plugins, the CLI).
 
 A broker started with --token-file answers only calls that carry that token, as the gRPC
 metadata `authorization: Bearer <token>`. The health service stays open: probes and load
-balancers check it without the secret, and it tells nothing about tasks. With --tls-cert and
---tls-key it serves TLS only; clients then trust its certificate through --tls-ca (a private CA,
-or the self-signed certificate itself) or, for an https:// address, the system's roots. The
-token is a password, TLS is what keeps it (and payloads) from the network.
+balancers check it without the secret, and it tells nothing about tasks. The token is a
+password; TLS (broker.tls) keeps it from the network.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import hmac
 import os
 import pathlib
-import ssl
 import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +21,6 @@ import structlog
 from grpc_health.v1 import health
 
 from broker import exceptions, metrics
-from broker.flags import Flag
 
 log = structlog.get_logger("gpuproxy.access")
 
@@ -32,13 +28,7 @@ METADATA_KEY = "authorization"
 SCHEME = "Bearer "
 #: Services any caller may use without the token.
 OPEN_SERVICES = frozenset({health.SERVICE_NAME})
-FIX = "give this program the broker's token file (--token-file, or GPUPROXY_TOKEN_FILE)"
-#: The flags of every program that calls a broker.
-CLIENT_FLAGS = [
-    Flag("token-file", "file holding the broker's access token (empty: none)", ""),
-    Flag("tls-ca", "PEM file of the CA (or the broker's self-signed certificate) to trust: "
-         "TLS to the broker (an https:// address uses the system's CAs)", ""),
-]
+TOKEN_FIX = "give this program the broker's token file (--token-file, or GPUPROXY_TOKEN_FILE)"
 
 
 def read_token(path: str, field: str = "token-file") -> str:
@@ -51,9 +41,10 @@ def read_token(path: str, field: str = "token-file") -> str:
     try:
         text = file.read_bytes().decode("ascii").strip()
     except OSError as exc:
+        # (from None: the message says all the cause would, and a cause line repeats it)
         raise exceptions.ConfigError(
             field=field, detail=f"cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
+    except UnicodeDecodeError:  # (from None: its text could show a byte of the token)
         raise exceptions.ConfigError(
             field=field, detail=f"{file} is not text: a token is one line of printable ASCII "
             "(make one with `openssl rand -hex 32`)") from None
@@ -70,85 +61,6 @@ def read_token(path: str, field: str = "token-file") -> str:
         log.warning("the token file can be read by other users of this host; chmod 600 it",
                     file=str(file), mode=oct(stat.S_IMODE(mode)))
     return text
-
-
-def read_pem(path: str, field: str, kind: str) -> bytes | None:
-    """The PEM file at `path` (`kind`: what it should hold, for the message); None for no
-    path. ConfigError when it is missing, unreadable or not PEM."""
-    if not path.strip():
-        return None
-    file = pathlib.Path(path).expanduser()
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise exceptions.ConfigError(
-            field=field, detail=f"cannot read {file}: {exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise exceptions.ConfigError(
-            field=field, detail=f"{file} is not PEM: {kind} starts with a -----BEGIN line")
-    return data
-
-
-def read_ca(path: str) -> bytes | None:
-    """A client's --tls-ca: the roots to check the broker's certificate against."""
-    return read_pem(path, "tls-ca", "a CA certificate")
-
-
-def server_tls(cert_path: str, key_path: str) -> tuple[bytes, bytes] | None:
-    """The broker's certificate chain and private key (PEM) for TLS, checked to belong together
-    as a TLS library will use them; None when neither is given."""
-    if bool(cert_path.strip()) != bool(key_path.strip()):
-        raise exceptions.ConfigError(
-            field="tls-cert" if not cert_path.strip() else "tls-key",
-            detail="TLS needs both --tls-cert (the certificate chain) and --tls-key (its key)")
-    cert = read_pem(cert_path, "tls-cert", "a certificate")
-    key = read_pem(key_path, "tls-key", "a private key")
-    if cert is None or key is None:
-        return None
-    if b"ENCRYPTED" in key:
-        raise exceptions.ConfigError(
-            field="tls-key", detail=f"{key_path} is encrypted, and the broker starts unattended: "
-            "write it out unencrypted (openssl pkey -in KEY -out PLAIN.key) and chmod 600 it")
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            pathlib.Path(cert_path).expanduser(), pathlib.Path(key_path).expanduser(),
-            password=lambda: b"")  # never a pass phrase prompt
-    except ssl.SSLError as exc:
-        raise exceptions.ConfigError(
-            field="tls-key", detail=f"{key_path} is not the key of the certificate in "
-            f"{cert_path}, or either is damaged ({exc.reason or exc})") from None
-    return cert, key
-
-
-#: gRPC's words for a TLS set-up that cannot work however often it is tried, and what to do.
-TLS_FAILURES = (
-    (("Hostname Verification Check failed", "call host does not match SSL server name"),
-     "the broker's certificate does not name the host in this address (its subjectAltName "
-     "must): connect by a name or IP it has, or make it a certificate that has this one"),
-    (("CERTIFICATE_VERIFY_FAILED",),
-     "the broker's certificate is not signed by the CA this program trusts: give --tls-ca "
-     "the CA's certificate (or the broker's own, if self-signed)"),
-    (("WRONG_VERSION_NUMBER",),
-     "the broker does not serve TLS: drop --tls-ca and https://, or start it with --tls-cert "
-     "and --tls-key"),
-)
-
-
-def tls_failure(detail: str) -> str:
-    """What to do when gRPC's `detail` says TLS cannot work with this broker; "" otherwise."""
-    for words, advice in TLS_FAILURES:
-        if any(w in detail for w in words):
-            return advice
-    return ""
-
-
-def plain_to_tls_hint(detail: str, tls: bool) -> str:
-    """A hint for a plain connection the broker closed at once: it may serve TLS. Only at
-    connection time: a broker killed mid-call ends it with "Socket closed" too."""
-    if not tls and "Socket closed" in detail and "failed to connect" in detail:
-        return ("a broker serving TLS (--tls-cert) closes plain connections; if this one does, "
-                "give --tls-ca, or an https:// address")
-    return ""
 
 
 def metadata(token: str) -> tuple[tuple[str, str], ...] | None:
@@ -172,11 +84,11 @@ class TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         sent = [v for k, v in details.invocation_metadata or () if k == METADATA_KEY]
         if sent and hmac.compare_digest(str(sent[0]).encode(), self._expected):
             return handler
-        why = (f"the access token sent is not this broker's: {FIX}" if sent else
-               f"this broker takes calls with its access token only: {FIX}")
-        log.warning("a call without the broker's token was refused", method=details.method,
-                    token="wrong" if sent else "none")
-        metrics.REFUSED.labels(token="wrong" if sent else "none").inc()
+        why = (f"the access token sent is not this broker's: {TOKEN_FIX}" if sent else
+               f"this broker takes calls with its access token only: {TOKEN_FIX}")
+        token = "wrong" if sent else "missing"
+        log.info("call refused for its access token", method=details.method, token=token)
+        metrics.REFUSED.labels(token=token).inc()
         return _refusal(handler, why)
 
 

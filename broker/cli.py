@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 from google.protobuf import json_format
 
-from broker import __version__, access, exceptions, logs, policy
+from broker import __version__, access, exceptions, logs, policy, tls
 from broker import config as broker_config
 from broker.client import BrokerClient
 from broker.flags import (
@@ -45,8 +45,14 @@ LOG_FLAGS = [
     Flag("log-level", "log level", "info", choices=logs.LEVELS),
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
 ]
+#: The flags of every program that calls a broker, besides its address.
+ACCESS_FLAGS = [
+    Flag("token-file", "file holding the broker's access token (empty: none)", ""),
+    Flag("tls-ca", "PEM file of the CA (or the broker's self-signed certificate) to trust: "
+         "TLS to the broker (an https:// address uses the system's CAs)", ""),
+]
 CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888", address),
-                *access.CLIENT_FLAGS]
+                *ACCESS_FLAGS]
 RUN_FLAGS = [
     Flag("url", "address to listen on", "127.0.0.1:18888", listen_address),
     Flag("db-dsn", "task database: sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB",
@@ -111,7 +117,7 @@ def broker_config_from(values: dict[str, Any]) -> broker_config.BrokerConfig:
         metrics_listen=values["metrics_url"],
         metrics_refresh_s=values["metrics_refresh_s"],
         token=access.read_token(values["token_file"]),
-        tls=access.server_tls(values["tls_cert"], values["tls_key"]),
+        tls=tls.server_tls(values["tls_cert"], values["tls_key"]),
     )
 
 
@@ -130,7 +136,7 @@ def _client(args: argparse.Namespace) -> BrokerClient:
     values = resolve(args, [*CLIENT_FLAGS, *LOG_FLAGS])
     logs.configure(values["log_level"], values["log_format"])
     return BrokerClient(values["url"], token=access.read_token(values["token_file"]),
-                        tls_ca=access.read_ca(values["tls_ca"]))
+                        tls_ca=tls.read_ca(values["tls_ca"]))
 
 
 def _when(ts: Any) -> str:

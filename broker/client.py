@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import grpc
 
-from broker import access, exceptions
+from broker import access, exceptions, tls
 from broker.payloads import CHUNK_BYTES
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
 
@@ -40,6 +40,7 @@ def target_of(url: str) -> str:
 
 
 def uses_tls(url: str, tls_ca: bytes | None) -> bool:
+    """Whether a client of `url` with these roots speaks TLS (see open_channel)."""
     return tls_ca is not None or url.strip().startswith("https://")
 
 
@@ -97,10 +98,10 @@ class BrokerClient:
         detail = exc.details() or ""
         if exc.code() is grpc.StatusCode.UNAVAILABLE and answered:
             err = exceptions.BrokerCannotServe(url=self.url, detail=detail)
-        elif advice := access.tls_failure(detail):
+        elif advice := tls.failure(detail):
             err = exceptions.TlsFailed(url=self.url, advice=advice, detail=detail)
         elif exc.code() is grpc.StatusCode.UNAVAILABLE:
-            hint = access.plain_to_tls_hint(detail, self.tls)
+            hint = tls.plain_hint(detail, self.tls)
             err = exceptions.BrokerUnreachable(url=self.url,
                                                detail=f"{hint}: {detail}" if hint else detail)
         elif exc.code() is grpc.StatusCode.UNIMPLEMENTED or "http2 header with status" in detail:

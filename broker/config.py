@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 
 from broker import exceptions
+from broker.tls import ServerTls
 
 GIB = 1024**3
 
@@ -48,8 +49,8 @@ class BrokerConfig:
     watch_poll_s: float = 1.0  #: how soon a watch sees changes made by another broker
     #: Calls must carry this (broker.access); "" lets any caller in.
     token: str = dataclasses.field(default="", repr=False)
-    #: (certificate chain, private key) in PEM: serve TLS only; None: plain.
-    tls: tuple[bytes, bytes] | None = dataclasses.field(default=None, repr=False)
+    #: Serve TLS only, with this certificate and key; None: plain.
+    tls: ServerTls | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)

@@ -52,7 +52,11 @@ def address(text: str, *, listen: bool = False) -> str:
 
 
 def listen_address(text: str) -> str:
-    """An address to listen on: HOST:PORT, port 0 taking any free port."""
+    """An address to listen on: HOST:PORT, port 0 taking any free port. No scheme: TLS is the
+    certificate's business (--tls-cert), not the address's."""
+    if "://" in text:
+        raise ValueError(f"{text!r}: listen on HOST:PORT (for example 0.0.0.0:18888), without a "
+                         "scheme; to serve TLS, give --tls-cert and --tls-key")
     return address(text, listen=True)
 
 

@@ -43,8 +43,8 @@ REQUEUED = prom.Counter(
     registry=REGISTRY,
 )
 REFUSED = prom.Counter(
-    "gpuproxy_calls_refused_total", "Calls refused for their access token: none, or another "
-    "than the broker's (--token-file)", ["token"], registry=REGISTRY,
+    "gpuproxy_calls_refused_total", "Calls refused for their access token: missing, or wrong "
+    "(another than the broker's --token-file)", ["token"], registry=REGISTRY,
 )
 WORKERS = prom.Gauge(
     "gpuproxy_workers_connected", "Work streams open on this broker", registry=REGISTRY,

@@ -83,9 +83,11 @@ class Broker:
         )
         reflection.enable_server_reflection(names, self.server)
         try:
-            self.port = (self.server.add_secure_port(
-                cfg.listen, grpc.ssl_server_credentials([(cfg.tls[1], cfg.tls[0])]))
-                if cfg.tls else self.server.add_insecure_port(cfg.listen))
+            if cfg.tls is None:
+                self.port = self.server.add_insecure_port(cfg.listen)
+            else:
+                self.port = self.server.add_secure_port(cfg.listen, grpc.ssl_server_credentials(
+                    [(cfg.tls.private_key, cfg.tls.cert_chain)]))
         except RuntimeError:  # grpcio's "Failed to bind"
             self.port = 0
         if self.port == 0:

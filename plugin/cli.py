@@ -22,9 +22,9 @@ from typing import Any
 
 import structlog
 
-from broker import __version__, access, logs
+from broker import __version__, access, logs, tls
 from broker import exceptions as broker_exceptions
-from broker.cli import run_command
+from broker.cli import ACCESS_FLAGS, run_command
 from broker.client import BrokerClient
 from broker.flags import Flag, add_flags, address, resolve, seconds
 from plugin import exceptions, stdio, workdir
@@ -75,7 +75,7 @@ RUN_FLAGS = [
                "info,hyper=warn are taken too)", "info",
                log_level, choices=logs.LEVELS, legacy_env="C2PROXY_LOG_LEVEL"),
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
-    *access.CLIENT_FLAGS,
+    *ACCESS_FLAGS,
     Flag("dump-dir", "write each request and response line, as it crossed the pipe, to a file "
          "here named by request id"),
     Flag("deadline-s", "a request still without a proof after this many seconds is answered "
@@ -95,7 +95,7 @@ def config_from(values: dict[str, Any]) -> PluginConfig:
         retry_max_s=values["retry_max_s"],
         dump_dir=pathlib.Path(dump_dir).expanduser() if dump_dir else None,
         token=access.read_token(values["token_file"]),
-        tls_ca=access.read_ca(values["tls_ca"]),
+        tls_ca=tls.read_ca(values["tls_ca"]),
     )
 
 

@@ -11,7 +11,7 @@ import dataclasses
 
 import grpc
 
-from broker.exceptions import TlsFailed
+from broker import exceptions as broker_exceptions
 from worker.backoff import Outage
 
 #: Codes that say the broker, or the way to it, is not there right now.
@@ -33,7 +33,7 @@ def is_transient(exc: BaseException, also: frozenset[grpc.StatusCode] = frozense
     Errors the client raises without a status (a submit the broker ended without a task, a
     download that arrived damaged) are retried too.
     """
-    if isinstance(exc, TlsFailed):  # a certificate or TLS set-up no retry can mend
+    if isinstance(exc, broker_exceptions.TlsFailed):  # no retry mends a certificate
         return False
     code = code_of(exc)
     return code is None or code in TRANSIENT or code in also

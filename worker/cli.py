@@ -19,9 +19,9 @@ from typing import Any
 
 import structlog
 
-from broker import __version__, access, logs
+from broker import __version__, access, logs, tls
 from broker import exceptions as broker_exceptions
-from broker.cli import LOG_FLAGS, run_command
+from broker.cli import ACCESS_FLAGS, LOG_FLAGS, run_command
 from broker.flags import Flag, add_flags, address, load_toml, resolve, seconds
 from worker import config as worker_config
 from worker import daemon, exceptions, executors, gpus
@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 COMMON_FLAGS = [
     Flag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy works too)",
          "127.0.0.1:18888", address),
-    *access.CLIENT_FLAGS,
+    *ACCESS_FLAGS,
     Flag("max-tasks", "tasks this worker runs at once", 1, int),
     Flag("allow-type", "task types this worker runs, comma separated", "c2"),
     Flag("nvidia-smi", "GPU inventory command; '' (or none installed) makes a CPU worker",
@@ -213,7 +213,7 @@ def settings(
         pause_after_failures=values["pause_after_failures"],
         twin_wait_s=values["twin_wait_s"],
         token=access.read_token(values["token_file"]),
-        tls_ca=access.read_ca(values["tls_ca"]),
+        tls_ca=tls.read_ca(values["tls_ca"]),
     )
     return values, config
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from broker import access
+from broker import access, tls
 from broker.client import CHANNEL_OPTIONS, open_channel, uses_tls
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2, workers_pb2_grpc
 from worker import exceptions
@@ -60,10 +60,10 @@ class Remote:
             # A call that ended before our write (asyncio.InvalidStateError) is a broken stream.
             return exceptions.BrokerUnavailable(url=self.url, detail=f"{what}: {exc!r}")
         code, detail = exc.code(), exc.details() or exc.code().name
-        if advice := access.tls_failure(detail):
+        if advice := tls.failure(detail):
             return exceptions.TlsFailed(url=self.url, advice=advice, detail=detail)
         if code in TRANSIENT:
-            hint = access.plain_to_tls_hint(detail, self.tls)
+            hint = tls.plain_hint(detail, self.tls)
             return exceptions.BrokerUnavailable(
                 url=self.url, detail=f"{what}: {hint + ': ' if hint else ''}{detail}")
         if code in LOST and task_id:
@@ -140,8 +140,8 @@ class Stream:
                 url=self.remote.url, detail=f"no answer to Register within {timeout_s:g} s"
             ) from None
         except grpc.aio.AioRpcError as exc:
-            # (a certificate naming another host fails as UNAUTHENTICATED too: a TLS failure)
-            if exc.code() in FATAL_FOR_REGISTRATION and not access.tls_failure(
+            # (a certificate naming the host in its CN alone fails as UNAUTHENTICATED: TLS)
+            if exc.code() in FATAL_FOR_REGISTRATION and not tls.failure(
                     exc.details() or ""):
                 raise exceptions.RegistrationRefused(
                     url=self.remote.url, code=exc.code().name, detail=exc.details() or ""

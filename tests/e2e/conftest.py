@@ -18,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from broker.flags import without_settings
 from tests.fixtures import fake_c2
 
 BIN = pathlib.Path(sys.executable).parent
@@ -80,7 +81,7 @@ class BrokerProcess:
 
 
 def cli_env(tmp_path: pathlib.Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPROXY_")}
+    env = without_settings(os.environ)
     env["HOME"] = str(tmp_path / "home")  # never touch the real ~/.gpuproxy
     return env
 

@@ -79,11 +79,11 @@ def test_the_cli_reaches_a_broker_with_its_token_only(
     # The broker said it takes tokens, logged and counted both refusals, and never wrote the
     # token
     assert "access=token" in broker.logs()
-    assert broker.logs().count("a call without the broker's token was refused") == 2
+    assert broker.logs().count("call refused for its access token") == 2
     assert token_file.read_text().strip() not in broker.logs()
     with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=5) as reply:
         scraped = reply.read().decode().splitlines()
-    assert 'gpuproxy_calls_refused_total{token="none"} 1.0' in scraped
+    assert 'gpuproxy_calls_refused_total{token="missing"} 1.0' in scraped
     assert 'gpuproxy_calls_refused_total{token="wrong"} 1.0' in scraped
 
 

@@ -68,7 +68,7 @@ def test_an_address_that_cannot_be_right_is_refused(text: str) -> None:
 
 def test_a_listen_address_may_take_any_free_port() -> None:
     assert flags.listen_address("127.0.0.1:0") == "127.0.0.1:0"
-    for text in ("0.0.0.0:65536", ":9100"):
+    for text in ("0.0.0.0:65536", ":9100", "https://0.0.0.0:18888", "http://0.0.0.0:18888"):
         with pytest.raises(ValueError):
             flags.listen_address(text)
 

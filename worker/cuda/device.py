@@ -229,12 +229,14 @@ class Device:
 
     def launch_grid(self, name: str, grid: int, block: int, *args: Any) -> None:
         function = self.function(name)
-        if block > self._max_block(name, function):
+        most = self._max_block(name, function)
+        if block > most:
             # Said before launching: CUDA would refuse it as "too many resources requested"
-            raise exceptions.DeviceFailed(
-                gpu=self.name, operation=f"launching {name}",
-                detail=f"{name} takes at most {self._max_blocks[name]} threads per block in "
-                       f"the {self.variant} build (its registers), not {block}")
+            raise exceptions.LaunchRefused(
+                gpu=self.name, operation=f"launching {name}", kernel=name, most=most,
+                block=block, variant=self.variant,
+                detail=f"{name} takes at most {most} threads per block in the {self.variant} "
+                       f"build (its registers), not {block}")
         values = [np.uint32(a) if isinstance(a, int) else a for a in args]
         function(*values, block=(block, 1, 1), grid=(grid, 1))
 

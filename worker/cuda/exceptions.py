@@ -35,6 +35,12 @@ class DeviceFailed(CudaError):
     out_of_memory: bool = False
 
 
+class LaunchRefused(DeviceFailed):
+    """{gpu} cannot run {kernel} with {block} threads per block in the {variant} build of the
+    kernels: its registers allow at most {most}. This GPU needs another build: run the worker
+    with --backend cpu meanwhile, and report the GPU model."""
+
+
 class TooLarge(CudaError):
     """An MSM of {points} points is more than the CUDA backend takes at once ({limit}); run
     such circuits with --backend cpu."""

@@ -19,7 +19,7 @@ from worker.groth16 import curve, field, ntt, zkey
 from worker.groth16.backends import Backend
 
 MSM_POINTS = {"g1": 64, "g2": 16}
-WRONG = "a wrong result"
+WRONG_RESULT = "a wrong result"
 NTT_LOG_SIZE = 11  #: two passes of ntt_pass (10 stages in shared memory, then 1)
 
 
@@ -55,7 +55,7 @@ def _check_msm(backend: Backend, group: str, rng: random.Random) -> None:
         ok = got2 == curve.from_ark_g2(want)  # type: ignore[arg-type]
     if not ok:
         raise exceptions.SelfTestFailed(gpu=backend.name, operation=f"msm_{group} of {n} points",
-                                        detail=WRONG)
+                                        detail=WRONG_RESULT)
 
 
 def _check_ntt(backend: Backend, rng: random.Random) -> None:
@@ -65,8 +65,8 @@ def _check_ntt(backend: Backend, rng: random.Random) -> None:
     want = ntt.transform(coefficients, domain.root, shift=domain.coset_shift)
     got = backend.to_coset(domain, field.to_vector(values))
     if not np.array_equal(got, field.to_vector(want)):
-        raise exceptions.SelfTestFailed(gpu=backend.name,
-                                        operation=f"to_coset of 2^{NTT_LOG_SIZE}", detail=WRONG)
+        raise exceptions.SelfTestFailed(gpu=backend.name, detail=WRONG_RESULT,
+                                        operation=f"to_coset of 2^{NTT_LOG_SIZE}")
 
 
 def _points(lem: bytes, limbs: int) -> zkey.Points:
