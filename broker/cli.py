@@ -481,15 +481,36 @@ async def cmd_workers_list(args: argparse.Namespace) -> int:
         ("ID", "HOST", "GPUS", "STATE", "TASKS", "TYPES", "KEYS", "LAST HEARTBEAT"),
     )
     for w in workers:
+        if w.HasField("drained_at"):
+            print(f"{w.worker_id} drained since {_when(w.drained_at)}"
+                  f"{': ' + w.drain_reason if w.drain_reason else ''} (gpuproxy workers resume)")
         if w.HasField("paused_until"):
             print(f"{w.worker_id} takes no task until {_when(w.paused_until)}: {w.pause_reason}")
     return 0
 
 
 def _worker_state(w: workers_pb2.WorkerInfo) -> str:
+    if w.HasField("drained_at"):  # said even offline: it stays drained when it comes back
+        return ("draining" if w.task_ids else "drained") if w.online else "offline,drained"
     if not w.online:
         return "offline"
     return "paused" if w.HasField("paused_until") else "online"
+
+
+async def cmd_workers_drain(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await client.drain_worker(args.id, args.reason or "")
+    print(f"{args.id} drained: it takes no new task; what it runs goes on "
+          "(gpuproxy workers list shows when it has none left)")
+    return 0
+
+
+async def cmd_workers_resume(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        was_drained = await client.resume_worker(args.id)
+    print(f"{args.id} takes tasks again" if was_drained else
+          f"{args.id} was not drained: nothing changed")
+    return 0
 
 
 async def cmd_workers_remove(args: argparse.Namespace) -> int:
@@ -602,31 +623,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="proving keys kept on the broker for the workers")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    p = ksub.add_parser("upload", help="upload a .zkey once; prints its sha256")
-    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
-    p.add_argument("file")
-    p.set_defaults(func=cmd_keys_upload)
-    p = ksub.add_parser("list", help="the keys the broker keeps")
-    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_keys_list)
-    p = ksub.add_parser("remove", help="drop a key no waiting or running task names")
-    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
-    p.add_argument("sha256")
-    p.set_defaults(func=cmd_keys_remove)
+    _client_command(ksub, "upload", "upload a .zkey once; prints its sha256",
+                    cmd_keys_upload).add_argument("file")
+    _client_command(ksub, "list", "the keys the broker keeps",
+                    cmd_keys_list).add_argument("--json", action="store_true")
+    _client_command(ksub, "remove", "drop a key no waiting or running task names",
+                    cmd_keys_remove).add_argument("sha256")
 
-    workers = sub.add_parser("workers", help="list and remove workers")
+    workers = sub.add_parser("workers", help="list, drain, resume and remove workers")
     wsub = workers.add_subparsers(dest="workers_command", required=True)
-    p = wsub.add_parser("list", help="workers with their GPUs, state and current tasks")
-    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_workers_list)
-    p = wsub.add_parser("remove", help="forget an offline worker")
-    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+    _client_command(wsub, "list", "workers with their GPUs, state and current tasks",
+                    cmd_workers_list).add_argument("--json", action="store_true")
+    p = _client_command(wsub, "drain", "give a worker no new task (maintenance); what it runs "
+                        "goes on", cmd_workers_drain)
     p.add_argument("id")
-    p.set_defaults(func=cmd_workers_remove)
+    p.add_argument("--reason", help="said in workers list")
+    _client_command(wsub, "resume", "let a drained worker take tasks again",
+                    cmd_workers_resume).add_argument("id")
+    _client_command(wsub, "remove", "forget an offline worker",
+                    cmd_workers_remove).add_argument("id")
     _no_abbreviations(parser)
     return parser
+
+
+def _client_command(sub: Any, name: str, help: str, func: Callable[..., Any]
+                    ) -> argparse.ArgumentParser:
+    """A subcommand that calls a broker: its flags, and what it runs."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    add_flags(p, [*CLIENT_FLAGS, *LOG_FLAGS])
+    p.set_defaults(func=func)
+    return p
 
 
 def _no_abbreviations(parser: argparse.ArgumentParser) -> None:

@@ -260,6 +260,16 @@ class BrokerClient:
         reply = await self._unary(self.workers.ListWorkers, workers_pb2.ListWorkersRequest())
         return list(reply.workers)
 
+    async def drain_worker(self, worker_id: str, reason: str) -> None:
+        await self._unary(self.workers.DrainWorker,
+                          workers_pb2.DrainWorkerRequest(worker_id=worker_id, reason=reason))
+
+    async def resume_worker(self, worker_id: str) -> bool:
+        """Whether the worker was drained."""
+        reply = await self._unary(self.workers.ResumeWorker,
+                                  workers_pb2.ResumeWorkerRequest(worker_id=worker_id))
+        return bool(reply.was_drained)
+
     async def remove_worker(self, worker_id: str) -> None:
         await self._unary(
             self.workers.RemoveWorker, workers_pb2.RemoveWorkerRequest(worker_id=worker_id)

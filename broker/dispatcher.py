@@ -22,7 +22,7 @@ from protos.gpuproxy.v1 import workers_pb2
 
 log = structlog.get_logger(__name__)
 
-#: How often held tasks are read again, for changes made through another broker.
+#: How often held tasks and drains are read again, for changes made through another broker.
 RECHECK_HELD_S = 5.0
 
 
@@ -84,6 +84,9 @@ class Dispatcher:
         self.lease_ms = int(lease_s * 1000)
         self.poll_s = poll_s
         self.sessions: list[Session] = []
+        #: Workers an operator drained (DrainWorker): no new task; read from the database
+        #: every RECHECK_HELD_S, for drains made through another broker.
+        self.drained: set[str] = set()
         self._wake = asyncio.Event()
         self._checks: set[str] = set()
 
@@ -135,6 +138,7 @@ class Dispatcher:
         """Dispatch until cancelled; a failed round (database down) is logged and retried."""
         outage = Outage("dispatch")
         rechecked = time.monotonic()
+        drains_due = True
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
@@ -146,7 +150,11 @@ class Dispatcher:
                 # is not heard of here: look, rather than wait for its worker's next heartbeat.
                 rechecked = time.monotonic()
                 self._checks.update(t for s in self.sessions for t in s.held)
+                drains_due = True
             try:
+                if drains_due:
+                    self.drained = {d.worker_id for d in await self.store.list_drains()}
+                    drains_due = False
                 await self._revoke_lost()
                 await self._assign()
                 outage.succeeded()
@@ -181,7 +189,8 @@ class Dispatcher:
         """Claim for hungry sessions until nothing is left, one claim at a time: each goes to
         the session best placed for the task at the head of the queue, the others waiting
         their turn (round-robin); a session that finds nothing to claim leaves the round."""
-        hungry = [s for s in self.sessions if s.free > 0 and not s.closed]
+        hungry = [s for s in self.sessions
+                  if s.free > 0 and not s.closed and s.worker_id not in self.drained]
         while hungry:
             s = await self._placed(hungry)
             if s is None:  # nothing any of them could claim: one query, not one per session
@@ -197,7 +206,7 @@ class Dispatcher:
                     )
                 continue
             self.assign(s, task)
-            if s.free > 0:
+            if s.free > 0 and s.worker_id not in self.drained:
                 hungry.append(s)
 
     async def _placed(self, hungry: list[Session]) -> Session | None:

@@ -160,6 +160,15 @@ class WorkerRecord:
     disconnected_at: int = 0  #: ms; when its stream ended (0: connected, or not known)
 
 
+@dataclasses.dataclass(frozen=True)
+class Drain:
+    """An operator's word that a worker takes no new task (its running ones go on)."""
+
+    worker_id: str
+    reason: str
+    drained_at: int  #: ms
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Resource:
     """A file kept for tasks that name it by sha256 (a proving key)."""

@@ -16,7 +16,7 @@ import structlog
 from broker import convert, exceptions, framing, models, policy
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher, Session
-from broker.models import Gpu, TaskFilter, TaskState, WorkerRecord
+from broker.models import Drain, Gpu, TaskFilter, TaskState, WorkerRecord
 from broker.outages import Outage
 from broker.service import mapped_errors
 from broker.tasks import TaskManager
@@ -300,6 +300,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         now = models.now_ms()
         running = await self.store.list_tasks(TaskFilter(states=(TaskState.RUNNING,)), 10_000)
         reply = workers_pb2.ListWorkersResponse()
+        drains = {d.worker_id: d for d in await self.store.list_drains()}
         for w in await self.store.list_workers():
             info = reply.workers.add(
                 worker_id=w.worker_id, hostname=w.hostname, addresses=list(w.addresses),
@@ -311,6 +312,9 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             if w.paused_until > now and info.online:
                 info.paused_until.FromMilliseconds(w.paused_until)
                 info.pause_reason = w.pause_reason
+            if drain := drains.get(w.worker_id):
+                info.drained_at.FromMilliseconds(drain.drained_at)
+                info.drain_reason = drain.reason
             for g in w.gpus:
                 info.gpus.add(index=g.index, name=g.name, uuid=g.uuid,
                               memory_bytes=g.memory_bytes)
@@ -329,6 +333,30 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         if not await self.store.remove_worker(request.worker_id):
             raise exceptions.WorkerNotFound(worker_id=request.worker_id)
         return workers_pb2.RemoveWorkerResponse()
+
+    @mapped_errors
+    async def DrainWorker(
+        self, request: workers_pb2.DrainWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.DrainWorkerResponse:
+        reason = policy.clipped(request.reason)
+        if not await self.store.drain_worker(Drain(request.worker_id, reason, models.now_ms())):
+            raise exceptions.WorkerNotFound(worker_id=request.worker_id)
+        self.dispatcher.drained.add(request.worker_id)  # at once here; elsewhere within 5 s
+        log.info("worker drained: no new task", worker_id=request.worker_id, reason=reason)
+        return workers_pb2.DrainWorkerResponse()
+
+    @mapped_errors
+    async def ResumeWorker(
+        self, request: workers_pb2.ResumeWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.ResumeWorkerResponse:
+        was_drained = await self.store.resume_worker(request.worker_id)
+        if not was_drained and request.worker_id not in {
+                w.worker_id for w in await self.store.list_workers()}:
+            raise exceptions.WorkerNotFound(worker_id=request.worker_id)
+        self.dispatcher.drained.discard(request.worker_id)
+        self.dispatcher.wake()
+        log.info("worker resumed", worker_id=request.worker_id, was_drained=was_drained)
+        return workers_pb2.ResumeWorkerResponse(was_drained=was_drained)
 
     def online(self, w: WorkerRecord, now_ms: int) -> bool:
         """Connected here, or heartbeating through another broker: its stream has not ended

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from broker.models import (
     Attempt,
     BlobRow,
+    Drain,
     NewTask,
     PageCursor,
     Resource,
@@ -256,4 +257,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_worker(self, worker_id: str) -> bool:
-        """Forget a worker; False when unknown."""
+        """Forget a worker (and its drain); False when unknown."""
+
+    @abc.abstractmethod
+    async def drain_worker(self, drain: Drain) -> bool:
+        """Give a known worker no new task until resumed; False when the worker is unknown.
+        Draining it again keeps when it was first drained and takes the new reason."""
+
+    @abc.abstractmethod
+    async def resume_worker(self, worker_id: str) -> bool:
+        """End a worker's drain; False when it was not drained."""
+
+    @abc.abstractmethod
+    async def list_drains(self) -> list[Drain]:
+        """Every drain, by worker_id."""

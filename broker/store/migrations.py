@@ -227,10 +227,32 @@ CREATE TABLE resources (
 """,
 )
 
+# An operator's drain of a worker, apart from its registration, which every reconnect rewrites.
+_V4_MYSQL = (
+    f"""
+CREATE TABLE IF NOT EXISTS worker_drains (
+    worker_id VARCHAR(255) NOT NULL PRIMARY KEY,
+    reason TEXT NOT NULL,
+    drained_at BIGINT NOT NULL
+) {_MYSQL_TABLE}
+""",
+)
+
+_V4_SQLITE = (
+    """
+CREATE TABLE worker_drains (
+    worker_id TEXT NOT NULL PRIMARY KEY,
+    reason TEXT NOT NULL,
+    drained_at INTEGER NOT NULL
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(version=1, name="tasks, attempts and blobs", mysql=_V1_MYSQL, sqlite=_V1_SQLITE),
     Migration(version=2, name="workers", mysql=_V2_MYSQL, sqlite=_V2_SQLITE),
     Migration(version=3, name="resources", mysql=_V3_MYSQL, sqlite=_V3_SQLITE),
+    Migration(version=4, name="worker drains", mysql=_V4_MYSQL, sqlite=_V4_SQLITE),
 )
 
 

@@ -246,6 +246,17 @@ class Queries:
     # -- workers -------------------------------------------------------------------------
 
     @property
+    def upsert_drain(self) -> str:
+        """Drain a worker; draining it again keeps when, and takes the new reason."""
+        update = ("ON DUPLICATE KEY UPDATE reason = VALUES(reason)" if self.mysql else
+                  "ON CONFLICT (worker_id) DO UPDATE SET reason = excluded.reason")
+        return ("INSERT INTO worker_drains (worker_id, reason, drained_at) VALUES (?, ?, ?) "
+                + update)
+
+    list_drains = "SELECT worker_id, reason, drained_at FROM worker_drains ORDER BY worker_id"
+    delete_drain = "DELETE FROM worker_drains WHERE worker_id = ?"
+
+    @property
     def upsert_worker(self) -> str:
         """Replace a registration but keep when the worker first registered."""
         if self.mysql:
@@ -272,6 +283,8 @@ class Queries:
     list_workers = f"SELECT {_WORKER} FROM workers ORDER BY worker_id"
     delete_worker = "DELETE FROM workers WHERE worker_id = ?"
     forget_workers = "DELETE FROM workers WHERE last_seen_at < ?"
+    forget_drains = ("DELETE FROM worker_drains "
+                     "WHERE worker_id NOT IN (SELECT worker_id FROM workers)")
 
     read_chunk = "SELECT data FROM blob_chunks WHERE upload_id = ? AND seq = ?"
     list_blobs = f"SELECT {_BLOB} FROM blobs ORDER BY created_at, upload_id"

@@ -19,6 +19,7 @@ from broker import exceptions, policy
 from broker.models import (
     Attempt,
     BlobRow,
+    Drain,
     NewTask,
     PageCursor,
     Resource,
@@ -414,10 +415,36 @@ class SqlStore(Store):
         return [queries.worker_from_row(r) for r in rows]
 
     async def forget_workers_seen_before(self, cutoff_ms: int) -> int:
-        return int(await self._write(lambda tx: tx.run(self.sql.forget_workers, [cutoff_ms])))
+        async def change(tx: Tx) -> int:
+            forgotten = int(await tx.run(self.sql.forget_workers, [cutoff_ms]))
+            await tx.run(self.sql.forget_drains)
+            return forgotten
+
+        return await self._write(change)
 
     async def remove_worker(self, worker_id: str) -> bool:
-        return bool(await self._write(lambda tx: tx.run(self.sql.delete_worker, [worker_id])))
+        async def change(tx: Tx) -> bool:
+            await tx.run(self.sql.delete_drain, [worker_id])
+            return bool(await tx.run(self.sql.delete_worker, [worker_id]))
+
+        return await self._write(change)
+
+    async def drain_worker(self, drain: Drain) -> bool:
+        async def change(tx: Tx) -> bool:
+            if await tx.one(self.sql.lock_worker, [drain.worker_id]) is None:
+                return False
+            await tx.run(self.sql.upsert_drain, [drain.worker_id, drain.reason,
+                                                 drain.drained_at])
+            return True
+
+        return await self._write(change)
+
+    async def resume_worker(self, worker_id: str) -> bool:
+        return bool(await self._write(lambda tx: tx.run(self.sql.delete_drain, [worker_id])))
+
+    async def list_drains(self) -> list[Drain]:
+        rows = await self._read(lambda tx: tx.all(self.sql.list_drains))
+        return [Drain(worker_id=str(r[0]), reason=str(r[1]), drained_at=int(r[2])) for r in rows]
 
     # -- helpers -------------------------------------------------------------------------
 

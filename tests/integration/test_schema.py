@@ -23,6 +23,7 @@ DECLARED = {
     "blob_chunks": {"upload_id", "seq", "data"},
     "workers": {"worker_id", "hostname", "info", "registered_at", "last_seen_at"},
     "resources": {"sha256", "name", "size", "created_at"},
+    "worker_drains": {"worker_id", "reason", "drained_at"},
 }
 INDEXES = {
     "tasks_claim": ["state", "task_type", "priority", "created_at", "id"],

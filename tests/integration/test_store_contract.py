@@ -15,6 +15,7 @@ import pytest
 
 from broker import exceptions, policy
 from broker.models import (
+    Drain,
     NewTask,
     PageCursor,
     Resource,
@@ -777,6 +778,33 @@ async def test_a_worker_id_is_held_by_one_live_process_at_a_time(store: Store) -
     assert kept.resident_keys == ()  # the new registration's, not the replaced one's "k2"
     # A process silent for longer than live_ms (its host hung) holds the id no more
     assert await store.register_worker(worker_record("cccc", T0 + 4000 + live_ms), live_ms) is None
+
+
+async def test_a_drain_outlives_reconnects_and_goes_with_its_worker(store: Store) -> None:
+    live_ms = 60_000
+    worker = worker_record("aaaa", T0)
+    # An unknown worker cannot be drained
+    assert not await store.drain_worker(Drain("gpu0-abc", "maintenance", T0))
+    assert await store.register_worker(worker, live_ms) is None
+    assert await store.drain_worker(Drain("gpu0-abc", "maintenance", T0 + 1))
+    # Drained again: the first time stays, the reason is the new one
+    assert await store.drain_worker(Drain("gpu0-abc", "new fans", T0 + 2))
+    assert await store.list_drains() == [Drain("gpu0-abc", "new fans", T0 + 1)]
+    # A reconnect (a new registration) keeps the drain
+    assert await store.register_worker(worker_record("aaaa", T0 + 3), live_ms) is None
+    assert [d.worker_id for d in await store.list_drains()] == ["gpu0-abc"]
+    # Resumed once; resuming again says it was not drained
+    assert await store.resume_worker("gpu0-abc")
+    assert not await store.resume_worker("gpu0-abc")
+    assert await store.list_drains() == []
+    # A removed (or forgotten) worker leaves no drain behind
+    assert await store.drain_worker(Drain("gpu0-abc", "", T0 + 4))
+    assert await store.remove_worker("gpu0-abc")
+    assert await store.list_drains() == []
+    assert await store.register_worker(worker_record("bbbb", T0 + 5), live_ms) is None
+    assert await store.drain_worker(Drain("gpu0-abc", "", T0 + 6))
+    assert await store.forget_workers_seen_before(T0 + 10) == 1
+    assert await store.list_drains() == []
 
 
 async def test_a_resource_is_removed_only_when_no_unfinished_task_names_it(

@@ -60,6 +60,16 @@ class WorkerServiceStub:
                 request_serializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.RemoveWorkerRequest.SerializeToString,
                 response_deserializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.RemoveWorkerResponse.FromString,
                 _registered_method=True)
+        self.DrainWorker = channel.unary_unary(
+                '/gpuproxy.v1.WorkerService/DrainWorker',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.DrainWorkerRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.DrainWorkerResponse.FromString,
+                _registered_method=True)
+        self.ResumeWorker = channel.unary_unary(
+                '/gpuproxy.v1.WorkerService/ResumeWorker',
+                request_serializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.ResumeWorkerRequest.SerializeToString,
+                response_deserializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.ResumeWorkerResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -99,6 +109,20 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainWorker(self, request, context):
+        """Give a worker no new task, from any broker sharing the database, until ResumeWorker; what
+        it runs goes on (maintenance without losing a proof). Kept across reconnects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeWorker(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +150,16 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.RemoveWorker,
                     request_deserializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.RemoveWorkerRequest.FromString,
                     response_serializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.RemoveWorkerResponse.SerializeToString,
+            ),
+            'DrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWorker,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.DrainWorkerRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'ResumeWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWorker,
+                    request_deserializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.ResumeWorkerRequest.FromString,
+                    response_serializer=protos_dot_gpuproxy_dot_v1_dot_workers__pb2.ResumeWorkerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +297,60 @@ class WorkerService:
             '/gpuproxy.v1.WorkerService/RemoveWorker',
             protos_dot_gpuproxy_dot_v1_dot_workers__pb2.RemoveWorkerRequest.SerializeToString,
             protos_dot_gpuproxy_dot_v1_dot_workers__pb2.RemoveWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuproxy.v1.WorkerService/DrainWorker',
+            protos_dot_gpuproxy_dot_v1_dot_workers__pb2.DrainWorkerRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_workers__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuproxy.v1.WorkerService/ResumeWorker',
+            protos_dot_gpuproxy_dot_v1_dot_workers__pb2.ResumeWorkerRequest.SerializeToString,
+            protos_dot_gpuproxy_dot_v1_dot_workers__pb2.ResumeWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,
