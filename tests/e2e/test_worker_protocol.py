@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from broker import exceptions
 from broker.client import BrokerClient
 from broker.dispatcher import RECHECK_HELD_S
-from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
+from protos.gpuproxy.v1 import tasks_pb2, workers_pb2, workers_pb2_grpc
 from tests.e2e.conftest import BIN, BrokerFactory, cli_env
 from tests.fixtures.tcp_cut import TcpCut
 
@@ -331,6 +331,32 @@ async def test_a_cancel_through_another_broker_reaches_the_worker_well_before_a_
             await client.cancel(task_id, "wrong sector")
         revoke = await w.next(timeout_s=RECHECK_HELD_S + 3)
         assert revoke.WhichOneof("msg") == "revoke" and "wrong sector" in revoke.revoke.reason
+    finally:
+        await w.close()
+
+
+async def test_a_drain_through_another_broker_holds_new_work_back_within_a_recheck(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given an idle worker of broker b, drained through broker a
+    a = broker_factory(mariadb_dsn, "db")
+    b = broker_factory(mariadb_dsn, "db")
+    w = ScriptedWorker(b.url, "wb")
+    try:
+        await w.connect()
+        async with BrokerClient(a.url) as client:
+            await client.drain_worker("wb", "maintenance")
+        await asyncio.sleep(RECHECK_HELD_S + 1)  # b reads the drains again
+        # When a task is submitted, b gives it no task (a timed-out read would end the stream)
+        task_id = await submit(a.url, tmp_path, b"not for a drained worker")
+        await asyncio.sleep(1.5)
+        async with BrokerClient(a.url) as client:
+            assert (await client.get_task(task_id)).state == tasks_pb2.TASK_STATE_INIT
+            # Until it is resumed, through a as well: then the task comes within a recheck
+            assert await client.resume_worker("wb")
+            [info] = await client.list_workers()
+        assert not info.HasField("drained_at")
+        assert held_of(await w.next(timeout_s=RECHECK_HELD_S + 3)).task_id == task_id
     finally:
         await w.close()
 
