@@ -87,6 +87,7 @@ class Dispatcher:
         #: Workers an operator drained (DrainWorker): no new task; read from the database
         #: every RECHECK_HELD_S, for drains made through another broker.
         self.drained: set[str] = set()
+        self._drains_changed = 0  #: drains and resumes made here: a read racing one is stale
         self._wake = asyncio.Event()
         self._checks: set[str] = set()
 
@@ -128,6 +129,15 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def drain(self, worker_id: str, drained: bool) -> None:
+        """An operator drained (or resumed) a worker through this broker: at once here."""
+        self._drains_changed += 1
+        if drained:
+            self.drained.add(worker_id)
+        else:
+            self.drained.discard(worker_id)
+            self.wake()
+
     def task_changed(self, task_id: str) -> None:
         """A task changed here: maybe new work, maybe a held task was cancelled."""
         if any(task_id in s.held for s in self.sessions):
@@ -153,14 +163,23 @@ class Dispatcher:
                 drains_due = True
             try:
                 if drains_due:
-                    self.drained = {d.worker_id for d in await self.store.list_drains()}
-                    drains_due = False
+                    drains_due = not await self._read_drains()
                 await self._revoke_lost()
                 await self._assign()
                 outage.succeeded()
             except Exception as exc:
                 await asyncio.sleep(outage.failed(exc))
                 self._wake.set()
+
+    async def _read_drains(self) -> bool:
+        """Take the drains from the database; False when one made here during the read made
+        it stale (it is kept, and the drains are read again next round)."""
+        changed = self._drains_changed
+        read = {d.worker_id for d in await self.store.list_drains()}
+        if changed != self._drains_changed:
+            return False
+        self.drained = read
+        return True
 
     async def _revoke_lost(self) -> None:
         for task_id in list(self._checks):

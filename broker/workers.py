@@ -341,7 +341,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         reason = policy.clipped(request.reason)
         if not await self.store.drain_worker(Drain(request.worker_id, reason, models.now_ms())):
             raise exceptions.WorkerNotFound(worker_id=request.worker_id)
-        self.dispatcher.drained.add(request.worker_id)  # at once here; elsewhere within 5 s
+        self.dispatcher.drain(request.worker_id, True)  # at once here; elsewhere within 5 s
         log.info("worker drained: no new task", worker_id=request.worker_id, reason=reason)
         return workers_pb2.DrainWorkerResponse()
 
@@ -353,8 +353,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         if not was_drained and request.worker_id not in {
                 w.worker_id for w in await self.store.list_workers()}:
             raise exceptions.WorkerNotFound(worker_id=request.worker_id)
-        self.dispatcher.drained.discard(request.worker_id)
-        self.dispatcher.wake()
+        self.dispatcher.drain(request.worker_id, False)
         log.info("worker resumed", worker_id=request.worker_id, was_drained=was_drained)
         return workers_pb2.ResumeWorkerResponse(was_drained=was_drained)
 

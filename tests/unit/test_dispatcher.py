@@ -243,3 +243,34 @@ async def test_a_change_during_a_check_is_checked_again(store: Store) -> None:
     await dispatcher._revoke_lost()
     revoke = s.outbox.get_nowait().revoke
     assert revoke.task_id == task_id and "cancelled meanwhile" in revoke.reason
+
+
+async def test_a_drain_made_here_during_a_read_of_the_drains_is_not_lost(store: Store) -> None:
+    # Given a worker drained through another broker, and one drained here while this broker
+    # reads the drains (the read started before the second drain was stored)
+    dispatcher = Dispatcher(store, lease_s=30)
+    for worker_id in ("elsewhere", "here"):
+        await store.register_worker(worker(worker_id).record, live_ms=60_000)  # type: ignore[arg-type]
+    await store.drain_worker(models.Drain("elsewhere", "", 1))
+    real_list = store.list_drains
+
+    async def read_then_drain_here() -> list[models.Drain]:
+        rows = await real_list()
+        await store.drain_worker(models.Drain("here", "", 2))
+        dispatcher.drain("here", True)
+        return rows
+
+    store.list_drains = read_then_drain_here  # type: ignore[method-assign]
+    # When the read ends, it is stale: the drain made here is kept
+    assert not await dispatcher._read_drains()
+    assert dispatcher.drained == {"here"}
+    # Then the next read has both
+    store.list_drains = real_list  # type: ignore[method-assign]
+    assert await dispatcher._read_drains()
+    assert dispatcher.drained == {"elsewhere", "here"}
+    # And a drained worker is given no task
+    s = worker("here")
+    dispatcher.add(s)
+    await submit(store, KEY_A, created_at=1)
+    await dispatcher._assign()
+    assert assigned(s) == []
