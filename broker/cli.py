@@ -500,8 +500,8 @@ def _worker_state(w: workers_pb2.WorkerInfo) -> str:
 async def cmd_workers_drain(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await client.drain_worker(args.id, args.reason or "")
-    print(f"{args.id} drained: it takes no new task; what it runs goes on "
-          "(gpuproxy workers list shows when it has none left)")
+    print(f"{args.id} drained: it takes no new task (within 5 s if it is connected to another "
+          "broker); what it runs goes on (gpuproxy workers list shows when it has none left)")
     return 0
 
 

@@ -88,6 +88,7 @@ class Dispatcher:
         #: every RECHECK_HELD_S, for drains made through another broker.
         self.drained: set[str] = set()
         self._drains_changed = 0  #: drains and resumes made here: a read racing one is stale
+        self._drains_read = False  #: no task is given before the drains were read once
         self._wake = asyncio.Event()
         self._checks: set[str] = set()
 
@@ -165,7 +166,8 @@ class Dispatcher:
                 if drains_due:
                     drains_due = not await self._read_drains()
                 await self._revoke_lost()
-                await self._assign()
+                if self._drains_read:
+                    await self._assign()
                 outage.succeeded()
             except Exception as exc:
                 await asyncio.sleep(outage.failed(exc))
@@ -179,6 +181,7 @@ class Dispatcher:
         if changed != self._drains_changed:
             return False
         self.drained = read
+        self._drains_read = True
         return True
 
     async def _revoke_lost(self) -> None:
@@ -218,11 +221,11 @@ class Dispatcher:
                 s.worker_id, s.task_types, self.lease_ms, models.now_ms()
             )
             hungry.remove(s)
-            if task is None or s.closed:
-                if task is not None:  # the stream closed meanwhile: hand it back
-                    await self.store.release_task(
-                        task.id, task.fence, "worker disconnected", models.now_ms()
-                    )
+            gone = "worker disconnected" if s.closed else "worker drained" if (
+                s.worker_id in self.drained) else ""
+            if task is None or gone:
+                if task is not None:  # the stream closed, or a drain came, meanwhile
+                    await self.store.release_task(task.id, task.fence, gone, models.now_ms())
                 continue
             self.assign(s, task)
             if s.free > 0 and s.worker_id not in self.drained:

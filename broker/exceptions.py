@@ -110,6 +110,12 @@ class StoreUnavailable(BrokerError):
     """Database {dsn} is unreachable: {detail}. Is the server running and the DSN right?"""
 
 
+class SchemaTooNew(BrokerError):
+    """The database's schema is version {found}, newer than this broker knows ({known}): a newer
+    gpuproxy migrated it. Upgrade this broker; every broker sharing a database must run the
+    same version (an older one would ignore what the newer schema holds, worker drains say)."""
+
+
 class SqliteUnusable(StoreUnavailable):
     """SQLite database {path} cannot be used: {detail}. Check that its folder exists and that
     the broker may write there."""

@@ -253,7 +253,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def forget_workers_seen_before(self, cutoff_ms: int) -> int:
-        """Remove the workers last seen before the cutoff; how many."""
+        """Remove the workers last seen before the cutoff, but drained ones; how many."""
 
     @abc.abstractmethod
     async def remove_worker(self, worker_id: str) -> bool:
@@ -262,7 +262,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def drain_worker(self, drain: Drain) -> bool:
         """Give a known worker no new task until resumed; False when the worker is unknown.
-        Draining it again keeps when it was first drained and takes the new reason."""
+        Draining it again keeps when it was first drained and takes the new reason, if any."""
 
     @abc.abstractmethod
     async def resume_worker(self, worker_id: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from broker import exceptions
 from broker.models import now_ms
 
 if TYPE_CHECKING:
@@ -265,6 +266,8 @@ async def apply(tx: Tx, *, mysql: bool) -> None:
     """Apply the missing versions; the caller holds the migration lock."""
     await tx.run(SCHEMA_VERSION_MYSQL if mysql else SCHEMA_VERSION_SQLITE)
     applied = {int(r[0]) for r in await tx.all(SELECT_VERSIONS)}
+    if max(applied, default=0) > MIGRATIONS[-1].version:
+        raise exceptions.SchemaTooNew(found=max(applied), known=MIGRATIONS[-1].version)
     for migration in pending(applied):
         for statement in migration.mysql if mysql else migration.sqlite:
             await tx.run(statement)

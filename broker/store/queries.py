@@ -247,9 +247,11 @@ class Queries:
 
     @property
     def upsert_drain(self) -> str:
-        """Drain a worker; draining it again keeps when, and takes the new reason."""
-        update = ("ON DUPLICATE KEY UPDATE reason = VALUES(reason)" if self.mysql else
-                  "ON CONFLICT (worker_id) DO UPDATE SET reason = excluded.reason")
+        """Drain a worker; draining it again keeps when, and takes the new reason if any."""
+        update = ("ON DUPLICATE KEY UPDATE reason = "
+                  "IF(VALUES(reason) = '', reason, VALUES(reason))" if self.mysql else
+                  "ON CONFLICT (worker_id) DO UPDATE SET reason = "
+                  "CASE WHEN excluded.reason = '' THEN reason ELSE excluded.reason END")
         return ("INSERT INTO worker_drains (worker_id, reason, drained_at) VALUES (?, ?, ?) "
                 + update)
 
@@ -282,7 +284,10 @@ class Queries:
 
     list_workers = f"SELECT {_WORKER} FROM workers ORDER BY worker_id"
     delete_worker = "DELETE FROM workers WHERE worker_id = ?"
-    forget_workers = "DELETE FROM workers WHERE last_seen_at < ?"
+    # A drained worker is kept however long it is away (a card sent for repair): it comes back
+    # drained, under its id.
+    forget_workers = ("DELETE FROM workers WHERE last_seen_at < ? "
+                      "AND worker_id NOT IN (SELECT worker_id FROM worker_drains)")
     forget_drains = ("DELETE FROM worker_drains "
                      "WHERE worker_id NOT IN (SELECT worker_id FROM workers)")
 

@@ -122,6 +122,29 @@ async def test_opening_again_is_a_no_op(store: Store) -> None:
     assert _columns(store.dsn) == DECLARED
 
 
+async def test_a_schema_newer_than_the_broker_stops_it_saying_to_upgrade(store: Store) -> None:
+    # Given a database a newer broker migrated
+    newest = migrations.MIGRATIONS[-1].version
+    insert = ("INSERT INTO schema_version (version, name, applied_at) "
+              f"VALUES ({newest + 1}, 'from the future', 1)")
+    if store.dsn.startswith("sqlite"):
+        db_query(store.dsn, insert)
+    else:
+        conn = _mysql(store.dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(insert)
+            conn.commit()
+        finally:
+            conn.close()
+    # When this broker opens it, it refuses to serve, saying why
+    again = open_store(store.dsn)
+    with pytest.raises(exceptions.SchemaTooNew, match=(
+            f"schema is version {newest + 1}, newer than this broker knows \\({newest}\\)")):
+        await again.open()
+    await again.close()
+
+
 @pytest.mark.parametrize(
     ("change", "detail"),
     [

@@ -787,8 +787,9 @@ async def test_a_drain_outlives_reconnects_and_goes_with_its_worker(store: Store
     assert not await store.drain_worker(Drain("gpu0-abc", "maintenance", T0))
     assert await store.register_worker(worker, live_ms) is None
     assert await store.drain_worker(Drain("gpu0-abc", "maintenance", T0 + 1))
-    # Drained again: the first time stays, the reason is the new one
+    # Drained again: the first time stays, the reason is the new one (when one is given)
     assert await store.drain_worker(Drain("gpu0-abc", "new fans", T0 + 2))
+    assert await store.drain_worker(Drain("gpu0-abc", "", T0 + 2))
     assert await store.list_drains() == [Drain("gpu0-abc", "new fans", T0 + 1)]
     # A reconnect (a new registration) keeps the drain
     assert await store.register_worker(worker_record("aaaa", T0 + 3), live_ms) is None
@@ -797,14 +798,18 @@ async def test_a_drain_outlives_reconnects_and_goes_with_its_worker(store: Store
     assert await store.resume_worker("gpu0-abc")
     assert not await store.resume_worker("gpu0-abc")
     assert await store.list_drains() == []
-    # A removed (or forgotten) worker leaves no drain behind
+    # A removed worker leaves no drain behind
     assert await store.drain_worker(Drain("gpu0-abc", "", T0 + 4))
     assert await store.remove_worker("gpu0-abc")
     assert await store.list_drains() == []
+    # A drained worker away longer than the retention is not forgotten (a card sent for
+    # repair comes back drained); once resumed, it is
     assert await store.register_worker(worker_record("bbbb", T0 + 5), live_ms) is None
-    assert await store.drain_worker(Drain("gpu0-abc", "", T0 + 6))
+    assert await store.drain_worker(Drain("gpu0-abc", "repair", T0 + 6))
+    assert await store.forget_workers_seen_before(T0 + 10) == 0
+    assert [w.worker_id for w in await store.list_workers()] == ["gpu0-abc"]
+    assert await store.resume_worker("gpu0-abc")
     assert await store.forget_workers_seen_before(T0 + 10) == 1
-    assert await store.list_drains() == []
 
 
 async def test_a_resource_is_removed_only_when_no_unfinished_task_names_it(

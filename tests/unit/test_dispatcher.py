@@ -274,3 +274,24 @@ async def test_a_drain_made_here_during_a_read_of_the_drains_is_not_lost(store: 
     await submit(store, KEY_A, created_at=1)
     await dispatcher._assign()
     assert assigned(s) == []
+
+
+async def test_a_task_claimed_while_a_drain_lands_goes_back_to_the_queue(store: Store) -> None:
+    # Given an idle worker, and a drain through this broker that lands during a claim for it
+    dispatcher = Dispatcher(store, lease_s=30)
+    s = worker("w")
+    dispatcher.add(s)
+    task_id = await submit(store, KEY_A, created_at=1)
+    real_claim = store.claim_task
+
+    async def claim_then_drain(*args: object) -> models.Task | None:
+        task = await real_claim(*args)  # type: ignore[arg-type]
+        dispatcher.drain("w", True)
+        return task
+
+    store.claim_task = claim_then_drain  # type: ignore[method-assign]
+    await dispatcher._assign()
+    # Then the worker is not given the task, which waits for another, its attempt not spent
+    assert assigned(s) == []
+    task = await store.get_task(task_id)
+    assert task.state == models.TaskState.INIT and task.attempts == 0

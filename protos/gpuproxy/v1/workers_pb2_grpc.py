@@ -118,7 +118,8 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeWorker(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """End a drain: the worker takes tasks again (was_drained says whether it was drained).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
