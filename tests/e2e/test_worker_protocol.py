@@ -5,6 +5,7 @@ and the housekeeper's requeue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -21,7 +22,7 @@ from broker import exceptions
 from broker.client import BrokerClient
 from broker.dispatcher import RECHECK_HELD_S
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2, workers_pb2_grpc
-from tests.e2e.conftest import BIN, BrokerFactory, cli_env
+from tests.e2e.conftest import BIN, BrokerFactory, BrokerProcess, cli_env
 from tests.fixtures.tcp_cut import TcpCut
 
 LEASE_S = 1.5
@@ -298,32 +299,36 @@ async def test_cancel_revokes_the_running_task(
         await w.close()
 
 
-async def test_two_brokers_on_one_database_hand_out_each_others_tasks(
-    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
-) -> None:
-    a = broker_factory(mariadb_dsn, "db")
-    b = broker_factory(mariadb_dsn, "db")
+@contextlib.asynccontextmanager
+async def worker_of_b(dsn: str, broker_factory: BrokerFactory
+                      ) -> AsyncIterator[tuple[BrokerProcess, ScriptedWorker]]:
+    """Brokers a and b on one database, and a connected worker "wb" of b: (a, the worker)."""
+    a = broker_factory(dsn, "db")
+    b = broker_factory(dsn, "db")
     w = ScriptedWorker(b.url, "wb")
     try:
         await w.connect()
+        yield a, w
+    finally:
+        await w.close()
+
+
+async def test_two_brokers_on_one_database_hand_out_each_others_tasks(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    async with worker_of_b(mariadb_dsn, broker_factory) as (a, w):
         t0 = time.monotonic()
         task_id = await submit(a.url, tmp_path, b"through broker a")
         held = held_of(await w.next(timeout_s=3))
         assert held.task_id == task_id and time.monotonic() - t0 < 1.5
         assert await w.fetch(held) == b"through broker a"
-    finally:
-        await w.close()
 
 
 async def test_a_cancel_through_another_broker_reaches_the_worker_well_before_a_heartbeat(
     mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
 ) -> None:
     # Given a worker of broker b proving a task, with a lease of a minute (heartbeats each 20 s)
-    a = broker_factory(mariadb_dsn, "db")
-    b = broker_factory(mariadb_dsn, "db")
-    w = ScriptedWorker(b.url, "wb")
-    try:
-        await w.connect()
+    async with worker_of_b(mariadb_dsn, broker_factory) as (a, w):
         task_id = await submit(a.url, tmp_path, b"cancel me through a")
         held_of(await w.next(timeout_s=3))
         # When the task is cancelled through broker a, the worker is told within seconds
@@ -331,19 +336,13 @@ async def test_a_cancel_through_another_broker_reaches_the_worker_well_before_a_
             await client.cancel(task_id, "wrong sector")
         revoke = await w.next(timeout_s=RECHECK_HELD_S + 3)
         assert revoke.WhichOneof("msg") == "revoke" and "wrong sector" in revoke.revoke.reason
-    finally:
-        await w.close()
 
 
 async def test_a_drain_through_another_broker_holds_new_work_back_within_a_recheck(
     mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
 ) -> None:
     # Given an idle worker of broker b, drained through broker a
-    a = broker_factory(mariadb_dsn, "db")
-    b = broker_factory(mariadb_dsn, "db")
-    w = ScriptedWorker(b.url, "wb")
-    try:
-        await w.connect()
+    async with worker_of_b(mariadb_dsn, broker_factory) as (a, w):
         async with BrokerClient(a.url) as client:
             await client.drain_worker("wb", "maintenance")
         await asyncio.sleep(RECHECK_HELD_S + 1)  # b reads the drains again
@@ -357,8 +356,6 @@ async def test_a_drain_through_another_broker_holds_new_work_back_within_a_reche
             [info] = await client.list_workers()
         assert not info.HasField("drained_at")
         assert held_of(await w.next(timeout_s=RECHECK_HELD_S + 3)).task_id == task_id
-    finally:
-        await w.close()
 
 
 async def test_a_restarted_worker_without_its_task_gives_it_back_at_once(
