@@ -40,6 +40,7 @@ from worker.groth16 import (
     prover,
     verifier,
     wtns,
+    zkey,
 )
 from worker.groth16.exceptions import Groth16Error
 
@@ -197,6 +198,23 @@ def test_quotient_on_the_device_matches_the_prover_steps(
                for _ in range(3))
     want = native.mul_sub(*(cpu.to_coset(domain, v) for v in (a, b, c)))
     assert np.array_equal(cuda.quotient(domain, a, b, c), want)
+
+
+def test_a_proof_on_the_gpu_makes_h_there_from_one_upload_of_a_b_and_c(
+    cuda: backend.CudaBackend, groth16_demo: Callable[..., devsetup.DemoFiles],
+) -> None:
+    # Given a loaded key and a witness
+    demo = groth16_demo(5, 1)
+    loaded = cuda.load(zkey.read(demo.zkey.read_bytes()))
+    driver = cuda.device.driver
+    driver.launches.clear()
+    # When the prover makes a proof on the GPU
+    proof, public = prover.prove(loaded, wtns.read(demo.wtns.read_bytes()), cuda)
+    # Then it verifies, and A*B - C was taken on the device, the three vectors moved to the
+    # coset there in one operation (no round trip to the host between the NTTs)
+    assert verifier.verify(loaded.key.verification_key(), proof, public)
+    assert driver.launches.count("fr_ab_minus_c") == 1
+    assert driver.launches.count("fr_to_mont") == 3 and driver.launches.count("fr_from_mont") == 1
 
 
 def test_ntt_refuses_a_size_that_is_not_the_domain(cuda: backend.CudaBackend) -> None:

@@ -122,8 +122,8 @@ class CudaBackend(base.Backend):
 
     def quotient(self, domain: ntt.Domain, a: field.FrVector, b: field.FrVector,
                  c: field.FrVector) -> field.FrVector:
-        """h = A*B - C on the coset, the three moved there and combined without leaving the GPU
-        (what the prover computes as to_coset three times and native.mul_sub)."""
+        """h = A*B - C on the coset, the three moved there and combined without leaving the GPU:
+        three uploads and one download for the prover's whole NTT step."""
         dev = self.device
 
         def run() -> field.FrVector:

@@ -2,7 +2,8 @@
 
 1. A.w and B.w on the domain from the key's coefficients; C.w = (A.w)(B.w) (the key holds no
    C coefficients: for a satisfying witness they agree on the domain).
-2. Each to the coset {g w^i}: inverse NTT, shift by g^i, NTT; then h = a*b - c there.
+2. Each to the coset {g w^i}: inverse NTT, shift by g^i, NTT; then h = a*b - c there (the
+   backend's `quotient`: a GPU keeps the three vectors on the device from upload to h).
 3. MSMs: A, B1 (G1) and B2 (G2) by the witness, C by the private part of it, H by h.
 4. Fresh random r and s: A += alpha + r delta, B += beta + s delta, C += s A + r B1 - rs delta.
 """
@@ -57,8 +58,7 @@ def prove(
     with step("constraints"):
         a, b, c = native.qap_evaluations(pk.coefs, witness, pk.domain_size)
     with step("ntt"):
-        a, b, c = (backend.to_coset(domain, v) for v in (a, b, c))
-        h = native.mul_sub(a, b, c)
+        h = backend.quotient(domain, a, b, c)
         del a, b, c  # 32 bytes per constraint each: not held through the MSMs
     with step("msm_g1"):
         # A stop waits for one MSM at most, not for the four of them.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 
-from worker.groth16 import curve, field, ntt, zkey
+from worker.groth16 import curve, field, native, ntt, zkey
 
 
 class Bases(abc.ABC):  # noqa: B024 - a marker: each backend subclasses it with its handle
@@ -66,6 +66,12 @@ class Backend(abc.ABC):
     def to_coset(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
         """Evaluations on the domain -> evaluations on its coset (a backend may fuse this)."""
         return self.coset_ntt(domain, self.intt(domain, evaluations))
+
+    def quotient(self, domain: ntt.Domain, a: field.FrVector, b: field.FrVector,
+                 c: field.FrVector) -> field.FrVector:
+        """h = A*B - C on the coset, from A, B and C on the domain: the prover's whole NTT
+        step (a device backend keeps the three on the device from upload to h)."""
+        return native.mul_sub(*(self.to_coset(domain, v) for v in (a, b, c)))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the backend holds (device memory, threads)."""
