@@ -6,6 +6,7 @@ behaviour under real concurrency, and speed."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import pathlib
 import random
 import threading
@@ -200,7 +201,7 @@ def test_quotient_on_the_device_matches_the_prover_steps(
     assert np.array_equal(cuda.quotient(domain, a, b, c), want)
 
 
-def test_a_proof_on_the_gpu_makes_h_there_from_one_upload_of_a_b_and_c(
+def test_a_proof_on_the_gpu_makes_h_there_from_the_witness(
     cuda: backend.CudaBackend, groth16_demo: Callable[..., devsetup.DemoFiles],
 ) -> None:
     # Given a loaded key and a witness
@@ -210,11 +211,41 @@ def test_a_proof_on_the_gpu_makes_h_there_from_one_upload_of_a_b_and_c(
     driver.launches.clear()
     # When the prover makes a proof on the GPU
     proof, public = prover.prove(loaded, wtns.read(demo.wtns.read_bytes()), cuda)
-    # Then it verifies, and A*B - C was taken on the device, the three vectors moved to the
-    # coset there in one operation (no round trip to the host between the NTTs)
+    # Then it verifies, and A.w, B.w, C.w, their NTTs and A*B - C were made on the device in
+    # one go: the witness went up in normal form (no conversion), h came down once
     assert verifier.verify(loaded.key.verification_key(), proof, public)
+    assert driver.launches.count("fr_constraints") == 1
     assert driver.launches.count("fr_ab_minus_c") == 1
-    assert driver.launches.count("fr_to_mont") == 3 and driver.launches.count("fr_from_mont") == 1
+    assert driver.launches.count("fr_to_mont") == 0 and driver.launches.count("fr_from_mont") == 1
+
+
+@pytest.mark.parametrize("capacity", [1 << 40, 1 << 20], ids=["resident", "on the host"])
+def test_constraints_in_any_order_give_the_cpu_backends_quotient(
+    lib: ctypes.CDLL, cpu: backends.Backend, groth16_demo: Callable[..., devsetup.DemoFiles],
+    capacity: int,
+) -> None:
+    # Given a key whose coefficient records come in no order: several on one constraint and
+    # signal, A's and B's mixed, constraints with none (the odd ones), signals up to the last
+    cuda = backend.CudaBackend(device=FakeDevice(lib, capacity=capacity), self_test=False)
+    key = zkey.read(groth16_demo(5, 1).zkey.read_bytes())
+    records = np.zeros(400, dtype=zkey.COEF_DTYPE)
+    records["matrix"] = [rng.randrange(2) for _ in records]
+    records["constraint"] = [2 * rng.randrange(key.domain_size // 2) for _ in records]
+    records["signal"] = [rng.randrange(key.n_vars) for _ in records]
+    records["value"] = field.to_vector([rng.randrange(hostlib.R) for _ in records])
+    records[-1] = (1, key.domain_size - 2, key.n_vars - 1, records["value"][0])
+    records[-2] = records[-3]
+    key = dataclasses.replace(key, coefs=records)
+    witness = field.to_vector([rng.randrange(hostlib.R) for _ in range(key.n_vars)])
+    domain = ntt.Domain(key.log_domain)
+    # When the CUDA backend evaluates them on the device (their sorted arrays kept there, or,
+    # where the GPU has no room, uploaded for the operation)
+    loaded = cuda.load(key)
+    assert isinstance(loaded.constraints, backend.CudaConstraints)
+    assert (loaded.constraints.device is None) == (capacity == 1 << 20)
+    got = cuda.witness_quotient(loaded, witness, domain)
+    # Then h is the CPU backend's, which reads the records as they come
+    assert np.array_equal(got, cpu.witness_quotient(cpu.load(key), witness, domain))
 
 
 def test_ntt_refuses_a_size_that_is_not_the_domain(cuda: backend.CudaBackend) -> None:
@@ -380,11 +411,14 @@ def test_proofs_on_the_emulated_gpu_verify_and_an_evicted_key_frees_its_memory(
 
             # Then the proof verifies
             assert in_thread(task)
+            held = cache.get(tmp_path, sha).constraints
+            assert isinstance(held, backend.CudaConstraints)
             key = cache.get(tmp_path, sha).key
             tables.append(driver.used - sum(p.nbytes for p in (key.a, key.b1, key.b2, key.c,
-                                                                key.h)))
-    # And the GPU holds only the loaded key's points besides the tables, which stop growing once
-    # both domains were seen: an evicted key's points went with it
+                                                                key.h)) - held.host.nbytes)
+            del held  # the test holds no key arrays on the GPU: the cache decides
+    # And the GPU holds only the loaded key's points and sorted constraints besides the tables,
+    # which stop growing once both domains were seen: an evicted key's arrays went with it
     assert len(set(tables[1:])) == 1 and 0 < tables[0] < tables[1]
     in_thread(cuda.close)
     assert driver.used == 0 and driver.leaks == []

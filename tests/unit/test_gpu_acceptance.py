@@ -33,7 +33,8 @@ def test_every_check_passes_on_good_kernels(lib: ctypes.CDLL, cpu: backends.Back
     assert all(o.ok for o in outcomes), [o.line() for o in outcomes if not o.ok]
     for expected in ("msm g2 n=3 random", "msm g1 n=30 zero scalars",
                      "msm g2 n=30 one point repeated", "msm g1 n=30 points at infinity",
-                     "ntt quotient 2^3", "proof 2^4 constraints"):
+                     "ntt quotient 2^3", "quotient from the witness 2^4",
+                     "proof 2^4 constraints"):
         assert expected in names
     assert lines[-1] == f"{len(outcomes)} of {len(outcomes)} checks passed"
 
@@ -56,6 +57,7 @@ def test_a_faulty_card_fails_the_check_by_name(lib: ctypes.CDLL, cpu: backends.B
                              edge_points=8)
     failed = {o.name for o in outcomes if not o.ok}
     assert "ntt to_coset 2^2" in failed and "proof 2^4 constraints" in failed
+    assert "quotient from the witness 2^4" in failed
     assert "msm g1 n=2 random" not in failed
     assert "FAILED: " in lines[-1] and "ntt intt 2^1" in lines[-1]
 

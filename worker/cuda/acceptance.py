@@ -7,8 +7,9 @@ Checks, each one line with ok or FAIL and the seconds of both backends:
   one point repeated (its buckets collide), scalars 1 and R-1 only, half zeros, points at
   infinity.
 - NTT: intt, coset_ntt, to_coset and the fused quotient A*B - C, domains 2^1 .. 2^ntt_max.
-- A Groth16 proof of a demo circuit (INSECURE dev key) per prove size, on both backends,
-  verified, with their prove times and ratio (CPU / CUDA).
+- Per prove size, a demo circuit (INSECURE dev key): the prover's first steps from its witness
+  (the constraints' values, NTTs and A*B - C: `witness_quotient`), then a Groth16 proof on
+  both backends, verified, with their prove times and ratio (CPU / CUDA).
 """
 
 from __future__ import annotations
@@ -130,35 +131,32 @@ def msm(backend: backends.Backend, group: str, points: zkey.Points, scalars: fie
 
 def check_ntt(cuda: backends.Backend, cpu: backends.Backend, max_log: int,
               rng: np.random.Generator) -> Iterator[Outcome]:
-    from worker.cuda.backend import CudaBackend
-
     for k in range(1, max_log + 1):
         domain = ntt.Domain(k)
         a, b, c = (random_scalars(domain.size, rng) for _ in range(3))
         for step in ("intt", "coset_ntt", "to_coset"):
             yield compare(f"ntt {step} 2^{k}", partial(getattr(cuda, step), domain, a),
                           partial(getattr(cpu, step), domain, a))
-        if isinstance(cuda, CudaBackend):
-            yield compare(f"ntt quotient 2^{k}", partial(cuda.quotient, domain, a, b, c),
-                          partial(quotient_steps, cpu, domain, a, b, c))
+        yield compare(f"ntt quotient 2^{k}", partial(cuda.quotient, domain, a, b, c),
+                      partial(cpu.quotient, domain, a, b, c))
 
 
-def quotient_steps(cpu: backends.Backend, domain: ntt.Domain, *abc: field.FrVector
-                   ) -> field.FrVector:
-    """What the CUDA backend's fused quotient replaces: three to_coset and A*B - C."""
-    from worker.groth16 import native
+def check_witness_quotient(cuda: backends.Backend, cpu: backends.Backend, key: zkey.ProvingKey,
+                           witness: field.FrVector) -> Outcome:
+    """h from a demo circuit's witness (the key loaded first), as the prover makes it."""
+    domain = ntt.Domain(key.log_domain)
 
-    return native.mul_sub(*(cpu.to_coset(domain, v) for v in abc))
+    def run(backend: backends.Backend) -> field.FrVector:
+        return backend.witness_quotient(backend.load(key), witness, domain)
+
+    return compare(f"quotient from the witness 2^{key.log_domain}", partial(run, cuda),
+                   partial(run, cpu))
 
 
-def check_proof(cuda: backends.Backend, cpu: backends.Backend, log_size: int,
-                folder: pathlib.Path) -> Outcome:
+def check_proof(cuda: backends.Backend, cpu: backends.Backend, key: zkey.ProvingKey,
+                witness: field.FrVector, setup_s: float) -> Outcome:
     """A proof on each backend, the key loaded beforehand as a worker's key cache has it."""
-    start = time.perf_counter()
-    files = devsetup.write_demo(folder / f"2^{log_size}", log_size, 2, seed=log_size)
-    setup_s = time.perf_counter() - start
-    key = zkey.read(files.zkey.read_bytes())
-    witness = wtns.read(files.wtns.read_bytes())
+    log_size = key.log_domain
     seconds: dict[str, float] = {}
     valid: dict[str, bool] = {}
     errors: dict[str, str] = {}
@@ -196,7 +194,13 @@ def run(cuda: backends.Backend, cpu: backends.Backend, msm_sizes: list[int], ntt
         record(outcome)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
         for k in prove_sizes:
-            record(check_proof(cuda, cpu, k, pathlib.Path(folder)))
+            start = time.perf_counter()
+            files = devsetup.write_demo(pathlib.Path(folder) / f"2^{k}", k, 2, seed=k)
+            setup_s = time.perf_counter() - start
+            key = zkey.read(files.zkey.read_bytes())
+            witness = wtns.read(files.wtns.read_bytes())
+            record(check_witness_quotient(cuda, cpu, key, witness))
+            record(check_proof(cuda, cpu, key, witness, setup_s))
     failed = [o.name for o in outcomes if not o.ok]
     out(f"{len(outcomes) - len(failed)} of {len(outcomes)} checks passed"
         + (f"; FAILED: {', '.join(failed)}" if failed else ""))

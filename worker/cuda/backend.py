@@ -1,11 +1,12 @@
 """The CUDA Groth16 backend: the `worker.groth16.backends.base.Backend` interface on one GPU.
 
 A key's point sections are uploaded once (`load_bases`) and stay on the GPU for as long as the
-key cache keeps the LoadedKey; a section that does not fit in device memory stays on the host
-and is uploaded for each MSM instead, until an MSM finds room to keep it. NTT power tables are
-kept per domain size. Any CUDA error (out of memory, launch failure, a lost device) raises
-exceptions.DeviceFailed naming the GPU: a Groth16Error, which the groth16 executor reports as a
-retryable failure of the attempt (and, when the context is lost, stops the worker).
+key cache keeps the LoadedKey, and so do its constraint coefficients (sorted by constraint once,
+in `load`); what does not fit in device memory stays on the host and is uploaded for each use
+instead, until a use finds room to keep it. NTT power tables are kept per domain size. Any
+CUDA error (out of memory, launch failure, a lost device) raises exceptions.DeviceFailed naming
+the GPU: a Groth16Error, which the groth16 executor reports as a retryable failure of the
+attempt (and, when the context is lost, stops the worker).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from worker.cuda import compiler, exceptions, plan, selftest, sources
+from worker.cuda import compiler, constraints, exceptions, plan, selftest, sources
 from worker.cuda import msm as msm_driver
 from worker.cuda import ntt as ntt_driver
 from worker.cuda.device import Device
@@ -42,7 +43,35 @@ class CudaBases(base.Bases):
     group: str
     count: int
     host: zkey.Points  #: kept for re-upload when the section could not stay on the device
-    device: Any  #: the pycuda allocation, or None when not resident
+    device: tuple[Any, ...] | None  #: (the pycuda allocation,), or None when not resident
+
+    @property
+    def host_arrays(self) -> tuple[zkey.Points, ...]:
+        return (self.host,)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return msm_driver.scratch_bytes(self.group, max(self.count, 1))
+
+
+@dataclasses.dataclass(eq=False)
+class CudaConstraints:
+    """A key's coefficients sorted by constraint, on the host and, while there is room, on the
+    GPU (row starts, signals, values)."""
+
+    host: constraints.Sorted
+    device: tuple[Any, ...] | None
+
+    @property
+    def host_arrays(self) -> tuple[Any, ...]:
+        return self.host.arrays
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.host.scratch_bytes
+
+
+Resident = CudaBases | CudaConstraints
 
 
 class CudaBackend(base.Backend):
@@ -52,7 +81,7 @@ class CudaBackend(base.Backend):
         self.device = device or Device(gpu, cache_dir, variant=variant)
         self.name = f"cuda:{self.device.name}"
         self._tables: dict[int, ntt_driver.Tables] = {}
-        self._resident: weakref.WeakSet[CudaBases] = weakref.WeakSet()
+        self._resident: weakref.WeakSet[Resident] = weakref.WeakSet()
         if self_test:
             try:
                 selftest.check(self)
@@ -61,6 +90,13 @@ class CudaBackend(base.Backend):
                 raise
         log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch,
                  variant=self.device.variant)
+
+    def load(self, key: zkey.ProvingKey) -> base.LoadedKey:
+        loaded = super().load(key)
+        held = CudaConstraints(host=constraints.sort(key), device=None)
+        with self.device.active("uploading the key's constraints"):
+            self._keep_if_room(held)
+        return dataclasses.replace(loaded, constraints=held)
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
         if len(points) > plan.MAX_POINTS:
@@ -73,14 +109,23 @@ class CudaBackend(base.Backend):
                         points=len(points), gpu=self.device.name)
         return bases
 
-    def _keep_if_room(self, bases: CudaBases) -> None:
-        """Upload a key section to stay on the GPU if that leaves room for an MSM over it and
-        the headroom (call inside `active`); freed once the key cache lets go of the key."""
-        need = (bases.host.nbytes + msm_driver.scratch_bytes(bases.group, max(bases.count, 1))
-                + HEADROOM_BYTES)
+    def _keep_if_room(self, held: Resident) -> None:
+        """Upload key arrays to stay on the GPU if that leaves room for an operation over them
+        and the headroom (call inside `active`); freed once the key cache lets go of the key."""
+        need = sum(a.nbytes for a in held.host_arrays) + held.scratch_bytes + HEADROOM_BYTES
         if self.device.free_memory() > need:
-            bases.device = self.device.keep(bases, self.device.upload(bases.host))
-            self._resident.add(bases)
+            held.device = tuple(self.device.keep(held, self.device.upload(a))
+                                for a in held.host_arrays)
+            self._resident.add(held)
+
+    def _on_device(self, held: Resident) -> tuple[Any, ...]:
+        """The arrays on the GPU: kept ones, or uploaded for this operation (call inside
+        `active`; memory may have been freed since the load)."""
+        if held.device is None:
+            self._keep_if_room(held)
+        if held.device is not None:
+            return held.device
+        return tuple(self.device.upload(a) for a in held.host_arrays)
 
     def _with_room(self, run: Callable[[], T]) -> T:
         """run(); if the GPU runs out of memory, once more after giving back what is kept for
@@ -97,13 +142,14 @@ class CudaBackend(base.Backend):
 
     def _evict(self) -> bool:
         """Free every resident key section and NTT table; whether there was any."""
-        resident = [b for b in self._resident if b.device is not None]
+        resident = [held for held in self._resident if held.device is not None]
         if not resident and not self._tables:
             return False
         with self.device.active("giving back GPU memory"):
-            for bases in resident:
-                self.device.release(bases.device)
-                bases.device = None
+            for held in resident:
+                for buf in held.device or ():
+                    self.device.release(buf)
+                held.device = None
             for t in self._tables.values():
                 for f in dataclasses.fields(t):
                     self.device.release(getattr(t, f.name))
@@ -122,8 +168,8 @@ class CudaBackend(base.Backend):
 
     def quotient(self, domain: ntt.Domain, a: field.FrVector, b: field.FrVector,
                  c: field.FrVector) -> field.FrVector:
-        """h = A*B - C on the coset, the three moved there and combined without leaving the GPU:
-        three uploads and one download for the prover's whole NTT step."""
+        """h = A*B - C on the coset, the three moved there and combined without leaving the GPU
+        (three uploads, one download)."""
         dev = self.device
 
         def run() -> field.FrVector:
@@ -132,6 +178,25 @@ class CudaBackend(base.Backend):
                 bufs = [ntt_driver.upload(dev, v) for v in (a, b, c)]
                 ntt_driver.quotient(dev, t, domain.log_size, *bufs)
                 return ntt_driver.download(dev, bufs[0], domain.size)
+
+        return self._with_room(run)
+
+    def witness_quotient(self, key: base.LoadedKey, witness: field.FrVector,
+                         domain: ntt.Domain) -> field.FrVector:
+        """The constraints' values, the NTTs and A*B - C in one operation on the GPU: the
+        witness goes up, h comes down."""
+        held = key.constraints
+        if not isinstance(held, CudaConstraints):  # loaded by another backend
+            return super().witness_quotient(key, witness, domain)
+        dev = self.device
+
+        def run() -> field.FrVector:
+            with dev.active(f"constraints and quotient of 2^{domain.log_size}"):
+                arrays = self._on_device(held)
+                t = self._tables_for(domain)
+                a, b, c = constraints.evaluate(dev, arrays, domain.size, witness)
+                ntt_driver.quotient(dev, t, domain.log_size, a, b, c)
+                return ntt_driver.download(dev, a, domain.size)
 
         return self._with_room(run)
 
@@ -153,10 +218,7 @@ class CudaBackend(base.Backend):
 
         def run() -> bytes:
             with self.device.active(operation):
-                if bases.device is None:  # memory may have been freed since the load
-                    self._keep_if_room(bases)
-                points = (bases.device if bases.device is not None
-                          else self.device.upload(bases.host))
+                (points,) = self._on_device(bases)
                 try:
                     return msm_driver.msm(self.device, group, points, scalars)
                 except ValueError as exc:  # py-arkworks refused a window sum: not on the curve

@@ -2,8 +2,8 @@
 
 1. A.w and B.w on the domain from the key's coefficients; C.w = (A.w)(B.w) (the key holds no
    C coefficients: for a satisfying witness they agree on the domain).
-2. Each to the coset {g w^i}: inverse NTT, shift by g^i, NTT; then h = a*b - c there (the
-   backend's `quotient`: a GPU keeps the three vectors on the device from upload to h).
+2. Each to the coset {g w^i}: inverse NTT, shift by g^i, NTT; then h = a*b - c there.
+   Steps 1 and 2 are the backend's `witness_quotient`: a GPU runs them without leaving it.
 3. MSMs: A, B1 (G1) and B2 (G2) by the witness, C by the private part of it, H by h.
 4. Fresh random r and s: A += alpha + r delta, B += beta + s delta, C += s A + r B1 - rs delta.
 """
@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 
-from worker.groth16 import curve, exceptions, field, native, ntt, zkey
+from worker.groth16 import curve, exceptions, field, ntt, zkey
 from worker.groth16.backends import Backend, LoadedKey
 from worker.groth16.verifier import Proof
 
@@ -55,11 +55,8 @@ def prove(
     pk = key.key
     check_witness(pk, witness)
     domain = ntt.Domain(pk.log_domain)
-    with step("constraints"):
-        a, b, c = native.qap_evaluations(pk.coefs, witness, pk.domain_size)
-    with step("ntt"):
-        h = backend.quotient(domain, a, b, c)
-        del a, b, c  # 32 bytes per constraint each: not held through the MSMs
+    with step("quotient"):  # one step: a GPU runs it without a round trip to the host
+        h = backend.witness_quotient(key, witness, domain)
     with step("msm_g1"):
         # A stop waits for one MSM at most, not for the four of them.
         pi_a = backend.msm_g1(key.a, witness)

@@ -53,6 +53,15 @@ extern "C" __global__ void fr_ab_minus_c(const Fr* a, const Fr* b, const Fr* c, 
     ab_minus_c_step((uint32_t)i, a, b, c, out);
 }
 
+// A.w and B.w on the domain (rows constraints each), Montgomery form, from the witness in normal
+// form: one thread per constraint of A, then of B.
+extern "C" __global__ void fr_constraints(const uint32_t* row_starts, const uint32_t* signals,
+                                          const Fr* coefs, const Fr* witness, uint32_t rows,
+                                          Fr* a, Fr* b) {
+    GP_THREAD_INDEX(i, 2 * (uint64_t)rows)
+    constraint_step((uint32_t)i, row_starts, signals, coefs, witness, rows, a, b);
+}
+
 // Standard form <-> Montgomery form (witness values in, MSM scalars out).
 extern "C" __global__ void fr_to_mont(Fr* a, uint32_t n) {
     GP_THREAD_INDEX(i, n)

@@ -71,6 +71,19 @@ GP_HD void ab_minus_c_step(uint32_t i, const Fr* a, const Fr* b, const Fr* c, Fr
     out[i] = a[i] * b[i] - c[i];
 }
 GP_HD void to_mont_step(uint32_t i, Fr* a) { a[i] = a[i].to_mont(); }
+
+// A.w and B.w at constraint i of 2 * rows (A's constraints, then B's), from the key's
+// coefficients sorted by matrix and constraint: row_starts[i] .. row_starts[i + 1] are its
+// records. Coefficients keep the .zkey's encoding (coef * R^2) and the witness is in normal
+// form, so one Montgomery product is coef * w in Montgomery form.
+GP_HD void constraint_step(uint32_t i, const uint32_t* row_starts, const uint32_t* signals,
+                           const Fr* coefs, const Fr* witness, uint32_t rows, Fr* a, Fr* b) {
+    Fr acc = Fr::zero();
+    for (uint32_t k = row_starts[i]; k < row_starts[i + 1]; k++)
+        acc = acc + coefs[k] * witness[signals[k]];
+    if (i < rows) a[i] = acc;
+    else b[i - rows] = acc;
+}
 GP_HD void from_mont_step(uint32_t i, Fr* a) { a[i] = a[i].from_mont(); }
 
 }  // namespace gp

@@ -31,6 +31,8 @@ class LoadedKey:
     b2: Bases
     c: Bases
     h: Bases
+    #: The backend's own form of the constraint coefficients (None: key.coefs as read).
+    constraints: object = None
 
 
 class Backend(abc.ABC):
@@ -69,9 +71,16 @@ class Backend(abc.ABC):
 
     def quotient(self, domain: ntt.Domain, a: field.FrVector, b: field.FrVector,
                  c: field.FrVector) -> field.FrVector:
-        """h = A*B - C on the coset, from A, B and C on the domain: the prover's whole NTT
-        step (a device backend keeps the three on the device from upload to h)."""
+        """h = A*B - C on the coset, from A, B and C on the domain."""
         return native.mul_sub(*(self.to_coset(domain, v) for v in (a, b, c)))
+
+    def witness_quotient(self, key: LoadedKey, witness: field.FrVector,
+                         domain: ntt.Domain) -> field.FrVector:
+        """h for the H MSM: A.w, B.w and C.w = (A.w)(B.w) on the domain from the key's
+        constraints, then `quotient` (a device backend does it all there: the witness goes
+        up, h comes down)."""
+        a, b, c = native.qap_evaluations(key.key.coefs, witness, domain.size)
+        return self.quotient(domain, a, b, c)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the backend holds (device memory, threads)."""
