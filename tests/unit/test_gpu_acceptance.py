@@ -4,6 +4,7 @@ passes on good kernels and names what fails on a faulty card."""
 from __future__ import annotations
 
 import ctypes
+import re
 
 import numpy as np
 import pytest
@@ -37,6 +38,11 @@ def test_every_check_passes_on_good_kernels(lib: ctypes.CDLL, cpu: backends.Back
                      "proof 2^4 constraints"):
         assert expected in names
     assert lines[-1] == f"{len(outcomes)} of {len(outcomes)} checks passed"
+    # The proof's line says where each backend's time went, step by step
+    # (the key loaded beforehand, as a worker holds it)
+    proof_line = next(line for line in lines if "proof 2^4 constraints" in line)
+    steps = r"quotient \d+\.\d{4} msm_g1 \d+\.\d{4} msm_g2 \d+\.\d{4} combine \d+\.\d{4}"
+    assert re.search(f"steps cuda: {steps}; cpu: {steps}$", proof_line), proof_line
 
 
 class FlakyDevice(FakeDevice):

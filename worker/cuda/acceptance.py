@@ -155,22 +155,27 @@ def check_witness_quotient(cuda: backends.Backend, cpu: backends.Backend, key: z
 
 def check_proof(cuda: backends.Backend, cpu: backends.Backend, key: zkey.ProvingKey,
                 witness: field.FrVector, setup_s: float) -> Outcome:
-    """A proof on each backend, the key loaded beforehand as a worker's key cache has it."""
+    """A proof on each backend, the key loaded beforehand as a worker's key cache has it; the
+    note gives each backend's seconds per prover step (where the time goes)."""
     log_size = key.log_domain
     seconds: dict[str, float] = {}
     valid: dict[str, bool] = {}
     errors: dict[str, str] = {}
+    steps: dict[str, str] = {}
     for name, backend in (("cuda", cuda), ("cpu", cpu)):
         start = time.perf_counter()
+        timings: dict[str, float] = {}
         try:
             loaded = backend.load(key)
             start = time.perf_counter()
-            proof, public = prover.prove(loaded, witness, backend)
+            proof, public = prover.prove(loaded, witness, backend, timings=timings)
             valid[name] = verifier.verify(key.verification_key(), proof, public)
         except Exception as exc:  # a CUDA error, or the prover's own check of the proof
             valid[name], errors[name] = False, f"{type(exc).__name__}: {exc}"
         seconds[name] = time.perf_counter() - start
-    note = f"verifies: cuda {valid['cuda']}, cpu {valid['cpu']}; setup {setup_s:.1f} s"
+        steps[name] = " ".join(f"{step} {t:.4f}" for step, t in timings.items())
+    note = (f"verifies: cuda {valid['cuda']}, cpu {valid['cpu']}; setup {setup_s:.1f} s; "
+            f"steps cuda: {steps['cuda']}; cpu: {steps['cpu']}")
     return Outcome(f"proof 2^{log_size} constraints", valid["cuda"] and valid["cpu"],
                    seconds["cuda"], seconds["cpu"],
                    "; ".join([note, *(f"{k}: {v}" for k, v in errors.items())]))
