@@ -36,7 +36,7 @@ def test_the_cuda_backend_runs_on_the_real_pycuda(emulated: dict[str, str]) -> N
     assert report["message"] == "Groth16 backend: cuda (forced by --backend cuda)"
     assert report["backend"] == "cuda:GPU 0 (Host emulation)"
     # Every MSM, NTT and proof check equals the CPU backend
-    assert report["checks"] == 35 and report["failed"] == []
+    assert report["checks"] == 36 and report["failed"] == []
     # A launch whose arguments do not fit its kernel is refused, as a GPU refuses it
     assert report["bad_launch"].startswith("DeviceFailed: CUDA failed on GPU 0 (Host emulation)")
     assert "invalid argument" in report["bad_launch"]
@@ -53,7 +53,7 @@ def test_check_gpu_passes_on_the_emulated_card(emulated: dict[str, str]) -> None
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Groth16 backend: cuda (forced by --backend cuda); cuda:GPU 0")
     assert any(line.startswith("  ok  proof 2^4 constraints") for line in lines)
-    assert lines[-1] == "29 of 29 checks passed"
+    assert lines[-1] == "30 of 30 checks passed"
 
 
 @pytest.mark.timeout(600)
