@@ -105,7 +105,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "fr_qap_evaluations": (c_int, [_ptr, u32, _ptr, u32, u32, _ptr, _ptr, _ptr]),
         "fr_mul_sub": (None, [_ptr, _ptr, _ptr, _ptr, u32]),
-        "fr_ntt": (c_int, [_ptr, u32, _ptr, _ptr, _ptr]),
+        "fr_ntt": (c_int, [_ptr, u32, _ptr, _ptr, _ptr, c_int]),
         "g1_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, _ptr]),
         "g2_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, _ptr]),
         "g1_batch_mul": (c_int, [_ptr, _ptr, size, c_int, _ptr]),
@@ -158,15 +158,16 @@ def mul_sub(a: field.FrVector, b: field.FrVector, c: field.FrVector) -> field.Fr
 
 
 def ntt(values: field.FrVector, root: int, shift: int | None = None,
-        scale: int | None = None) -> field.FrVector:
-    """sum_j values[j] shift^j root^(ij), times scale: a new vector (see g16.c fr_ntt)."""
+        scale: int | None = None, threads: int = 1) -> field.FrVector:
+    """sum_j values[j] shift^j root^(ij), times scale: a new vector (see g16.c fr_ntt), on up to
+    `threads` threads."""
     out = np.array(values, dtype=np.uint64, order="C", copy=True)
     log_n = len(out).bit_length() - 1
     if len(out) != 1 << log_n:
         raise ValueError(f"NTT size {len(out)} is not a power of two")
     args = [_fr(root), None if shift is None else _fr(shift), None if scale is None else _fr(scale)]
     ptrs = [None if a is None else _addr(a) for a in args]
-    _check(library().fr_ntt(_addr(out), log_n, *ptrs), "an NTT")
+    _check(library().fr_ntt(_addr(out), log_n, *ptrs, threads), "an NTT")
     return out
 
 

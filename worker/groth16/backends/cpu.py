@@ -29,10 +29,12 @@ class CpuBackend(base.Backend):
         return HostBases(group=group, points=points)
 
     def intt(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
-        return native.ntt(evaluations, domain.root_inverse, scale=domain.size_inverse)
+        return native.ntt(evaluations, domain.root_inverse, scale=domain.size_inverse,
+                          threads=self.threads)
 
     def coset_ntt(self, domain: ntt.Domain, coefficients: field.FrVector) -> field.FrVector:
-        return native.ntt(coefficients, domain.root, shift=domain.coset_shift)
+        return native.ntt(coefficients, domain.root, shift=domain.coset_shift,
+                          threads=self.threads)
 
     def msm_g1(self, bases: base.Bases, scalars: field.FrVector) -> curve.G1:
         return curve.g1_from_lem(self._msm(bases, "g1", scalars).tobytes())

@@ -260,59 +260,173 @@ void fr_mul_sub(const fr *a, const fr *b, const fr *c, fr *out, uint32_t n) {
     }
 }
 
-static void bit_reverse(fr *v, uint32_t log_n) {
-    uint32_t n = 1u << log_n;
-    for (uint32_t i = 1, j = 0; i < n; i++) {
-        uint32_t bit = n >> 1;
-        for (; j & bit; bit >>= 1) j ^= bit;
-        j ^= bit;
-        if (i < j) {
-            fr t = v[i];
-            v[i] = v[j];
-            v[j] = t;
+/* -- the NTT, on several threads ----------------------------------------------------------
+ * Each phase is a loop over an index range, cut into one range per thread (a thread that
+ * cannot be started runs its range on the calling thread). After the bit reversal, the first
+ * stages (butterflies of at most `block` values) stay inside blocks: a thread takes whole
+ * blocks through all of them, in its cache. Each later stage spans blocks: its n/2 butterflies
+ * are cut evenly, a join between stages. */
+
+#define NTT_MAX_THREADS 64
+#define NTT_MIN_PARALLEL (1u << 12) /* smaller transforms: one thread (start-up costs more) */
+
+typedef struct ntt_job ntt_job;
+typedef void (*ntt_range)(const ntt_job *job, uint64_t lo, uint64_t hi);
+struct ntt_job {
+    ntt_range fn;
+    fr *v, *tw;
+    uint32_t log_n;
+    uint64_t len; /* the stage's butterfly span, or the block size of the in-block stages */
+    fr k;         /* Montgomery: the root (twiddles), the coset shift, or the scale */
+    int has_k;
+    uint64_t lo, hi;
+};
+
+static void *ntt_run(void *arg) {
+    ntt_job *job = arg;
+    job->fn(job, job->lo, job->hi);
+    return NULL;
+}
+
+static void parallel_for(ntt_job proto, uint64_t count, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > NTT_MAX_THREADS) nthreads = NTT_MAX_THREADS;
+    if ((uint64_t)nthreads > count) nthreads = count ? (int)count : 1;
+    ntt_job jobs[NTT_MAX_THREADS];
+    pthread_t threads[NTT_MAX_THREADS];
+    int started[NTT_MAX_THREADS] = {0};
+    for (int t = 0; t < nthreads; t++) {
+        jobs[t] = proto;
+        jobs[t].lo = count * (uint64_t)t / (uint64_t)nthreads;
+        jobs[t].hi = count * (uint64_t)(t + 1) / (uint64_t)nthreads;
+    }
+    for (int t = 1; t < nthreads; t++)
+        started[t] = pthread_create(&threads[t], NULL, ntt_run, &jobs[t]) == 0;
+    ntt_run(&jobs[0]);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t]) pthread_join(threads[t], NULL);
+        else ntt_run(&jobs[t]);
+    }
+}
+
+/* base^e, all Montgomery */
+static void fr_pow(fr *r, const fr *base, uint64_t e) {
+    fr acc;
+    fr_to_mont(&acc, &FR_ONE);
+    for (int b = 63; b >= 0; b--) {
+        fr_mul(&acc, &acc, &acc);
+        if ((e >> b) & 1) fr_mul(&acc, &acc, base);
+    }
+    *r = acc;
+}
+
+static uint64_t reverse_bits(uint64_t x, uint32_t bits) {
+    uint64_t r = 0;
+    for (uint32_t b = 0; b < bits; b++, x >>= 1) r = (r << 1) | (x & 1);
+    return r;
+}
+
+/* v[i] -> Montgomery, times k^i (the coset shift) */
+static void ntt_enter(const ntt_job *job, uint64_t lo, uint64_t hi) {
+    fr p;
+    if (job->has_k) fr_pow(&p, &job->k, lo);
+    for (uint64_t i = lo; i < hi; i++) {
+        fr_to_mont(&job->v[i], &job->v[i]);
+        if (job->has_k) {
+            fr_mul(&job->v[i], &job->v[i], &p);
+            fr_mul(&p, &p, &job->k);
         }
     }
 }
 
+/* each pair is swapped by the owner of its lower index */
+static void ntt_bit_reverse(const ntt_job *job, uint64_t lo, uint64_t hi) {
+    for (uint64_t i = lo; i < hi; i++) {
+        uint64_t j = reverse_bits(i, job->log_n);
+        if (i < j) {
+            fr t = job->v[i];
+            job->v[i] = job->v[j];
+            job->v[j] = t;
+        }
+    }
+}
+
+static void ntt_twiddles(const ntt_job *job, uint64_t lo, uint64_t hi) {
+    fr p;
+    fr_pow(&p, &job->k, lo);
+    for (uint64_t i = lo; i < hi; i++) {
+        job->tw[i] = p;
+        fr_mul(&p, &p, &job->k);
+    }
+}
+
+INLINE void butterfly(fr *v, const fr *tw, uint64_t n, uint64_t len, uint64_t start,
+                      uint64_t j) {
+    fr *x = &v[start + j], *y = &v[start + j + len / 2], t;
+    fr_mul(&t, y, &tw[j * (n / len)]);
+    fr_sub(y, x, &t);
+    fr_add(x, x, &t);
+}
+
+/* blocks [lo, hi) of job->len values through the stages that stay inside a block */
+static void ntt_in_blocks(const ntt_job *job, uint64_t lo, uint64_t hi) {
+    uint64_t n = (uint64_t)1 << job->log_n, block = job->len;
+    for (uint64_t b = lo; b < hi; b++)
+        for (uint64_t len = 2; len <= block; len <<= 1)
+            for (uint64_t start = b * block; start < (b + 1) * block; start += len)
+                for (uint64_t j = 0; j < len / 2; j++) butterfly(job->v, job->tw, n, len, start, j);
+}
+
+/* butterflies [lo, hi) of the stage of span job->len */
+static void ntt_stage(const ntt_job *job, uint64_t lo, uint64_t hi) {
+    uint64_t n = (uint64_t)1 << job->log_n, half = job->len / 2;
+    for (uint64_t b = lo; b < hi; b++)
+        butterfly(job->v, job->tw, n, job->len, (b / half) * job->len, b % half);
+}
+
+/* v[i] times k (the scale), out of Montgomery form */
+static void ntt_leave(const ntt_job *job, uint64_t lo, uint64_t hi) {
+    for (uint64_t i = lo; i < hi; i++) {
+        if (job->has_k) fr_mul(&job->v[i], &job->v[i], &job->k);
+        fr_from_mont(&job->v[i], &job->v[i]);
+    }
+}
+
 /* In-place radix-2 NTT of 2^log_n normal-form values: v[i] <- sum_j v[j] * shift^j * root^(ij),
- * then times `scale`. `root` must have order 2^log_n; `shift` and `scale` may be NULL (one).
- * The inverse transform is root^-1 with scale n^-1; a coset transform is shift = the coset
- * generator. Returns 0, or -1 when out of memory. */
-int fr_ntt(fr *v, uint32_t log_n, const fr *root, const fr *shift, const fr *scale) {
-    uint32_t n = 1u << log_n;
+ * then times `scale`, on up to nthreads threads. `root` must have order 2^log_n; `shift` and
+ * `scale` may be NULL (one). The inverse transform is root^-1 with scale n^-1; a coset transform
+ * is shift = the coset generator. Returns 0, or -1 when out of memory. */
+int fr_ntt(fr *v, uint32_t log_n, const fr *root, const fr *shift, const fr *scale,
+           int nthreads) {
+    uint64_t n = (uint64_t)1 << log_n;
     fr *tw = malloc((size_t)(n / 2 + 1) * sizeof(fr));
     if (!tw) return -1;
-    fr w, s, k;
-    fr_to_mont(&w, root);
-    for (uint32_t i = 0; i < n; i++) fr_to_mont(&v[i], &v[i]);
-    if (shift) {
-        fr_to_mont(&s, shift);
-        k = s;
-        for (uint32_t i = 1; i < n; i++) {
-            fr_mul(&v[i], &v[i], &k);
-            fr_mul(&k, &k, &s);
-        }
+    if (n < NTT_MIN_PARALLEL) nthreads = 1;
+    ntt_job job = {.v = v, .tw = tw, .log_n = log_n};
+    job.has_k = shift != NULL;
+    if (shift) fr_to_mont(&job.k, shift);
+    job.fn = ntt_enter;
+    parallel_for(job, n, nthreads);
+    job.fn = ntt_bit_reverse;
+    parallel_for(job, n, nthreads);
+    fr_to_mont(&job.k, root);
+    job.fn = ntt_twiddles;
+    parallel_for(job, n / 2, nthreads);
+    /* about 8 blocks per thread, at least 2 values each: the rest of the stages span blocks */
+    uint64_t blocks = 1;
+    while (blocks < 8 * (uint64_t)nthreads && blocks < n / 2) blocks <<= 1;
+    job.len = n / blocks;
+    job.fn = ntt_in_blocks;
+    parallel_for(job, blocks, nthreads);
+    job.fn = ntt_stage;
+    for (uint64_t len = 2 * (n / blocks); len <= n; len <<= 1) {
+        job.len = len;
+        parallel_for(job, n / 2, nthreads);
     }
-    bit_reverse(v, log_n);
-    fr_to_mont(&tw[0], &FR_ONE);
-    for (uint32_t i = 1; i < n / 2; i++) fr_mul(&tw[i], &tw[i - 1], &w);
-    // 64-bit: at n = 2^31, len and start reach 2^32 (a 32-bit len wraps to 0: a division by 0)
-    for (uint64_t len = 2; len <= n; len <<= 1) {
-        uint64_t half = len >> 1, step = n / len;
-        for (uint64_t start = 0; start < n; start += len) {
-            for (uint64_t j = 0; j < half; j++) {
-                fr *x = &v[start + j], *y = &v[start + j + half], t;
-                fr_mul(&t, y, &tw[j * step]);
-                fr_sub(y, x, &t);
-                fr_add(x, x, &t);
-            }
-        }
-    }
-    if (scale) {
-        fr_to_mont(&s, scale);
-        for (uint32_t i = 0; i < n; i++) fr_mul(&v[i], &v[i], &s);
-    }
-    for (uint32_t i = 0; i < n; i++) fr_from_mont(&v[i], &v[i]);
+    job.has_k = scale != NULL;
+    if (scale) fr_to_mont(&job.k, scale);
+    job.fn = ntt_leave;
+    parallel_for(job, n, nthreads);
     free(tw);
     return 0;
 }
