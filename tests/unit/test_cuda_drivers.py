@@ -248,6 +248,53 @@ def test_constraints_in_any_order_give_the_cpu_backends_quotient(
     assert np.array_equal(got, cpu.witness_quotient(cpu.load(key), witness, domain))
 
 
+def test_an_upload_of_key_arrays_that_fails_halfway_keeps_nothing(
+    cuda: backend.CudaBackend, groth16_demo: Callable[..., devsetup.DemoFiles],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    demo = groth16_demo(5, 1)
+    loaded = cuda.load(zkey.read(demo.zkey.read_bytes()))
+    witness = wtns.read(demo.wtns.read_bytes())
+    domain = ntt.Domain(loaded.key.log_domain)
+    held = loaded.constraints
+    assert isinstance(held, backend.CudaConstraints)
+    cuda._evict()  # as an earlier operation that ran out of memory left it
+    driver = cuda.device.driver
+    before = driver.used
+    # When keeping the constraints again fails at its second array (another process took the
+    # memory meanwhile)
+    real, calls = driver.mem_alloc, []
+
+    def alloc_failing_once(nbytes: int) -> object:
+        calls.append(nbytes)
+        if len(calls) == 2:
+            raise OutOfMemory("cuMemAlloc failed: out of memory")
+        return real(nbytes)
+
+    monkeypatch.setattr(driver, "mem_alloc", alloc_failing_once)
+    want = cuda.witness_quotient(loaded, witness, domain)  # made after giving back, or with less
+    monkeypatch.setattr(driver, "mem_alloc", real)
+    # Then no array of the failed upload stays kept behind the backend's back: what is kept is
+    # tracked, and giving it back returns the GPU to where it was
+    assert np.array_equal(cuda.witness_quotient(loaded, witness, domain), want)
+    cuda._evict()
+    assert driver.used == before and held.device is None
+
+
+def test_the_gpu_quotient_refuses_a_witness_or_domain_that_is_not_the_keys(
+    cuda: backend.CudaBackend, groth16_demo: Callable[..., devsetup.DemoFiles],
+) -> None:
+    demo = groth16_demo(5, 1)
+    loaded = cuda.load(zkey.read(demo.zkey.read_bytes()))
+    witness = wtns.read(demo.wtns.read_bytes())
+    domain = ntt.Domain(loaded.key.log_domain)
+    # A kernel would read past the witness or the constraints: refused before any launch
+    with pytest.raises(ValueError, match="witness values on a domain of"):
+        cuda.witness_quotient(loaded, witness[:-4], domain)
+    with pytest.raises(ValueError, match="witness values on a domain of"):
+        cuda.witness_quotient(loaded, witness, ntt.Domain(loaded.key.log_domain - 1))
+
+
 def test_ntt_refuses_a_size_that_is_not_the_domain(cuda: backend.CudaBackend) -> None:
     with pytest.raises(ValueError, match="3 values for a domain of 4"):
         cuda.intt(ntt.Domain(2), field.to_vector([1, 2, 3]))
@@ -471,8 +518,10 @@ async def test_out_of_gpu_memory_fails_the_attempt_and_the_worker_keeps_serving(
     files = groth16_demo(5, 1)
     executor, cuda, job = _executor_on(lib, tmp_path, files)
     # When the GPU runs out of memory during a proof, and again once the memory kept for later
-    # (resident key points, NTT tables) is given back
-    cuda.device.driver.faults += [OutOfMemory("cuMemAlloc failed: out of memory")] * 2
+    # (resident key arrays, NTT tables) is given back, and again in the quotient's fallback
+    # (the constraints on the host, one vector at a time on the GPU), before and after giving
+    # back what was kept
+    cuda.device.driver.faults += [OutOfMemory("cuMemAlloc failed: out of memory")] * 4
     with pytest.raises(TaskFailed, match=r"CUDA failed on GPU 0 \(host emulation\) during .*"
                        "out of memory") as caught:
         await executor.run(job)
@@ -488,23 +537,33 @@ async def test_out_of_gpu_memory_fails_the_attempt_and_the_worker_keeps_serving(
     assert executor.resident_keys() == []
 
 
-async def test_running_out_of_gpu_memory_once_gives_back_what_is_kept_and_proves(
+GAVE_BACK = "GPU memory ran out: resident key points and NTT tables given back; trying again"
+WITH_LESS = ("GPU memory too small for the quotient in one go: A, B and C made on the host, "
+             "moved to the coset one at a time")
+
+
+@pytest.mark.parametrize(("faults", "warnings"), [(1, [GAVE_BACK]), (2, [GAVE_BACK, WITH_LESS])],
+                         ids=["once", "again after giving back"])
+async def test_running_out_of_gpu_memory_gives_back_what_is_kept_and_proves(
     lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
+    faults: int, warnings: list[str],
 ) -> None:
-    # Given a proof made once, so that its key points and NTT tables are kept on the GPU
+    # Given a proof made once, so that its key arrays and NTT tables are kept on the GPU
     files = groth16_demo(5, 1)
     executor, cuda, job = _executor_on(lib, tmp_path, files)
     vk = proofjson.read_verification_key(files.verification_key.read_text())
     assert proofjson.verify_proof_json(vk, await executor.run(job))
     kept = cuda.device.driver.used
     assert kept > 0
-    # When the GPU runs out of memory in the next proof (a key admitted while it was emptier)
-    cuda.device.driver.faults.append(OutOfMemory("cuMemAlloc failed: out of memory"))
-    # Then what was kept is given back, the step runs again, and the proof verifies
+    # When the GPU runs out of memory in the next proof (a key admitted while it was emptier),
+    # and maybe again once what was kept is given back (a card too small for the quotient)
+    cuda.device.driver.faults += [OutOfMemory("cuMemAlloc failed: out of memory")] * faults
+    # Then what was kept is given back and the step runs again, then if need be with the least
+    # GPU memory (the constraints on the host, one vector on the GPU at a time), said in the
+    # log, and the proof verifies
     with structlog.testing.capture_logs() as logs:
         assert proofjson.verify_proof_json(vk, await executor.run(job))
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
-        "GPU memory ran out: resident key points and NTT tables given back; trying again"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == warnings
     await executor.close()
     assert cuda.device.driver.used == 0 and cuda.device.driver.leaks == []
 

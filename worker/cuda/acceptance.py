@@ -141,42 +141,59 @@ def check_ntt(cuda: backends.Backend, cpu: backends.Backend, max_log: int,
                       partial(cpu.quotient, domain, a, b, c))
 
 
+Loaded = dict[str, "backends.LoadedKey | str"]  #: backend name -> its loaded key, or the error
+
+
+def load(cuda: backends.Backend, cpu: backends.Backend, key: zkey.ProvingKey) -> Loaded:
+    """The key loaded into each backend, as a worker's key cache holds it before its tasks."""
+    loaded: Loaded = {}
+    for name, backend in (("cuda", cuda), ("cpu", cpu)):
+        try:
+            loaded[name] = backend.load(key)
+        except Exception as exc:  # a CUDA error: both checks of this size fail with it
+            loaded[name] = f"loading the key: {type(exc).__name__}: {exc}"
+    return loaded
+
+
 def check_witness_quotient(cuda: backends.Backend, cpu: backends.Backend, key: zkey.ProvingKey,
-                           witness: field.FrVector) -> Outcome:
-    """h from a demo circuit's witness (the key loaded first), as the prover makes it."""
+                           loaded: Loaded, witness: field.FrVector) -> Outcome:
+    """h from a demo circuit's witness, as the prover makes it (the keys loaded beforehand)."""
+    name = f"quotient from the witness 2^{key.log_domain}"
+    a, b = loaded["cuda"], loaded["cpu"]
+    if isinstance(a, str) or isinstance(b, str):
+        return Outcome(name, False, None, None, "; ".join(
+            f"{n}: {v}" for n, v in loaded.items() if isinstance(v, str)))
     domain = ntt.Domain(key.log_domain)
-
-    def run(backend: backends.Backend) -> field.FrVector:
-        return backend.witness_quotient(backend.load(key), witness, domain)
-
-    return compare(f"quotient from the witness 2^{key.log_domain}", partial(run, cuda),
-                   partial(run, cpu))
+    return compare(name, partial(cuda.witness_quotient, a, witness, domain),
+                   partial(cpu.witness_quotient, b, witness, domain))
 
 
 def check_proof(cuda: backends.Backend, cpu: backends.Backend, key: zkey.ProvingKey,
-                witness: field.FrVector, setup_s: float) -> Outcome:
-    """A proof on each backend, the key loaded beforehand as a worker's key cache has it; the
-    note gives each backend's seconds per prover step (where the time goes)."""
-    log_size = key.log_domain
-    seconds: dict[str, float] = {}
+                loaded: Loaded, witness: field.FrVector, setup_s: float) -> Outcome:
+    """A proof on each backend (the keys loaded beforehand); the note gives each backend's
+    seconds per prover step (where the time goes)."""
+    seconds: dict[str, float | None] = {}
     valid: dict[str, bool] = {}
     errors: dict[str, str] = {}
     steps: dict[str, str] = {}
     for name, backend in (("cuda", cuda), ("cpu", cpu)):
-        start = time.perf_counter()
+        held = loaded[name]
         timings: dict[str, float] = {}
-        try:
-            loaded = backend.load(key)
+        seconds[name] = None
+        if isinstance(held, str):
+            valid[name], errors[name] = False, held
+        else:
             start = time.perf_counter()
-            proof, public = prover.prove(loaded, witness, backend, timings=timings)
-            valid[name] = verifier.verify(key.verification_key(), proof, public)
-        except Exception as exc:  # a CUDA error, or the prover's own check of the proof
-            valid[name], errors[name] = False, f"{type(exc).__name__}: {exc}"
-        seconds[name] = time.perf_counter() - start
+            try:
+                proof, public = prover.prove(held, witness, backend, timings=timings)
+                valid[name] = verifier.verify(key.verification_key(), proof, public)
+            except Exception as exc:  # a CUDA error, or the prover's own check of the proof
+                valid[name], errors[name] = False, f"{type(exc).__name__}: {exc}"
+            seconds[name] = time.perf_counter() - start
         steps[name] = " ".join(f"{step} {t:.4f}" for step, t in timings.items())
     note = (f"verifies: cuda {valid['cuda']}, cpu {valid['cpu']}; setup {setup_s:.1f} s; "
             f"steps cuda: {steps['cuda']}; cpu: {steps['cpu']}")
-    return Outcome(f"proof 2^{log_size} constraints", valid["cuda"] and valid["cpu"],
+    return Outcome(f"proof 2^{key.log_domain} constraints", valid["cuda"] and valid["cpu"],
                    seconds["cuda"], seconds["cpu"],
                    "; ".join([note, *(f"{k}: {v}" for k, v in errors.items())]))
 
@@ -204,8 +221,10 @@ def run(cuda: backends.Backend, cpu: backends.Backend, msm_sizes: list[int], ntt
             setup_s = time.perf_counter() - start
             key = zkey.read(files.zkey.read_bytes())
             witness = wtns.read(files.wtns.read_bytes())
-            record(check_witness_quotient(cuda, cpu, key, witness))
-            record(check_proof(cuda, cpu, key, witness, setup_s))
+            loaded = load(cuda, cpu, key)
+            record(check_witness_quotient(cuda, cpu, key, loaded, witness))
+            record(check_proof(cuda, cpu, key, loaded, witness, setup_s))
+            del loaded  # the GPU memory of this size's key, before the next one
     failed = [o.name for o in outcomes if not o.ok]
     out(f"{len(outcomes) - len(failed)} of {len(outcomes)} checks passed"
         + (f"; FAILED: {', '.join(failed)}" if failed else ""))

@@ -23,7 +23,7 @@ from worker.cuda import compiler, constraints, exceptions, plan, selftest, sourc
 from worker.cuda import msm as msm_driver
 from worker.cuda import ntt as ntt_driver
 from worker.cuda.device import Device
-from worker.groth16 import curve, field, ntt, zkey
+from worker.groth16 import curve, field, native, ntt, zkey
 from worker.groth16.backends import base
 
 log = structlog.get_logger(__name__)
@@ -114,8 +114,9 @@ class CudaBackend(base.Backend):
         and the headroom (call inside `active`); freed once the key cache lets go of the key."""
         need = sum(a.nbytes for a in held.host_arrays) + held.scratch_bytes + HEADROOM_BYTES
         if self.device.free_memory() > need:
-            held.device = tuple(self.device.keep(held, self.device.upload(a))
-                                for a in held.host_arrays)
+            # Kept only once all are up: a failed upload leaves scratch, freed with the operation
+            bufs = [self.device.upload(a) for a in held.host_arrays]
+            held.device = tuple(self.device.keep(held, buf) for buf in bufs)
             self._resident.add(held)
 
     def _on_device(self, held: Resident) -> tuple[Any, ...]:
@@ -141,11 +142,13 @@ class CudaBackend(base.Backend):
             return run()
 
     def _evict(self) -> bool:
-        """Free every resident key section and NTT table; whether there was any."""
-        resident = [held for held in self._resident if held.device is not None]
-        if not resident and not self._tables:
-            return False
+        """Free every resident key array and NTT table; whether there was any. Under the
+        device's lock throughout: another prover thread keeping an array meanwhile would
+        otherwise leave it kept but untracked, out of reach of the next eviction."""
         with self.device.active("giving back GPU memory"):
+            resident = [held for held in self._resident if held.device is not None]
+            if not resident and not self._tables:
+                return False
             for held in resident:
                 for buf in held.device or ():
                     self.device.release(buf)
@@ -154,7 +157,7 @@ class CudaBackend(base.Backend):
                 for f in dataclasses.fields(t):
                     self.device.release(getattr(t, f.name))
             self._tables.clear()
-        self._resident.clear()
+            self._resident.clear()
         return True
 
     def intt(self, domain: ntt.Domain, evaluations: field.FrVector) -> field.FrVector:
@@ -188,6 +191,10 @@ class CudaBackend(base.Backend):
         held = key.constraints
         if not isinstance(held, CudaConstraints):  # loaded by another backend
             return super().witness_quotient(key, witness, domain)
+        if len(witness) != held.host.witness_size or domain.size != held.host.rows:
+            raise ValueError(f"{len(witness)} witness values on a domain of {domain.size} for "
+                             f"a key of {held.host.witness_size} signals and "
+                             f"{held.host.rows} constraints")
         dev = self.device
 
         def run() -> field.FrVector:
@@ -198,7 +205,18 @@ class CudaBackend(base.Backend):
                 ntt_driver.quotient(dev, t, domain.log_size, a, b, c)
                 return ntt_driver.download(dev, a, domain.size)
 
-        return self._with_room(run)
+        try:
+            return self._with_room(run)
+        except exceptions.DeviceFailed as exc:
+            if not exc.out_of_memory:
+                raise
+        # Too little GPU memory for the witness, the three vectors and the tables at once:
+        # the constraints on the host, one vector at a time on the GPU (its least memory)
+        log.warning("GPU memory too small for the quotient in one go: A, B and C made on the "
+                    "host, moved to the coset one at a time", gpu=self.device.name,
+                    constraints=domain.size)
+        a, b, c = native.qap_evaluations(key.key.coefs, witness, domain.size)
+        return native.mul_sub(*(self.to_coset(domain, v) for v in (a, b, c)))
 
     def msm_g1(self, bases: base.Bases, scalars: field.FrVector) -> curve.G1:
         return curve.g1_from_lem(self._msm("g1", bases, scalars))

@@ -38,26 +38,28 @@ class Sorted:
 
     @property
     def scratch_bytes(self) -> int:
-        """Device memory an evaluation takes besides the arrays: the witness, A, B and C."""
-        return (self.witness_size + 3 * self.rows) * field.N8R
+        """Device memory the quotient takes besides the arrays: the witness, A, B and C, and
+        the domain's NTT tables (ntt.Tables: 3n + 1 values)."""
+        return (self.witness_size + 6 * self.rows + 1) * field.N8R
 
 
 def sort(key: zkey.ProvingKey) -> Sorted:
-    """The key's coefficients grouped by (matrix, constraint); zkey.read checked their range."""
+    """The key's coefficients grouped by (matrix, constraint); zkey.read checked their range.
+    A key listing them in that order already is not sorted again."""
     coefs = key.coefs
     rows = key.domain_size
-    slot = coefs["matrix"].astype(np.int64) * rows + coefs["constraint"]
-    order = np.argsort(slot, kind="stable")
+    dtype = np.uint32 if 2 * rows <= 1 << 32 else np.uint64
+    slot = coefs["matrix"].astype(dtype) * rows + coefs["constraint"].astype(dtype)
     row_starts = np.zeros(2 * rows + 1, dtype=np.uint32)
     np.cumsum(np.bincount(slot, minlength=2 * rows), out=row_starts[1:])
+    if len(slot) < 2 or bool(np.all(slot[1:] >= slot[:-1])):
+        signals, values = coefs["signal"], coefs["value"]
+    else:
+        order = np.argsort(slot, kind="stable")
+        signals, values = coefs["signal"][order], coefs["value"][order]
     return Sorted(rows=rows, witness_size=key.n_vars, row_starts=row_starts,
-                  signals=np.ascontiguousarray(coefs["signal"][order], dtype=np.uint32),
-                  values=np.ascontiguousarray(coefs["value"][order], dtype=np.uint64))
-
-
-def upload(dev: Device, sorted_: Sorted) -> tuple[Any, Any, Any]:
-    return (dev.upload(sorted_.row_starts), dev.upload(sorted_.signals),
-            dev.upload(sorted_.values))
+                  signals=np.ascontiguousarray(signals, dtype=np.uint32),
+                  values=np.ascontiguousarray(values, dtype=np.uint64))
 
 
 def evaluate(dev: Device, arrays: tuple[Any, Any, Any], rows: int,
