@@ -537,7 +537,7 @@ async def test_out_of_gpu_memory_fails_the_attempt_and_the_worker_keeps_serving(
     assert executor.resident_keys() == []
 
 
-GAVE_BACK = "GPU memory ran out: resident key points and NTT tables given back; trying again"
+GAVE_BACK = "GPU memory ran out: resident key arrays and NTT tables given back; trying again"
 WITH_LESS = ("GPU memory too small for the quotient in one go: A, B and C made on the host, "
              "moved to the coset one at a time")
 

@@ -137,7 +137,7 @@ class CudaBackend(base.Backend):
         except exceptions.DeviceFailed as exc:
             if not exc.out_of_memory or not self._evict():
                 raise
-            log.warning("GPU memory ran out: resident key points and NTT tables given back; "
+            log.warning("GPU memory ran out: resident key arrays and NTT tables given back; "
                         "trying again", gpu=self.device.name, error=str(exc))
             return run()
 
