@@ -96,19 +96,26 @@ def parse_envs(items: Sequence[str], source: str) -> dict[str, str]:
 
 
 def processors_from(
-    args: argparse.Namespace, c2_bin: str | None, section: Any, environ: Mapping[str, str]
+    args: argparse.Namespace, c2_bin: str | None, section: Any, environ: Mapping[str, str],
+    file_keys: Mapping[str, Any] | None = None,
 ) -> dict[str, worker_config.ProcessorConfig]:
-    """External processors from [[processors.<stage>]]; for c2, flags and env override."""
+    """External processors from [[processors.<stage>]]; for c2, the flags, then the
+    environment, then the config file's c2-args and c2-env keys override the block's."""
     blocks = _processor_blocks(section)
     c2 = blocks.get("c2", {})
+    file_keys = file_keys or {}
     if args.c2_args:
         c2["args"] = split_args(args.c2_args)
     elif "GPUPROXY_C2_ARGS" in environ:
         c2["args"] = shlex.split(environ["GPUPROXY_C2_ARGS"])
+    elif "c2-args" in file_keys:
+        c2["args"] = _file_args(file_keys["c2-args"])
     if args.c2_env:
         c2["envs"] = parse_envs(args.c2_env, "--c2-env")
     elif "GPUPROXY_C2_ENV" in environ:
         c2["envs"] = parse_envs(shlex.split(environ["GPUPROXY_C2_ENV"]), "GPUPROXY_C2_ENV")
+    elif "c2-env" in file_keys:
+        c2["envs"] = _file_envs(file_keys["c2-env"])
     if c2_bin:
         c2["bin"] = c2_bin
     if c2 and "bin" not in c2:
@@ -123,6 +130,33 @@ def processors_from(
         )
         for stage, block in blocks.items()
     }
+
+
+#: Config file keys of the two repeatable flags, which `resolve` does not know (dashes or
+#: underscores, as for every key).
+FILE_ONLY_KEYS = {"c2-args": "c2-args", "c2_args": "c2-args", "c2-env": "c2-env",
+                  "c2_env": "c2-env"}
+
+
+def _file_args(raw: Any) -> list[str]:
+    """c2-args in the config file: a string, shell-split as the flag's, or a list of
+    arguments taken as they are (as a [[processors.c2]] block's args)."""
+    if isinstance(raw, str):
+        return shlex.split(raw)
+    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        return list(raw)
+    raise exceptions.ConfigError(field="c2-args", detail="in the config file it is a string or "
+                                 f"a list of strings, not {raw!r}")
+
+
+def _file_envs(raw: Any) -> dict[str, str]:
+    """c2-env in the config file: a table (KEY = "VALUE") or a list of "KEY=VALUE"."""
+    if isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
+        return {str(k): v for k, v in raw.items()}
+    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        return parse_envs(raw, "the config file's c2-env")
+    raise exceptions.ConfigError(field="c2-env", detail="in the config file it is a table of "
+                                 f'strings (KEY = "VALUE") or a list of "KEY=VALUE", not {raw!r}')
 
 
 def _processor_blocks(section: Any) -> dict[str, dict[str, Any]]:
@@ -191,6 +225,7 @@ def settings(
     # starts): `gpus` is the supervisor's key, `gpu` a single worker's; each skips the other's
     file.pop("gpu" if flags is SUPERVISE_FLAGS else "gpus", None)
     section = file.pop("processors", None)
+    file_keys = {FILE_ONLY_KEYS[k]: file.pop(k) for k in list(file) if k in FILE_ONLY_KEYS}
     values = resolve(args, flags, file, environ)
     logs.configure(values["log_level"], values["log_format"])
     fs_path = values["fs_resource_path"]
@@ -206,8 +241,8 @@ def settings(
         fs_resource_path=pathlib.Path(fs_path).expanduser() if fs_path else None,
         task_timeout_s=values["task_timeout_s"],
         grace_s=values["grace_s"],
-        processors=_gpu_decides(processors_from(args, values["c2_bin"], section, environ),
-                                values.get("gpu")),
+        processors=_gpu_decides(processors_from(args, values["c2_bin"], section, environ,
+                                                file_keys), values.get("gpu")),
         params_dir=pathlib.Path(values["params_dir"]).expanduser(),
         backend=values["backend"],
         pause_after_failures=values["pause_after_failures"],

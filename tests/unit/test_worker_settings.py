@@ -89,6 +89,38 @@ def test_venus_worker_processor_block_in_the_config_file(tmp_path: pathlib.Path)
     )
 
 
+@pytest.mark.parametrize(("keys", "args", "envs"), [
+    ('c2-args = "run --x \'a b\'"\nc2-env = ["K=v", "L=x y"]\n', ("run", "--x", "a b"),
+     {"K": "v", "L": "x y"}),
+    ('c2_args = ["run", "a b"]\nc2_env = { K = "v" }\n', ("run", "a b"), {"K": "v"}),
+], ids=["string and list", "list and table"])
+def test_c2_args_and_env_as_config_file_keys(tmp_path: pathlib.Path, keys: str,
+                                             args: tuple[str, ...], envs: dict[str, str]) -> None:
+    # Like every flag, the two repeatable ones are config file keys too
+    path = tmp_path / "worker.toml"
+    path.write_text(f'c2-bin = "/opt/c2"\n{keys}')
+    assert config_of("--config", str(path)).processors["c2"] == ProcessorConfig(
+        bin="/opt/c2", args=args, envs=envs)
+    # below the flags and the environment
+    config = config_of("--config", str(path), "--c2-args", "other",
+                       env={"GPUPROXY_C2_ENV": "M=1"})
+    assert config.processors["c2"] == ProcessorConfig(bin="/opt/c2", args=("other",),
+                                                      envs={"M": "1"})
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ("c2-args = 3\n", "c2-args: in the config file it is a string or a list of strings"),
+    ("c2-env = { K = 1 }\n", "c2-env: in the config file it is a table of strings"),
+    ('c2-env = ["NOEQUALS"]\n', "not KEY=VALUE"),
+])
+def test_bad_c2_config_file_keys_are_named(tmp_path: pathlib.Path, keys: str,
+                                          message: str) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text(f'c2-bin = "/opt/c2"\n{keys}')
+    with pytest.raises(exceptions.ConfigError, match=message):
+        config_of("--config", str(path))
+
+
 def test_a_damocles_block_runs_as_damocles_would_run_it(tmp_path: pathlib.Path) -> None:
     # Given a block as damocles-worker's examples write it: bin alone, a card, numa and envs
     path = tmp_path / "worker.toml"
