@@ -64,6 +64,13 @@ class PayloadNotFound(BrokerError):
     again."""
 
 
+# DATA_LOSS
+class PayloadDamagedInStore(BrokerError):
+    """The stored payload of task {task_id} was damaged ({detail}; a disk or NFS fault, or an
+    edit) and is removed: submit the same input again to store it anew (the same file, type
+    and miner), then `gpuproxy tasks reset {task_id}`."""
+
+
 class ResourceNotFound(BrokerError):
     """No resource {sha256} on this broker: upload it (`gpuproxy keys upload FILE`) or put the file
     in the worker's --params-dir."""

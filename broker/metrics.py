@@ -46,6 +46,10 @@ REFUSED = prom.Counter(
     "gpuproxy_calls_refused_total", "Calls refused for their access token: missing, or wrong "
     "(another than the broker's --token-file)", ["token"], registry=REGISTRY,
 )
+PAYLOADS_DAMAGED = prom.Counter(
+    "gpuproxy_payloads_damaged_total", "Reads of a stored payload refused because the stored "
+    "copy no longer has the size or sha256 it was submitted with", registry=REGISTRY,
+)
 WORKERS = prom.Gauge(
     "gpuproxy_workers_connected", "Work streams open on this broker", registry=REGISTRY,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
@@ -17,6 +18,7 @@ from broker import cleaner, exceptions, metrics, models, policy
 from broker.config import BrokerConfig
 from broker.models import Attempt, PageCursor, Task, TaskFilter, TaskState
 from broker.payloads import PayloadStore
+from broker.payloads.base import hash_chunk
 from broker.store import Store
 from broker.watch import ChangeHub
 
@@ -47,6 +49,7 @@ class SubmitPlan:
     new: models.NewTask
     existing: Task | None
     send_payload: bool
+    stored_size: int | None = None  #: of the stored copy found, when it is the wrong size
 
 
 def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
@@ -117,12 +120,15 @@ class TaskManager:
         except exceptions.TaskNotFound:
             existing = None
         present = await self.payloads.size(new.payload_sha256)
+        # A stored copy of the wrong size was damaged in the store: this upload replaces it.
+        damaged = present if present not in (None, new.payload_size) else None
         if existing is not None:
             # A task still to run whose payload is gone (a cleanup that raced the submit which
-            # found it stored) takes it again from this submit rather than fail without it.
+            # found it stored) or damaged takes it again from this submit rather than fail.
             lost = existing.state != TaskState.FINISHED and present != existing.payload_size
-            return SubmitPlan(new, existing, send_payload=lost)
-        return SubmitPlan(new, None, send_payload=present != new.payload_size)
+            return SubmitPlan(new, existing, send_payload=lost, stored_size=damaged)
+        return SubmitPlan(new, None, send_payload=present != new.payload_size,
+                          stored_size=damaged)
 
     async def complete_submit(
         self, plan: SubmitPlan, chunks: AsyncIterable[bytes] | None
@@ -133,9 +139,13 @@ class TaskManager:
             if chunks is None:
                 raise exceptions.TruncatedUpload(received=0, expected=new.payload_size)
             await self.payloads.write(new.payload_sha256, new.payload_size, chunks)
+            if plan.stored_size is not None:
+                log.warning("a damaged stored payload was replaced by this upload",
+                            sha256=new.payload_sha256, damaged_bytes=plan.stored_size,
+                            bytes=new.payload_size)
         if plan.existing is not None:
             if plan.send_payload:
-                log.warning("payload of a waiting task was missing; stored again",
+                log.warning("payload of a waiting task was missing or damaged; stored again",
                             task_id=plan.existing.id, sha256=new.payload_sha256)
             return plan.existing
         task, created = await self.store.create_task(new)
@@ -220,7 +230,36 @@ class TaskManager:
         if task.state == TaskState.FINISHED and not await self.payloads.exists(
                 task.payload_sha256):
             raise exceptions.PayloadDropped(task_id=task_id)
-        return task, self.payloads.read(task.payload_sha256)
+        return task, self.read_payload(task)
+
+    async def read_payload(self, task: Task) -> AsyncIterator[bytes]:
+        """The task's stored payload, checked against the size and sha256 it was submitted
+        with: a copy damaged in the store (a disk or NFS fault, an edit) fails the read, before
+        the first byte when its size is wrong, at the end when its content is, so that it is
+        never passed off as the task's input."""
+        sha = task.payload_sha256
+        stored = await self.payloads.size(sha)
+        if stored is None:
+            raise exceptions.PayloadNotFound(sha256=sha)
+        if stored != task.payload_size:
+            raise await self._damaged(task, f"{stored} bytes stored, {task.payload_size} "
+                                      "submitted")
+        hasher = hashlib.sha256()
+        async for data in self.payloads.read(sha):
+            await hash_chunk(hasher, data)
+            yield data
+        if (actual := hasher.hexdigest()) != sha:
+            raise await self._damaged(task, f"its sha256 is {actual}, not {sha}")
+
+    async def _damaged(self, task: Task, detail: str) -> exceptions.PayloadDamagedInStore:
+        """Said and counted; the copy is removed (nothing can use it), so that submitting the
+        input again stores it anew."""
+        log.error("stored payload damaged: not served, removed", task_id=task.id,
+                  sha256=task.payload_sha256, detail=detail)
+        metrics.PAYLOADS_DAMAGED.inc()
+        with contextlib.suppress(exceptions.PayloadStoreUnavailable, OSError):
+            await self.payloads.delete(task.payload_sha256)
+        return exceptions.PayloadDamagedInStore(task_id=task.id, detail=detail)
 
     # -- resources (proving keys) -----------------------------------------------------------
 

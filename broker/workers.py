@@ -260,7 +260,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         self, request: workers_pb2.FetchPayloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[object]:
         task = await self.tasks.check_held(request.task.task_id, request.task.fence)
-        chunks = self.tasks.payloads.read(task.payload_sha256)
+        chunks = self.tasks.read_payload(task)
         async for msg in framing.blob_chunks(task.payload_size, task.payload_sha256, chunks):
             yield msg
 

@@ -97,6 +97,12 @@ class PayloadDamaged(TaskFailed):
     """The payload of task {task_id} arrived damaged: {detail}."""
 
 
+class StoredPayloadDamaged(TaskFailed):
+    """The broker refused the payload of task {task_id}: {detail}"""
+
+    retryable = False  # every worker would get the same bytes: not this worker's fault
+
+
 class ProcessorError(TaskFailed):
     """{processor} failed: {detail}"""
 

@@ -84,6 +84,9 @@ class Remote:
             if exc.code() is grpc.StatusCode.NOT_FOUND:
                 # The task is ours (a stale fence is FAILED_PRECONDITION) but its payload is gone.
                 raise exceptions.PayloadMissing(task_id=task.task_id, detail=exc.details()) from exc
+            if exc.code() is grpc.StatusCode.DATA_LOSS:  # the broker's stored copy is damaged
+                raise exceptions.StoredPayloadDamaged(task_id=task.task_id,
+                                                      detail=exc.details()) from exc
             raise self.translate(exc, "send the payload", task.task_id) from exc
         finally:
             call.cancel()

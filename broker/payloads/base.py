@@ -8,12 +8,24 @@ reader can see. Memory stays bounded by one chunk whatever the blob's size.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
+import hashlib
 import pathlib
 from collections.abc import AsyncIterable, AsyncIterator
 
 #: Chunk size on the wire and in the database; gRPC messages stay far below 4 MiB.
 CHUNK_BYTES = 1024 * 1024
+#: Below this, hashing on the event loop is cheaper than a hop to a thread.
+THREAD_HASH_BYTES = 64 * 1024
+
+
+async def hash_chunk(hasher: hashlib._Hash, data: bytes) -> None:
+    """hasher.update(data), in a thread for a large chunk: the event loop keeps serving."""
+    if len(data) < THREAD_HASH_BYTES:
+        hasher.update(data)
+    else:
+        await asyncio.to_thread(hasher.update, data)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,13 +16,10 @@ from collections.abc import AsyncIterable, AsyncIterator
 import structlog
 
 from broker import exceptions, models
-from broker.payloads.base import CHUNK_BYTES, CleanReport, PayloadStore
+from broker.payloads.base import CHUNK_BYTES, CleanReport, PayloadStore, hash_chunk
 from broker.store.base import Store
 
 log = structlog.get_logger(__name__)
-
-#: Below this, hashing on the event loop is cheaper than a hop to a thread.
-_THREAD_HASH_BYTES = 64 * 1024
 
 
 class DbPayloadStore(PayloadStore):
@@ -99,7 +96,7 @@ class DbPayloadStore(PayloadStore):
             received += len(data)
             if received > size:
                 raise exceptions.OversizedUpload(expected=size)
-            await _hash(hasher, data)
+            await hash_chunk(hasher, data)
             pending += data
             while len(pending) >= CHUNK_BYTES:
                 await self.store.blob_put_chunk(upload_id, seq, bytes(pending[:CHUNK_BYTES]))
@@ -119,9 +116,3 @@ class DbPayloadStore(PayloadStore):
         except Exception:
             log.warning("payload upload left for the cleaner", upload_id=upload_id, exc_info=True)
 
-
-async def _hash(hasher: hashlib._Hash, data: bytes) -> None:
-    if len(data) < _THREAD_HASH_BYTES:
-        hasher.update(data)
-    else:
-        await asyncio.to_thread(hasher.update, data)

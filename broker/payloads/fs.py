@@ -176,13 +176,13 @@ class _Upload:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
-            if self.final.exists():
+            if _size(self.final) == _size(self.temp):
                 # Same content already there: keep the old file, whose readers (possibly on
                 # other NFS clients) would get a stale handle if it were replaced, and make it
                 # young again so the cleaner's age guard covers the submit now in flight.
                 self.temp.unlink()
                 os.utime(self.final)
-            else:
+            else:  # new, or a copy damaged in the store (its size is wrong): this one is good
                 os.replace(self.temp, self.final)
             _fsync_dir(self.final.parent)
 
@@ -216,6 +216,13 @@ class _Tally:
 
     def freeze(self) -> CleanReport:
         return CleanReport(**dataclasses.asdict(self))
+
+
+def _size(path: pathlib.Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _scandir(path: str | pathlib.Path) -> list[os.DirEntry[str]]:

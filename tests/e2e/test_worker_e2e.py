@@ -490,6 +490,45 @@ async def test_a_task_failing_every_attempt_ends_in_error_listing_each_reason(
     assert row.endswith("GPU memory fault")
 
 
+@pytest.mark.parametrize("damage", ["truncated", "a byte changed"])
+async def test_a_payload_damaged_in_the_store_fails_once_without_blaming_the_worker(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path, damage: str,
+) -> None:
+    # Given a task whose payload (3 MiB: several chunks) is damaged in the broker's folder
+    # before a worker takes it (a disk or NFS fault)
+    data = os.urandom(3 << 20)
+    path = tmp_path / "c2-input"
+    path.write_bytes(data)
+    async with BrokerClient(broker.url) as client:
+        task = await client.submit_file(path, task_type="noop", miner="f01000")
+    sha = hashlib.sha256(data).hexdigest()
+    stored = tmp_path / "payloads" / sha[0:2] / sha[2:4] / sha
+    with stored.open("r+b") as f:
+        if damage == "truncated":
+            f.truncate(1000)
+        else:
+            f.seek(2 << 20)
+            f.write(b"\0" if data[2 << 20] else b"\1")
+    # When a worker that would pause after one failure takes it
+    worker = worker_factory(broker.url, gpu=None, extra=[
+        "--allow-type", "noop", "--pause-after-failures", "1"])
+    done = await final(broker.url, task.id)
+    # Then it fails at once for good (every worker would get the same bytes), saying what to do
+    assert done.state == tasks_pb2.TASK_STATE_ERROR and done.attempts == 1
+    assert "damaged" in done.error_message and "removed" in done.error_message
+    assert f"gpuproxy tasks reset {task.id}" in done.error_message
+    # and the worker is not blamed for it: it takes the next task at once
+    assert "tasks keep failing on this worker" not in worker.logs()
+    assert not stored.exists()
+    # When the input is submitted again and the task reset, it runs on the same worker
+    async with BrokerClient(broker.url) as client:
+        again = await client.submit_file(path, task_type="noop", miner="f01000")
+        assert again.id == task.id and stored.stat().st_size == len(data)
+        await client.reset([task.id])
+    done = await final(broker.url, task.id)
+    assert done.state == tasks_pb2.TASK_STATE_FINISHED
+
+
 async def test_a_task_waiting_to_be_retried_shows_why_its_last_attempt_failed(
     sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
     tmp_path: pathlib.Path,

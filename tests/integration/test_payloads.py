@@ -303,6 +303,23 @@ async def test_fs_layout_is_sharded_and_local(tmp_path: pathlib.Path) -> None:
     assert await _files(fs.root) == [f"{sha[:2]}/{sha[2:4]}/{sha}"]
 
 
+async def test_fs_upload_replaces_a_copy_damaged_in_the_store(tmp_path: pathlib.Path) -> None:
+    fs = FsPayloadStore(tmp_path)
+    await fs.open()
+    data = blob(CHUNK_BYTES + 3)
+    sha = sha_of(data)
+    await fs.write(sha, len(data), stream(data))
+    path = fs.local_path(sha)
+    assert path is not None
+    # Given the stored copy cut short (a disk or NFS fault)
+    with path.open("r+b") as f:
+        f.truncate(1000)
+    # When the same payload is uploaded again, the good upload takes its place
+    await fs.write(sha, len(data), stream(data))
+    assert await read_all(fs, sha) == data
+    assert await _files(fs.root) == [f"{sha[:2]}/{sha[2:4]}/{sha}"]  # no temp file left
+
+
 async def test_fs_refuses_a_name_that_is_not_a_sha256(tmp_path: pathlib.Path) -> None:
     fs = FsPayloadStore(tmp_path)
 
