@@ -529,6 +529,33 @@ async def test_a_payload_damaged_in_the_store_fails_once_without_blaming_the_wor
     assert done.state == tasks_pb2.TASK_STATE_FINISHED
 
 
+@pytest.mark.parametrize("resource_type", ["fs", "db"])
+async def test_back_to_back_tasks_each_go_to_the_worker_once_its_slot_is_free(
+    store_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    tmp_path: pathlib.Path, resource_type: str,
+) -> None:
+    # Given one worker of one slot, and a queue of short tasks
+    broker = broker_factory(store_dsn, resource_type)
+    worker = worker_factory(broker.url, gpu=None, extra=["--allow-type", "noop"])
+    worker.wait_for("registered")
+    ids = []
+    async with BrokerClient(broker.url) as client:
+        for n in range(8):
+            path = tmp_path / f"input-{n}"
+            path.write_bytes(os.urandom(1000))
+            ids.append((await client.submit_file(path, task_type="noop", miner="f01000")).id)
+    # When the worker runs them one after the other
+    for task_id in ids:
+        await final(broker.url, task_id)
+    async with BrokerClient(broker.url) as client:
+        done = [await client.get_task(task_id) for task_id in ids]
+    # Then each is pushed when the worker's slot is free, never while it still ends the last:
+    # no task handed back, every one finished at its first claim
+    assert all(t.state == tasks_pb2.TASK_STATE_FINISHED for t in done)
+    assert [h.outcome for t in done for h in t.history] == ["finished"] * len(ids)
+    assert "assignment handed back" not in worker.logs()
+
+
 async def test_a_task_waiting_to_be_retried_shows_why_its_last_attempt_failed(
     sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
     tmp_path: pathlib.Path,
