@@ -401,6 +401,14 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     values = resolve(args, LOG_FLAGS)
     logs.configure(values["log_level"], values["log_format"])
     keep = pathlib.Path(args.keep).resolve() if args.keep else None
+    if keep is not None:
+        try:
+            keep.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = ("it is a file, not a folder" if keep.exists() and not keep.is_dir()
+                   else exc.strerror or str(exc))
+            raise exceptions.ConfigError(field="keep", detail=f"cannot keep the demo's files "
+                                         f"in {keep}: {why}; give a folder") from exc
     return await demo.run(args.log_size, keep)
 
 

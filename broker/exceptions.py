@@ -117,6 +117,16 @@ class StoreUnavailable(BrokerError):
     """Database {dsn} is unreachable: {detail}. Is the server running and the DSN right?"""
 
 
+class DatabaseMissing(StoreUnavailable):
+    """Database {dsn}: the server answered, but {detail}. Create it (`CREATE DATABASE` with its
+    user and grants: deploy/mariadb-setup.sql), or fix the name in the DSN."""
+
+
+class DatabaseLoginRefused(StoreUnavailable):
+    """Database {dsn}: the server answered, but refused the login: {detail}. Check the user and
+    password in the DSN and the user's grants on the database (deploy/mariadb-setup.sql)."""
+
+
 class SchemaTooNew(BrokerError):
     """The database's schema is version {found}, newer than this broker knows ({known}): a newer
     gpuproxy migrated it. Upgrade this broker; every broker sharing a database must run the

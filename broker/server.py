@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -82,6 +84,7 @@ class Broker:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
+        _check_listen(cfg.listen)
         try:
             if cfg.tls is None:
                 self.port = self.server.add_insecure_port(cfg.listen)
@@ -194,6 +197,33 @@ async def _check_payloads_reachable(store: Store, payloads: PayloadStore,
               "NFS mount); otherwise these payloads were lost, and their tasks fail when a "
               "worker fetches them (resubmit them)", tasks=len(waiting),
               resource_type=cfg.resource_type)
+
+
+def _check_listen(listen: str) -> None:
+    """Bind the address once, as the gRPC server will (SO_REUSEADDR, not SO_REUSEPORT), so that
+    a port in use is said plainly, before gRPC's own error line."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise exceptions.ConfigError(
+            field="url", detail=f"cannot listen on {listen}: {host!r} is not a known host "
+            f"({exc.strerror})") from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            why = {errno.EADDRINUSE: "another program (a broker?) holds the port",
+                   errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
+                   errno.EACCES: "ports below 1024 need privileges"}.get(
+                       exc.errno or 0, exc.strerror or str(exc))
+            raise exceptions.ConfigError(
+                field="url", detail=f"cannot listen on {listen}: {why}") from exc
 
 
 def _masked(dsn: str) -> str:

@@ -99,6 +99,9 @@ class FsPayloadStore(PayloadStore):
 
     def _probe(self) -> None:
         try:
+            if self.root.exists() and not self.root.is_dir():
+                raise exceptions.PayloadStoreUnavailable(
+                    path=str(self.root), detail="it is a file, not a folder")
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f"{_PROBE_PREFIX}{secrets.token_hex(8)}{_TEMP_SUFFIX}"
             probe.write_bytes(b"probe")

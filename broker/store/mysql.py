@@ -32,6 +32,10 @@ MIGRATE_LOCK_TIMEOUT_S = 60
 #: Server errors that refuse one statement's values, not the database: packet too large, data
 #: too long, out of range, incorrect value.
 REFUSED_CODES = frozenset({1153, 1406, 1264, 1366})
+#: The server answered but the DSN's database does not exist (ER_BAD_DB_ERROR), or refused the
+#: login (ER_ACCESS_DENIED_ERROR, ER_DBACCESS_DENIED_ERROR): said as such, not as "unreachable".
+UNKNOWN_DATABASE = 1049
+LOGIN_REFUSED_CODES = frozenset({1045, 1044})
 #: Errors of the driver, translated by `_translated`: the database cannot be used (network,
 #: login, server), or it refused a value (REFUSED_CODES, DataError).
 _DRIVER_ERRORS = (
@@ -163,6 +167,10 @@ class MysqlStore(SqlStore):
         detail = f"{args[1]} (error {args[0]})" if len(args) == 2 else str(exc)
         if _code(exc) in REFUSED_CODES or isinstance(exc, aiomysql.DataError):
             return exceptions.StoreRefused(dsn=self.masked_dsn, detail=detail)
+        if _code(exc) == UNKNOWN_DATABASE:
+            return exceptions.DatabaseMissing(dsn=self.masked_dsn, detail=detail)
+        if _code(exc) in LOGIN_REFUSED_CODES:
+            return exceptions.DatabaseLoginRefused(dsn=self.masked_dsn, detail=detail)
         return exceptions.StoreUnavailable(dsn=self.masked_dsn, detail=detail)
 
 

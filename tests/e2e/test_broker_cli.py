@@ -312,6 +312,14 @@ def test_bad_flags_and_unreachable_things_get_clear_messages(
                       "--fs-resource-path", str(blocker / "payloads"))
     assert no_dir.returncode == 1 and str(blocker / "payloads") in no_dir.stderr
 
+    a_file = gpuproxy("run", "--url", "127.0.0.1:0", "--db-dsn", f"sqlite:///{tmp_path}/db.sqlite",
+                      "--fs-resource-path", str(blocker))
+    assert a_file.returncode == 1 and "it is a file, not a folder" in a_file.stderr
+    keep_file = gpuproxy("demo", "--keep", str(blocker))
+    assert keep_file.returncode == 1 and "Traceback" not in keep_file.stderr
+    assert f"cannot keep the demo's files in {blocker}: it is a file, not a folder" \
+        in keep_file.stderr
+
     bad_dsn = gpuproxy("run", "--db-dsn", "postgres://x")
     assert bad_dsn.returncode == 1 and "sqlite:///PATH" in bad_dsn.stderr
 
@@ -403,6 +411,13 @@ async def test_a_second_broker_on_a_taken_port_says_so(
     assert second.returncode == 1 and "Traceback" not in second.stderr
     assert f"cannot listen on {first.url}: another program (a broker?) holds the port" \
         in second.stderr
+    assert "add_port" not in second.stderr  # said once, plainly: no gRPC core line before it
+    # An address that is not this machine's is said as such
+    elsewhere = gpuproxy("run", "--url", "192.0.2.1:18999", "--db-dsn",
+                         f"sqlite:///{tmp_path}/3.db", "--fs-resource-path", str(tmp_path / "p3"))
+    assert elsewhere.returncode == 1
+    assert "cannot listen on 192.0.2.1:18999: 192.0.2.1 is not an address of this machine" \
+        in elsewhere.stderr
 
 
 async def fail_from_outside(dsn: str, count: int, reason: str, attempts: int) -> list[str]:

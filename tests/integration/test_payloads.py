@@ -339,6 +339,14 @@ async def test_fs_unwritable_folder_is_reported_with_path(tmp_path: pathlib.Path
     assert isinstance(err.value.__cause__, OSError)
 
 
+async def test_fs_folder_that_is_a_file_is_said_to_be_one(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(exceptions.PayloadStoreUnavailable,
+                       match=f"Payload folder {tmp_path / 'file'} cannot be used: it is a file, "
+                       "not a folder"):
+        await FsPayloadStore(tmp_path / "file").open()
+
+
 async def test_fs_folder_lost_during_upload_is_reported(tmp_path: pathlib.Path) -> None:
     fs = FsPayloadStore(tmp_path / "payloads")
     await fs.open()

@@ -146,15 +146,19 @@ async def test_a_schema_newer_than_the_broker_stops_it_saying_to_upgrade(store: 
 
 
 @pytest.mark.parametrize(
-    ("change", "detail"),
+    ("change", "detail", "kind"),
     [
-        ({"port": 1}, "Can't connect"),
-        ({"password": "wrong-s3cret"}, "Access denied"),
-        ({"database": "gpuproxy_no_such_db"}, "Unknown database"),
+        ({"port": 1}, "is unreachable: .*Can't connect.* Is the server running",
+         exceptions.StoreUnavailable),
+        ({"password": "wrong-s3cret"}, "the server answered, but refused the login: Access "
+         "denied.* Check the user and password in the DSN", exceptions.DatabaseLoginRefused),
+        ({"database": "gpuproxy_no_such_db"}, "the server answered, but Unknown database.* "
+         "Create it", exceptions.DatabaseMissing),
     ],
 )
 async def test_an_unusable_mysql_database_is_store_unavailable(
-    mariadb_dsn: str, change: dict[str, object], detail: str
+    mariadb_dsn: str, change: dict[str, object], detail: str,
+    kind: type[exceptions.StoreUnavailable],
 ) -> None:
     url = urllib.parse.urlsplit(mariadb_dsn)
     user = url.username or ""
@@ -166,6 +170,7 @@ async def test_an_unusable_mysql_database_is_store_unavailable(
     with pytest.raises(exceptions.StoreUnavailable, match=detail) as info:
         await store.open()
 
+    assert type(info.value) is kind  # each a StoreUnavailable: a broker start fails with it
     assert isinstance(info.value.__cause__, pymysql.err.OperationalError)
     assert "wrong-s3cret" not in str(info.value)
 
