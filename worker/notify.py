@@ -19,18 +19,22 @@ def notify(state: str, environ: dict[str, str] | None = None) -> bool:
     path = (os.environ if environ is None else environ).get(ENV, "")
     if not path:
         return False
-    address = "\0" + path[1:] if path.startswith("@") else path  # "@name": abstract namespace
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(state.encode(), address)
+        s.sendto(state.encode(), _address(path))
         return True
     return False
 
 
+def _address(path: str) -> str:
+    return "\0" + path[1:] if path.startswith("@") else path  # "@name": abstract namespace
+
+
 def listener(path: str) -> socket.socket:
-    """A non-blocking datagram socket bound at `path`, for a supervisor's children."""
+    """A non-blocking datagram socket bound at `path` ("@name": in the abstract namespace, no
+    file that a killed supervisor would leave behind), for a supervisor's children."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        s.bind(path)
+        s.bind(_address(path))
         s.setblocking(False)
     except BaseException:
         s.close()

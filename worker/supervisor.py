@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import pathlib
+import secrets
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -65,16 +64,17 @@ class Supervisor:
             loop.add_signal_handler(sig, self.on_signal, sig)
         log.info("supervising workers", gpus=[c.gpu for c in self.children])
         try:
-            with tempfile.TemporaryDirectory(prefix="gpuproxy-supervise-") as folder:
-                keepers = [
-                    asyncio.create_task(self._keep(c, pathlib.Path(folder)), name=f"gpu{c.gpu}")
-                    for c in self.children
-                ]
-                try:
-                    await asyncio.gather(*keepers)
-                except BaseException:
-                    await self._stop_all(keepers)  # no worker outlives its supervisor
-                    raise
+            # Abstract sockets: nothing on disk for a supervisor killed outright to leave
+            prefix = f"@gpuproxy-supervise-{os.getpid()}-{secrets.token_hex(4)}"
+            keepers = [
+                asyncio.create_task(self._keep(c, f"{prefix}-gpu{c.gpu}"), name=f"gpu{c.gpu}")
+                for c in self.children
+            ]
+            try:
+                await asyncio.gather(*keepers)
+            except BaseException:
+                await self._stop_all(keepers)  # no worker outlives its supervisor
+                raise
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -115,13 +115,13 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     child.proc.send_signal(forward)
 
-    async def _keep(self, child: Child, folder: pathlib.Path) -> None:
+    async def _keep(self, child: Child, notify_path: str) -> None:
         """Start the child's worker, and again each time it dies, until stopping."""
-        with notify.listener(str(folder / f"gpu{child.gpu}.sock")) as sock:
+        with notify.listener(notify_path) as sock:
             readiness = asyncio.create_task(self._relay_readiness(child, sock))
             try:
                 while not self.stopping.is_set():
-                    await self._start(child, sock.getsockname())
+                    await self._start(child, notify_path)
                     assert child.proc is not None
                     status = await child.proc.wait()
                     if self.stopping.is_set():

@@ -345,7 +345,10 @@ async def test_supervise_runs_a_worker_per_gpu(
 async def test_workers_of_a_supervisor_killed_outright_go_with_it(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:
-    supervisor = worker_factory(broker.url, gpu=None, command="supervise")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    supervisor = worker_factory(broker.url, gpu=None, command="supervise",
+                                env={"TMPDIR": str(temp)})
     supervisor.wait_for("registered", count=2)
     workers = [json.loads((tmp_path / "locks" / f"GPU-e2e-{i}.lock").read_text())["pid"]
                for i in (0, 1)]
@@ -355,6 +358,8 @@ async def test_workers_of_a_supervisor_killed_outright_go_with_it(
     while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not any(_running(pid) for pid in workers)
+    # and nothing is left behind in the temp folder (its readiness sockets are abstract)
+    assert list(temp.iterdir()) == []
 
 
 def _running(pid: int) -> bool:
