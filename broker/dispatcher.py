@@ -119,19 +119,12 @@ class Dispatcher:
             self.sessions.remove(session)
         metrics.WORKERS.set(len(self.sessions))
 
-    def done(self, task_id: str, fence: int, *, reported: bool = False) -> None:
+    def done(self, task_id: str, fence: int) -> None:
         """The claim (task, fence) ended: finished, failed, released or found stale. Only that
-        claim's slot is freed; a newer claim of the same task elsewhere keeps its slot.
-
-        `reported`: its worker said so (its result or failure). That worker counts the slot
-        free only once the task has ended there, and says so in its next Capacity: a task
-        pushed before that would be handed back ("already runs 1 of 1"), so its slots wait
-        for that message."""
+        claim's slot is freed; a newer claim of the same task elsewhere keeps its slot."""
         for s in self.sessions:
             if s.held.get(task_id) == fence:
                 del s.held[task_id]
-                if reported:
-                    s.accepting = False  # until the worker's next Capacity
         self.wake()
 
     def wake(self) -> None:
@@ -207,10 +200,7 @@ class Dispatcher:
                 if fence is None or (task and _held_by(task, s.worker_id, fence)):
                     continue
                 if task and task.state == TaskState.FINISHED and task.fence == fence:
-                    # Its own result, seen before UploadResult ended there: nothing to revoke,
-                    # and the slot is free at the worker's next Capacity (see `done`)
-                    del s.held[task_id]
-                    s.accepting = False
+                    del s.held[task_id]  # its own result: the slot is free, nothing to revoke
                     continue
                 state = task.state.name.lower() if task else "deleted"
                 log.info("task revoked", task_id=task_id, worker_id=s.worker_id, state=state)

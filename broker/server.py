@@ -213,7 +213,11 @@ def _check_listen(listen: str) -> None:
         raise exceptions.ConfigError(
             field="url", detail=f"cannot listen on {listen}: {host!r} is not a known host "
             f"({exc.strerror})") from exc
-    with socket.socket(family, kind, proto) as probe:
+    try:
+        probe = socket.socket(family, kind, proto)
+    except OSError:
+        return  # no such family here (IPv6 switched off): gRPC decides, and says so
+    with probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(where)

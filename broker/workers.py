@@ -177,7 +177,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 await self._fenced(self.tasks.fail(
                     f.task.task_id, f.task.fence, f.message, f.retryable
                 ), session, f.task.task_id)
-                self.dispatcher.done(f.task.task_id, f.task.fence, reported=True)
+                self.dispatcher.done(f.task.task_id, f.task.fence)
             elif kind == "release":
                 r = msg.release
                 await self._fenced(self.tasks.release(r.task.task_id, r.task.fence, r.reason),
@@ -288,7 +288,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             self.dispatcher.done(h.task.task_id, h.task.fence)
             raise
         # A damaged upload leaves the claim held: the worker sends the result again.
-        self.dispatcher.done(h.task.task_id, h.task.fence, reported=True)
+        self.dispatcher.done(h.task.task_id, h.task.fence)
         return convert.task_to_proto(task)
 
     # -- registry ----------------------------------------------------------------------------

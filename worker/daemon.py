@@ -59,6 +59,10 @@ RECONNECT_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 REPORT_WAIT_S = 10.0
 #: On the way out, how long the broker may take to read what we wrote and end the Work stream.
 HANG_UP_WAIT_S = 2.0
+#: A task pushed while a slot is still ending its last task (the broker, which has that task's
+#: outcome, may push the next one before the report's call has returned here) waits this long
+#: for the slot before it is handed back.
+SLOT_WAIT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +202,8 @@ class Worker:
         self.streak = FailureStreak(limit=config.pause_after_failures)
         self.paused_until = 0.0  #: monotonic time before which no new task is taken (streak)
         self.pause_reason = ""  #: the failure that started or extended the pause
+        #: Assignments waiting for a slot whose task is reporting its outcome (SLOT_WAIT_S)
+        self.waiting: dict[str, workers_pb2.Assignment] = {}
 
     # -- the monitor ----------------------------------------------------------------------------
 
@@ -218,6 +224,8 @@ class Worker:
                 loop.remove_signal_handler(sig)
             self.releasing = True
             self._post_capacity()  # nothing new while the stream closes
+            for waiting in list(self.waiting):  # handed back now, not at SLOT_WAIT_S
+                self._settle(waiting)
             if self.tasks:
                 await self._release_all("the worker stopped")
             if self.stopping:
@@ -404,6 +412,13 @@ class Worker:
             running.fence = assignment.fence
             return
         refusal = self._refusal(task)
+        if refusal and self._slot_ending() and task.id not in self.waiting:
+            # The broker has the outcome of a task still reporting here: take this one once
+            # that report's call has returned, rather than hand it back
+            self.waiting[task.id] = assignment
+            asyncio.get_running_loop().call_later(SLOT_WAIT_S, self._settle, task.id)
+            return
+        self.waiting.pop(task.id, None)
         if refusal:
             log.warning("assignment handed back", task_id=task.id, reason=refusal)
             self._post(release=workers_pb2.ReleaseTask(
@@ -413,6 +428,18 @@ class Worker:
         running = Running(task=task, fence=assignment.fence)
         self.tasks[task.id] = running
         running.runner = asyncio.create_task(self._run_task(running), name=f"task {task.id}")
+
+    def _slot_ending(self) -> bool:
+        """All slots taken, one of them by a task reporting its outcome, the worker going on."""
+        return (self._taken() >= self.config.max_tasks and not self.stopping
+                and not self.draining.is_set() and not self.releasing
+                and any(r.phase == "reporting" for r in self.tasks.values()))
+
+    def _settle(self, task_id: str) -> None:
+        """A waiting assignment, taken or handed back now (a slot ended, or SLOT_WAIT_S)."""
+        assignment = self.waiting.get(task_id)
+        if assignment is not None:  # still listed: `_accept` decides now, without waiting
+            self._accept(assignment)
 
     def _refusal(self, task: tasks_pb2.Task) -> str:
         if self.draining.is_set() or self.releasing:
@@ -538,6 +565,8 @@ class Worker:
                 running.payload.discard()
             if self.tasks.get(task.id) is running:
                 del self.tasks[task.id]
+            for waiting in list(self.waiting):  # the slot this task held is free
+                self._settle(waiting)
             if running.runner in self.stopping:
                 self.stopping.discard(running.runner)
                 bound.info("revoked task stopped; its slot is free",

@@ -157,9 +157,13 @@ class Supervisor:
             await asyncio.wait_for(self.stopping.wait(), delay_s)
 
     async def _relay_readiness(self, child: Child, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            data = await loop.sock_recv(sock, 4096)
+            data, sender = await notify.receive(sock)
+            if child.proc is None or sender != child.proc.pid:
+                # Any process on the host can reach the socket: only the child is heard
+                log.warning("readiness message from another process ignored", gpu=child.gpu,
+                            sender=sender, message=data[:64].decode(errors="replace"))
+                continue
             for line in data.decode(errors="replace").splitlines():
                 if line == "READY=1":
                     log.info("worker ready", gpu=child.gpu,

@@ -215,8 +215,7 @@ async def test_a_result_sent_again_is_answered_and_a_failed_payload_delete_frees
             await w.upload(held, b"another proof")
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
-        # The worker's slot is free once it says so: the next task comes to it at once
-        await w.send(capacity=workers_pb2.Capacity(free=1))
+        # The worker's slot is free: the next task comes to it at once
         second = await submit(broker.url, tmp_path, b"the next c1 output")
         assert held_of(await w.next()).task_id == second
     finally:

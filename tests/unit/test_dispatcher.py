@@ -114,13 +114,9 @@ def test_done_frees_only_the_claim_with_that_fence() -> None:
     # When A's late report of fence 1 arrives, B keeps its claim and gets no second task
     dispatcher.done("t", 1)
     assert b.held == {"t": 3} and b.free == 0
-    # When B's own report arrives, the claim ends, and the slot is free once B says it is
-    # (its next Capacity, sent when the task has ended there): a task pushed before that
-    # would find it still taken and be handed back
-    dispatcher.done("t", 3, reported=True)
-    assert b.held == {} and b.free == 0
-    b.accepting = True  # the worker's Capacity
-    assert b.free == 1
+    # When B's own report arrives, its slot is free
+    dispatcher.done("t", 3)
+    assert b.held == {} and b.free == 1
 
 
 def test_revoke_of_an_old_fence_keeps_the_newer_claim() -> None:
@@ -168,28 +164,6 @@ async def claimed(dispatcher: Dispatcher, s: Session, store: Store) -> str:
     await dispatcher._assign()
     assert assigned(s) == [task]
     return task
-
-
-async def test_a_result_seen_first_in_the_database_frees_the_slot_at_the_workers_capacity(
-    store: Store,
-) -> None:
-    # Given a worker of one slot running a task, and another task waiting
-    dispatcher = Dispatcher(store, lease_s=30)
-    s = worker("w")
-    dispatcher.add(s)
-    task_id = await claimed(dispatcher, s, store)
-    waiting = await submit(store, KEY_A, models.now_ms())
-    # When its result is stored and the dispatcher checks the task before the worker's
-    # UploadResult call has ended (the worker still counts the task as running)
-    await store.finish_task(task_id, s.held[task_id], 1, "0" * 64, models.now_ms())
-    dispatcher.task_changed(task_id)
-    await dispatcher._revoke_lost()
-    await dispatcher._assign()
-    # Then the claim is over, but no task is pushed until the worker says its slot is free
-    assert s.held == {} and assigned(s) == []
-    s.accepting = True  # its Capacity, once the task has ended there
-    await dispatcher._assign()
-    assert assigned(s) == [waiting]
 
 
 async def test_a_cancel_seen_during_an_outage_still_revokes_the_task(store: Store) -> None:

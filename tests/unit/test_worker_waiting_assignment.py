@@ -1,0 +1,80 @@
+"""An assignment pushed while the worker's slot still reports its last task's outcome: it waits
+for that slot (the broker already has the outcome), and is handed back if the slot stays taken."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
+from worker import daemon
+from worker.config import WorkerConfig
+from worker.daemon import Identity, Running, Worker
+from worker.payloads import PayloadFetcher
+from worker.remote import Remote
+
+
+class Outbox:
+    """The Work stream as `Worker._post` uses it."""
+
+    def __init__(self) -> None:
+        self.sent: list[workers_pb2.WorkerMessage] = []
+
+    def post(self, message: workers_pb2.WorkerMessage) -> None:
+        self.sent.append(message)
+
+
+@pytest.fixture
+async def worker(tmp_path: pathlib.Path) -> AsyncIterator[Worker]:
+    config = WorkerConfig(task_types=("noop",), nvidia_smi="")
+    remote = Remote("127.0.0.1:1")
+    w = Worker(config=config, remote=remote,
+               identity=Identity(worker_id="w", hostname="h", addresses=(), version="t", gpus=()),
+               payloads=PayloadFetcher(tmp_path, remote), executors={})
+    w.stream = Outbox()  # type: ignore[assignment]
+    yield w
+    await remote.close()
+
+
+def assignment(task_id: str) -> workers_pb2.Assignment:
+    return workers_pb2.Assignment(task=tasks_pb2.Task(id=task_id, task_type="noop"), fence=1)
+
+
+async def test_an_assignment_waits_for_a_slot_that_reports_and_is_handed_back_if_it_stays(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon, "SLOT_WAIT_S", 0.2)
+    outbox: Outbox = worker.stream  # type: ignore[assignment]
+    # Given the one slot taken by a task that is reporting its result
+    worker.tasks["a"] = Running(task=tasks_pb2.Task(id="a"), fence=1, phase="reporting")
+    # When the broker pushes the next task meanwhile, it is neither taken nor handed back yet
+    worker._accept(assignment("b"))
+    assert list(worker.waiting) == ["b"] and outbox.sent == []
+    # Then, the slot still taken after SLOT_WAIT_S (the report hangs), it goes back, saying why
+    await asyncio.sleep(0.4)
+    assert worker.waiting == {}
+    [message] = outbox.sent
+    assert message.release.task.task_id == "b"
+    assert message.release.reason == "the worker already runs 1 of 1 tasks"
+
+
+async def test_a_slot_running_its_task_hands_a_second_assignment_back_at_once(
+    worker: Worker,
+) -> None:
+    outbox: Outbox = worker.stream  # type: ignore[assignment]
+    worker.tasks["a"] = Running(task=tasks_pb2.Task(id="a"), fence=1, phase="proving")
+    worker._accept(assignment("b"))
+    assert worker.waiting == {} and [m.release.task.task_id for m in outbox.sent] == ["b"]
+
+
+async def test_a_stopping_worker_hands_waiting_assignments_back(worker: Worker) -> None:
+    outbox: Outbox = worker.stream  # type: ignore[assignment]
+    worker.tasks["a"] = Running(task=tasks_pb2.Task(id="a"), fence=1, phase="reporting")
+    worker._accept(assignment("b"))
+    worker.releasing = True  # as run() does on its way out, before settling what waits
+    for task_id in list(worker.waiting):
+        worker._settle(task_id)
+    assert [m.release.reason for m in outbox.sent] == ["the worker is stopping"]
