@@ -458,6 +458,10 @@ class Worker:
         if ack is not None and revoke.reason == "released":
             ack.set()  # the broker has the task back
             return
+        waiting = self.waiting.get(revoke.task_id)
+        if waiting is not None and waiting.fence == revoke.fence:
+            del self.waiting[revoke.task_id]  # cancelled before a slot was free: never started
+            return
         self._drop(revoke)
         self._post_capacity()  # the broker takes no new task here until it hears this
 

@@ -78,3 +78,14 @@ async def test_a_stopping_worker_hands_waiting_assignments_back(worker: Worker) 
     for task_id in list(worker.waiting):
         worker._settle(task_id)
     assert [m.release.reason for m in outbox.sent] == ["the worker is stopping"]
+
+
+async def test_a_waiting_assignment_revoked_meanwhile_is_dropped(worker: Worker) -> None:
+    outbox: Outbox = worker.stream  # type: ignore[assignment]
+    worker.tasks["a"] = Running(task=tasks_pb2.Task(id="a"), fence=1, phase="reporting")
+    worker._accept(assignment("b"))
+    # When the broker takes b back (cancelled) before the slot is free, b never starts
+    worker._revoke(workers_pb2.Revoke(task_id="b", fence=1, reason="task is error: cancelled"))
+    del worker.tasks["a"]
+    worker._settle("b")
+    assert worker.waiting == {} and "b" not in worker.tasks and outbox.sent == []
