@@ -108,9 +108,10 @@ async def serve(config: WorkerConfig) -> int:
         identity = Identity(
             worker_id=worker_id, hostname=socket.gethostname(),
             addresses=tuple(await asyncio.to_thread(local_addresses, config.url)),
-            version=worker.__version__, gpus=tuple(chosen),
+            # The card it holds, even unlisted: `workers list` must not show it as a CPU worker
+            version=worker.__version__, gpus=tuple(lockable),
         )
-        log.info("worker ready", broker=config.url, gpus=[g.label for g in chosen] or "none",
+        log.info("worker ready", broker=config.url, gpus=[g.label for g in lockable] or "none",
                  task_types=list(config.task_types), max_tasks=config.max_tasks,
                  work_dir=str(work_dir))
         notify.notify("READY=1")

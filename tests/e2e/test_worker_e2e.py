@@ -255,6 +255,9 @@ async def test_two_workers_on_one_gpu_are_refused_naming_both(
     assert f"already used by worker {ids[0]}" in message
     assert f"worker {ids[1]} would share it" in message
     assert named in message
+    # and `workers list` shows the first with its card, known by nvidia-smi or by its index
+    listed = json.loads(_workers(broker.url, "list", "--json").stdout)
+    assert [g["index"] for w in listed for g in w["gpus"]] == [0]
 
 
 async def test_two_workers_in_one_work_folder_are_refused(
