@@ -226,7 +226,7 @@ class Worker:
             self.releasing = True
             self._post_capacity()  # nothing new while the stream closes
             for waiting in list(self.waiting):  # handed back now, not at SLOT_WAIT_S
-                self._settle(waiting)
+                self._settle(waiting, waited_out=True)
             if self.tasks:
                 await self._release_all("the worker stopped")
             if self.stopping:
@@ -349,7 +349,9 @@ class Worker:
             max_tasks=self.config.max_tasks,
             gpus=[workers_pb2.Gpu(index=g.index, name=g.name, uuid=g.uuid,
                                   memory_bytes=g.memory_bytes) for g in me.gpus],
-            held=[t.held for t in self.tasks.values()],
+            # Waiting assignments too: this broker (or another) must not take them for lost
+            held=[t.held for t in self.tasks.values()]
+            + [held(a.task.id, a.fence) for a in self.waiting.values()],
             resident_keys=self._resident_keys(), instance=me.instance,
         )
 
@@ -402,7 +404,7 @@ class Worker:
         else:
             log.warning("unexpected broker message ignored", kind=kind)
 
-    def _accept(self, assignment: workers_pb2.Assignment) -> None:
+    def _accept(self, assignment: workers_pb2.Assignment, waited_out: bool = False) -> None:
         task = assignment.task
         running = self.tasks.get(task.id)
         if running is not None:
@@ -413,11 +415,12 @@ class Worker:
             running.fence = assignment.fence
             return
         refusal = self._refusal(task)
-        if refusal and self._slot_ending() and task.id not in self.waiting:
+        if refusal and not waited_out and self._slot_ending():
             # The broker has the outcome of a task still reporting here: take this one once
             # that report's call has returned, rather than hand it back
-            self.waiting[task.id] = assignment
-            asyncio.get_running_loop().call_later(SLOT_WAIT_S, self._settle, task.id)
+            if task.id not in self.waiting:
+                asyncio.get_running_loop().call_later(SLOT_WAIT_S, self._settle, task.id, True)
+            self.waiting[task.id] = assignment  # the newest fence, if assigned again
             return
         self.waiting.pop(task.id, None)
         if refusal:
@@ -436,11 +439,12 @@ class Worker:
                 and not self.draining.is_set() and not self.releasing
                 and any(r.phase == "reporting" for r in self.tasks.values()))
 
-    def _settle(self, task_id: str) -> None:
-        """A waiting assignment, taken or handed back now (a slot ended, or SLOT_WAIT_S)."""
+    def _settle(self, task_id: str, waited_out: bool = False) -> None:
+        """A waiting assignment, looked at again: taken if a slot is free, waiting on while
+        another slot still reports (until SLOT_WAIT_S is out), handed back otherwise."""
         assignment = self.waiting.get(task_id)
-        if assignment is not None:  # still listed: `_accept` decides now, without waiting
-            self._accept(assignment)
+        if assignment is not None:
+            self._accept(assignment, waited_out)
 
     def _refusal(self, task: tasks_pb2.Task) -> str:
         if self.draining.is_set() or self.releasing:
@@ -570,12 +574,12 @@ class Worker:
                 running.payload.discard()
             if self.tasks.get(task.id) is running:
                 del self.tasks[task.id]
-            for waiting in list(self.waiting):  # the slot this task held is free
-                self._settle(waiting)
             if running.runner in self.stopping:
                 self.stopping.discard(running.runner)
                 bound.info("revoked task stopped; its slot is free",
                            took_s=round(time.monotonic() - started, 1))
+            for waiting in list(self.waiting):  # the slot this task held is free
+                self._settle(waiting)
             self._post_capacity()
             bound.debug("task ended", phase=running.phase, took_s=round(time.monotonic() - started))
 

@@ -53,17 +53,18 @@ def listener(path: str) -> socket.socket:
 async def receive(sock: socket.socket) -> tuple[bytes, int | None]:
     """The next datagram on a `listener` socket and the pid of the process that sent it."""
     loop = asyncio.get_running_loop()
+    fd = sock.fileno()  # the socket may be closed by the time a cancelled wait cleans up
     while True:
         try:
             data, ancillary, _flags, _address = sock.recvmsg(
                 4096, socket.CMSG_SPACE(_CREDENTIALS.size))
         except BlockingIOError:
             readable: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(sock.fileno(), _settle, readable)
+            loop.add_reader(fd, _settle, readable)
             try:
                 await readable
             finally:
-                loop.remove_reader(sock.fileno())
+                loop.remove_reader(fd)
             continue
         pid = next((_CREDENTIALS.unpack(payload[:_CREDENTIALS.size])[0]
                     for level, kind, payload in ancillary

@@ -130,6 +130,8 @@ class Supervisor:
                     await self._pause_after_death(child, status)
             finally:
                 readiness.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await readiness  # done with the socket before it closes
 
     async def _start(self, child: Child, notify_path: str) -> None:
         env = {**os.environ, notify.ENV: notify_path}

@@ -4,6 +4,7 @@ host can reach: only the worker it started counts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import types
@@ -39,3 +40,7 @@ async def test_readiness_counts_only_from_the_worker_the_supervisor_started() ->
                     await asyncio.sleep(0.01)
         finally:
             relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+        # A stopped relay leaves no reader behind on the socket
+        assert not asyncio.get_running_loop().remove_reader(sock.fileno())

@@ -13,6 +13,7 @@ from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
 from worker import daemon
 from worker.config import WorkerConfig
 from worker.daemon import Identity, Running, Worker
+from worker.executors.noop import NoopExecutor
 from worker.payloads import PayloadFetcher
 from worker.remote import Remote
 
@@ -89,3 +90,43 @@ async def test_a_waiting_assignment_revoked_meanwhile_is_dropped(worker: Worker)
     del worker.tasks["a"]
     worker._settle("b")
     assert worker.waiting == {} and "b" not in worker.tasks and outbox.sent == []
+
+
+async def test_with_two_slots_reporting_each_waiting_assignment_takes_the_slot_that_frees(
+    tmp_path: pathlib.Path,
+) -> None:
+    config = WorkerConfig(task_types=("noop",), nvidia_smi="", max_tasks=2)
+    remote = Remote("127.0.0.1:1")
+    w = Worker(config=config, remote=remote,
+               identity=Identity(worker_id="w", hostname="h", addresses=(), version="t", gpus=()),
+               payloads=PayloadFetcher(tmp_path, remote),
+               executors={"noop": NoopExecutor(config)})
+    outbox = Outbox()
+    w.stream = outbox  # type: ignore[assignment]
+    started: list[str] = []
+
+    async def run_task(running: Running) -> None:
+        started.append(running.task.id)
+
+    w._run_task = run_task  # type: ignore[method-assign]
+    try:
+        # Given both slots reporting their tasks' outcomes, and two tasks pushed meanwhile
+        for name in ("a1", "a2"):
+            w.tasks[name] = Running(task=tasks_pb2.Task(id=name), fence=1, phase="reporting")
+        w._accept(assignment("b1"))
+        w._accept(assignment("b2"))
+        # When the worker reconnects meanwhile, it tells the broker it holds them
+        assert {h.task_id for h in w._register_message().held} == {"a1", "a2", "b1", "b2"}
+        # When a1's slot frees, one takes it and the other waits on for a2's
+        del w.tasks["a1"]
+        for task_id in list(w.waiting):
+            w._settle(task_id)
+        await asyncio.sleep(0)
+        assert started == ["b1"] and list(w.waiting) == ["b2"] and outbox.sent == []
+        # and takes a2's once it frees too: nothing handed back
+        del w.tasks["a2"]
+        w._settle("b2")
+        await asyncio.sleep(0)
+        assert started == ["b1", "b2"] and w.waiting == {} and outbox.sent == []
+    finally:
+        await remote.close()
