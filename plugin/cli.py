@@ -57,7 +57,11 @@ def log_level(value: str) -> str:
     `info,hyper=warn` whose bare level counts (per-module levels mean nothing here)."""
     bare = [p.strip().lower() for p in value.split(",") if p.strip() and "=" not in p]
     level = bare[-1] if bare else "info"
-    return LEVEL_ALIASES.get(level, level)
+    level = LEVEL_ALIASES.get(level, level)
+    if level not in logs.LEVELS:
+        raise ValueError(f"not a log level: one of {', '.join(logs.LEVELS)}, or env_logger's "
+                         f"{', '.join(LEVEL_ALIASES)}, or a filter list such as info,hyper=warn")
+    return level
 
 
 def poll_seconds(text: str) -> float:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from broker import exceptions as broker_exceptions
 from broker.flags import resolve
 from plugin import cli, exceptions
 from plugin.config import PluginConfig
@@ -63,6 +64,14 @@ def test_env_logger_levels_and_filters_are_read_as_gpuproxys_plugin_was_started(
     assert args.log_level == level
     assert resolve(cli.build_parser().parse_args(["run"]), cli.RUN_FLAGS,
                    environ={"C2PROXY_LOG_LEVEL": given})["log_level"] == level
+
+
+def test_an_unknown_log_level_lists_every_accepted_form() -> None:
+    with pytest.raises(broker_exceptions.ConfigError, match=(
+            "'verbose' from environment variable C2PROXY_LOG_LEVEL: not a log level: one of "
+            "debug, info, warning, error, or env_logger's trace, warn, off")):
+        resolve(cli.build_parser().parse_args(["run"]), cli.RUN_FLAGS,
+                environ={"C2PROXY_LOG_LEVEL": "verbose"})
 
 
 def test_a_poll_interval_of_0_waits_a_second() -> None:
