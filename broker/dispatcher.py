@@ -211,8 +211,7 @@ class Dispatcher:
         """Claim for hungry sessions until nothing is left, one claim at a time: each goes to
         the session best placed for the task at the head of the queue, the others waiting
         their turn (round-robin); a session that finds nothing to claim leaves the round."""
-        hungry = [s for s in self.sessions
-                  if s.free > 0 and not s.closed and s.worker_id not in self.drained]
+        hungry = [s for s in self.sessions if self._takes_work(s)]
         while hungry:
             s = await self._placed(hungry)
             if s is None:  # nothing any of them could claim: one query, not one per session
@@ -228,8 +227,11 @@ class Dispatcher:
                     await self.store.release_task(task.id, task.fence, gone, models.now_ms())
                 continue
             self.assign(s, task)
-            if s.free > 0 and s.worker_id not in self.drained:
+            if self._takes_work(s):
                 hungry.append(s)
+
+    def _takes_work(self, s: Session) -> bool:
+        return s.free > 0 and not s.closed and s.worker_id not in self.drained
 
     async def _placed(self, hungry: list[Session]) -> Session | None:
         """The first hungry session that can run the next task and holds its proving key

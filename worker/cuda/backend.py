@@ -216,7 +216,7 @@ class CudaBackend(base.Backend):
                     "host, moved to the coset one at a time", gpu=self.device.name,
                     constraints=domain.size)
         a, b, c = native.qap_evaluations(key.key.coefs, witness, domain.size)
-        return native.mul_sub(*(self.to_coset(domain, v) for v in (a, b, c)))
+        return base.Backend.quotient(self, domain, a, b, c)  # one vector at a time, not fused
 
     def msm_g1(self, bases: base.Bases, scalars: field.FrVector) -> curve.G1:
         return curve.g1_from_lem(self._msm("g1", bases, scalars))
