@@ -36,6 +36,7 @@ from worker.groth16 import (
     wtns,
     zkey,
 )
+from worker.groth16.backends import cpu
 
 SNARKJS = pathlib.Path(__file__).resolve().parent.parent / ".tools/node_modules/.bin/snarkjs"
 
@@ -105,8 +106,8 @@ def main() -> None:
     parser.add_argument("--snarkjs", type=pathlib.Path, default=SNARKJS)
     parser.add_argument("--no-msm", action="store_true", help="skip the MSM comparison")
     args = parser.parse_args()
-    backend = backends.create("cpu")
-    print(f"backend cpu, {backend.threads} threads; snarkjs: "  # type: ignore[attr-defined]
+    backend = cpu.CpuBackend()
+    print(f"backend {backend.describe()}; snarkjs: "
           f"{args.snarkjs if args.snarkjs.exists() else 'not installed (./dev test installs it)'}")
     print(f"{'size':>6} {'setup s':>8} {'ours s':>8} {'loaded s':>9} {'snarkjs s':>10} "
           f"{'ratio':>6} {'msm ours':>9} {'msm ark':>8}  steps (loaded)")

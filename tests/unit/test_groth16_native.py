@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import random
+import subprocess
+import sys
 
 import numpy as np
 import py_arkworks_bls12381 as ark
@@ -131,6 +134,49 @@ def test_msm_of_equal_and_opposite_points() -> None:
     out = native.msm("g1", points, field.to_vector([1, 1, 1]), 3, 1)
     want = curve.to_ark_g1(curve.g1_from_lem(p.tobytes())) * ark.Scalar(3)
     assert curve.g1_from_lem(out.tobytes()) == curve.from_ark_g1(want)
+
+
+def _limbs(values: list[int]) -> np.ndarray:
+    return np.array([[(v >> (64 * i)) & (2**64 - 1) for i in range(6)] for v in values],
+                    dtype=np.uint64)
+
+
+def _results(values: list[int]) -> dict[str, tuple[list[int], list[int]]]:
+    """Every pair's product, sum and difference from the helper, and from Python ints."""
+    pairs = [(x, y) for x in values for y in values]
+    a, b = _limbs([x for x, _ in pairs]), _limbs([y for _, y in pairs])
+    r_inv, q = pow(2**384, -1, field.Q), field.Q
+    want = {"mul": [x * y * r_inv % q for x, y in pairs],
+            "add": [(x + y) % q for x, y in pairs], "sub": [(x - y) % q for x, y in pairs]}
+    return {op: ([sum(int(w) << (64 * i) for i, w in enumerate(row))
+                  for row in native.fp_op(op, a, b)], want[op]) for op in want}
+
+
+# Values whose products, sums and differences stress the carries: 0, 1, q - 1 and its
+# neighbours, limbs of all ones, single high bits, and q less a low or a high power of two.
+EDGES = [0, 1, 2, field.Q - 1, field.Q - 2, (field.Q - 1) // 2, 2**64 - 1, 2**64, 2**128 - 1,
+         2**320 - 1, 2**380, field.Q - 3,
+         field.Q - 2**64, field.Q - 2**320]
+
+
+@pytest.mark.parametrize("op", ["mul", "add", "sub"])
+def test_base_field_arithmetic_matches_python_ints(op: str) -> None:
+    got, want = _results(EDGES + [RNG.randrange(field.Q) for _ in range(30)])[op]
+    assert got == want
+
+
+def test_the_portable_arithmetic_matches_too() -> None:
+    # the library picks its arithmetic once, when it loads: a fresh process with the C one
+    script = ("import sys; sys.path[:0] = [{root!r}]; "
+              "from tests.unit.test_groth16_native import _results, EDGES; "
+              "from worker.groth16 import native; "
+              "print(native.base_field_arithmetic(), "
+              "all(got == want for got, want in _results(EDGES).values()))")
+    root = str(pathlib.Path(__file__).parents[2])
+    done = subprocess.run([sys.executable, "-c", script.format(root=root)], text=True,
+                          capture_output=True, check=True, timeout=300,
+                          env={**os.environ, "GPUPROXY_NATIVE_PORTABLE": "1"})
+    assert done.stdout.split() == ["portable", "C", "True"]
 
 
 def test_window_policy() -> None:

@@ -25,6 +25,10 @@ class CpuBackend(base.Backend):
         self.name = "cpu"
         native.library()  # build the helper now: a missing compiler is a start-up error
 
+    def describe(self) -> str:
+        """What runs: for benchmark tables, beside the times."""
+        return f"cpu: {self.threads} threads, base field {native.base_field_arithmetic()}"
+
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
         return HostBases(group=group, points=points)
 

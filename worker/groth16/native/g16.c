@@ -6,8 +6,9 @@
  * key's point sections are used in place. Scalars (Fr) cross this interface in normal form, as
  * the .wtns stores them; Fr work is done in Montgomery form (x * 2^256 mod r) inside.
  *
- * Built by worker/groth16/native.py with the machine's C compiler on first use. No global
- * state: every function is safe to call from several Python threads at once.
+ * Built by worker/groth16/native.py with the machine's C compiler on first use. No mutable
+ * global state (one flag, set when the library loads, picks the base-field product): every
+ * function is safe to call from several Python threads at once.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -105,10 +106,70 @@ static const fp FP_ONE = {FP_ONE_LIMBS};
 static const fp2 FP2_ONE = {{FP_ONE_LIMBS}, {{0}}};
 #define FP_INV 0x89f3fffcfffcfffdULL
 
-NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) { mont_mul(r->v, a->v, b->v, FP_P.v, FP_INV, 6); }
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include "fp_x86.h"
+
+/* Set once when the library loads, read-only after: whether fp_x86.h's assembly runs here (the
+ * processor has BMI2 and ADX, and GPUPROXY_NATIVE_PORTABLE is unset or 0: set, it keeps the C
+ * arithmetic, to compare). */
+static int fp_use_x86;
+
+__attribute__((constructor)) static void fp_pick_product(void) {
+    unsigned a, b, c, d;
+    const char *portable = getenv("GPUPROXY_NATIVE_PORTABLE");
+    if (portable && *portable && strcmp(portable, "0") != 0) return;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) fp_use_x86 = (b >> 8 & 1) && (b >> 19 & 1);
+}
+#endif
+
+NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) {
+#if defined(__x86_64__)
+    if (fp_use_x86) {
+        fp_mul_adx(r, a, b);
+        return;
+    }
+#endif
+    mont_mul(r->v, a->v, b->v, FP_P.v, FP_INV, 6);
+}
+
+/* Which base-field arithmetic runs (1: fp_x86.h's assembly, 0: the C mont_mul, mod_add and
+ * mod_sub), and out[i] = a[i] op b[i] with it (op 0: the Montgomery product a b / 2^384 mod q,
+ * 1: a + b, 2: a - b): for the tests, which check both against Python integers. */
+int fp_arithmetic(void) {
+#if defined(__x86_64__)
+    return fp_use_x86;
+#else
+    return 0;
+#endif
+}
+
 INLINE void fp_sqr(fp *r, const fp *a) { fp_mul(r, a, a); }
-INLINE void fp_add(fp *r, const fp *a, const fp *b) { mod_add(r->v, a->v, b->v, FP_P.v, 6); }
-INLINE void fp_sub(fp *r, const fp *a, const fp *b) { mod_sub(r->v, a->v, b->v, FP_P.v, 6); }
+INLINE void fp_add(fp *r, const fp *a, const fp *b) {
+#if defined(__x86_64__)
+    if (fp_use_x86) {
+        fp_add_x86(r, a, b);
+        return;
+    }
+#endif
+    mod_add(r->v, a->v, b->v, FP_P.v, 6);
+}
+INLINE void fp_sub(fp *r, const fp *a, const fp *b) {
+#if defined(__x86_64__)
+    if (fp_use_x86) {
+        fp_sub_x86(r, a, b);
+        return;
+    }
+#endif
+    mod_sub(r->v, a->v, b->v, FP_P.v, 6);
+}
+void fp_vector(int op, const fp *a, const fp *b, fp *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (op == 0) fp_mul(&out[i], &a[i], &b[i]);
+        else if (op == 1) fp_add(&out[i], &a[i], &b[i]);
+        else fp_sub(&out[i], &a[i], &b[i]);
+    }
+}
 INLINE int fp_is_zero(const fp *a) { return limbs_zero(a->v, 6); }
 INLINE void fp_neg(fp *r, const fp *a) {
     fp z = {{0}};
