@@ -20,7 +20,10 @@ from tests.fixtures import fake_c2
 
 TASKS = 30
 LEASE_S = 1.5
-MAX_ATTEMPTS = 6
+#: Room for bad luck: a requeued task goes to the next free worker, often the one just started
+#: again, and the kills come faster than a task takes (seen once: one task killed 6 times in a
+#: row, its attempts spent). The claim here is that nothing is lost or done twice.
+MAX_ATTEMPTS = 20
 
 
 async def test_kill_9_of_workers_and_broker_loses_and_doubles_no_task(

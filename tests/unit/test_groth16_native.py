@@ -106,6 +106,21 @@ def test_batch_mul_matches_arkworks(group: str) -> None:
     assert got == want
 
 
+def _ark_msm(group: str, points: np.ndarray, scalars: list[int]) -> curve.G1 | curve.G2:
+    ark_scalars = [ark.Scalar(s) for s in scalars]
+    if group == "g1":
+        ark_points = [curve.to_ark_g1(curve.g1_from_lem(p.tobytes())) for p in points]
+        return curve.from_ark_g1(ark.G1Point.multiexp_unchecked(ark_points, ark_scalars))
+    ark2 = [curve.to_ark_g2(curve.g2_from_lem(p.tobytes())) for p in points]
+    return curve.from_ark_g2(ark.G2Point.multiexp_unchecked(ark2, ark_scalars))
+
+
+def _native_msm(group: str, points: np.ndarray, scalars: list[int], window_bits: int,
+                threads: int) -> curve.G1 | curve.G2:
+    out = native.msm(group, points, field.to_vector(scalars), window_bits, threads)
+    return (curve.g1_from_lem if group == "g1" else curve.g2_from_lem)(out.tobytes())
+
+
 @pytest.mark.parametrize(("group", "n", "window_bits", "threads"), [
     ("g1", 0, 4, 1), ("g1", 1, 2, 1), ("g1", 37, 3, 2), ("g1", 300, 7, 3), ("g1", 64, 15, 2),
     ("g2", 1, 5, 1), ("g2", 50, 4, 2),
@@ -113,17 +128,44 @@ def test_batch_mul_matches_arkworks(group: str) -> None:
 def test_msm_matches_arkworks(group: str, n: int, window_bits: int, threads: int) -> None:
     points = _points(group, max(n, 1))[:n]
     scalars = [field.R - 1, 0, 1, *_random(max(n - 3, 0))][:n]
-    out = native.msm(group, points, field.to_vector(scalars), window_bits, threads)
-    if group == "g1":
-        ark_points = [curve.to_ark_g1(curve.g1_from_lem(p.tobytes())) for p in points]
-        want = curve.from_ark_g1(ark.G1Point.multiexp_unchecked(
-            ark_points, [ark.Scalar(s) for s in scalars]))
-        assert curve.g1_from_lem(out.tobytes()) == want
-    else:
-        ark2 = [curve.to_ark_g2(curve.g2_from_lem(p.tobytes())) for p in points]
-        want2 = curve.from_ark_g2(ark.G2Point.multiexp_unchecked(
-            ark2, [ark.Scalar(s) for s in scalars]))
-        assert curve.g2_from_lem(out.tobytes()) == want2
+    assert _native_msm(group, points, scalars, window_bits, threads) == \
+        _ark_msm(group, points, scalars)
+
+
+def _negated(group: str, points: np.ndarray) -> np.ndarray:
+    """-P for each LEM point: its y (Montgomery, one or two base-field elements) is q - y."""
+    out = points.copy()
+    half = points.shape[1] // 2  # x limbs, then y limbs
+    for row in out:
+        for at in range(half, points.shape[1], 6):
+            y = sum(int(w) << (64 * i) for i, w in enumerate(row[at:at + 6]))
+            row[at:at + 6] = [((field.Q - y) % field.Q >> (64 * i)) & (2**64 - 1)
+                              for i in range(6)]
+    return out
+
+
+@pytest.mark.parametrize("group", ["g1", "g2"])
+@pytest.mark.parametrize("case", ["random", "mostly ones", "one point", "opposite points"])
+def test_msm_with_affine_buckets_matches_arkworks(group: str, case: str) -> None:
+    # Windows of 13 bits and more keep their buckets affine and batch their additions
+    # (curve.h window_affine): batches flushed many times, a bucket holding most points (its
+    # additions spilled to XYZZ), doublings of a repeated point, and opposite points emptying
+    # a bucket that then fills again
+    n = 3000 if group == "g1" else 1000
+    points, scalars = _points(group, n), _random(n)
+    if case == "mostly ones":
+        scalars = [1 if i % 3 else s for i, s in enumerate(scalars)]
+    elif case == "one point":
+        points = np.repeat(points[1:2], n, axis=0)
+    elif case == "opposite points":  # P, -P, P with one scalar: the sum is s P per three
+        third = points[1:n // 3 + 1]
+        points = np.stack([third, _negated(group, third), third], axis=1).reshape(-1,
+                                                                                 points.shape[1])
+        scalars = [s for s in scalars[:len(third)] for _ in range(3)]
+    got = _native_msm(group, points, scalars, 13, 2)
+    assert got == _ark_msm(group, points, scalars)
+    if case == "opposite points":
+        assert got == _ark_msm(group, third, scalars[::3])
 
 
 def test_msm_of_equal_and_opposite_points() -> None:
