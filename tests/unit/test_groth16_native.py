@@ -116,19 +116,23 @@ def _ark_msm(group: str, points: np.ndarray, scalars: list[int]) -> curve.G1 | c
 
 
 def _native_msm(group: str, points: np.ndarray, scalars: list[int], window_bits: int,
-                threads: int) -> curve.G1 | curve.G2:
-    out = native.msm(group, points, field.to_vector(scalars), window_bits, threads)
+                threads: int, parts: int = 1) -> curve.G1 | curve.G2:
+    out = native.msm(group, points, field.to_vector(scalars), window_bits, threads, parts)
     return (curve.g1_from_lem if group == "g1" else curve.g2_from_lem)(out.tobytes())
 
 
-@pytest.mark.parametrize(("group", "n", "window_bits", "threads"), [
-    ("g1", 0, 4, 1), ("g1", 1, 2, 1), ("g1", 37, 3, 2), ("g1", 300, 7, 3), ("g1", 64, 15, 2),
-    ("g2", 1, 5, 1), ("g2", 50, 4, 2),
+@pytest.mark.parametrize(("group", "n", "window_bits", "threads", "parts"), [
+    ("g1", 0, 4, 1, 1), ("g1", 1, 2, 1, 1), ("g1", 37, 3, 2, 1), ("g1", 300, 7, 3, 1),
+    ("g1", 64, 15, 2, 1), ("g2", 1, 5, 1, 1), ("g2", 50, 4, 2, 1),
+    # windows cut into point ranges: more parts than points, affine buckets per range, more
+    # threads than jobs, and more than the helper starts (it takes 64)
+    ("g1", 3, 5, 4, 8), ("g1", 300, 7, 3, 4), ("g1", 2000, 13, 16, 5), ("g2", 50, 4, 200, 3),
 ])
-def test_msm_matches_arkworks(group: str, n: int, window_bits: int, threads: int) -> None:
+def test_msm_matches_arkworks(group: str, n: int, window_bits: int, threads: int,
+                              parts: int) -> None:
     points = _points(group, max(n, 1))[:n]
     scalars = [field.R - 1, 0, 1, *_random(max(n - 3, 0))][:n]
-    assert _native_msm(group, points, scalars, window_bits, threads) == \
+    assert _native_msm(group, points, scalars, window_bits, threads, parts) == \
         _ark_msm(group, points, scalars)
 
 
@@ -219,6 +223,17 @@ def test_the_portable_arithmetic_matches_too() -> None:
                           capture_output=True, check=True, timeout=300,
                           env={**os.environ, "GPUPROXY_NATIVE_PORTABLE": "1"})
     assert done.stdout.split() == ["portable", "C", "True"]
+
+
+def test_windows_are_cut_for_many_threads_only() -> None:
+    # 2^20 points take 18 windows of 15 bits: whole windows on 2 threads (9 each), cut in 5 on
+    # 16 (90 jobs, six rounds, instead of two rounds of whole windows with 14 threads idle in
+    # the second)
+    assert msm.window_bits(1 << 20) == 15 and msm.windows(15) == 18
+    assert [msm.parts(1 << 20, 15, t) for t in (1, 2, 16)] == [1, 1, 5]
+    assert msm.parts(1 << 10, 8, 16) == 1  # 32 windows share 16 threads evenly as they are
+    with pytest.raises(exceptions.NativeFailed):
+        native.msm("g1", _points("g1", 4), field.to_vector([1, 2, 3, 4]), 4, 2, parts=65)
 
 
 def test_window_policy() -> None:

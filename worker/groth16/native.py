@@ -106,8 +106,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "fr_qap_evaluations": (c_int, [_ptr, u32, _ptr, u32, u32, _ptr, _ptr, _ptr]),
         "fr_mul_sub": (None, [_ptr, _ptr, _ptr, _ptr, u32]),
         "fr_ntt": (c_int, [_ptr, u32, _ptr, _ptr, _ptr, c_int]),
-        "g1_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, _ptr]),
-        "g2_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, _ptr]),
+        "g1_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, c_int, _ptr]),
+        "g2_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, c_int, _ptr]),
         "g1_batch_mul": (c_int, [_ptr, _ptr, size, c_int, _ptr]),
         "g2_batch_mul": (c_int, [_ptr, _ptr, size, c_int, _ptr]),
         "fp_arithmetic": (c_int, []),
@@ -197,14 +197,16 @@ def ntt(values: field.FrVector, root: int, shift: int | None = None,
 
 
 def msm(group: str, points: npt.NDArray[np.uint64], scalars: field.FrVector,
-        window_bits: int, threads: int) -> npt.NDArray[np.uint64]:
-    """sum scalars[i] * points[i] for LEM points of `group` ("g1" or "g2"): one LEM point."""
+        window_bits: int, threads: int, parts: int = 1) -> npt.NDArray[np.uint64]:
+    """sum scalars[i] * points[i] for LEM points of `group` ("g1" or "g2"): one LEM point. Each
+    window's points are cut into `parts` ranges, jobs for up to `threads` threads."""
     scalars = _fr_vector(scalars)
     if len(points) != len(scalars):
         raise ValueError(f"{len(points)} points but {len(scalars)} scalars")
     out = np.zeros(points.shape[1], dtype=np.uint64)
     function = library().g1_msm if group == "g1" else library().g2_msm
-    rc = function(_addr(points), _addr(scalars), len(points), window_bits, threads, _addr(out))
+    rc = function(_addr(points), _addr(scalars), len(points), window_bits, parts, threads,
+                  _addr(out))
     _check(rc, f"a {group.upper()} MSM")
     return out
 

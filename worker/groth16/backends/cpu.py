@@ -48,5 +48,6 @@ class CpuBackend(base.Backend):
 
     def _msm(self, bases: base.Bases, group: str, scalars: field.FrVector) -> zkey.Points:
         assert isinstance(bases, HostBases) and bases.group == group
-        return native.msm(group, bases.points, scalars, msm.window_bits(len(scalars)),
-                          self.threads)
+        c = msm.window_bits(len(scalars))
+        return native.msm(group, bases.points, scalars, c, self.threads,
+                          msm.parts(len(scalars), c, self.threads))

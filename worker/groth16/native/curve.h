@@ -159,15 +159,6 @@ static void G(to_aff)(G(aff) *out, const G(xyzz) *p) {
 
 /* -- Pippenger's multi-scalar multiplication ---------------------------------------------- */
 
-typedef struct {
-    const G(aff) *points;
-    const int16_t *digits; /* nwin rows of n signed digits */
-    size_t n;
-    int c, nwin, first, step;
-    G(xyzz) *window_sums;
-    int failed;
-} G(msm_job);
-
 /* One window's sum, sum_b (b + 1) S_b, by a running sum from the top bucket down. */
 static void G(weigh)(G(xyzz) *out, const G(xyzz) *buckets, size_t nb) {
     G(xyzz) running, sum;
@@ -181,13 +172,13 @@ static void G(weigh)(G(xyzz) *out, const G(xyzz) *buckets, size_t nb) {
 }
 
 /* Buckets kept in XYZZ coordinates: a mixed addition (8M + 2S) per digit. */
-static void G(window_xyzz)(const G(msm_job) *job, const int16_t *d, G(xyzz) *buckets,
-                           G(xyzz) *out) {
-    size_t nb = (size_t)1 << (job->c - 1);
+static void G(window_xyzz)(const G(aff) *points, const int16_t *d, size_t n, int c,
+                           G(xyzz) *buckets, G(xyzz) *out) {
+    size_t nb = (size_t)1 << (c - 1);
     for (size_t b = 0; b < nb; b++) G(set_inf)(&buckets[b]);
-    for (size_t i = 0; i < job->n; i++) {
-        if (d[i] > 0) G(add_aff)(&buckets[d[i] - 1], &job->points[i], 0);
-        else if (d[i] < 0) G(add_aff)(&buckets[-d[i] - 1], &job->points[i], 1);
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] > 0) G(add_aff)(&buckets[d[i] - 1], &points[i], 0);
+        else if (d[i] < 0) G(add_aff)(&buckets[-d[i] - 1], &points[i], 1);
     }
     G(weigh)(out, buckets, nb);
 }
@@ -221,12 +212,12 @@ typedef struct {
     FE *den, *prefix;
 } G(aff_scratch);
 
-static void G(flush)(const G(msm_job) *job, G(aff_scratch) *s, size_t m) {
+static void G(flush)(const G(aff) *points, G(aff_scratch) *s, size_t m) {
     if (m == 0) return;
     /* denominators: x_q - x_b to add, 2 y_b to double, 1 where the bucket empties */
     for (size_t k = 0; k < m; k++) {
         G(pending) *e = &s->batch[k];
-        const G(aff) *q = &job->points[e->point], *b = &s->acc[e->bucket];
+        const G(aff) *q = &points[e->point], *b = &s->acc[e->bucket];
         FE y = q->y;
         if (e->neg) fe_neg(&y, &y);
         fe_sub(&s->den[k], &q->x, &b->x);
@@ -257,7 +248,7 @@ static void G(flush)(const G(msm_job) *job, G(aff_scratch) *s, size_t m) {
             memset(b, 0, sizeof *b);
             continue;
         }
-        const G(aff) *q = &job->points[e->point];
+        const G(aff) *q = &points[e->point];
         FE lambda, t, x3;
         if (e->kind == 0) { /* (y_q - y_b) / (x_q - x_b) */
             FE y = q->y;
@@ -280,33 +271,33 @@ static void G(flush)(const G(msm_job) *job, G(aff_scratch) *s, size_t m) {
     }
 }
 
-static void G(window_affine)(const G(msm_job) *job, const int16_t *d, G(aff_scratch) *s,
-                             G(xyzz) *out) {
-    size_t nb = (size_t)1 << (job->c - 1), m = 0;
+static void G(window_affine)(const G(aff) *points, const int16_t *d, size_t n, int c,
+                             G(aff_scratch) *s, G(xyzz) *out) {
+    size_t nb = (size_t)1 << (c - 1), m = 0;
     size_t limit = nb / 8 < AFF_BATCH ? nb / 8 : AFF_BATCH;
     memset(s->acc, 0, nb * sizeof *s->acc);
     memset(s->flags, 0, nb);
-    for (size_t i = 0; i < job->n; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (d[i] == 0) continue;
         uint32_t b = (uint32_t)(d[i] > 0 ? d[i] : -d[i]) - 1;
         int neg = d[i] < 0;
         if (s->flags[b] & AFF_BUSY) {
             if (!(s->flags[b] & AFF_SPILLED)) G(set_inf)(&s->spill[b]);
             s->flags[b] |= AFF_SPILLED;
-            G(add_aff)(&s->spill[b], &job->points[i], neg);
+            G(add_aff)(&s->spill[b], &points[i], neg);
         } else if (G(aff_is_zero)(&s->acc[b])) {
-            s->acc[b] = job->points[i];
+            s->acc[b] = points[i];
             if (neg) fe_neg(&s->acc[b].y, &s->acc[b].y);
         } else {
             s->flags[b] |= AFF_BUSY;
             s->batch[m++] = (G(pending)){b, (uint32_t)i, neg, 0};
             if (m == limit) {
-                G(flush)(job, s, m);
+                G(flush)(points, s, m);
                 m = 0;
             }
         }
     }
-    G(flush)(job, s, m);
+    G(flush)(points, s, m);
     G(xyzz) running, sum;
     G(set_inf)(&running);
     G(set_inf)(&sum);
@@ -318,10 +309,47 @@ static void G(window_affine)(const G(msm_job) *job, const int16_t *d, G(aff_scra
     *out = sum;
 }
 
-static void *G(msm_windows)(void *arg) {
-    G(msm_job) *job = arg;
-    size_t nb = (size_t)1 << (job->c - 1);
-    int affine = job->c >= AFF_MIN_BITS && job->n <= UINT32_MAX; /* 32-bit point indexes */
+/* The MSM's shared state: digits are made by point ranges (one per thread), then the threads
+ * take (window, part) jobs in turn, each the sum of one window over one range of the points. */
+typedef struct {
+    const G(aff) *points;
+    const fr *scalars;
+    int16_t *digits; /* nwin rows of n signed digits */
+    size_t n;
+    int c, nwin, parts, nthreads;
+    G(xyzz) *partial; /* nwin * parts window sums */
+    size_t next;      /* the next job to take (atomic) */
+    int failed;       /* set by a thread out of memory (atomic) */
+} G(msm_ctx);
+
+/* Signed c-bit digits in [-2^(c-1), 2^(c-1)] of this thread's points' scalars; 0 for a point
+ * at infinity. */
+static void G(msm_digits)(void *arg, int t) {
+    G(msm_ctx) *ctx = arg;
+    int c = ctx->c;
+    int32_t half = 1 << (c - 1), full = 1 << c, mask = full - 1;
+    size_t lo = ctx->n * (size_t)t / (size_t)ctx->nthreads;
+    size_t hi = ctx->n * (size_t)(t + 1) / (size_t)ctx->nthreads;
+    for (size_t i = lo; i < hi; i++) {
+        int zero = G(aff_is_zero)(&ctx->points[i]);
+        int32_t carry = 0;
+        for (int w = 0; w < ctx->nwin; w++) {
+            int off = w * c, limb = off / 64, sh = off % 64;
+            uint64_t v = limb < 4 ? ctx->scalars[i].v[limb] >> sh : 0;
+            if (sh + c > 64 && limb + 1 < 4) v |= ctx->scalars[i].v[limb + 1] << (64 - sh);
+            int32_t d = (int32_t)(v & (uint64_t)mask) + carry;
+            carry = d > half;
+            if (carry) d -= full;
+            ctx->digits[(size_t)w * ctx->n + i] = zero ? 0 : (int16_t)d;
+        }
+    }
+}
+
+static void G(msm_jobs)(void *arg, int t) {
+    (void)t;
+    G(msm_ctx) *ctx = arg;
+    size_t nb = (size_t)1 << (ctx->c - 1), total = (size_t)ctx->nwin * (size_t)ctx->parts;
+    int affine = ctx->c >= AFF_MIN_BITS && ctx->n <= UINT32_MAX; /* 32-bit point indexes */
     G(xyzz) *buckets = malloc(nb * sizeof(G(xyzz)));
     G(aff_scratch) s = {0};
     if (affine) {
@@ -330,12 +358,17 @@ static void *G(msm_windows)(void *arg) {
                              malloc(AFF_BATCH * sizeof(FE))};
     }
     if (!buckets || (affine && (!s.acc || !s.flags || !s.batch || !s.den || !s.prefix))) {
-        job->failed = 1;
+        __atomic_store_n(&ctx->failed, 1, __ATOMIC_RELAXED);
     } else {
-        for (int w = job->first; w < job->nwin; w += job->step) {
-            const int16_t *d = job->digits + (size_t)w * job->n;
-            if (affine) G(window_affine)(job, d, &s, &job->window_sums[w]);
-            else G(window_xyzz)(job, d, buckets, &job->window_sums[w]);
+        for (;;) {
+            size_t k = __atomic_fetch_add(&ctx->next, 1, __ATOMIC_RELAXED);
+            if (k >= total) break;
+            size_t w = k / (size_t)ctx->parts, part = k % (size_t)ctx->parts;
+            size_t lo = ctx->n * part / (size_t)ctx->parts;
+            size_t hi = ctx->n * (part + 1) / (size_t)ctx->parts;
+            const int16_t *d = ctx->digits + w * ctx->n + lo;
+            if (affine) G(window_affine)(ctx->points + lo, d, hi - lo, ctx->c, &s, &ctx->partial[k]);
+            else G(window_xyzz)(ctx->points + lo, d, hi - lo, ctx->c, buckets, &ctx->partial[k]);
         }
     }
     free(buckets);
@@ -344,65 +377,38 @@ static void *G(msm_windows)(void *arg) {
     free(s.batch);
     free(s.den);
     free(s.prefix);
-    return NULL;
 }
 
 /* sum_i scalars[i] * points[i] into *out (affine, (0, 0) for infinity). Scalars are normal-form
- * Fr values (below 2^255); c is the window width in bits (2..15), nthreads the threads to use.
- * Returns 0, or -1 when out of memory or c is out of range. */
-int G(msm)(const G(aff) *points, const fr *scalars, size_t n, int c, int nthreads, G(aff) *out) {
-    if (c < 2 || c > 15) return -1;
+ * Fr values (below 2^255); c is the window width in bits (2..15); each window's points are cut
+ * into `parts` ranges (1..64), so that nthreads threads share nwin * parts jobs evenly (see
+ * worker/groth16/msm.py). Returns 0, or -1 when out of memory or c or parts is out of range. */
+int G(msm)(const G(aff) *points, const fr *scalars, size_t n, int c, int parts, int nthreads,
+           G(aff) *out) {
+    if (c < 2 || c > 15 || parts < 1 || parts > 64) return -1;
     if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     int nwin = (256 + c - 1) / c;
-    if (nthreads > nwin) nthreads = nwin;
-    int16_t *digits = malloc((size_t)nwin * (n ? n : 1) * sizeof(int16_t));
-    G(xyzz) *sums = malloc((size_t)nwin * sizeof(G(xyzz)));
-    G(msm_job) *jobs = malloc((size_t)nthreads * sizeof(G(msm_job)));
-    pthread_t *threads = malloc((size_t)nthreads * sizeof(pthread_t));
+    G(msm_ctx) ctx = {points, scalars, malloc((size_t)nwin * (n ? n : 1) * sizeof(int16_t)), n, c,
+                      nwin, parts, nthreads, malloc((size_t)nwin * parts * sizeof(G(xyzz))), 0, 0};
     int rc = -1;
-    if (!digits || !sums || !jobs || !threads) goto done;
-    int32_t half = 1 << (c - 1), full = 1 << c, mask = full - 1;
-    for (size_t i = 0; i < n; i++) {
-        int zero = G(aff_is_zero)(&points[i]);
-        int32_t carry = 0;
-        for (int w = 0; w < nwin; w++) {
-            int off = w * c, limb = off / 64, sh = off % 64;
-            uint64_t v = limb < 4 ? scalars[i].v[limb] >> sh : 0;
-            if (sh + c > 64 && limb + 1 < 4) v |= scalars[i].v[limb + 1] << (64 - sh);
-            int32_t d = (int32_t)(v & (uint64_t)mask) + carry;
-            carry = d > half;
-            if (carry) d -= full;
-            digits[(size_t)w * n + i] = zero ? 0 : (int16_t)d;
-        }
-    }
-    int started = 0;
-    for (int t = 0; t < nthreads; t++) {
-        jobs[t] = (G(msm_job)){points, digits, n, c, nwin, t, nthreads, sums, 0};
-    }
-    for (int t = 1; t < nthreads; t++) {
-        if (pthread_create(&threads[t], NULL, G(msm_windows), &jobs[t]) != 0) break;
-        started = t;
-    }
-    /* windows of threads that could not start run here, after this thread's own */
-    for (int t = 0; t < nthreads; t++) {
-        if (t == 0 || t > started) G(msm_windows)(&jobs[t]);
-    }
-    for (int t = 1; t <= started; t++) pthread_join(threads[t], NULL);
-    for (int t = 0; t < nthreads; t++) {
-        if (jobs[t].failed) goto done;
-    }
-    G(xyzz) acc = sums[nwin - 1];
-    for (int w = nwin - 2; w >= 0; w--) {
-        for (int k = 0; k < c; k++) G(dbl)(&acc, &acc);
-        G(add)(&acc, &sums[w]);
+    if (!ctx.digits || !ctx.partial) goto done;
+    if ((size_t)ctx.nthreads > n) ctx.nthreads = n ? (int)n : 1;
+    run_threads(G(msm_digits), &ctx, ctx.nthreads);
+    int jobs = nwin * parts;
+    run_threads(G(msm_jobs), &ctx, nthreads < jobs ? nthreads : jobs);
+    if (ctx.failed) goto done;
+    G(xyzz) acc;
+    G(set_inf)(&acc);
+    for (int w = nwin - 1; w >= 0; w--) {
+        for (int k = 0; k < c; k++) G(dbl)(&acc, &acc); /* nothing to do while at infinity */
+        for (int part = 0; part < parts; part++) G(add)(&acc, &ctx.partial[w * parts + part]);
     }
     G(to_aff)(out, &acc);
     rc = 0;
 done:
-    free(digits);
-    free(sums);
-    free(jobs);
-    free(threads);
+    free(ctx.digits);
+    free(ctx.partial);
     return rc;
 }
 
@@ -414,33 +420,35 @@ typedef struct {
     const G(aff) *table; /* FB_WINDOWS rows of 256 multiples; entry 0 unused */
     const fr *scalars;
     G(aff) *out;
-    size_t begin, end;
-    int failed;
-} G(fb_job);
+    size_t n;
+    int nthreads;
+    int failed; /* atomic */
+} G(fb_ctx);
 
-static void *G(fb_run)(void *arg) {
-    G(fb_job) *job = arg;
+static void G(fb_run)(void *arg, int t) {
+    G(fb_ctx) *ctx = arg;
     enum { CHUNK = 256 };
+    size_t begin = ctx->n * (size_t)t / (size_t)ctx->nthreads;
+    size_t end = ctx->n * (size_t)(t + 1) / (size_t)ctx->nthreads;
     G(xyzz) *acc = malloc(CHUNK * sizeof(G(xyzz)));
     FE *scratch = malloc(CHUNK * sizeof(FE));
     if (!acc || !scratch) {
-        job->failed = 1;
+        __atomic_store_n(&ctx->failed, 1, __ATOMIC_RELAXED);
     } else {
-        for (size_t lo = job->begin; lo < job->end; lo += CHUNK) {
-            size_t m = job->end - lo < CHUNK ? job->end - lo : CHUNK;
+        for (size_t lo = begin; lo < end; lo += CHUNK) {
+            size_t m = end - lo < CHUNK ? end - lo : CHUNK;
             for (size_t k = 0; k < m; k++) {
                 G(set_inf)(&acc[k]);
-                const uint8_t *bytes = (const uint8_t *)job->scalars[lo + k].v;
+                const uint8_t *bytes = (const uint8_t *)ctx->scalars[lo + k].v;
                 for (int w = 0; w < FB_WINDOWS; w++) {
-                    if (bytes[w]) G(add_aff)(&acc[k], &job->table[w * 256 + bytes[w]], 0);
+                    if (bytes[w]) G(add_aff)(&acc[k], &ctx->table[w * 256 + bytes[w]], 0);
                 }
             }
-            G(batch_to_aff)(&job->out[lo], acc, m, scratch);
+            G(batch_to_aff)(&ctx->out[lo], acc, m, scratch);
         }
     }
     free(acc);
     free(scratch);
-    return NULL;
 }
 
 /* out[i] = scalars[i] * base for normal-form scalars; (0, 0) for a zero scalar. Returns 0, or
@@ -450,10 +458,7 @@ int G(batch_mul)(const G(aff) *base, const fr *scalars, size_t n, int nthreads, 
     G(xyzz) *jac = malloc(entries * sizeof(G(xyzz)));
     G(aff) *table = malloc(entries * sizeof(G(aff)));
     FE *scratch = malloc(entries * sizeof(FE));
-    G(fb_job) *jobs = NULL;
-    pthread_t *threads = NULL;
     int rc = -1;
-    if (nthreads < 1) nthreads = 1;
     if (!jac || !table || !scratch) goto done;
     G(xyzz) step;
     G(from_aff)(&step, &base->x, &base->y);
@@ -468,33 +473,15 @@ int G(batch_mul)(const G(aff) *base, const fr *scalars, size_t n, int nthreads, 
         G(dbl)(&step, &row[128]);
     }
     G(batch_to_aff)(table, jac, entries, scratch);
-    jobs = malloc((size_t)nthreads * sizeof(G(fb_job)));
-    threads = malloc((size_t)nthreads * sizeof(pthread_t));
-    if (!jobs || !threads) goto done;
-    size_t per = (n + (size_t)nthreads - 1) / (size_t)nthreads;
-    for (int t = 0; t < nthreads; t++) {
-        size_t begin = per * (size_t)t < n ? per * (size_t)t : n;
-        size_t end = begin + per < n ? begin + per : n;
-        jobs[t] = (G(fb_job)){table, scalars, out, begin, end, 0};
-    }
-    int started = 0;
-    for (int t = 1; t < nthreads; t++) {
-        if (pthread_create(&threads[t], NULL, G(fb_run), &jobs[t]) != 0) break;
-        started = t;
-    }
-    for (int t = 0; t < nthreads; t++) {
-        if (t == 0 || t > started) G(fb_run)(&jobs[t]);
-    }
-    for (int t = 1; t <= started; t++) pthread_join(threads[t], NULL);
-    rc = 0;
-    for (int t = 0; t < nthreads; t++) {
-        if (jobs[t].failed) rc = -1;
-    }
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if ((size_t)nthreads > n) nthreads = n ? (int)n : 1;
+    G(fb_ctx) ctx = {table, scalars, out, n, nthreads, 0};
+    run_threads(G(fb_run), &ctx, nthreads);
+    rc = ctx.failed ? -1 : 0;
 done:
     free(jac);
     free(table);
     free(scratch);
-    free(jobs);
-    free(threads);
     return rc;
 }

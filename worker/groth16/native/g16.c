@@ -19,6 +19,41 @@ typedef unsigned __int128 u128;
 #define INLINE static inline __attribute__((always_inline))
 #define NOINLINE static __attribute__((noinline))
 
+/* -- threads ---------------------------------------------------------------------------- */
+
+#define MAX_THREADS 64
+
+typedef void (*thread_fn)(void *ctx, int t);
+typedef struct {
+    thread_fn fn;
+    void *ctx;
+    int t;
+} thread_arg;
+
+static void *thread_main(void *arg) {
+    thread_arg *a = arg;
+    a->fn(a->ctx, a->t);
+    return NULL;
+}
+
+/* fn(ctx, t) for t in [0, nthreads) (at most MAX_THREADS), t = 0 on the calling thread; a
+ * thread that cannot be started has its part run on the calling thread. Returns when all end. */
+static void run_threads(thread_fn fn, void *ctx, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    thread_arg args[MAX_THREADS];
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < nthreads; t++) args[t] = (thread_arg){fn, ctx, t};
+    for (int t = 1; t < nthreads; t++)
+        started[t] = pthread_create(&threads[t], NULL, thread_main, &args[t]) == 0;
+    fn(ctx, 0);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t]) pthread_join(threads[t], NULL);
+        else fn(ctx, t);
+    }
+}
+
 /* -- Montgomery arithmetic, N limbs -------------------------------------------------------- */
 
 /* Schoolbook product, then Montgomery reduction one limb at a time. */
@@ -106,7 +141,14 @@ static const fp FP_ONE = {FP_ONE_LIMBS};
 static const fp2 FP2_ONE = {{FP_ONE_LIMBS}, {{0}}};
 #define FP_INV 0x89f3fffcfffcfffdULL
 
-#if defined(__x86_64__)
+/* x86-64 with 64-bit pointers (not x32): fp_x86.h holds pointers in 64-bit registers */
+#if defined(__x86_64__) && !defined(__ILP32__)
+#define FP_X86 1
+#else
+#define FP_X86 0
+#endif
+
+#if FP_X86
 #include <cpuid.h>
 #include "fp_x86.h"
 
@@ -124,7 +166,7 @@ __attribute__((constructor)) static void fp_pick_product(void) {
 #endif
 
 NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) {
-#if defined(__x86_64__)
+#if FP_X86
     if (fp_use_x86) {
         fp_mul_adx(r, a, b);
         return;
@@ -137,7 +179,7 @@ NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) {
  * mod_sub), and out[i] = a[i] op b[i] with it (op 0: the Montgomery product a b / 2^384 mod q,
  * 1: a + b, 2: a - b): for the tests, which check both against Python integers. */
 int fp_arithmetic(void) {
-#if defined(__x86_64__)
+#if FP_X86
     return fp_use_x86;
 #else
     return 0;
@@ -146,7 +188,7 @@ int fp_arithmetic(void) {
 
 INLINE void fp_sqr(fp *r, const fp *a) { fp_mul(r, a, a); }
 INLINE void fp_add(fp *r, const fp *a, const fp *b) {
-#if defined(__x86_64__)
+#if FP_X86
     if (fp_use_x86) {
         fp_add_x86(r, a, b);
         return;
@@ -155,7 +197,7 @@ INLINE void fp_add(fp *r, const fp *a, const fp *b) {
     mod_add(r->v, a->v, b->v, FP_P.v, 6);
 }
 INLINE void fp_sub(fp *r, const fp *a, const fp *b) {
-#if defined(__x86_64__)
+#if FP_X86
     if (fp_use_x86) {
         fp_sub_x86(r, a, b);
         return;
@@ -328,7 +370,6 @@ void fr_mul_sub(const fr *a, const fr *b, const fr *c, fr *out, uint32_t n) {
  * blocks through all of them, in its cache. Each later stage spans blocks: its n/2 butterflies
  * are cut evenly, a join between stages. */
 
-#define NTT_MAX_THREADS 64
 #define NTT_MIN_PARALLEL (1u << 12) /* smaller transforms: one thread (start-up costs more) */
 
 typedef struct ntt_job ntt_job;
@@ -340,34 +381,23 @@ struct ntt_job {
     uint64_t len; /* the stage's butterfly span, or the block size of the in-block stages */
     fr k;         /* Montgomery: the root (twiddles), the coset shift, or the scale */
     int has_k;
-    uint64_t lo, hi;
+    uint64_t count; /* the index range [0, count), cut evenly over nthreads */
+    int nthreads;
 };
 
-static void *ntt_run(void *arg) {
-    ntt_job *job = arg;
-    job->fn(job, job->lo, job->hi);
-    return NULL;
+static void ntt_part(void *arg, int t) {
+    const ntt_job *job = arg;
+    job->fn(job, job->count * (uint64_t)t / (uint64_t)job->nthreads,
+            job->count * (uint64_t)(t + 1) / (uint64_t)job->nthreads);
 }
 
-static void parallel_for(ntt_job proto, uint64_t count, int nthreads) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > NTT_MAX_THREADS) nthreads = NTT_MAX_THREADS;
+static void parallel_for(ntt_job job, uint64_t count, int nthreads) {
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     if ((uint64_t)nthreads > count) nthreads = count ? (int)count : 1;
-    ntt_job jobs[NTT_MAX_THREADS];
-    pthread_t threads[NTT_MAX_THREADS];
-    int started[NTT_MAX_THREADS] = {0};
-    for (int t = 0; t < nthreads; t++) {
-        jobs[t] = proto;
-        jobs[t].lo = count * (uint64_t)t / (uint64_t)nthreads;
-        jobs[t].hi = count * (uint64_t)(t + 1) / (uint64_t)nthreads;
-    }
-    for (int t = 1; t < nthreads; t++)
-        started[t] = pthread_create(&threads[t], NULL, ntt_run, &jobs[t]) == 0;
-    ntt_run(&jobs[0]);
-    for (int t = 1; t < nthreads; t++) {
-        if (started[t]) pthread_join(threads[t], NULL);
-        else ntt_run(&jobs[t]);
-    }
+    if (nthreads < 1) nthreads = 1;
+    job.count = count;
+    job.nthreads = nthreads;
+    run_threads(ntt_part, &job, nthreads);
 }
 
 /* base^e, all Montgomery */
