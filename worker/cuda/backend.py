@@ -91,6 +91,9 @@ class CudaBackend(base.Backend):
         log.info("CUDA backend ready", gpu=self.device.name, arch=self.device.arch,
                  variant=self.device.variant)
 
+    def describe(self) -> str:
+        return f"cuda: {self.device.name}, {self.device.arch}, {self.device.variant} build"
+
     def load(self, key: zkey.ProvingKey) -> base.LoadedKey:
         loaded = super().load(key)
         held = CudaConstraints(host=constraints.sort(key), device=None)

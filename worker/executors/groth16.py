@@ -65,7 +65,7 @@ class Groth16Executor(Executor):
                 )
         except (g16.Groth16Error, ValueError) as exc:
             raise exceptions.ConfigError(field="backend", detail=f"groth16: {exc}") from exc
-        log.info(message, backend=backend.name)
+        log.info(message, backend=backend.name, runs_on=backend.describe())
         self._cache = keycache.KeyCache(backend)
 
     async def run(self, job: Job) -> bytes:

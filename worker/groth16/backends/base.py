@@ -39,6 +39,10 @@ class Backend(abc.ABC):
     #: Names the backend (and its device) in logs and in a failed proof's error.
     name: str = "?"
 
+    def describe(self) -> str:
+        """What it runs on, for the worker's start-up log and benchmark tables."""
+        return self.name
+
     def load(self, key: zkey.ProvingKey) -> LoadedKey:
         """Move the key's point sections in, once per key."""
         return LoadedKey(key=key, backend=self.name, a=self.load_bases("g1", key.a),

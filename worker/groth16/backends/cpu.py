@@ -26,7 +26,6 @@ class CpuBackend(base.Backend):
         native.library()  # build the helper now: a missing compiler is a start-up error
 
     def describe(self) -> str:
-        """What runs: for benchmark tables, beside the times."""
         return f"cpu: {self.threads} threads, base field {native.base_field_arithmetic()}"
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
