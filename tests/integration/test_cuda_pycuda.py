@@ -102,7 +102,7 @@ def test_the_gpu_benches_set_each_variant_beside_the_cpu_on_the_emulated_card(
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     lines = result.stdout.splitlines()
     assert lines[0] == "GPU: GPU 0 (Host emulation), sm_90"
-    assert re.match(r"cpu: \d+ threads, base field ", lines[1])  # what the CPU column ran
+    assert re.match(r"cpu: \d+ threads, field arithmetic ", lines[1])  # what the CPU column ran
     assert "cuda:chains s" in lines[2] and "cuda:portable s" in lines[2] and "cpu s" in lines[2]
     rows = [line for line in lines if "2^" in line and "anchor" not in line]
     assert len(rows) == (4 if script == "msm.py" else 2)

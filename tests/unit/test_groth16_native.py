@@ -182,42 +182,52 @@ def test_msm_of_equal_and_opposite_points() -> None:
     assert curve.g1_from_lem(out.tobytes()) == curve.from_ark_g1(want)
 
 
-def _limbs(values: list[int]) -> np.ndarray:
-    return np.array([[(v >> (64 * i)) & (2**64 - 1) for i in range(6)] for v in values],
+#: modulus, limbs, Montgomery radix of each field
+FIELDS = {"fp": (field.Q, 6, 2**384), "fr": (field.R, 4, 2**256)}
+
+
+def _limbs(values: list[int], limbs: int) -> np.ndarray:
+    return np.array([[(v >> (64 * i)) & (2**64 - 1) for i in range(limbs)] for v in values],
                     dtype=np.uint64)
 
 
-def _results(values: list[int]) -> dict[str, tuple[list[int], list[int]]]:
-    """Every pair's product, sum and difference from the helper, and from Python ints."""
+def _results(name: str, values: list[int]) -> dict[str, tuple[list[int], list[int]]]:
+    """Every pair's product, sum and difference in field `name` from the helper, and from
+    Python ints."""
+    m, limbs, radix = FIELDS[name]
     pairs = [(x, y) for x in values for y in values]
-    a, b = _limbs([x for x, _ in pairs]), _limbs([y for _, y in pairs])
-    r_inv, q = pow(2**384, -1, field.Q), field.Q
-    want = {"mul": [x * y * r_inv % q for x, y in pairs],
-            "add": [(x + y) % q for x, y in pairs], "sub": [(x - y) % q for x, y in pairs]}
+    a, b = _limbs([x for x, _ in pairs], limbs), _limbs([y for _, y in pairs], limbs)
+    inv = pow(radix, -1, m)
+    want = {"mul": [x * y * inv % m for x, y in pairs],
+            "add": [(x + y) % m for x, y in pairs], "sub": [(x - y) % m for x, y in pairs]}
     return {op: ([sum(int(w) << (64 * i) for i, w in enumerate(row))
-                  for row in native.fp_op(op, a, b)], want[op]) for op in want}
+                  for row in native.field_op(name, op, a, b)], want[op]) for op in want}
 
 
-# Values whose products, sums and differences stress the carries: 0, 1, q - 1 and its
-# neighbours, limbs of all ones, single high bits, and q less a low or a high power of two.
-EDGES = [0, 1, 2, field.Q - 1, field.Q - 2, (field.Q - 1) // 2, 2**64 - 1, 2**64, 2**128 - 1,
-         2**320 - 1, 2**380, field.Q - 3,
-         field.Q - 2**64, field.Q - 2**320]
+def edges(name: str) -> list[int]:
+    """Values whose products, sums and differences stress the carries: 0, 1, m - 1 and its
+    neighbours, limbs of all ones, single high bits, and m less a low or a high power of two."""
+    m, limbs, _ = FIELDS[name]
+    top = 64 * (limbs - 1)
+    return [0, 1, 2, m - 1, m - 2, m - 3, (m - 1) // 2, 2**64 - 1, 2**64, 2**128 - 1,
+            2**top - 1, 2**(m.bit_length() - 2), m - 2**64, m - 2**top]
 
 
+@pytest.mark.parametrize("name", ["fp", "fr"])
 @pytest.mark.parametrize("op", ["mul", "add", "sub"])
-def test_base_field_arithmetic_matches_python_ints(op: str) -> None:
-    got, want = _results(EDGES + [RNG.randrange(field.Q) for _ in range(30)])[op]
+def test_field_arithmetic_matches_python_ints(name: str, op: str) -> None:
+    m = FIELDS[name][0]
+    got, want = _results(name, edges(name) + [RNG.randrange(m) for _ in range(30)])[op]
     assert got == want
 
 
 def test_the_portable_arithmetic_matches_too() -> None:
     # the library picks its arithmetic once, when it loads: a fresh process with the C one
     script = ("import sys; sys.path[:0] = [{root!r}]; "
-              "from tests.unit.test_groth16_native import _results, EDGES; "
+              "from tests.unit.test_groth16_native import _results, edges; "
               "from worker.groth16 import native; "
-              "print(native.base_field_arithmetic(), "
-              "all(got == want for got, want in _results(EDGES).values()))")
+              "print(native.field_arithmetic(), all(got == want for name in ('fp', 'fr') "
+              "for got, want in _results(name, edges(name)).values()))")
     root = str(pathlib.Path(__file__).parents[2])
     done = subprocess.run([sys.executable, "-c", script.format(root=root)], text=True,
                           capture_output=True, check=True, timeout=300,

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from worker.groth16 import exceptions, field
 
 SOURCE_DIR = pathlib.Path(__file__).parent / "native"
-SOURCES = ("g16.c", "curve.h", "fp_x86.h")
+SOURCES = ("g16.c", "curve.h", "field_x86.h")
 CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Wall")
 
 _lock = threading.Lock()
@@ -110,8 +110,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "g2_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, c_int, _ptr]),
         "g1_batch_mul": (c_int, [_ptr, _ptr, size, c_int, _ptr]),
         "g2_batch_mul": (c_int, [_ptr, _ptr, size, c_int, _ptr]),
-        "fp_arithmetic": (c_int, []),
+        "field_arithmetic": (c_int, []),
         "fp_vector": (None, [c_int, _ptr, _ptr, _ptr, size]),
+        "fr_vector": (None, [c_int, _ptr, _ptr, _ptr, size]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -139,26 +140,29 @@ def _fr_vector(vector: field.FrVector) -> field.FrVector:
     return np.ascontiguousarray(vector, dtype=np.uint64)
 
 
-def base_field_arithmetic() -> str:
-    """Which base-field arithmetic the helper runs here: "x86-64 mulx/adx" where the processor
-    has BMI2 and ADX (and GPUPROXY_NATIVE_PORTABLE is unset or 0), else "portable C"."""
-    return "x86-64 mulx/adx" if library().fp_arithmetic() else "portable C"
+def field_arithmetic() -> str:
+    """Which field arithmetic the helper runs here: "x86-64 mulx/adx" where the processor has
+    BMI2 and ADX (and GPUPROXY_NATIVE_PORTABLE is unset or 0), else "portable C"."""
+    return "x86-64 mulx/adx" if library().field_arithmetic() else "portable C"
 
 
-FP_OPS = {"mul": 0, "add": 1, "sub": 2}
+FIELD_OPS = {"mul": 0, "add": 1, "sub": 2}
 
 
-def fp_op(op: str, a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
-          ) -> npt.NDArray[np.uint64]:
-    """a op b element-wise in the base field, for (n, 6) arrays of 64-bit limbs below q: "mul"
-    is the Montgomery product a b / 2^384 mod q the curve arithmetic runs on, "add" and "sub"
-    a + b and a - b mod q."""
+def field_op(name: str, op: str, a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
+             ) -> npt.NDArray[np.uint64]:
+    """a op b element-wise in field `name`, "fp" ((n, 6) arrays of 64-bit limbs below q) or
+    "fr" ((n, 4), below r): "mul" is the Montgomery product a b / 2^384 mod q (a b / 2^256 mod
+    r) the arithmetic runs on, "add" and "sub" a + b and a - b."""
+    limbs = {"fp": 6, "fr": 4}[name]
     a = np.ascontiguousarray(a, dtype=np.uint64)
     b = np.ascontiguousarray(b, dtype=np.uint64)
-    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 6:
-        raise ValueError(f"fp_op takes two (n, 6) arrays, got {a.shape} and {b.shape}")
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != limbs:
+        raise ValueError(f"{name} operands are two (n, {limbs}) arrays, got {a.shape} and "
+                         f"{b.shape}")
     out = np.empty_like(a)
-    library().fp_vector(FP_OPS[op], _addr(a), _addr(b), _addr(out), len(a))
+    function = library().fp_vector if name == "fp" else library().fr_vector
+    function(FIELD_OPS[op], _addr(a), _addr(b), _addr(out), len(a))
     return out
 
 

@@ -26,7 +26,7 @@ class CpuBackend(base.Backend):
         native.library()  # build the helper now: a missing compiler is a start-up error
 
     def describe(self) -> str:
-        return f"cpu: {self.threads} threads, base field {native.base_field_arithmetic()}"
+        return f"cpu: {self.threads} threads, field arithmetic {native.field_arithmetic()}"
 
     def load_bases(self, group: str, points: zkey.Points) -> base.Bases:
         return HostBases(group=group, points=points)

@@ -141,33 +141,33 @@ static const fp FP_ONE = {FP_ONE_LIMBS};
 static const fp2 FP2_ONE = {{FP_ONE_LIMBS}, {{0}}};
 #define FP_INV 0x89f3fffcfffcfffdULL
 
-/* x86-64 with 64-bit pointers (not x32): fp_x86.h holds pointers in 64-bit registers */
+/* x86-64 with 64-bit pointers (not x32): field_x86.h holds pointers in 64-bit registers */
 #if defined(__x86_64__) && !defined(__ILP32__)
-#define FP_X86 1
+#define FIELD_X86 1
 #else
-#define FP_X86 0
+#define FIELD_X86 0
 #endif
 
-#if FP_X86
+#if FIELD_X86
 #include <cpuid.h>
-#include "fp_x86.h"
+#include "field_x86.h"
 
-/* Set once when the library loads, read-only after: whether fp_x86.h's assembly runs here (the
+/* Set once when the library loads, read-only after: whether field_x86.h's assembly runs here (the
  * processor has BMI2 and ADX, and GPUPROXY_NATIVE_PORTABLE is unset or 0: set, it keeps the C
  * arithmetic, to compare). */
-static int fp_use_x86;
+static int field_use_x86;
 
 __attribute__((constructor)) static void fp_pick_product(void) {
     unsigned a, b, c, d;
     const char *portable = getenv("GPUPROXY_NATIVE_PORTABLE");
     if (portable && *portable && strcmp(portable, "0") != 0) return;
-    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) fp_use_x86 = (b >> 8 & 1) && (b >> 19 & 1);
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) field_use_x86 = (b >> 8 & 1) && (b >> 19 & 1);
 }
 #endif
 
 NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) {
-#if FP_X86
-    if (fp_use_x86) {
+#if FIELD_X86
+    if (field_use_x86) {
         fp_mul_adx(r, a, b);
         return;
     }
@@ -175,12 +175,13 @@ NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) {
     mont_mul(r->v, a->v, b->v, FP_P.v, FP_INV, 6);
 }
 
-/* Which base-field arithmetic runs (1: fp_x86.h's assembly, 0: the C mont_mul, mod_add and
+/* Which field arithmetic runs (1: field_x86.h's assembly, 0: the C mont_mul, mod_add and
  * mod_sub), and out[i] = a[i] op b[i] with it (op 0: the Montgomery product a b / 2^384 mod q,
- * 1: a + b, 2: a - b): for the tests, which check both against Python integers. */
-int fp_arithmetic(void) {
-#if FP_X86
-    return fp_use_x86;
+ * 1: a + b, 2: a - b; fr_vector likewise in Fr, a b / 2^256 mod r): for the tests, which check
+ * both against Python integers. */
+int field_arithmetic(void) {
+#if FIELD_X86
+    return field_use_x86;
 #else
     return 0;
 #endif
@@ -188,8 +189,8 @@ int fp_arithmetic(void) {
 
 INLINE void fp_sqr(fp *r, const fp *a) { fp_mul(r, a, a); }
 INLINE void fp_add(fp *r, const fp *a, const fp *b) {
-#if FP_X86
-    if (fp_use_x86) {
+#if FIELD_X86
+    if (field_use_x86) {
         fp_add_x86(r, a, b);
         return;
     }
@@ -197,8 +198,8 @@ INLINE void fp_add(fp *r, const fp *a, const fp *b) {
     mod_add(r->v, a->v, b->v, FP_P.v, 6);
 }
 INLINE void fp_sub(fp *r, const fp *a, const fp *b) {
-#if FP_X86
-    if (fp_use_x86) {
+#if FIELD_X86
+    if (field_use_x86) {
         fp_sub_x86(r, a, b);
         return;
     }
@@ -317,9 +318,41 @@ static const fr FR_R2 = {{0xc999e990f3f29c6dULL, 0x2b6cedcb87925c23ULL, 0x05d314
 static const fr FR_ONE = {{1, 0, 0, 0}}; /* normal-form 1: mont_mul by it leaves Montgomery */
 #define FR_INV 0xfffffffeffffffffULL
 
-NOINLINE void fr_mul(fr *r, const fr *a, const fr *b) { mont_mul(r->v, a->v, b->v, FR_P.v, FR_INV, 4); }
-INLINE void fr_add(fr *r, const fr *a, const fr *b) { mod_add(r->v, a->v, b->v, FR_P.v, 4); }
-INLINE void fr_sub(fr *r, const fr *a, const fr *b) { mod_sub(r->v, a->v, b->v, FR_P.v, 4); }
+NOINLINE void fr_mul(fr *r, const fr *a, const fr *b) {
+#if FIELD_X86
+    if (field_use_x86) {
+        fr_mul_adx(r, a, b);
+        return;
+    }
+#endif
+    mont_mul(r->v, a->v, b->v, FR_P.v, FR_INV, 4);
+}
+INLINE void fr_add(fr *r, const fr *a, const fr *b) {
+#if FIELD_X86
+    if (field_use_x86) {
+        fr_add_x86(r, a, b);
+        return;
+    }
+#endif
+    mod_add(r->v, a->v, b->v, FR_P.v, 4);
+}
+INLINE void fr_sub(fr *r, const fr *a, const fr *b) {
+#if FIELD_X86
+    if (field_use_x86) {
+        fr_sub_x86(r, a, b);
+        return;
+    }
+#endif
+    mod_sub(r->v, a->v, b->v, FR_P.v, 4);
+}
+
+void fr_vector(int op, const fr *a, const fr *b, fr *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (op == 0) fr_mul(&out[i], &a[i], &b[i]);
+        else if (op == 1) fr_add(&out[i], &a[i], &b[i]);
+        else fr_sub(&out[i], &a[i], &b[i]);
+    }
+}
 INLINE void fr_to_mont(fr *r, const fr *a) { fr_mul(r, a, &FR_R2); }
 INLINE void fr_from_mont(fr *r, const fr *a) { fr_mul(r, a, &FR_ONE); }
 
