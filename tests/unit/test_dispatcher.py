@@ -105,6 +105,42 @@ async def test_the_head_task_goes_to_a_worker_that_can_run_its_type(store: Store
     assert assigned(both) == [g16] and assigned(c2_only) == [c2]
 
 
+async def test_a_failed_task_runs_again_on_another_worker_where_one_is_free(store: Store
+                                                                          ) -> None:
+    # Given a task whose attempt failed on worker "flaky", which holds its key
+    now = models.now_ms()
+    task = await submit(store, KEY_A, now)
+    claimed = await store.claim_task("flaky", ["groth16"], 30_000, now)
+    assert claimed is not None
+    await store.fail_task(task, claimed.fence, "GPU fell off the bus", True, now, now)
+    # When "flaky" and another idle worker (without the key) are both free, the other takes it
+    dispatcher = Dispatcher(store, lease_s=30)
+    flaky, other = worker("flaky", KEY_A), worker("other")
+    dispatcher.add(flaky)
+    dispatcher.add(other)
+    await dispatcher._assign()
+    assert assigned(other) == [task] and assigned(flaky) == []
+
+
+async def test_a_failed_task_still_runs_again_where_only_its_last_worker_is_free(
+    store: Store,
+) -> None:
+    now = models.now_ms()
+    task = await submit(store, KEY_A, now - 1)
+    later = await submit(store, KEY_A, now)
+    claimed = await store.claim_task("flaky", ["groth16"], 30_000, now)
+    assert claimed is not None and claimed.id == task
+    await store.fail_task(task, claimed.fence, "processor crashed", True, now, now)
+    dispatcher = Dispatcher(store, lease_s=30)
+    flaky, busy = worker("flaky"), worker("busy")
+    busy.held["something"] = 1
+    dispatcher.add(flaky)
+    dispatcher.add(busy)
+    await dispatcher._assign()
+    assert assigned(flaky) == [task]  # no other worker is free: no waiting
+    assert (await store.get_task(later)).state == models.TaskState.INIT
+
+
 def test_done_frees_only_the_claim_with_that_fence() -> None:
     # Given worker B holding task t under fence 3 (A held it under fence 1 before a requeue)
     dispatcher = Dispatcher(store=None, lease_s=30)  # type: ignore[arg-type]
