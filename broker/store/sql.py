@@ -254,9 +254,14 @@ class SqlStore(Store):
         async def change(tx: Tx) -> Task:
             task = await self._held(tx, task_id, fence)
             await tx.run(self.sql.close_attempt, [now_ms, "released", reason, task_id])
+            # The released attempt does not count: the task names the worker of the attempt
+            # before it again (the dispatcher keeps a retry away from that one), or none
+            attempts = task.attempts - 1
+            before = [a for a in await self._history(tx, task_id) if a.outcome != "released"]
+            worker_id = before[-1].worker_id if attempts and before else ""
             return await self._save(
-                tx, task, state=TaskState.INIT, attempts=task.attempts - 1, not_before=now_ms,
-                lease_expires_at=None,
+                tx, task, state=TaskState.INIT, attempts=attempts, not_before=now_ms,
+                lease_expires_at=None, worker_id=worker_id,
             )
 
         return await self._write(change)

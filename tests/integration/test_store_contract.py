@@ -360,6 +360,22 @@ async def test_release_hands_the_task_back_without_using_an_attempt(
     ]
     again = await store.claim_task("w2", ["claim-me"], LEASE_MS, T0 + 5)
     assert again is not None and (again.attempts, again.fence) == (1, task.fence + 1)
+    assert back.worker_id == ""  # no attempt counts: no worker to keep a retry away from
+
+
+async def test_release_after_a_failure_names_the_worker_that_failed_it_again(
+    store: Store, submit: Submit
+) -> None:
+    # A task failed on w1, then w2 claimed it and handed it back (shutting down): the task
+    # names w1 again, so that the dispatcher keeps its retry away from w1, not from w2
+    task = await claimed(store, submit)
+    failed = await store.fail_task(task.id, task.fence, "GPU fell off the bus", True, T0 + 1,
+                                   T0 + 1)
+    assert failed.worker_id == "w1"
+    taken = await store.claim_task("w2", ["claim-me"], LEASE_MS, T0 + 2)
+    assert taken is not None and taken.worker_id == "w2"
+    back = await store.release_task(taken.id, taken.fence, "worker shutting down", T0 + 3)
+    assert (back.state, back.attempts, back.worker_id) == (TaskState.INIT, 1, "w1")
 
 
 # -- housekeeping ----------------------------------------------------------------------------------

@@ -45,10 +45,10 @@ def test_ntt_matches_the_reference(log_n: int) -> None:
     assert field.from_vector(vector) == values  # the input is left alone
 
 
-@pytest.mark.parametrize("threads", [2, 3, 7, 200])
+@pytest.mark.parametrize("threads", [2, 3, 7, 200, -1])
 def test_ntt_on_threads_matches_the_reference(threads: int) -> None:
     # 2^12 and up run on threads: blocks of the first stages per thread, the last stages cut
-    # across blocks (200 asks for more threads than the helper starts: it takes 64)
+    # across blocks (200 asks for more threads than the helper starts: it takes 64; -1 takes 1)
     for log_n in (12, 13):
         domain = ntt.Domain(log_n)
         values = _random(domain.size)

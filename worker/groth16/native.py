@@ -27,6 +27,7 @@ from worker.groth16 import exceptions, field
 
 SOURCE_DIR = pathlib.Path(__file__).parent / "native"
 SOURCES = ("g16.c", "curve.h", "field_x86.h")
+MAX_THREADS = 64  #: the most threads the helper starts for one call (g16.c MAX_THREADS)
 CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Wall")
 
 _lock = threading.Lock()

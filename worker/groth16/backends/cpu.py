@@ -21,7 +21,7 @@ def default_threads() -> int:
 
 class CpuBackend(base.Backend):
     def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or default_threads()
+        self.threads = min(threads or default_threads(), native.MAX_THREADS)
         self.name = "cpu"
         native.library()  # build the helper now: a missing compiler is a start-up error
 

@@ -425,9 +425,9 @@ static void ntt_part(void *arg, int t) {
 }
 
 static void parallel_for(ntt_job job, uint64_t count, int nthreads) {
+    if (nthreads < 1) nthreads = 1; /* first: a negative count must not pass as a huge one */
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     if ((uint64_t)nthreads > count) nthreads = count ? (int)count : 1;
-    if (nthreads < 1) nthreads = 1;
     job.count = count;
     job.nthreads = nthreads;
     run_threads(ntt_part, &job, nthreads);
