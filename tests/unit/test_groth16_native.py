@@ -91,9 +91,12 @@ def _points(group: str, n: int) -> np.ndarray:
                             field.to_vector([0, *_random(n - 1)]), 2)
 
 
-@pytest.mark.parametrize("group", ["g1", "g2"])
-def test_batch_mul_matches_arkworks(group: str) -> None:
-    scalars = [0, 1, 2, field.R - 1, *_random(4)]
+@pytest.mark.parametrize(("group", "n"), [("g1", 8), ("g2", 8), ("g1", 2100), ("g2", 1100)])
+def test_batch_mul_matches_arkworks(group: str, n: int) -> None:
+    # 8, then more than one chunk of 1024 per thread (their additions batched per window):
+    # zero scalars, small ones (most bytes zero), the largest, and random ones
+    small = [RNG.randrange(1 << RNG.choice([8, 16, 64])) for _ in range(n // 4)]
+    scalars = [0, 1, 2, field.R - 1, *_random(4), *small, *_random(n)][:n]
     g1 = group == "g1"
     base = curve.g1_generator() if g1 else curve.g2_generator()
     lem = curve.g1_to_lem(base) if g1 else curve.g2_to_lem(base)  # type: ignore[arg-type]

@@ -425,30 +425,40 @@ typedef struct {
     int failed; /* atomic */
 } G(fb_ctx);
 
+/* This thread's scalars in chunks: each chunk's results are affine sums in `out` itself, one
+ * table entry added per window and non-zero byte, each window's additions batched around one
+ * inversion (G(flush), as the MSM's buckets are). */
 static void G(fb_run)(void *arg, int t) {
     G(fb_ctx) *ctx = arg;
-    enum { CHUNK = 256 };
+    enum { CHUNK = AFF_BATCH };
     size_t begin = ctx->n * (size_t)t / (size_t)ctx->nthreads;
     size_t end = ctx->n * (size_t)(t + 1) / (size_t)ctx->nthreads;
-    G(xyzz) *acc = malloc(CHUNK * sizeof(G(xyzz)));
-    FE *scratch = malloc(CHUNK * sizeof(FE));
-    if (!acc || !scratch) {
+    G(aff_scratch) s = {NULL, NULL, calloc(CHUNK, 1), malloc(CHUNK * sizeof(G(pending))),
+                        malloc(CHUNK * sizeof(FE)), malloc(CHUNK * sizeof(FE))};
+    if (!s.flags || !s.batch || !s.den || !s.prefix) {
         __atomic_store_n(&ctx->failed, 1, __ATOMIC_RELAXED);
     } else {
         for (size_t lo = begin; lo < end; lo += CHUNK) {
             size_t m = end - lo < CHUNK ? end - lo : CHUNK;
-            for (size_t k = 0; k < m; k++) {
-                G(set_inf)(&acc[k]);
-                const uint8_t *bytes = (const uint8_t *)ctx->scalars[lo + k].v;
-                for (int w = 0; w < FB_WINDOWS; w++) {
-                    if (bytes[w]) G(add_aff)(&acc[k], &ctx->table[w * 256 + bytes[w]], 0);
+            s.acc = &ctx->out[lo];
+            memset(s.acc, 0, m * sizeof(G(aff)));
+            for (int w = 0; w < FB_WINDOWS; w++) {
+                size_t pending = 0;
+                for (size_t k = 0; k < m; k++) {
+                    uint8_t byte = ((const uint8_t *)ctx->scalars[lo + k].v)[w];
+                    if (!byte) continue;
+                    uint32_t entry = (uint32_t)w * 256 + byte;
+                    if (G(aff_is_zero)(&s.acc[k])) s.acc[k] = ctx->table[entry];
+                    else s.batch[pending++] = (G(pending)){(uint32_t)k, entry, 0, 0};
                 }
+                G(flush)(ctx->table, &s, pending);
             }
-            G(batch_to_aff)(&ctx->out[lo], acc, m, scratch);
         }
     }
-    free(acc);
-    free(scratch);
+    free(s.flags);
+    free(s.batch);
+    free(s.den);
+    free(s.prefix);
 }
 
 /* out[i] = scalars[i] * base for normal-form scalars; (0, 0) for a zero scalar. Returns 0, or
