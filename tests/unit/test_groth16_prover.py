@@ -140,3 +140,19 @@ def test_proof_of_2_16_constraints(groth16_demo: Demo, cpu: backends.Backend) ->
     key, witness = _load(groth16_demo(16, 2))
     proof, public = prover.prove(key, witness, cpu)
     assert verifier.verify(key.verification_key(), proof, public)
+
+
+@pytest.mark.parametrize("log_size", [0, 1, 3, 12])
+def test_dev_setup_lagrange_values_interpolate(log_size: int) -> None:
+    # L_j(tau) by the inverse NTT of tau's powers equals the textbook formula
+    # (tau^n - 1) / n * w^j / (tau - w^j), and interpolates 1 (and x, from n = 2) at tau
+    tau, n = random.Random(log_size).randrange(field.R), 1 << log_size
+    got = devsetup.lagrange_at(tau, log_size)
+    w = field.root_of_unity(log_size)
+    factor = (pow(tau, n, field.R) - 1) * pow(n, -1, field.R) % field.R
+    want = [factor * pow(w, j, field.R) * pow(tau - pow(w, j, field.R), -1, field.R) % field.R
+            for j in range(min(n, 64))]
+    assert got[:64] == want
+    assert sum(got) % field.R == 1
+    if n > 1:
+        assert sum(v * pow(w, j, field.R) for j, v in enumerate(got)) % field.R == tau

@@ -21,7 +21,7 @@ import random
 import numpy as np
 import numpy.typing as npt
 
-from worker.groth16 import builder, curve, field, native, proofjson, r1cs, wtns, zkey
+from worker.groth16 import builder, curve, field, native, ntt, proofjson, r1cs, wtns, zkey
 from worker.groth16.backends import cpu
 
 CIRCUIT_HASH = hashlib.blake2b(b"gpuproxy INSECURE development setup").digest()
@@ -46,14 +46,16 @@ def domain_log_size(system: r1cs.R1cs) -> int:
 
 
 def lagrange_at(tau: int, log_size: int) -> list[int]:
-    """L_j(tau) for the Lagrange basis of the 2^log_size-th roots of unity."""
-    n, root = 1 << log_size, field.root_of_unity(log_size)
-    points = [1] * n
-    for j in range(1, n):
-        points[j] = points[j - 1] * root % field.R
-    factor = (pow(tau, n, field.R) - 1) * pow(n, -1, field.R) % field.R
-    inverses = field.batch_inverse([(tau - x) % field.R for x in points])
-    return [factor * x % field.R * inv % field.R for x, inv in zip(points, inverses, strict=True)]
+    """L_j(tau) for the Lagrange basis of the 2^log_size-th roots of unity w^j. As
+    L_j(x) = (1/n) sum_i x^i w^(-ij), they are the inverse NTT of tau's first n powers: n
+    products and one native NTT, not n inversions."""
+    n, domain = 1 << log_size, ntt.Domain(log_size)
+    powers = [1] * n
+    for i in range(1, n):
+        powers[i] = powers[i - 1] * tau % field.R
+    evaluations = native.ntt(field.to_vector(powers), domain.root_inverse,
+                             scale=domain.size_inverse, threads=cpu.default_threads())
+    return field.from_vector(evaluations)
 
 
 def setup(system: r1cs.R1cs, rng: random.Random | None = None,
