@@ -10,8 +10,10 @@
 #   # on the GPU host, from the repository root:
 #   bash bench/gpu_session.sh .whl [OUT_DIR]
 #
-# CHECK_S bounds the check (default 280 s: the 2^20 demo circuit alone takes 60-100 s to set
-# up), BENCH_S each bench (default 120 s): with the install, within a 10-minute device call.
+# CHECK_S bounds the check (default 280 s: the 2^20 demo circuit alone takes about 50 s to set
+# up on 2 cores, 6 s for the circuit and 40 s for the key, measured here; 97 s before the CPU
+# arithmetic was sped up), BENCH_S each bench (default 120 s): with the install, within a
+# 10-minute device call.
 # MSM_SIZES, NTT_SIZES, PROVE_SIZES, VARIANTS and CHECK_ARGS (more check-gpu flags) narrow or
 # widen the run.
 set -uo pipefail
