@@ -316,9 +316,11 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"gpuproxy-worker check-gpu: FAIL: {exc}", file=sys.stderr)
         return 1
     print(f"{message}; {cuda.name}", flush=True)
+    cpu = backends.create("cpu")
+    print(f"against {cpu.describe()}", flush=True)  # what the cpu column runs on
     try:
         outcomes = await asyncio.to_thread(
-            acceptance.run, cuda, backends.create("cpu"), args.msm_sizes, args.ntt_max,
+            acceptance.run, cuda, cpu, args.msm_sizes, args.ntt_max,
             args.prove_sizes, lambda line: print(line, flush=True))
     finally:
         await asyncio.to_thread(cuda.close)

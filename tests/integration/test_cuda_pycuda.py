@@ -53,6 +53,7 @@ def test_check_gpu_passes_on_the_emulated_card(emulated: dict[str, str]) -> None
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Groth16 backend: cuda (forced by --backend cuda); cuda:GPU 0")
+    assert re.match(r"against cpu: \d+ threads, field arithmetic ", lines[1])
     assert any(line.startswith("  ok  proof 2^4 constraints") for line in lines)
     assert lines[-1] == "30 of 30 checks passed"
 
