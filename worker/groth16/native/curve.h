@@ -187,7 +187,7 @@ static void G(window_xyzz)(const G(aff) *points, const int16_t *d, size_t n, int
  * inversion (Montgomery's trick): an affine addition costs 2M + 1S and about 3M of the batch's
  * inversion, against 8M + 2S in XYZZ. A digit whose bucket already waits in the batch goes to
  * that bucket's XYZZ spill instead (as in window_xyzz), so a bucket that holds most points
- * (scalars 1 are common in witnesses) costs no more than before. */
+ * (scalars 1 are common in witnesses) costs no more than in window_xyzz. */
 #ifndef AFF_BATCH /* once for both groups */
 #define AFF_BATCH 1024 /* most additions sharing one inversion */
 #define AFF_BUSY 1     /* flags per bucket: waits in the batch, */
