@@ -68,20 +68,43 @@ def test_mul_sub() -> None:
     assert field.from_vector(out) == want
 
 
-def test_qap_evaluations() -> None:
-    witness = [1, *_random(5)]
-    records = [(0, 0, 1, 3), (0, 0, 2, field.R - 1), (1, 0, 0, 7), (1, 3, 5, 2), (0, 3, 4, 1)]
+def _coefs(records: list[tuple[int, int, int, int]]) -> np.ndarray:
     coefs = np.zeros(len(records), dtype=zkey.COEF_DTYPE)
     for i, (m, row, sig, k) in enumerate(records):
         coefs[i] = (m, row, sig, field.to_vector([field.coef_encode(k)])[0])
-    a, b, c = native.qap_evaluations(coefs, field.to_vector(witness), 4)
+    return coefs
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_qap_evaluations(threads: int) -> None:
+    # each thread keeps the constraints of its range (7 threads for 4 constraints take 4)
+    witness = [1, *_random(5)]
+    records = [(0, 0, 1, 3), (0, 0, 2, field.R - 1), (1, 0, 0, 7), (1, 3, 5, 2), (0, 3, 4, 1)]
+    coefs = _coefs(records)
+    a, b, c = native.qap_evaluations(coefs, field.to_vector(witness), 4, threads)
     want_a = [(3 * witness[1] - witness[2]) % field.R, 0, 0, witness[4]]
     want_b = [7, 0, 0, 2 * witness[5] % field.R]
     assert field.from_vector(a) == want_a and field.from_vector(b) == want_b
     assert field.from_vector(c) == [x * y % field.R for x, y in zip(want_a, want_b, strict=True)]
     coefs["signal"][0] = 6
     with pytest.raises(Exception, match="constraint evaluations"):
-        native.qap_evaluations(coefs, field.to_vector(witness), 4)
+        native.qap_evaluations(coefs, field.to_vector(witness), 4, threads)
+
+
+def test_qap_evaluations_on_threads_match_python() -> None:
+    # many records in no order over 1000 constraints, on 1 and 5 threads
+    domain, nvars = 1000, 300
+    witness = _random(nvars)
+    records = [(RNG.randrange(2), RNG.randrange(domain), RNG.randrange(nvars), RNG.randrange(9))
+               for _ in range(5000)]
+    want: list[list[int]] = [[0] * domain, [0] * domain]
+    for m, row, sig, k in records:
+        want[m][row] = (want[m][row] + k * witness[sig]) % field.R
+    for threads in (1, 5):
+        a, b, c = native.qap_evaluations(_coefs(records), field.to_vector(witness), domain,
+                                         threads)
+        assert field.from_vector(a) == want[0] and field.from_vector(b) == want[1]
+        assert field.from_vector(c) == [x * y % field.R for x, y in zip(*want, strict=True)]
 
 
 def _points(group: str, n: int) -> np.ndarray:

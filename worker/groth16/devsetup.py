@@ -22,7 +22,6 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.groth16 import builder, curve, field, native, ntt, proofjson, r1cs, wtns, zkey
-from worker.groth16.backends import cpu
 
 CIRCUIT_HASH = hashlib.blake2b(b"gpuproxy INSECURE development setup").digest()
 
@@ -54,7 +53,7 @@ def lagrange_at(tau: int, log_size: int) -> list[int]:
     for i in range(1, n):
         powers[i] = powers[i - 1] * tau % field.R
     evaluations = native.ntt(field.to_vector(powers), domain.root_inverse,
-                             scale=domain.size_inverse, threads=cpu.default_threads())
+                             scale=domain.size_inverse, threads=native.default_threads())
     return field.from_vector(evaluations)
 
 
@@ -80,7 +79,7 @@ def setup(system: r1cs.R1cs, rng: random.Random | None = None,
     mix = [(waste.beta * u[i] + waste.alpha * v[i] + w[i]) % field.R for i in range(n_vars)]
     gamma_inv, delta_inv = pow(waste.gamma, -1, field.R), pow(waste.delta, -1, field.R)
     odd = lagrange_at(waste.tau, log_size + 1)[1::2]
-    threads = threads or cpu.default_threads()
+    threads = threads or native.default_threads()
 
     def g1(scalars: list[int]) -> zkey.Points:
         return native.batch_mul("g1", _lem(curve.g1_to_lem(curve.g1_generator())),

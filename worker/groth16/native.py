@@ -28,6 +28,12 @@ from worker.groth16 import exceptions, field
 SOURCE_DIR = pathlib.Path(__file__).parent / "native"
 SOURCES = ("g16.c", "curve.h", "field_x86.h")
 MAX_THREADS = 64  #: the most threads the helper starts for one call (g16.c MAX_THREADS)
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity), at most MAX_THREADS."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(count or 1, MAX_THREADS)
 CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Wall")
 
 _lock = threading.Lock()
@@ -104,7 +110,7 @@ def _build() -> pathlib.Path:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     u32, size, c_int = ctypes.c_uint32, ctypes.c_size_t, ctypes.c_int
     signatures = {
-        "fr_qap_evaluations": (c_int, [_ptr, u32, _ptr, u32, u32, _ptr, _ptr, _ptr]),
+        "fr_qap_evaluations": (c_int, [_ptr, u32, _ptr, u32, u32, _ptr, _ptr, _ptr, c_int]),
         "fr_mul_sub": (None, [_ptr, _ptr, _ptr, _ptr, u32]),
         "fr_ntt": (c_int, [_ptr, u32, _ptr, _ptr, _ptr, c_int]),
         "g1_msm": (c_int, [_ptr, _ptr, size, c_int, c_int, c_int, _ptr]),
@@ -167,14 +173,17 @@ def field_op(name: str, op: str, a: npt.NDArray[np.uint64], b: npt.NDArray[np.ui
     return out
 
 
-def qap_evaluations(coefs: npt.NDArray[np.void], witness: field.FrVector,
-                    domain: int) -> tuple[field.FrVector, field.FrVector, field.FrVector]:
-    """A.w, B.w and (A.w)(B.w) on the domain from a .zkey's coefficient records."""
+def qap_evaluations(coefs: npt.NDArray[np.void], witness: field.FrVector, domain: int,
+                    threads: int | None = None) -> tuple[field.FrVector, field.FrVector,
+                                                         field.FrVector]:
+    """A.w, B.w and (A.w)(B.w) on the domain from a .zkey's coefficient records, on `threads`
+    threads (default_threads() unless given)."""
     witness = _fr_vector(witness)
     coefs = np.ascontiguousarray(coefs)
     a, b, c = (np.empty((domain, 4), dtype=np.uint64) for _ in range(3))
     rc = library().fr_qap_evaluations(_addr(coefs), len(coefs), _addr(witness), len(witness),
-                                      domain, _addr(a), _addr(b), _addr(c))
+                                      domain, _addr(a), _addr(b), _addr(c),
+                                      threads or default_threads())
     _check(rc, "the constraint evaluations")
     return a, b, c
 

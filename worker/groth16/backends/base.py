@@ -38,6 +38,8 @@ class LoadedKey:
 class Backend(abc.ABC):
     #: Names the backend (and its device) in logs and in a failed proof's error.
     name: str = "?"
+    #: Threads for the steps the C helper runs on the host (None: one per CPU).
+    threads: int | None = None
 
     def describe(self) -> str:
         """What it runs on, for the worker's start-up log and benchmark tables."""
@@ -83,7 +85,7 @@ class Backend(abc.ABC):
         """h for the H MSM: A.w, B.w and C.w = (A.w)(B.w) on the domain from the key's
         constraints, then `quotient` (a device backend does it all there: the witness goes
         up, h comes down)."""
-        a, b, c = native.qap_evaluations(key.key.coefs, witness, domain.size)
+        a, b, c = native.qap_evaluations(key.key.coefs, witness, domain.size, self.threads)
         return self.quotient(domain, a, b, c)
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from worker.groth16 import curve, field, msm, native, ntt, zkey
 from worker.groth16.backends import base
@@ -15,13 +14,10 @@ class HostBases(base.Bases):
     points: zkey.Points
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class CpuBackend(base.Backend):
+    threads: int
     def __init__(self, threads: int | None = None) -> None:
-        self.threads = min(threads or default_threads(), native.MAX_THREADS)
+        self.threads = min(threads or native.default_threads(), native.MAX_THREADS)
         self.name = "cpu"
         native.library()  # build the helper now: a missing compiler is a start-up error
 
