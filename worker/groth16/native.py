@@ -28,17 +28,17 @@ from worker.groth16 import exceptions, field
 SOURCE_DIR = pathlib.Path(__file__).parent / "native"
 SOURCES = ("g16.c", "curve.h", "field_x86.h")
 MAX_THREADS = 64  #: the most threads the helper starts for one call (g16.c MAX_THREADS)
+CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Wall")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_ptr = ctypes.c_void_p
 
 
 def default_threads() -> int:
     """The CPUs this process may run on (its affinity), at most MAX_THREADS."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(count or 1, MAX_THREADS)
-CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-Wall")
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_ptr = ctypes.c_void_p
 
 
 def cache_dir() -> pathlib.Path:

@@ -16,6 +16,7 @@ class HostBases(base.Bases):
 
 class CpuBackend(base.Backend):
     threads: int
+
     def __init__(self, threads: int | None = None) -> None:
         self.threads = min(threads or native.default_threads(), native.MAX_THREADS)
         self.name = "cpu"

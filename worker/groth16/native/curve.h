@@ -212,6 +212,21 @@ typedef struct {
     FE *den, *prefix;
 } G(aff_scratch);
 
+/* A batch's buffers (AFF_BATCH entries) and `nflags` zeroed bucket flags; acc and spill are the
+ * caller's. 0, or -1 when out of memory (G(scratch_free) frees what was made either way). */
+static int G(scratch_init)(G(aff_scratch) *s, size_t nflags) {
+    *s = (G(aff_scratch)){NULL, NULL, calloc(nflags, 1), malloc(AFF_BATCH * sizeof(G(pending))),
+                          malloc(AFF_BATCH * sizeof(FE)), malloc(AFF_BATCH * sizeof(FE))};
+    return s->flags && s->batch && s->den && s->prefix ? 0 : -1;
+}
+
+static void G(scratch_free)(G(aff_scratch) *s) {
+    free(s->flags);
+    free(s->batch);
+    free(s->den);
+    free(s->prefix);
+}
+
 static void G(flush)(const G(aff) *points, G(aff_scratch) *s, size_t m) {
     if (m == 0) return;
     /* denominators: x_q - x_b to add, 2 y_b to double, 1 where the bucket empties */
@@ -328,8 +343,8 @@ static void G(msm_digits)(void *arg, int t) {
     G(msm_ctx) *ctx = arg;
     int c = ctx->c;
     int32_t half = 1 << (c - 1), full = 1 << c, mask = full - 1;
-    size_t lo = ctx->n * (size_t)t / (size_t)ctx->nthreads;
-    size_t hi = ctx->n * (size_t)(t + 1) / (size_t)ctx->nthreads;
+    size_t lo = share(ctx->n, (uint64_t)t, (uint64_t)ctx->nthreads);
+    size_t hi = share(ctx->n, (uint64_t)t + 1, (uint64_t)ctx->nthreads);
     for (size_t i = lo; i < hi; i++) {
         int zero = G(aff_is_zero)(&ctx->points[i]);
         int32_t carry = 0;
@@ -350,22 +365,24 @@ static void G(msm_jobs)(void *arg, int t) {
     G(msm_ctx) *ctx = arg;
     size_t nb = (size_t)1 << (ctx->c - 1), total = (size_t)ctx->nwin * (size_t)ctx->parts;
     int affine = ctx->c >= AFF_MIN_BITS && ctx->n <= UINT32_MAX; /* 32-bit point indexes */
-    G(xyzz) *buckets = malloc(nb * sizeof(G(xyzz)));
+    G(xyzz) *buckets = malloc(nb * sizeof(G(xyzz))); /* window_xyzz's, or the affine spills */
     G(aff_scratch) s = {0};
+    int ready = buckets != NULL;
     if (affine) {
-        s = (G(aff_scratch)){malloc(nb * sizeof(G(aff))), buckets, malloc(nb),
-                             malloc(AFF_BATCH * sizeof(G(pending))), malloc(AFF_BATCH * sizeof(FE)),
-                             malloc(AFF_BATCH * sizeof(FE))};
+        ready = G(scratch_init)(&s, nb) == 0 && ready;
+        s.acc = malloc(nb * sizeof(G(aff)));
+        s.spill = buckets;
+        ready = ready && s.acc;
     }
-    if (!buckets || (affine && (!s.acc || !s.flags || !s.batch || !s.den || !s.prefix))) {
+    if (!ready) {
         __atomic_store_n(&ctx->failed, 1, __ATOMIC_RELAXED);
     } else {
         for (;;) {
             size_t k = __atomic_fetch_add(&ctx->next, 1, __ATOMIC_RELAXED);
             if (k >= total) break;
             size_t w = k / (size_t)ctx->parts, part = k % (size_t)ctx->parts;
-            size_t lo = ctx->n * part / (size_t)ctx->parts;
-            size_t hi = ctx->n * (part + 1) / (size_t)ctx->parts;
+            size_t lo = share(ctx->n, part, (uint64_t)ctx->parts);
+            size_t hi = share(ctx->n, part + 1, (uint64_t)ctx->parts);
             const int16_t *d = ctx->digits + w * ctx->n + lo;
             if (affine) G(window_affine)(ctx->points + lo, d, hi - lo, ctx->c, &s, &ctx->partial[k]);
             else G(window_xyzz)(ctx->points + lo, d, hi - lo, ctx->c, buckets, &ctx->partial[k]);
@@ -373,10 +390,7 @@ static void G(msm_jobs)(void *arg, int t) {
     }
     free(buckets);
     free(s.acc);
-    free(s.flags);
-    free(s.batch);
-    free(s.den);
-    free(s.prefix);
+    G(scratch_free)(&s);
 }
 
 /* sum_i scalars[i] * points[i] into *out (affine, (0, 0) for infinity). Scalars are normal-form
@@ -386,17 +400,14 @@ static void G(msm_jobs)(void *arg, int t) {
 int G(msm)(const G(aff) *points, const fr *scalars, size_t n, int c, int parts, int nthreads,
            G(aff) *out) {
     if (c < 2 || c > 15 || parts < 1 || parts > 64) return -1;
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    int nwin = (256 + c - 1) / c;
+    int nwin = (256 + c - 1) / c, jobs = nwin * parts;
     G(msm_ctx) ctx = {points, scalars, malloc((size_t)nwin * (n ? n : 1) * sizeof(int16_t)), n, c,
-                      nwin, parts, nthreads, malloc((size_t)nwin * parts * sizeof(G(xyzz))), 0, 0};
+                      nwin, parts, thread_count(nthreads, n),
+                      malloc((size_t)jobs * sizeof(G(xyzz))), 0, 0};
     int rc = -1;
     if (!ctx.digits || !ctx.partial) goto done;
-    if ((size_t)ctx.nthreads > n) ctx.nthreads = n ? (int)n : 1;
     run_threads(G(msm_digits), &ctx, ctx.nthreads);
-    int jobs = nwin * parts;
-    run_threads(G(msm_jobs), &ctx, nthreads < jobs ? nthreads : jobs);
+    run_threads(G(msm_jobs), &ctx, thread_count(nthreads, (uint64_t)jobs));
     if (ctx.failed) goto done;
     G(xyzz) acc;
     G(set_inf)(&acc);
@@ -431,11 +442,10 @@ typedef struct {
 static void G(fb_run)(void *arg, int t) {
     G(fb_ctx) *ctx = arg;
     enum { CHUNK = AFF_BATCH };
-    size_t begin = ctx->n * (size_t)t / (size_t)ctx->nthreads;
-    size_t end = ctx->n * (size_t)(t + 1) / (size_t)ctx->nthreads;
-    G(aff_scratch) s = {NULL, NULL, calloc(CHUNK, 1), malloc(CHUNK * sizeof(G(pending))),
-                        malloc(CHUNK * sizeof(FE)), malloc(CHUNK * sizeof(FE))};
-    if (!s.flags || !s.batch || !s.den || !s.prefix) {
+    size_t begin = share(ctx->n, (uint64_t)t, (uint64_t)ctx->nthreads);
+    size_t end = share(ctx->n, (uint64_t)t + 1, (uint64_t)ctx->nthreads);
+    G(aff_scratch) s;
+    if (G(scratch_init)(&s, CHUNK) != 0) {
         __atomic_store_n(&ctx->failed, 1, __ATOMIC_RELAXED);
     } else {
         for (size_t lo = begin; lo < end; lo += CHUNK) {
@@ -455,10 +465,7 @@ static void G(fb_run)(void *arg, int t) {
             }
         }
     }
-    free(s.flags);
-    free(s.batch);
-    free(s.den);
-    free(s.prefix);
+    G(scratch_free)(&s);
 }
 
 /* out[i] = scalars[i] * base for normal-form scalars; (0, 0) for a zero scalar. Returns 0, or
@@ -483,9 +490,7 @@ int G(batch_mul)(const G(aff) *base, const fr *scalars, size_t n, int nthreads, 
         G(dbl)(&step, &row[128]);
     }
     G(batch_to_aff)(table, jac, entries, scratch);
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    if ((size_t)nthreads > n) nthreads = n ? (int)n : 1;
+    nthreads = thread_count(nthreads, n);
     G(fb_ctx) ctx = {table, scalars, out, n, nthreads, 0};
     run_threads(G(fb_run), &ctx, nthreads);
     rc = ctx.failed ? -1 : 0;

@@ -59,6 +59,13 @@
 #define X_SUB_P(OFF, TJ, SJ) "movq %[" #TJ "], %[" #SJ "]" X_NL \
     "sbbq " #OFF "(%[p]), %[" #SJ "]" X_NL
 #define X_KEEP(TJ, SJ) "cmovncq %[" #SJ "], %[" #TJ "]" X_NL
+/* t = t - p unless that borrows (t < 2p), through the spare registers S0.. */
+#define X_REDUCE_ONCE4(S0, S1, S2, S3) X_SUB_P_FIRST(t0, S0) X_SUB_P(8, t1, S1) \
+    X_SUB_P(16, t2, S2) X_SUB_P(24, t3, S3) X_KEEP(t0, S0) X_KEEP(t1, S1) X_KEEP(t2, S2) \
+    X_KEEP(t3, S3)
+#define X_REDUCE_ONCE6(S0, S1, S2, S3, S4, S5) X_SUB_P_FIRST(t0, S0) X_SUB_P(8, t1, S1) \
+    X_SUB_P(16, t2, S2) X_SUB_P(24, t3, S3) X_SUB_P(32, t4, S4) X_SUB_P(40, t5, S5) \
+    X_KEEP(t0, S0) X_KEEP(t1, S1) X_KEEP(t2, S2) X_KEEP(t3, S3) X_KEEP(t4, S4) X_KEEP(t5, S5)
 
 /* Fp: 6 limbs */
 #define FPX_ROW_FIRST X_FIRST_START X_FIRST(8, t1, t2) X_FIRST(16, t2, t3) X_FIRST(24, t3, t4) \
@@ -84,10 +91,7 @@ static void fp_mul_adx(fp *r, const fp *x, const fp *y) {
             FPX_ROW(24) FPX_REDUCE
             FPX_ROW(32) FPX_REDUCE
             FPX_ROW(40) FPX_REDUCE
-            X_SUB_P_FIRST(t0, lo) X_SUB_P(8, t1, hi) X_SUB_P(16, t2, A) X_SUB_P(24, t3, s3)
-            X_SUB_P(32, t4, a) X_SUB_P(40, t5, b)
-            X_KEEP(t0, lo) X_KEEP(t1, hi) X_KEEP(t2, A) X_KEEP(t3, s3) X_KEEP(t4, a)
-            X_KEEP(t5, b)
+            X_REDUCE_ONCE6(lo, hi, A, s3, a, b)
             : [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3), [t4] "=&r"(t4),
               [t5] "=&r"(t5), [A] "=&r"(A), [lo] "=&r"(lo), [hi] "=&r"(hi), [s3] "=&d"(s3),
               [a] "+&r"(a), [b] "+&r"(b)
@@ -102,10 +106,7 @@ static inline __attribute__((always_inline)) void fp_add_x86(fp *r, const fp *a,
     uint64_t s0, s1, s2, s3, s4, s5;
     __asm__("addq 0(%[b]), %[t0]" X_NL "adcq 8(%[b]), %[t1]" X_NL "adcq 16(%[b]), %[t2]" X_NL
             "adcq 24(%[b]), %[t3]" X_NL "adcq 32(%[b]), %[t4]" X_NL "adcq 40(%[b]), %[t5]" X_NL
-            X_SUB_P_FIRST(t0, s0) X_SUB_P(8, t1, s1) X_SUB_P(16, t2, s2) X_SUB_P(24, t3, s3)
-            X_SUB_P(32, t4, s4) X_SUB_P(40, t5, s5)
-            X_KEEP(t0, s0) X_KEEP(t1, s1) X_KEEP(t2, s2) X_KEEP(t3, s3) X_KEEP(t4, s4)
-            X_KEEP(t5, s5)
+            X_REDUCE_ONCE6(s0, s1, s2, s3, s4, s5)
             : [t0] "+&r"(t0), [t1] "+&r"(t1), [t2] "+&r"(t2), [t3] "+&r"(t3), [t4] "+&r"(t4),
               [t5] "+&r"(t5), [s0] "=&r"(s0), [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3),
               [s4] "=&r"(s4), [s5] "=&r"(s5)
@@ -156,8 +157,7 @@ static void fr_mul_adx(fr *r, const fr *x, const fr *y) {
             FRX_ROW(8) FRX_REDUCE
             FRX_ROW(16) FRX_REDUCE
             FRX_ROW(24) FRX_REDUCE
-            X_SUB_P_FIRST(t0, lo) X_SUB_P(8, t1, hi) X_SUB_P(16, t2, A) X_SUB_P(24, t3, s3)
-            X_KEEP(t0, lo) X_KEEP(t1, hi) X_KEEP(t2, A) X_KEEP(t3, s3)
+            X_REDUCE_ONCE4(lo, hi, A, s3)
             : [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3), [A] "=&r"(A),
               [lo] "=&r"(lo), [hi] "=&r"(hi), [s3] "=&d"(s3), [a] "+&r"(a), [b] "+&r"(b)
             : [p] "r"(FRX_MODULUS)
@@ -169,8 +169,7 @@ static inline __attribute__((always_inline)) void fr_add_x86(fr *r, const fr *a,
     uint64_t t0 = a->v[0], t1 = a->v[1], t2 = a->v[2], t3 = a->v[3], s0, s1, s2, s3;
     __asm__("addq 0(%[b]), %[t0]" X_NL "adcq 8(%[b]), %[t1]" X_NL "adcq 16(%[b]), %[t2]" X_NL
             "adcq 24(%[b]), %[t3]" X_NL
-            X_SUB_P_FIRST(t0, s0) X_SUB_P(8, t1, s1) X_SUB_P(16, t2, s2) X_SUB_P(24, t3, s3)
-            X_KEEP(t0, s0) X_KEEP(t1, s1) X_KEEP(t2, s2) X_KEEP(t3, s3)
+            X_REDUCE_ONCE4(s0, s1, s2, s3)
             : [t0] "+&r"(t0), [t1] "+&r"(t1), [t2] "+&r"(t2), [t3] "+&r"(t3), [s0] "=&r"(s0),
               [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3)
             : [b] "r"(b->v), [p] "r"(FRX_MODULUS)

@@ -7,7 +7,7 @@
  * the .wtns stores them; Fr work is done in Montgomery form (x * 2^256 mod r) inside.
  *
  * Built by worker/groth16/native.py with the machine's C compiler on first use. No mutable
- * global state (one flag, set when the library loads, picks the base-field product): every
+ * global state (one flag, set when the library loads, picks the field arithmetic): every
  * function is safe to call from several Python threads at once.
  */
 #include <pthread.h>
@@ -53,6 +53,19 @@ static void run_threads(thread_fn fn, void *ctx, int nthreads) {
         else fn(ctx, t);
     }
 }
+
+/* The threads to start for `work` items: nthreads within [1, MAX_THREADS], and no more than
+ * there are items (a count below 1 is 1, before the rest: a negative one must not pass as a
+ * huge unsigned one). */
+static int thread_count(int nthreads, uint64_t work) {
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if ((uint64_t)nthreads > work) nthreads = work ? (int)work : 1;
+    return nthreads;
+}
+
+/* Where part t of `count` items cut evenly into `parts` begins (part `parts` ends them). */
+static uint64_t share(uint64_t count, uint64_t t, uint64_t parts) { return count * t / parts; }
 
 /* -- Montgomery arithmetic, N limbs -------------------------------------------------------- */
 
@@ -157,22 +170,35 @@ static const fp2 FP2_ONE = {{FP_ONE_LIMBS}, {{0}}};
  * arithmetic, to compare). */
 static int field_use_x86;
 
-__attribute__((constructor)) static void fp_pick_product(void) {
+__attribute__((constructor)) static void field_pick_arithmetic(void) {
     unsigned a, b, c, d;
     const char *portable = getenv("GPUPROXY_NATIVE_PORTABLE");
     if (portable && *portable && strcmp(portable, "0") != 0) return;
     if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) field_use_x86 = (b >> 8 & 1) && (b >> 19 & 1);
 }
+
+/* The assembly's call where it runs, else the C one */
+#define FIELD_PICK(x86_call, c_call)                                                             \
+    do {                                                                                         \
+        if (field_use_x86) x86_call;                                                            \
+        else c_call;                                                                             \
+    } while (0)
+#else
+#define FIELD_PICK(x86_call, c_call) c_call
 #endif
 
-NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) {
-#if FIELD_X86
-    if (field_use_x86) {
-        fp_mul_adx(r, a, b);
-        return;
+/* out[i] = a[i] op b[i] in field F (op 0: product, 1: sum, 2: difference), for the tests */
+#define FIELD_VECTOR(F)                                                                          \
+    void F##_vector(int op, const F *a, const F *b, F *out, size_t n) {                         \
+        for (size_t i = 0; i < n; i++) {                                                         \
+            if (op == 0) F##_mul(&out[i], &a[i], &b[i]);                                        \
+            else if (op == 1) F##_add(&out[i], &a[i], &b[i]);                                   \
+            else F##_sub(&out[i], &a[i], &b[i]);                                                \
+        }                                                                                        \
     }
-#endif
-    mont_mul(r->v, a->v, b->v, FP_P.v, FP_INV, 6);
+
+NOINLINE void fp_mul(fp *r, const fp *a, const fp *b) {
+    FIELD_PICK(fp_mul_adx(r, a, b), mont_mul(r->v, a->v, b->v, FP_P.v, FP_INV, 6));
 }
 
 /* Which field arithmetic runs (1: field_x86.h's assembly, 0: the C mont_mul, mod_add and
@@ -189,30 +215,12 @@ int field_arithmetic(void) {
 
 INLINE void fp_sqr(fp *r, const fp *a) { fp_mul(r, a, a); }
 INLINE void fp_add(fp *r, const fp *a, const fp *b) {
-#if FIELD_X86
-    if (field_use_x86) {
-        fp_add_x86(r, a, b);
-        return;
-    }
-#endif
-    mod_add(r->v, a->v, b->v, FP_P.v, 6);
+    FIELD_PICK(fp_add_x86(r, a, b), mod_add(r->v, a->v, b->v, FP_P.v, 6));
 }
 INLINE void fp_sub(fp *r, const fp *a, const fp *b) {
-#if FIELD_X86
-    if (field_use_x86) {
-        fp_sub_x86(r, a, b);
-        return;
-    }
-#endif
-    mod_sub(r->v, a->v, b->v, FP_P.v, 6);
+    FIELD_PICK(fp_sub_x86(r, a, b), mod_sub(r->v, a->v, b->v, FP_P.v, 6));
 }
-void fp_vector(int op, const fp *a, const fp *b, fp *out, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        if (op == 0) fp_mul(&out[i], &a[i], &b[i]);
-        else if (op == 1) fp_add(&out[i], &a[i], &b[i]);
-        else fp_sub(&out[i], &a[i], &b[i]);
-    }
-}
+FIELD_VECTOR(fp)
 INLINE int fp_is_zero(const fp *a) { return limbs_zero(a->v, 6); }
 INLINE void fp_neg(fp *r, const fp *a) {
     fp z = {{0}};
@@ -319,40 +327,15 @@ static const fr FR_ONE = {{1, 0, 0, 0}}; /* normal-form 1: mont_mul by it leaves
 #define FR_INV 0xfffffffeffffffffULL
 
 NOINLINE void fr_mul(fr *r, const fr *a, const fr *b) {
-#if FIELD_X86
-    if (field_use_x86) {
-        fr_mul_adx(r, a, b);
-        return;
-    }
-#endif
-    mont_mul(r->v, a->v, b->v, FR_P.v, FR_INV, 4);
+    FIELD_PICK(fr_mul_adx(r, a, b), mont_mul(r->v, a->v, b->v, FR_P.v, FR_INV, 4));
 }
 INLINE void fr_add(fr *r, const fr *a, const fr *b) {
-#if FIELD_X86
-    if (field_use_x86) {
-        fr_add_x86(r, a, b);
-        return;
-    }
-#endif
-    mod_add(r->v, a->v, b->v, FR_P.v, 4);
+    FIELD_PICK(fr_add_x86(r, a, b), mod_add(r->v, a->v, b->v, FR_P.v, 4));
 }
 INLINE void fr_sub(fr *r, const fr *a, const fr *b) {
-#if FIELD_X86
-    if (field_use_x86) {
-        fr_sub_x86(r, a, b);
-        return;
-    }
-#endif
-    mod_sub(r->v, a->v, b->v, FR_P.v, 4);
+    FIELD_PICK(fr_sub_x86(r, a, b), mod_sub(r->v, a->v, b->v, FR_P.v, 4));
 }
-
-void fr_vector(int op, const fr *a, const fr *b, fr *out, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        if (op == 0) fr_mul(&out[i], &a[i], &b[i]);
-        else if (op == 1) fr_add(&out[i], &a[i], &b[i]);
-        else fr_sub(&out[i], &a[i], &b[i]);
-    }
-}
+FIELD_VECTOR(fr)
 INLINE void fr_to_mont(fr *r, const fr *a) { fr_mul(r, a, &FR_R2); }
 INLINE void fr_from_mont(fr *r, const fr *a) { fr_mul(r, a, &FR_ONE); }
 
@@ -373,8 +356,8 @@ typedef struct {
 
 static void qap_part(void *arg, int t) {
     qap_ctx *ctx = arg;
-    uint32_t lo = (uint32_t)((uint64_t)ctx->domain * (uint64_t)t / (uint64_t)ctx->nthreads);
-    uint32_t hi = (uint32_t)((uint64_t)ctx->domain * (uint64_t)(t + 1) / (uint64_t)ctx->nthreads);
+    uint32_t lo = (uint32_t)share(ctx->domain, (uint64_t)t, (uint64_t)ctx->nthreads);
+    uint32_t hi = (uint32_t)share(ctx->domain, (uint64_t)t + 1, (uint64_t)ctx->nthreads);
     memset(ctx->a + lo, 0, (size_t)(hi - lo) * sizeof(fr));
     memset(ctx->b + lo, 0, (size_t)(hi - lo) * sizeof(fr));
     for (uint32_t i = 0; i < ctx->ncoefs; i++) {
@@ -404,9 +387,7 @@ static void qap_part(void *arg, int t) {
 
 int fr_qap_evaluations(const uint8_t *coefs, uint32_t ncoefs, const fr *witness, uint32_t nvars,
                         uint32_t domain, fr *a, fr *b, fr *c, int nthreads) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    if ((uint32_t)nthreads > domain) nthreads = domain ? (int)domain : 1;
+    nthreads = thread_count(nthreads, domain);
     qap_ctx ctx = {coefs, ncoefs, nvars, domain, witness, a, b, c, nthreads, 0};
     run_threads(qap_part, &ctx, nthreads);
     return ctx.failed ? -1 : 0;
@@ -446,14 +427,12 @@ struct ntt_job {
 
 static void ntt_part(void *arg, int t) {
     const ntt_job *job = arg;
-    job->fn(job, job->count * (uint64_t)t / (uint64_t)job->nthreads,
-            job->count * (uint64_t)(t + 1) / (uint64_t)job->nthreads);
+    job->fn(job, share(job->count, (uint64_t)t, (uint64_t)job->nthreads),
+            share(job->count, (uint64_t)t + 1, (uint64_t)job->nthreads));
 }
 
 static void parallel_for(ntt_job job, uint64_t count, int nthreads) {
-    if (nthreads < 1) nthreads = 1; /* first: a negative count must not pass as a huge one */
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    if ((uint64_t)nthreads > count) nthreads = count ? (int)count : 1;
+    nthreads = thread_count(nthreads, count);
     job.count = count;
     job.nthreads = nthreads;
     run_threads(ntt_part, &job, nthreads);
