@@ -13,7 +13,6 @@ from worker.cuda import backend as cuda_backend
 from worker.cuda import select, sources
 from worker.cuda.acceptance import cell, ratio
 from worker.groth16 import backends
-from worker.groth16.backends import cpu as cpu_backend
 
 T = TypeVar("T")
 DEFAULT_VARIANTS = "chains,portable"
@@ -28,9 +27,9 @@ def open_backends(variants: Sequence[str]) -> tuple[dict[str, backends.Backend],
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(sources.VARIANTS)}")
     chosen, message = select.open_backend("auto")
-    cpu = chosen if isinstance(chosen, cpu_backend.CpuBackend) else cpu_backend.CpuBackend()
     if not isinstance(chosen, cuda_backend.CudaBackend):
-        return {"cpu": chosen}, f"CUDA unavailable: {message}\n{cpu.describe()}"
+        return {"cpu": chosen}, f"CUDA unavailable: {message}\n{chosen.describe()}"
+    cpu = backends.create("cpu")
     line = f"GPU: {chosen.device.name}, {chosen.device.arch}\n{cpu.describe()}"
     found: dict[str, backends.Backend] = {}
     for variant in variants:

@@ -36,7 +36,6 @@ from worker.groth16 import (
     wtns,
     zkey,
 )
-from worker.groth16.backends import cpu
 
 SNARKJS = pathlib.Path(__file__).resolve().parent.parent / ".tools/node_modules/.bin/snarkjs"
 
@@ -106,7 +105,7 @@ def main() -> None:
     parser.add_argument("--snarkjs", type=pathlib.Path, default=SNARKJS)
     parser.add_argument("--no-msm", action="store_true", help="skip the MSM comparison")
     args = parser.parse_args()
-    backend = cpu.CpuBackend()
+    backend = backends.create("cpu")
     print(f"backend {backend.describe()}; snarkjs: "
           f"{args.snarkjs if args.snarkjs.exists() else 'not installed (./dev test installs it)'}")
     print(f"{'size':>6} {'setup s':>8} {'ours s':>8} {'loaded s':>9} {'snarkjs s':>10} "
