@@ -76,6 +76,30 @@ QUEUE_READ_AT = prom.Gauge(
     registry=REGISTRY,
 )
 _seen: set[tuple[str, str]] = set()  #: label sets shown so far: gone ones read 0, not stale
+_types_shown: set[str] = set()
+#: Shown from the start: the task types every pool runs.
+COMMON_TYPES = ("c2", "groth16")
+
+
+def show_type(task_type: str) -> None:
+    """Show a task type's counters at 0 before their first event: Prometheus' increase() counts
+    nothing for a series that first appears at 1, so an alert on the first failure, or the
+    first refused call, would never fire."""
+    if task_type in _types_shown:
+        return
+    _types_shown.add(task_type)
+    for counter in (SUBMITTED, ASSIGNED, FINISHED, REQUEUED):
+        counter.labels(task_type)
+    for retryable in ("true", "false"):
+        FAILED_ATTEMPTS.labels(task_type, retryable)
+    for cause in ("failed", "taken_back", "cancelled"):
+        ERRORED.labels(task_type, cause)
+
+
+for _token in ("missing", "wrong"):
+    REFUSED.labels(token=_token)
+for _task_type in COMMON_TYPES:
+    show_type(_task_type)
 
 
 def record_counts(counts: Sequence[TaskCount], at_ms: int) -> None:
@@ -87,6 +111,8 @@ def record_counts(counts: Sequence[TaskCount], at_ms: int) -> None:
         if c.state == TaskState.INIT:
             oldest[c.task_type] = c.oldest_since
     _seen.update(now)
+    for task_type, _ in now:  # a type another broker took in: its counters from 0
+        show_type(task_type)
     for labels in _seen:
         TASKS.labels(*labels).set(now.get(labels, 0))
     for task_type in {t for t, _ in _seen}:
