@@ -12,6 +12,8 @@ import datetime
 import json
 import os
 import pathlib
+import select
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -535,6 +537,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from low to high (the protocol's fields are 32-bit)."""
+    def in_range(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    in_range.__name__ = "integer"
+    return in_range
+
+
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -601,8 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zkey", help="groth16: the proving key (uploaded to the broker once)")
     p.add_argument("--wtns", help="groth16: the witness, i.e. the payload")
     p.add_argument("--comment")
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--max-attempts", type=int, default=0, help="0: the broker's default")
+    p.add_argument("--priority", type=_int_in(-(2**31), 2**31 - 1), default=0,
+                   help="higher runs first (a 32-bit number)")
+    p.add_argument("--max-attempts", type=_int_in(0, broker_config.MAX_ATTEMPTS), default=0,
+                   help="0: the broker's default")
     p.add_argument("--wait", action="store_true", help="wait until the task ends")
     p.add_argument("-o", "--output", help="with --wait: write the result here (groth16: "
                    "snarkjs proof.json, with public.json beside it)")
@@ -695,6 +711,16 @@ def report(exc: BaseException) -> None:
         print(f"  caused by: {line}", file=sys.stderr)
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def run_command(command: Coroutine[Any, Any, int],
                 errors: tuple[type[Exception], ...] = (exceptions.BrokerError,)) -> int:
     """Run a command (this CLI's, the worker's, the plugin's): its exit status; 1 once one of
@@ -703,9 +729,18 @@ def run_command(command: Coroutine[Any, Any, int],
     logs.configure()  # until the command sets its own: nothing may reach stdout (the plugin's
     # protocol pipe), and a settings error stays one line
     try:
-        return asyncio.run(command)
+        status = asyncio.run(command)
+        sys.stdout.flush()  # a reader gone shows here, not as a traceback at exit
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError as exc:
+        if not _stdout_gone():
+            report(exc)
+            return 1
+        # `gpuproxy tasks list | head`: stop quietly, as a program killed by SIGPIPE does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except reported as exc:
         report(exc)
         log.debug("command failed", exc_info=exc)

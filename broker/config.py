@@ -9,6 +9,9 @@ from broker import exceptions
 from broker.tls import ServerTls
 
 GIB = 1024**3
+#: The most attempts a task may have: far above any sane retry policy, and inside the
+#: protocol's and the tables' 32-bit fields.
+MAX_ATTEMPTS = 1000
 
 
 def default_home() -> pathlib.Path:
@@ -60,15 +63,16 @@ class BrokerConfig:
             raise exceptions.ConfigError(
                 field="resource-type", detail=f"{self.resource_type!r} is neither fs nor db"
             )
-        if self.default_max_attempts < 1:
+        if not 1 <= self.default_max_attempts <= MAX_ATTEMPTS:
             raise exceptions.ConfigError(
-                field="max-attempts", detail="must be at least 1 (3 is the default)"
-            )
+                field="max-attempts",
+                detail=f"must be 1 to {MAX_ATTEMPTS} (3 is the default), got "
+                f"{self.default_max_attempts}")
         for task_type, n in self.type_max_attempts:
-            if n < 1:
+            if not 1 <= n <= MAX_ATTEMPTS:
                 raise exceptions.ConfigError(
-                    field="type-max-attempts", detail=f"{task_type}={n}: must be at least 1"
-                )
+                    field="type-max-attempts",
+                    detail=f"{task_type}={n}: must be 1 to {MAX_ATTEMPTS}")
         for task_type, t in self.type_timeout_s:
             _check_positive(f"type-timeout-s {task_type}", t)
         for name in ("max_payload_bytes", "lease_s", "retry_backoff_s", "retry_backoff_max_s",

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 import structlog
 
 from broker import cleaner, exceptions, metrics, models, policy
-from broker.config import BrokerConfig
+from broker.config import MAX_ATTEMPTS, BrokerConfig
 from broker.models import Attempt, PageCursor, Task, TaskFilter, TaskState
 from broker.payloads import PayloadStore
 from broker.payloads.base import hash_chunk
@@ -71,8 +71,9 @@ def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
                                          "(a C1 output for c2, a .wtns for groth16)")
     if h.payload_size > max_payload_bytes:
         raise exceptions.PayloadTooLarge(size=h.payload_size, limit=max_payload_bytes)
-    if h.max_attempts < 0:
-        raise exceptions.InvalidArgument(detail="max_attempts must be 0 (default) or more")
+    if not 0 <= h.max_attempts <= MAX_ATTEMPTS:
+        raise exceptions.InvalidArgument(
+            detail=f"max_attempts must be 0 (the broker's default) to {MAX_ATTEMPTS}")
     if len(h.comment) > 1024:
         raise exceptions.InvalidArgument(detail="comment is longer than 1024 characters")
 
@@ -154,6 +155,7 @@ class TaskManager:
             await self.store.delete_task(new.id)
             raise exceptions.PayloadNotFound(sha256=new.payload_sha256)
         if created:
+            metrics.show_type(task.task_type)
             metrics.SUBMITTED.labels(task.task_type).inc()
             if plan.send_payload:
                 metrics.PAYLOAD_BYTES.inc(task.payload_size)

@@ -10,6 +10,8 @@ from worker import exceptions
 
 #: Placeholder in --work-dir replaced by "gpu0", "gpu1", ... or "cpu".
 GPU_PLACEHOLDER = "{gpu}"
+#: The most tasks one worker runs at once (its slots are announced in a 32-bit field).
+MAX_TASKS = 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -65,8 +67,9 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not self.url.strip():
             raise exceptions.ConfigError(field="gpuproxy-url", detail="the broker address is empty")
-        if self.max_tasks < 1:
-            raise exceptions.ConfigError(field="max-tasks", detail="must be at least 1")
+        if not 1 <= self.max_tasks <= MAX_TASKS:
+            raise exceptions.ConfigError(field="max-tasks",
+                                         detail=f"must be 1 to {MAX_TASKS}, got {self.max_tasks}")
         if not self.task_types:
             raise exceptions.ConfigError(field="allow-type", detail="name at least one type")
         if self.gpu is not None and self.gpu < 0:

@@ -354,6 +354,15 @@ async def test_metrics_endpoint_counts_submissions(
             time.sleep(0.1)
         raise AssertionError(f"{name} never read {value}: {seen.get(name)}")
 
+    # Counters an alert watches read 0 before their first event: increase() counts no
+    # series that first shows up at 1
+    text = until('gpuproxy_calls_refused_total{token="missing"}', 0.0)
+    for task_type in ("c2", "groth16"):
+        for cause in ("failed", "taken_back", "cancelled"):
+            series = f'gpuproxy_tasks_errored_total{{cause="{cause}",task_type="{task_type}"}}'
+            assert text[series] == 0
+        assert text[f'gpuproxy_tasks_taken_back_total{{task_type="{task_type}"}}'] == 0
+    assert text['gpuproxy_calls_refused_total{token="wrong"}'] == 0
     payload = tmp_path / "c1"
     write_payload(payload, 4096)
     for _ in range(2):  # the second submit is the same task
@@ -581,3 +590,28 @@ def test_with_json_logs_a_failed_command_says_so_in_one_json_line(
     said = json.loads(line)
     assert said["level"] == "error" and said["event"].startswith("No broker at 127.0.0.1:1")
     assert said["causes"] and said["timestamp"]
+
+
+async def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly(
+    broker_factory: BrokerFactory, sqlite_dsn: str, tmp_path: pathlib.Path,
+) -> None:
+    # `gpuproxy tasks list | head -1`: no "Broken pipe" error, the status SIGPIPE gives
+    from tests.e2e.conftest import BIN, cli_env
+
+    broker = broker_factory(sqlite_dsn)
+    payload = tmp_path / "c1.json"
+    write_payload(payload, 100)
+    submitted = subprocess.run([str(BIN / "gpuproxy"), "tasks", "submit", "--url", broker.url,
+                                "--type", "c2", str(payload)], env=cli_env(tmp_path),
+                               capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the listing is written
+    try:
+        listing = subprocess.run([str(BIN / "gpuproxy"), "tasks", "list", "--url", broker.url,
+                                  "--json"], stdout=write, stderr=subprocess.PIPE, text=True,
+                                 env=cli_env(tmp_path), timeout=60)
+    finally:
+        os.close(write)
+    assert listing.stderr == ""
+    assert listing.returncode == 128 + signal.SIGPIPE

@@ -105,3 +105,28 @@ def test_a_flag_must_be_spelled_whole() -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["tasks", "list", "--stat", "init"])
     assert cli.build_parser().parse_args(["tasks", "list", "--state", "init"]).state
+
+
+def test_numbers_past_the_protocols_32_bit_fields_are_refused_where_they_are_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Once stored, an attempts count past 2^31 would break every listing of the task
+    from broker import cli, tasks
+
+    values = resolve(argparse.ArgumentParser().parse_args([]), cli.RUN_FLAGS, {}, {})
+    for field, value in (("max_attempts", 99999999999),
+                         ("type_max_attempts", "c2=99999999999")):
+        with pytest.raises(exceptions.ConfigError, match="must be 1 to 1000"):
+            cli.broker_config_from({**values, field: value})
+    header = tasks.SubmitHeader(task_type="noop", miner="f01000", comment="", priority=0,
+                                payload_size=1, payload_sha256="0" * 64, max_attempts=1001)
+    with pytest.raises(exceptions.InvalidArgument, match="max_attempts must be 0"):
+        tasks.validate_header(header, 1 << 30)
+    for flag in ("--priority", "--max-attempts"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["tasks", "submit", "--type", "noop", "f",
+                                           flag, "99999999999"])
+        assert "99999999999 is not from" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["tasks", "submit", "--type", "noop", "f",
+                                          "--priority", "-5", "--max-attempts", "1000"])
+    assert (args.priority, args.max_attempts) == (-5, 1000)

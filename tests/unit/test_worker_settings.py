@@ -160,6 +160,8 @@ def test_bad_values_name_their_source() -> None:
         config_of("--c2-args", "run")
     with pytest.raises(exceptions.ConfigError, match="max-tasks"):
         config_of("--max-tasks", "0")
+    with pytest.raises(exceptions.ConfigError, match="max-tasks: must be 1 to 1024"):
+        config_of("--max-tasks", "99999999999")  # announced in a 32-bit field
     with pytest.raises(broker_exceptions.ConfigError, match="GPUPROXY_GPU"):
         config_of(env={"GPUPROXY_GPU": "first"})
 
