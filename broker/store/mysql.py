@@ -188,13 +188,23 @@ def _version_problem(version: str) -> str:
     return f"server {version} lacks SELECT ... SKIP LOCKED: use MariaDB >= 10.6 or MySQL >= 8.0"
 
 
+DSN_ESCAPES = ("the DSN does not read as mysql://USER:PASS@HOST:PORT/DB: percent-encode the "
+               "characters @ / : # ? % in the user name and password (%40 %2F %3A %23 %3F %25)")
+
+
 def _parse(dsn: str) -> tuple[str, dict[str, Any]]:
     """The DSN with its password masked, and the arguments of aiomysql.connect."""
+    url = urllib.parse.urlsplit(dsn)
+    if "@" in url.path + url.query + url.fragment or url.fragment:
+        # A password with / # ? in it cut short: what follows must not reach a log
+        raise exceptions.ConfigError(field="db-dsn", detail=DSN_ESCAPES)
     try:
-        url = urllib.parse.urlsplit(dsn)
         port = url.port or 3306
-    except ValueError as exc:
-        raise exceptions.ConfigError(field="db-dsn", detail=f"{exc} in the DSN") from None
+    except ValueError:  # its text could hold a piece of the password: not repeated
+        written = url.netloc.rpartition("@")[2].rpartition(":")[2]
+        detail = (f"port {written} is not from 1 to 65535" if written.isdigit() else
+                  DSN_ESCAPES)
+        raise exceptions.ConfigError(field="db-dsn", detail=detail) from None
     options = urllib.parse.parse_qs(url.query, keep_blank_values=True)
     if {k: v for k, v in options.items() if (k, v) != ("charset", ["utf8mb4"])}:
         # Refused rather than ignored: an operator who wrote ssl=... must not get a plain link.
@@ -207,8 +217,9 @@ def _parse(dsn: str) -> tuple[str, dict[str, Any]]:
             field="db-dsn", detail="expected mysql://USER:PASS@HOST:PORT/DB"
         )
     masked = dsn
-    if url.password:
-        masked = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1)).geturl()
+    if url.password is not None:
+        user = url.netloc.rpartition("@")[0].partition(":")[0]
+        masked = url._replace(netloc=f"{user}:***@{url.netloc.rpartition('@')[2]}").geturl()
     args = {
         "host": url.hostname or "127.0.0.1",
         "port": port,

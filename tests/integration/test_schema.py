@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import sqlite3
 import urllib.parse
 
@@ -209,3 +210,22 @@ def test_a_mysql_dsn_takes_charset_utf8mb4_and_refuses_options_it_would_ignore()
     assert (args["db"], args["charset"]) == ("test", "utf8mb4")
     with pytest.raises(exceptions.ConfigError, match="'ssl=true'"):
         mysql._parse("mysql://root@127.0.0.1:3306/test?ssl=true")
+
+
+@pytest.mark.parametrize("dsn", ["mysql://u:p@ss/w:rd@127.0.0.1:3306/db",
+                                 "mysql://u:se#cret@127.0.0.1:3306/db",
+                                 "mysql://u:se?cret@127.0.0.1:3306/db"])
+def test_a_password_that_needs_percent_encoding_is_refused_without_repeating_it(
+    dsn: str,
+) -> None:
+    from broker.store import mysql
+
+    with pytest.raises(exceptions.ConfigError, match="percent-encode") as info:
+        mysql._parse(dsn)
+    assert not {"rd", "cret"} & set(re.split(r"\W", str(info.value)))
+    # Encoded, the same password is read whole, and masked in what the broker says
+    masked, args = mysql._parse("mysql://u:p%40ss%2Fw%3Ard@127.0.0.1:3306/db")
+    assert (args["password"], args["host"], args["db"]) == ("p@ss/w:rd", "127.0.0.1", "db")
+    assert masked == "mysql://u:***@127.0.0.1:3306/db"
+    with pytest.raises(exceptions.ConfigError, match="port 99999 is not from 1 to 65535"):
+        mysql._parse("mysql://u:pw@127.0.0.1:99999/db")
