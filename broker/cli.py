@@ -30,6 +30,7 @@ from broker.flags import (
     address,
     listen_address,
     load_toml,
+    parse_args,
     resolve,
     seconds,
 )
@@ -39,7 +40,9 @@ log = structlog.get_logger(__name__)
 N = TypeVar("N", int, float)
 
 STATE_NAMES = {1: "init", 2: "running", 3: "error", 4: "finished"}
-STATE_NUMBERS = {name: num for num, name in STATE_NAMES.items()}
+#: By name, and by number as the gRPC API and gpuproxy's tables count them (1-4).
+STATE_NUMBERS = {name: num for num, name in STATE_NAMES.items()} | {
+    str(num): num for num in STATE_NAMES}
 #: Longest pause between tries to reach a broker that `tasks wait` lost.
 WAIT_RETRY_MAX_S = 10.0
 
@@ -557,7 +560,7 @@ def _state_list(value: str) -> str:
     for s in _csv(value):
         if s not in STATE_NUMBERS:
             raise argparse.ArgumentTypeError(
-                f"unknown state {s!r}; use {','.join(STATE_NUMBERS)}"
+                f"unknown state {s!r}; use {','.join(STATE_NAMES.values())} (or 1-4)"
             )
     return value
 
@@ -589,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = client_cmd("list", "list tasks, newest first", cmd_tasks_list)
-    p.add_argument("--state", type=_state_list, help="init,running,error,finished")
+    p.add_argument("--state", type=_state_list, help="init,running,error,finished (or 1-4)")
     p.add_argument("--type", help="task types, comma separated")
     p.add_argument("--miner")
     p.add_argument("--worker", help="tasks whose last attempt ran on this worker (running "
@@ -748,7 +751,7 @@ def run_command(command: Coroutine[Any, Any, int],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_command(args.func(args))
 
 

@@ -102,6 +102,25 @@ def _said(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return checked
 
 
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """parser.parse_args, but a flag the chosen subcommand does not take is refused with that
+    subcommand's usage (argparse shows the program's, which lists no flag at all)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return _chosen(action.choices[name], args)
+    return parser
+
+
 def load_toml(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
@@ -116,15 +135,17 @@ def load_toml(path: str | None) -> dict[str, Any]:
 
 def resolve(
     args: argparse.Namespace, flags: Sequence[Flag], file: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None, file_only: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Each flag's value by precedence, converted by its type; errors name the source."""
+    """Each flag's value by precedence, converted by its type; errors name the source.
+    `file_only`: the other keys the caller took out of `file` before, named among the keys
+    when an unknown one is refused."""
     environ = os.environ if environ is None else environ
     file = file or {}
     known = {f.name for f in flags} | {f.dest for f in flags}
     unknown = sorted(set(file) - known)
     if unknown:
-        names = sorted(f.name for f in flags)
+        names = sorted([f.name for f in flags] + list(file_only))
         hints = [f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
             key.replace("_", "-"), names, n=1)) else key for key in unknown]
         raise exceptions.ConfigError(

@@ -26,7 +26,7 @@ from broker import __version__, access, logs, tls
 from broker import exceptions as broker_exceptions
 from broker.cli import ACCESS_FLAGS, run_command
 from broker.client import BrokerClient
-from broker.flags import Flag, add_flags, address, resolve, seconds
+from broker.flags import Flag, add_flags, address, parse_args, resolve, seconds
 from plugin import exceptions, stdio, workdir
 from plugin.config import PluginConfig
 from plugin.dump import Dumper
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_command(cmd_run(args),
                        errors=(exceptions.PluginError, broker_exceptions.BrokerError))
 

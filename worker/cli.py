@@ -22,7 +22,7 @@ import structlog
 from broker import __version__, access, logs, tls
 from broker import exceptions as broker_exceptions
 from broker.cli import ACCESS_FLAGS, LOG_FLAGS, run_command
-from broker.flags import Flag, add_flags, address, load_toml, resolve, seconds
+from broker.flags import Flag, add_flags, address, load_toml, parse_args, resolve, seconds
 from worker import config as worker_config
 from worker import daemon, exceptions, executors, gpus
 from worker.supervisor import Supervisor
@@ -226,7 +226,9 @@ def settings(
     file.pop("gpu" if flags is SUPERVISE_FLAGS else "gpus", None)
     section = file.pop("processors", None)
     file_keys = {FILE_ONLY_KEYS[k]: file.pop(k) for k in list(file) if k in FILE_ONLY_KEYS}
-    values = resolve(args, flags, file, environ)
+    values = resolve(args, flags, file, environ, file_only=(
+        *sorted(set(FILE_ONLY_KEYS.values())), "gpu" if flags is SUPERVISE_FLAGS else "gpus",
+        "processors"))
     logs.configure(values["log_level"], values["log_format"])
     fs_path = values["fs_resource_path"]
     config = worker_config.WorkerConfig(
@@ -414,7 +416,7 @@ def _add_worker_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_command(args.func(args, argv),
                        errors=(exceptions.WorkerError, broker_exceptions.BrokerError))
 

@@ -49,11 +49,24 @@ class HeldLock:
         self._fd: int | None = fd
 
     @classmethod
-    def take(cls, path: pathlib.Path, record: dict[str, object]) -> HeldLock | str:
+    def take(cls, path: pathlib.Path, record: dict[str, object],
+             shared: bool = False) -> HeldLock | str:
         """The lock with `record` written in it; or, when another process holds it, what that
-        holder wrote (maybe nothing yet)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        holder wrote (maybe nothing yet). A `shared` lock's folder and file are made for every
+        user's workers (a sticky folder, as /tmp is), whoever came first: a worker run once by
+        hand as root must not lock the service's user out of the GPU."""
+        if shared:
+            try:
+                path.parent.mkdir(parents=True)
+                os.chmod(path.parent, 0o1777)
+            except FileExistsError:
+                pass
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        if shared:
+            with contextlib.suppress(PermissionError):  # only its owner may, and needs to
+                os.fchmod(fd, 0o666)  # the umask took write access from the other users
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,10 +96,14 @@ class GpuLock(HeldLock):
     def acquire(cls, lock_dir: pathlib.Path, gpu: Gpu, worker_id: str) -> HeldLock:
         path = lock_path(lock_dir, gpu)
         try:
-            held = cls.take(path, {"worker_id": worker_id, "pid": os.getpid(), "gpu": gpu.uuid})
+            held = cls.take(path, {"worker_id": worker_id, "pid": os.getpid(), "gpu": gpu.uuid},
+                            shared=True)
         except OSError as exc:
+            hint = (" (made by another user's worker: let every user write it, chmod 666, or "
+                    "give another --lock-dir)" if isinstance(exc, PermissionError) else "")
             raise exceptions.ConfigError(
-                field="lock-dir", detail=f"cannot lock {path}: {exc.strerror or exc}") from exc
+                field="lock-dir",
+                detail=f"cannot lock {path}: {exc.strerror or exc}{hint}") from exc
         if isinstance(held, str):
             raise busy_error(gpu, worker_id, path, held)
         return held

@@ -100,6 +100,11 @@ async def test_submit_list_show_and_resubmit(
     table = gpuproxy("tasks", "list", "--url", broker.url, "--state", "init", "--type", "c2")
     assert table.stdout.splitlines()[0].split()[:4] == ["ID", "TYPE", "MINER", "STATE"]
     assert task_id in table.stdout
+    # States by their numbers too, as gpuproxy's scripts wrote them
+    assert gpuproxy("tasks", "list", "--url", broker.url, "--state", "1").stdout == table.stdout
+    assert task_id not in gpuproxy("tasks", "list", "--url", broker.url, "--state", "4,3").stdout
+    refused = gpuproxy("tasks", "list", "--url", broker.url, "--state", "5")
+    assert refused.returncode == 2 and "unknown state '5'" in refused.stderr
     show = gpuproxy("tasks", "show", "--url", broker.url, task_id)
     assert "sector 163" in show.stdout and "state:" in show.stdout
 

@@ -130,3 +130,18 @@ def test_numbers_past_the_protocols_32_bit_fields_are_refused_where_they_are_giv
     args = cli.build_parser().parse_args(["tasks", "submit", "--type", "noop", "f",
                                           "--priority", "-5", "--max-attempts", "1000"])
     assert (args.priority, args.max_attempts) == (-5, 1000)
+
+
+def test_a_flag_the_subcommand_does_not_take_is_refused_with_its_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from broker import cli
+
+    for argv, usage in ((["run", "--bogus"], "usage: gpuproxy run "),
+                        (["tasks", "list", "--bogus", "x"], "usage: gpuproxy tasks list ")):
+        with pytest.raises(SystemExit) as info:
+            flags.parse_args(cli.build_parser(), argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.startswith(usage)
+        assert f"unrecognized arguments: {' '.join(argv[argv.index('--bogus'):])}" in err
+    assert flags.parse_args(cli.build_parser(), ["tasks", "list", "--state", "init"]).state

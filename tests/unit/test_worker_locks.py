@@ -77,3 +77,19 @@ def test_a_second_worker_in_one_work_folder_is_refused_naming_the_first(
         locks.lock_work_dir(tmp_path)
     held.release()
     locks.lock_work_dir(tmp_path).release()
+
+
+def test_the_lock_folder_and_files_are_made_for_every_users_workers(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A worker run once by hand as root must not leave files the service's user cannot lock
+    old = os.umask(0o022)
+    try:
+        locks.GpuLock.acquire(tmp_path / "locks", GPU, "host-gpu0-aaaa").release()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "locks").stat().st_mode & 0o7777 == 0o1777  # sticky, as /tmp
+    assert locks.lock_path(tmp_path / "locks", GPU).stat().st_mode & 0o777 == 0o666
+    # A work folder lock stays private to its worker
+    locks.lock_work_dir(tmp_path / "work").release()
+    assert (tmp_path / "work").stat().st_mode & 0o777 == 0o755

@@ -190,3 +190,16 @@ def test_registry_refuses_a_type_nobody_runs() -> None:
 def test_c2_without_a_processor_says_how_to_configure_one() -> None:
     with pytest.raises(exceptions.ConfigError, match=r"--c2-bin.*\[\[processors.c2\]\]"):
         executors.create(WorkerConfig())
+
+
+def test_an_unknown_config_key_is_refused_naming_every_key_the_file_takes(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text('c2-argz = "run"\n')
+    with pytest.raises(broker_exceptions.ConfigError) as info:
+        config_of("--config", str(path))
+    said = str(info.value)
+    assert "c2-argz (did you mean c2-args?)" in said
+    keys = said.rpartition("the keys are the flag names: ")[2].split(", ")
+    assert {"c2-args", "c2-env", "gpus", "processors", "max-tasks"} <= set(keys)
