@@ -129,6 +129,9 @@ def proof_line(request_id: int, proof: bytes) -> bytes:
 
 
 def error_line(request_id: int, message: str) -> bytes:
-    """`{"id":N,"err_msg":"...","output":null}` and a newline."""
-    text = json.dumps(message, ensure_ascii=False)
+    """`{"id":N,"err_msg":"...","output":null}` and a newline. Characters UTF-8 cannot hold
+    (a lone surrogate: a file name that is not UTF-8) are written as backslash escapes: the
+    answer must go out, and serde refuses a JSON escape of a lone surrogate."""
+    clean = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = json.dumps(clean, ensure_ascii=False)
     return b'{"id":%d,"err_msg":%s,"output":null}\n' % (request_id, text.encode())

@@ -126,6 +126,14 @@ def test_an_error_response_escapes_its_message() -> None:
                                 "\nsecond line é", "output": None}
 
 
+def test_an_error_message_with_a_character_utf8_cannot_hold_still_goes_out() -> None:
+    # A staging folder whose name is not UTF-8 reaches the message as a lone surrogate
+    line = protocol.error_line(9, "cannot use /tmp/\udcff/x")
+    line.decode("utf-8")  # strict: valid UTF-8
+    assert b'/tmp/\\\\udcff/x' in line  # an escaped backslash: no surrogate escape for serde
+    assert json.loads(line)["err_msg"] == "cannot use /tmp/\\udcff/x"
+
+
 def test_the_ready_line() -> None:
     assert protocol.READY_LINE == b"c2 processor ready\n"
 
