@@ -332,13 +332,17 @@ async def cmd_tasks_submit(args: argparse.Namespace) -> int:
         task, existed = await client.submit(
             path, task_type=args.type, miner=args.miner, comment=comment,
             priority=args.priority, max_attempts=args.max_attempts,
+            rerun=(args.reason or "rerun by operator") if args.rerun else None,
         )
         print(task.id, flush=True)
-        if existed:
+        if existed and args.rerun:
+            print(f"(this payload's task existed; it is {STATE_NAMES.get(task.state)} now: had "
+                  "it finished, it runs again, its result dropped)", file=sys.stderr)
+        elif existed:
             print(f"(this payload was submitted before for {task.miner} as {task.task_type}: "
                   f"that task, {STATE_NAMES.get(task.state)}, is the answer, with its own "
                   "comment, priority and attempts; `gpuproxy tasks reset` runs one in error "
-                  "again)", file=sys.stderr)
+                  "again, and submitting with --rerun a finished one)", file=sys.stderr)
         await _say_if_nobody_runs(client, task.task_type)
         if not args.wait:
             return 0
@@ -622,6 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="higher runs first (a 32-bit number)")
     p.add_argument("--max-attempts", type=_int_in(0, broker_config.MAX_ATTEMPTS), default=0,
                    help="0: the broker's default")
+    p.add_argument("--rerun", action="store_true", help="when this payload's task finished "
+                   "already: drop its result and run it again (a result found wrong, or lost)")
+    p.add_argument("--reason", help="with --rerun: why, kept in the task's history")
     p.add_argument("--wait", action="store_true", help="wait until the task ends")
     p.add_argument("-o", "--output", help="with --wait: write the result here (groth16: "
                    "snarkjs proof.json, with public.json beside it)")

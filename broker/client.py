@@ -139,16 +139,17 @@ class BrokerClient:
 
     async def submit_file(
         self, path: pathlib.Path, *, task_type: str, miner: str, comment: str = "",
-        priority: int = 0, max_attempts: int = 0,
+        priority: int = 0, max_attempts: int = 0, rerun: str | None = None,
     ) -> tasks_pb2.Task:
-        """Submit a file as a task's payload; uploads only when the broker lacks it."""
+        """Submit a file as a task's payload; uploads only when the broker lacks it. With
+        `rerun` (why), a finished task of this payload drops its result and runs again."""
         task, _ = await self.submit(path, task_type=task_type, miner=miner, comment=comment,
-                                    priority=priority, max_attempts=max_attempts)
+                                    priority=priority, max_attempts=max_attempts, rerun=rerun)
         return task
 
     async def submit(
         self, path: pathlib.Path, *, task_type: str, miner: str, comment: str = "",
-        priority: int = 0, max_attempts: int = 0,
+        priority: int = 0, max_attempts: int = 0, rerun: str | None = None,
     ) -> tuple[tasks_pb2.Task, bool]:
         """`submit_file`, also saying whether the task existed already (the same payload,
         miner and type were submitted before: that task, as it is, is the answer)."""
@@ -156,6 +157,7 @@ class BrokerClient:
         header = tasks_pb2.SubmitHeader(
             task_type=task_type, miner=miner, comment=comment, priority=priority,
             payload_size=size, payload_sha256=sha, max_attempts=max_attempts,
+            rerun=rerun is not None, rerun_reason=rerun or "",
         )
         call = self.stub.SubmitTask(metadata=self.metadata)
         try:

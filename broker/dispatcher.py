@@ -238,7 +238,8 @@ class Dispatcher:
         loaded (loading a key takes seconds to minutes), else the first that can run it; None
         when no task waits for any of them. A task that ran before goes, where another can
         take it, to another worker than the one its last attempt ran on: a faulty GPU or C2
-        processor would otherwise spend every attempt of the tasks it fails."""
+        processor would otherwise spend every attempt of the tasks it fails (or, for a result
+        found wrong and dropped, make it again)."""
         if len(hungry) == 1:
             return hungry[0]
         head = await self.store.next_task(
@@ -247,7 +248,7 @@ class Dispatcher:
         if head is None:
             return None
         able = [s for s in hungry if head.task_type in s.task_types] or hungry
-        if head.attempts and head.worker_id:
+        if head.worker_id:  # it ran: an attempt, or a finished run whose result was dropped
             able = [s for s in able if s.worker_id != head.worker_id] or able
         key = policy.task_key(head.comment)
         return next((s for s in able if key and s.record and key in s.record.resident_keys),

@@ -40,6 +40,10 @@ class SubmitHeader:
     payload_size: int
     payload_sha256: str
     max_attempts: int = 0  #: 0 takes the broker's default
+    #: A finished task's result was found wrong or lost: run it again (saying this, or a
+    #: default reason when empty); nothing for a task not finished.
+    rerun: bool = False
+    rerun_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,7 @@ class SubmitPlan:
     existing: Task | None
     send_payload: bool
     stored_size: int | None = None  #: of the stored copy found, when it is the wrong size
+    rerun: str | None = None  #: why the existing, finished task runs again; None: it does not
 
 
 def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
@@ -125,9 +130,13 @@ class TaskManager:
         damaged = present if present not in (None, new.payload_size) else None
         if existing is not None:
             # A task still to run whose payload is gone (a cleanup that raced the submit which
-            # found it stored) or damaged takes it again from this submit rather than fail.
-            lost = existing.state != TaskState.FINISHED and present != existing.payload_size
-            return SubmitPlan(new, existing, send_payload=lost, stored_size=damaged)
+            # found it stored, or a finished task run again: its input was dropped when it
+            # finished) or damaged takes it again from this submit rather than fail.
+            rerun = header.rerun and existing.state == TaskState.FINISHED
+            lost = (rerun or existing.state != TaskState.FINISHED) and (
+                present != existing.payload_size)
+            why = (header.rerun_reason or "its result was found wrong or lost") if rerun else None
+            return SubmitPlan(new, existing, send_payload=lost, stored_size=damaged, rerun=why)
         return SubmitPlan(new, None, send_payload=present != new.payload_size,
                           stored_size=damaged)
 
@@ -145,9 +154,11 @@ class TaskManager:
                             sha256=new.payload_sha256, damaged_bytes=plan.stored_size,
                             bytes=new.payload_size)
         if plan.existing is not None:
-            if plan.send_payload:
+            if plan.send_payload and plan.rerun is None:
                 log.warning("payload of a waiting task was missing or damaged; stored again",
                             task_id=plan.existing.id, sha256=new.payload_sha256)
+            if plan.rerun is not None:
+                return await self._rerun(plan.existing, plan.rerun)
             return plan.existing
         task, created = await self.store.create_task(new)
         if created and not await self.payloads.exists(new.payload_sha256):
@@ -164,6 +175,19 @@ class TaskManager:
                      uploaded=plan.send_payload)
             self.hub.notify(task.id)
         return task
+
+    async def _rerun(self, task: Task, reason: str) -> Task:
+        """finished -> init, its result dropped, once its input is stored again (a task to run
+        without one would fail for good at once)."""
+        try:
+            [again] = await self.store.reset_tasks([task.id], models.now_ms(), finished=True,
+                                                   reason=policy.clipped(reason))
+        except exceptions.WrongState:  # run again already, by another submit
+            return await self.store.get_task(task.id)
+        self.hub.notify(task.id)
+        log.warning("finished task runs again: its result was dropped", task_id=task.id,
+                    reason=reason, result_of=task.worker_id)
+        return again
 
     # -- queries ---------------------------------------------------------------------------
 

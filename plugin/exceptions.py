@@ -28,9 +28,9 @@ class TaskFailed(PluginError):
 
 
 class NotAProof(PluginError):
-    """Task {task_id} (sector {sector_id}) finished, but its result is not a proof: {detail}.
-    Check the C2 processor of worker {worker_id}; `gpuproxy tasks show {task_id}` has the
-    history."""
+    """Task {task_id} (sector {sector_id}) finished {runs} times, but its result is not a
+    proof: {detail}. Check the C2 processor of worker {worker_id}; `gpuproxy tasks show
+    {task_id}` has the history. Asking again runs the task again."""
 
 
 class Refused(PluginError):

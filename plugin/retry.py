@@ -58,6 +58,7 @@ class Trail:
     state: str = ""  #: the last state seen, e.g. "running on worker w1, attempt 1/3"
     submits: int = 0
     resets: int = 0
+    reruns: int = 0  #: finished, with a result that could not be the proof, and run again
     polls: int = 0
     failures: int = 0  #: calls to the broker that failed and were retried
     last_error: str = ""
@@ -75,6 +76,8 @@ class Trail:
             parts = ["the broker never accepted the task"]
         if self.resets:
             parts.append(f"reset from error {_times(self.resets)}")
+        if self.reruns:
+            parts.append(f"run again {_times(self.reruns)} for a result that was not a proof")
         if self.polls:
             parts.append(f"polled {_times(self.polls)} (the watch stream could not be held)")
         if self.failures:

@@ -2,7 +2,9 @@
 
 Submission is idempotent: the broker derives the task id from (miner, type, payload sha256), so
 the same C2 input finds the task it made before. A finished task answers at once, a task in error
-is reset and tried again (as gpuproxy's plugin did), a queued or running one is waited for.
+is reset and tried again (as gpuproxy's plugin did), a queued or running one is waited for. A
+finished task whose result cannot be the proof (the wrong size for the sector, or lost from the
+broker's store) is submitted again asking to run it again, a bounded number of times.
 
 Waiting is the broker's watch stream. A watch broken because the broker went away is opened again
 after a backoff; a watch the broker will not hold is replaced by reading the task every
@@ -25,10 +27,11 @@ import structlog
 
 from broker.client import BrokerClient
 from broker.exceptions import BrokerError
-from plugin import c2, exceptions, retry, workdir
+from plugin import exceptions, retry, workdir
 from plugin.config import PluginConfig
 from plugin.protocol import STAGE, C2Request
 from protos.gpuproxy.v1 import tasks_pb2
+from worker import c2proof
 from worker.backoff import Backoff
 
 log = structlog.get_logger(__name__)
@@ -39,6 +42,11 @@ STATE_NAMES = {tasks_pb2.TASK_STATE_INIT: "queued", tasks_pb2.TASK_STATE_RUNNING
                tasks_pb2.TASK_STATE_ERROR: "in error", tasks_pb2.TASK_STATE_FINISHED: "finished"}
 #: A submit may also meet a payload cleaned up between its upload and the task's insert.
 SUBMIT_ALSO_RETRIED = frozenset({grpc.StatusCode.NOT_FOUND})
+#: A finished task's result the broker no longer has (removed from its store), or has damaged.
+RESULT_LOST = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS})
+#: Runs of a finished task whose result cannot be the proof, per request, before the request
+#: is answered with the error (the sealer asking again starts over).
+MAX_RERUNS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,33 +115,62 @@ class Waiter:
 
     async def _prove(self, request: C2Request, payload: pathlib.Path, trail: retry.Trail) -> bytes:
         rlog = log.bind(request_id=request.id, sector_id=request.sector_id, miner=request.miner)
+        reruns = 0
+        task = await self._submitted(request, payload, trail)
         while True:
-            task = await self._retrying(
-                request, trail, "submit the task", lambda: self._submit(request, payload, trail),
-                also=SUBMIT_ALSO_RETRIED,
-            )
             rlog = rlog.bind(task_id=task.id)
             ended = await self._wait(request, task, trail, rlog)
-            if ended is not None:
-                break
-            rlog.warning("the broker no longer has the task; submitting it again")
-        if ended.state == tasks_pb2.TASK_STATE_ERROR:
-            raise exceptions.TaskFailed(task_id=ended.id, sector_id=request.sector_id,
-                                        reason=ended.error_message or "no reason given")
-        proof = await self._retrying(request, trail, "download the proof",
-                                     lambda: self._download(ended))
-        problem = c2.proof_problem(proof, request.registered_proof)
-        if problem is not None:
-            raise exceptions.NotAProof(task_id=ended.id, sector_id=request.sector_id,
-                                       detail=problem, worker_id=ended.worker_id or "?")
-        rlog.info("proof ready", proof_bytes=len(proof))
-        return proof
+            if ended is None:
+                rlog.warning("the broker no longer has the task; submitting it again")
+                task = await self._submitted(request, payload, trail)
+                continue
+            if ended.state == tasks_pb2.TASK_STATE_ERROR:
+                raise exceptions.TaskFailed(task_id=ended.id, sector_id=request.sector_id,
+                                            reason=ended.error_message or "no reason given")
+            proof, problem = await self._result(request, ended, trail)
+            if problem is None:
+                rlog.info("proof ready", proof_bytes=len(proof))
+                return proof
+            if reruns == MAX_RERUNS:
+                raise exceptions.NotAProof(task_id=ended.id, sector_id=request.sector_id,
+                                           detail=problem, worker_id=ended.worker_id or "?",
+                                           runs=reruns + 1)
+            reruns += 1
+            trail.reruns += 1
+            rlog.warning("the task finished, but its result cannot be the proof: running it "
+                         "again", problem=problem, worker_id=ended.worker_id, rerun=reruns)
+            # Submitted again asking for a new run: the input goes up again (the broker
+            # dropped it at the finish) before the task can be given to a worker
+            task = await self._submitted(request, payload, trail,
+                                         rerun=f"the plugin dropped its result: {problem}")
+
+    async def _submitted(self, request: C2Request, payload: pathlib.Path, trail: retry.Trail,
+                         rerun: str | None = None) -> tasks_pb2.Task:
+        return await self._retrying(
+            request, trail, "submit the task",
+            lambda: self._submit(request, payload, trail, rerun), also=SUBMIT_ALSO_RETRIED,
+        )
+
+    async def _result(self, request: C2Request, task: tasks_pb2.Task,
+                      trail: retry.Trail) -> tuple[bytes, str | None]:
+        """The finished task's result, and why it cannot be the request's proof (None when
+        it can): wrong for the sector's proof type, or lost or damaged in the broker's store."""
+        try:
+            proof = await self._retrying(request, trail, "download the proof",
+                                         lambda: self._download(task))
+        except exceptions.Refused as exc:
+            cause = exc.__cause__
+            if cause is None or retry.code_of(cause) not in RESULT_LOST:
+                raise
+            return b"", f"the broker cannot give it ({cause})"
+        return proof, c2proof.proof_problem(proof, request.registered_proof)
 
     async def _submit(
-        self, request: C2Request, payload: pathlib.Path, trail: retry.Trail
+        self, request: C2Request, payload: pathlib.Path, trail: retry.Trail,
+        rerun: str | None = None,
     ) -> tasks_pb2.Task:
         task = await self.client.submit_file(
-            payload, task_type=STAGE, miner=request.miner, comment=request.comment
+            payload, task_type=STAGE, miner=request.miner, comment=request.comment, rerun=rerun,
         )
         trail.submits += 1
         trail.task_id, trail.state = task.id, describe(task)

@@ -102,27 +102,39 @@ class SqlStore(Store):
     async def delete_task(self, task_id: str) -> None:
         await self._write(lambda tx: tx.run(self.sql.delete_task, [task_id]))
 
-    async def reset_task(self, task_id: str, now_ms: int) -> Task:
-        [task] = await self.reset_tasks([task_id], now_ms)
+    async def reset_task(self, task_id: str, now_ms: int, finished: bool = False,
+                         reason: str = "") -> Task:
+        [task] = await self.reset_tasks([task_id], now_ms, finished, reason)
         return task
 
-    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int) -> list[Task]:
+    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int, finished: bool = False,
+                          reason: str = "") -> list[Task]:
         async def change(tx: Tx) -> list[Task]:
-            return [await self._reset(tx, task_id, now_ms) for task_id in task_ids]
+            return [await self._reset(tx, task_id, now_ms, finished, reason)
+                    for task_id in task_ids]
 
         return await self._write(change)
 
-    async def _reset(self, tx: Tx, task_id: str, now_ms: int) -> Task:
+    async def _reset(self, tx: Tx, task_id: str, now_ms: int, finished: bool,
+                     reason: str) -> Task:
         task = await self._task(tx, task_id, lock=True)
+        again = dict(state=TaskState.INIT, attempts=0, error_message="", started_at=None,
+                     finished_at=None, lease_expires_at=None, not_before=now_ms,
+                     progress_phase="", progress_fraction=0.0)
+        if task.state == TaskState.FINISHED and finished:
+            await self._add_attempt(tx, task, task.worker_id, now_ms, now_ms, "reset",
+                                    policy.clipped(reason or "its result was dropped"))
+            return await self._save(tx, task, result_size=0, result_sha256="", **again)
         if task.state != TaskState.ERROR:
-            raise _wrong_state(task, "only a task in error can be reset")
+            raise _wrong_state(task, "only a finished task or one in error can be reset"
+                               if finished else "only a task in error can be reset" + (
+                                   "; a finished one runs again when its input is submitted "
+                                   "again asking for it (gpuproxy tasks submit --rerun), "
+                                   "which drops its result"
+                                   if task.state == TaskState.FINISHED else ""))
         await self._add_attempt(tx, task, "", now_ms, now_ms, "reset",
                                 policy.clipped(task.error_message))
-        return await self._save(
-            tx, task, state=TaskState.INIT, attempts=0, worker_id="", error_message="",
-            started_at=None, finished_at=None, lease_expires_at=None, not_before=now_ms,
-            progress_phase="", progress_fraction=0.0,
-        )
+        return await self._save(tx, task, worker_id="", **again)
 
     async def cancel_task(self, task_id: str, reason: str, now_ms: int) -> Task:
         async def change(tx: Tx) -> Task:
@@ -255,10 +267,11 @@ class SqlStore(Store):
             task = await self._held(tx, task_id, fence)
             await tx.run(self.sql.close_attempt, [now_ms, "released", reason, task_id])
             # The released attempt does not count: the task names the worker of the attempt
-            # before it again (the dispatcher keeps a retry away from that one), or none
+            # before it again (the dispatcher keeps a retry away from that one), or of the
+            # result dropped before it, or none (a reset of a task in error names none)
             attempts = task.attempts - 1
             before = [a for a in await self._history(tx, task_id) if a.outcome != "released"]
-            worker_id = before[-1].worker_id if attempts and before else ""
+            worker_id = before[-1].worker_id if before else ""
             return await self._save(
                 tx, task, state=TaskState.INIT, attempts=attempts, not_before=now_ms,
                 lease_expires_at=None, worker_id=worker_id,

@@ -148,6 +148,20 @@ async def test_result_roundtrip_and_watch_across_processes(
     got = gpuproxy("tasks", "result", "--url", broker.url, task_id, "-o", str(tmp_path / "again"))
     assert got.returncode == 0 and (tmp_path / "again").read_bytes() == proof
 
+    # A result found wrong: submitted again with --rerun, the task drops it and runs again
+    sha = hashlib.sha256(payload.read_bytes()).hexdigest()
+    (payload_dir / sha[0:2] / sha[2:4] / sha).unlink()  # as a finish drops the input
+    rerun = gpuproxy("tasks", "submit", "--url", broker.url, "--type", "c2", "--miner",
+                     "f01000", "--rerun", "--reason", "proof refused by the chain", str(payload))
+    assert rerun.returncode == 0 and rerun.stdout.strip() == task_id, rerun.stderr
+    assert "it is init now" in rerun.stderr
+    shown = json.loads(gpuproxy("tasks", "show", "--url", broker.url, task_id, "--json").stdout)
+    assert shown["state"] == "init" and not shown.get("result_sha256")
+    assert shown["history"][-1]["outcome"] == "reset"
+    assert shown["history"][-1]["reason"] == "proof refused by the chain"
+    kept = gpuproxy("tasks", "payload", "--url", broker.url, task_id, "-o", str(tmp_path / "in"))
+    assert kept.returncode == 0 and (tmp_path / "in").read_bytes() == payload.read_bytes()
+
 
 async def test_errors_have_precise_statuses_and_messages(
     sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]

@@ -333,7 +333,7 @@ async def test_a_task_in_error_is_reported_then_reset_when_asked_again(
     assert [a.outcome for a in history] == ["failed", "reset", "finished"]
 
 
-async def test_a_result_that_is_not_a_proof_is_an_error(
+async def test_a_proof_of_the_wrong_size_fails_on_the_worker_and_is_the_answer(
     broker: BrokerProcess, worker_factory: WorkerFactory, plugin_factory: PluginFactory,
 ) -> None:
     # A 32 GiB sector needs 10 partitions; this prover returns one
@@ -341,8 +341,47 @@ async def test_a_result_that_is_not_a_proof_is_an_error(
     plugin = await plugin_factory(broker.url)
     await plugin.send(request_line(1, task_bytes(168, "StackedDrg32GiBV1_1")))
     message = await plugin.error(1)
-    assert "finished, but its result is not a proof" in message
-    assert "192 bytes, but a StackedDrg32GiBV1_1 proof has 1920" in message
+    # The attempt failed on the worker (retried, where attempts remain), never finished
+    assert "sector 168 error reason:" in message
+    assert "not the sector's proof: it has 192 bytes, but a StackedDrg32GiBV1_1 proof has " \
+        "1920" in message
+
+
+async def test_a_finished_task_whose_result_is_wrong_or_lost_runs_again(
+    broker: BrokerProcess, sqlite_dsn: str, worker_factory: WorkerFactory,
+    plugin_factory: PluginFactory, tmp_path: pathlib.Path,
+) -> None:
+    from tests.e2e.test_broker_cli import finish_from_outside
+
+    # Given a task finished (by a worker of an older version, say) with a result that
+    # cannot be a 2 KiB sector's proof
+    plugin = await plugin_factory(broker.url)
+    task = task_bytes(170)
+    await plugin.send(request_line(1, task))
+    await plugin.wait_for_log("task submitted")
+    await finish_from_outside(sqlite_dsn, tmp_path / "payloads", b"x" * 100)
+    await plugin.wait_for_log("running it again")
+    # Then the plugin puts it back, and a worker makes the proof
+    worker_factory(broker.url)
+    assert await plugin.proof(1) == proof_of(task)
+    [only] = await tasks_on(broker.url)
+    async with BrokerClient(broker.url) as client:
+        history = (await client.get_task(only.id)).history
+    assert [a.outcome for a in history] == ["finished", "reset", "finished"]
+    assert history[1].worker_id == "w-test"  # whose result was dropped
+    assert "it has 100 bytes, but a StackedDrg2KiBV1_1 proof has 192" in history[1].reason
+
+    # When its result is lost from the broker's folder, and the sealer asks again
+    async with BrokerClient(broker.url) as client:
+        sha = (await client.get_task(only.id)).result_sha256
+    (tmp_path / "payloads" / sha[0:2] / sha[2:4] / sha).unlink()
+    await plugin.send(request_line(2, task))
+    # Then it runs again too, rather than fail on every ask until retention removes it
+    assert await plugin.proof(2) == proof_of(task)
+    async with BrokerClient(broker.url) as client:
+        history = (await client.get_task(only.id)).history
+    assert [a.outcome for a in history][3:] == ["reset", "finished"]
+    assert "the broker cannot give it" in history[3].reason
 
 
 async def test_end_of_stdin_or_sigterm_abandons_requests_in_flight_and_exits(

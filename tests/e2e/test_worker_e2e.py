@@ -41,7 +41,7 @@ def broker(sqlite_dsn: str, broker_factory: BrokerFactory) -> BrokerProcess:
 
 
 def c2_input(sector_id: int = 163) -> dict[str, Any]:
-    c1out = {"registered_proof": "StackedDrg2KiBV1_1", "vanilla_proofs": {"v": [[1], [2]]}}
+    c1out = {"registered_proof": "StackedDrg2KiBV1_1", "vanilla_proofs": {"v": [[1]]}}
     return {"c1out": c1out, "prover_id": [1] + [0] * 31, "sector_id": sector_id,
             "miner_id": 1000}
 

@@ -550,6 +550,38 @@ async def test_reset_refuses_a_task_not_in_error(store: Store, submit: Submit) -
     assert await store.get_task(task.id) == task
 
 
+async def test_a_finished_task_runs_again_when_asked_its_result_dropped(
+    store: Store, submit: Submit
+) -> None:
+    # Given a task finished on worker w1 with a result found wrong
+    task = await claimed(store, submit)
+    await store.finish_task(task.id, task.fence, 100, "ab" * 32, T0 + 1)
+    with pytest.raises(exceptions.WrongState, match="submit --rerun"):
+        await store.reset_task(task.id, T0 + 2)  # a reset alone leaves finished tasks be
+
+    # When it is asked to run again
+    again = await store.reset_task(task.id, T0 + 2, finished=True, reason="100 bytes")
+
+    # Then it waits to run with a fresh budget and no result, still naming w1 (the
+    # dispatcher gives it to another worker where it can), which the history says too
+    assert again == await store.get_task(task.id)
+    assert (again.state, again.attempts, again.result_size, again.result_sha256,
+            again.worker_id, again.finished_at) == (TaskState.INIT, 0, 0, "", "w1", None)
+    history = await store.get_attempts(task.id)
+    assert [(a.outcome, a.worker_id, a.reason) for a in history] == [
+        ("finished", "w1", ""), ("reset", "w1", "100 bytes")]
+    assert "ab" * 32 not in await store.referenced_blobs()  # the cleaner may remove it
+    assert await store.payload_needed(task.payload_sha256)
+    # And a run handed back by a worker going away names w1 again
+    run = await store.claim_task("w2", ["claim-me"], LEASE_MS, T0 + 3)
+    assert run is not None
+    released = await store.release_task(task.id, run.fence, "worker draining", T0 + 4)
+    assert (released.state, released.attempts, released.worker_id) == (TaskState.INIT, 0, "w1")
+    # Only finished tasks and tasks in error go back
+    with pytest.raises(exceptions.WrongState, match="only a finished task or one in error"):
+        await store.reset_task(task.id, T0 + 5, finished=True)
+
+
 async def test_cancel_an_init_task(store: Store, submit: Submit) -> None:
     task = await submit()
 

@@ -122,6 +122,25 @@ async def test_a_failed_task_runs_again_on_another_worker_where_one_is_free(stor
     assert assigned(other) == [task] and assigned(flaky) == []
 
 
+async def test_a_finished_task_run_again_goes_to_another_worker_than_the_one_whose_result_it_was(
+    store: Store,
+) -> None:
+    # Given a task finished on "faulty", whose result was found wrong and dropped
+    now = models.now_ms()
+    task = await submit(store, KEY_A, now)
+    claimed = await store.claim_task("faulty", ["groth16"], 30_000, now)
+    assert claimed is not None
+    await store.finish_task(task, claimed.fence, 5, "cd" * 32, now)
+    await store.reset_task(task, now, finished=True, reason="not a proof")
+    # When "faulty" (holding its key) and another worker are free, the other makes it again
+    dispatcher = Dispatcher(store, lease_s=30)
+    faulty, other = worker("faulty", KEY_A), worker("other")
+    dispatcher.add(faulty)
+    dispatcher.add(other)
+    await dispatcher._assign()
+    assert assigned(other) == [task] and assigned(faulty) == []
+
+
 async def test_a_failed_task_still_runs_again_where_only_its_last_worker_is_free(
     store: Store,
 ) -> None:

@@ -6,7 +6,8 @@ import grpc
 import pytest
 
 from broker import exceptions as broker_exceptions
-from plugin import c2, retry
+from plugin import retry
+from worker import c2proof as c2
 
 
 @pytest.mark.parametrize(("proof_type", "size"), [

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import pathlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,7 +107,8 @@ async def test_a_new_task_is_submitted_watched_and_its_proof_returned(prove: Any
     assert broker.calls == ["submit", "watch", "result"]
     [(payload, header)] = broker.submitted
     assert payload == TASK
-    assert header == {"task_type": "c2", "miner": "f01000", "comment": "sector 163"}
+    assert header == {"task_type": "c2", "miner": "f01000", "comment": "sector 163",
+                      "rerun": None}
 
 
 async def test_a_finished_task_is_answered_without_waiting(prove: Any) -> None:
@@ -187,11 +189,33 @@ async def test_the_deadline_gives_up_saying_what_was_tried(prove: Any) -> None:
 @pytest.mark.parametrize(("result", "complaint"), [
     (b"", "it is empty"),
     (bytes(1920), "it has 1920 bytes, but a StackedDrg2KiBV1_1 proof has 192"),
+    (failure(grpc.StatusCode.NOT_FOUND, "Payload ab is not stored"),
+     "the broker cannot give it .Payload ab is not stored"),
+    (failure(grpc.StatusCode.DATA_LOSS, "damaged"), "the broker cannot give it .damaged"),
 ])
-async def test_a_result_that_is_not_a_proof_is_refused(
-    prove: Any, result: bytes, complaint: str
+async def test_a_result_that_cannot_be_the_proof_runs_the_task_again(
+    prove: Any, result: Any, complaint: str
 ) -> None:
-    broker = FakeBroker(submits=[task(FINISHED, worker_id="w9")], results=[result])
-    with pytest.raises(exceptions.NotAProof, match=complaint) as caught:
+    # Given a finished task whose result is wrong for the sector, or lost by the broker
+    broker = FakeBroker(submits=[task(FINISHED, worker_id="w9"), task(INIT)],
+                        watches=[[task(RUNNING), task(FINISHED, worker_id="w2")]],
+                        results=[result, PROOF])
+    # Then it is submitted again asking to run it again, and the new run's proof is the answer
+    assert await prove(broker) == PROOF
+    assert broker.calls == ["submit", "result", "submit", "watch", "result"]
+    rerun = broker.submitted[1][1]["rerun"]
+    assert rerun.startswith("the plugin dropped its result: ")
+    assert re.search(complaint, rerun)
+
+
+async def test_a_result_that_keeps_being_wrong_is_the_answer_after_two_runs_again(
+    prove: Any,
+) -> None:
+    wrong = bytes(1920)
+    broker = FakeBroker(submits=[task(FINISHED, worker_id="w9")] + [task(INIT)] * 2,
+                        watches=[[task(FINISHED, worker_id="w9")]] * 2, results=[wrong] * 3)
+    with pytest.raises(exceptions.NotAProof, match="finished 3 times, but its result is not a "
+                       "proof: it has 1920 bytes") as caught:
         await prove(broker)
     assert "Check the C2 processor of worker w9" in str(caught.value)
+    assert broker.calls.count("submit") == 3

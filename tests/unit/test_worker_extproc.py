@@ -74,7 +74,10 @@ def c2_payload(**changes: object) -> bytes:
 
 
 def test_a_c2_input_as_venus_worker_sends_it() -> None:
-    assert c2.check_input(c2_payload()) == c2.C2Input(sector_id=163, miner_id=3652)
+    assert c2.check_input(c2_payload()) == c2.C2Input(sector_id=163, miner_id=3652,
+                                                       registered_proof=None)
+    typed = c2_payload(c1out={"registered_proof": "StackedDrg32GiBV1_1"})
+    assert c2.check_input(typed).registered_proof == "StackedDrg32GiBV1_1"
 
 
 @pytest.mark.parametrize(("payload", "complaint"), [
@@ -101,11 +104,23 @@ def test_malformed_c2_inputs_fail_for_good(payload: bytes, complaint: str) -> No
 
 
 def test_proof_bytes_come_from_the_output() -> None:
-    assert c2.proof_of({"proof": [0, 255, 7]}, "p") == bytes([0, 255, 7])
+    proof = [0, 255, 7] * 64
+    assert c2.proof_of({"proof": proof}, "p", None) == bytes(proof)
+    assert c2.proof_of({"proof": proof * 10}, "p", "StackedDrg32GiBV1_1") == bytes(proof * 10)
 
 
 @pytest.mark.parametrize("output", [None, {}, {"proof": []}, {"proof": [256]}, {"proof": "ab"}])
 def test_output_without_a_proof_is_a_retryable_processor_error(output: object) -> None:
     with pytest.raises(exceptions.ProcessorError, match="no proof") as info:
-        c2.proof_of(output, "c2 processor /bin/x")
+        c2.proof_of(output, "c2 processor /bin/x", None)
     assert info.value.retryable
+
+
+def test_a_proof_of_the_wrong_size_for_its_sector_fails_the_attempt_not_the_sealer() -> None:
+    # A finished task's result is the sealer's answer: a processor's wrong output must not be one
+    with pytest.raises(exceptions.ProcessorError, match="not the sector's proof: it has 192 "
+                       "bytes, but a StackedDrg32GiBV1_1 proof has 1920") as info:
+        c2.proof_of({"proof": [1] * 192}, "p", "StackedDrg32GiBV1_1")
+    assert info.value.retryable
+    with pytest.raises(exceptions.ProcessorError, match="not a multiple of the 192"):
+        c2.proof_of({"proof": [1] * 200}, "p", None)

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from worker import exceptions, executors
+from worker import c2proof, exceptions, executors
 from worker.config import WorkerConfig
 from worker.executors.base import Executor, Job
 from worker.extproc import ExtProcessor
@@ -33,6 +33,7 @@ class C2Input:
 
     sector_id: int
     miner_id: int
+    registered_proof: str | None  #: c1out.registered_proof: the size its proof must have
 
 
 def check_input(payload: bytes) -> C2Input:
@@ -53,16 +54,24 @@ def check_input(payload: bytes) -> C2Input:
     for key in ("sector_id", "miner_id"):
         if not _is_uint(data[key]) or data[key] > U64_MAX:
             raise _malformed(f"{key} is not an unsigned integer below 2^64")
-    return C2Input(sector_id=data["sector_id"], miner_id=data["miner_id"])
+    proof_type = data["c1out"].get("registered_proof")
+    return C2Input(sector_id=data["sector_id"], miner_id=data["miner_id"],
+                   registered_proof=proof_type if isinstance(proof_type, str) else None)
 
 
-def proof_of(output: Any, processor: str) -> bytes:
-    """The proof bytes of a C2Output `{"proof": [bytes]}`."""
+def proof_of(output: Any, processor: str, registered_proof: str | None) -> bytes:
+    """The proof bytes of a C2Output `{"proof": [bytes]}`, of the size the sector's proof type
+    gives: a wrong one fails this attempt, to be tried again (elsewhere, where another worker
+    can), rather than reach the sealer as a finished task's result."""
     proof = output.get("proof") if isinstance(output, dict) else None
     if not _is_bytes(proof) or not proof:
         raise exceptions.ProcessorError(
             processor=processor, detail="its output has no proof (a non-empty list of bytes)"
         )
+    problem = c2proof.proof_problem(bytes(proof), registered_proof)
+    if problem is not None:
+        raise exceptions.ProcessorError(processor=processor,
+                                        detail=f"its output is not the sector's proof: {problem}")
     return bytes(proof)
 
 
@@ -109,7 +118,7 @@ class C2Executor(Executor):
                  miner_id=c2_input.miner_id)
         await job.progress("proving", 0.0)
         output = await self.processor.call(payload, job.timeout_s)
-        return proof_of(output, self.processor.name)
+        return proof_of(output, self.processor.name, c2_input.registered_proof)
 
     async def close(self) -> None:
         await self.processor.close()
