@@ -25,7 +25,8 @@ ExecutorFactory = Callable[..., C2Executor]
 
 
 def c2_input(sector_id: int = 7, partitions: int = 1) -> dict[str, Any]:
-    c1out = {"registered_proof": "StackedDrg2KiBV1_1", "comm_r": [1] * 32,
+    proof_type = "StackedDrg2KiBV1_1" if partitions == 1 else "StackedDrg32GiBV1_1"
+    c1out = {"registered_proof": proof_type, "comm_r": [1] * 32,
              "vanilla_proofs": {"StackedDrg2KiBV1": [[{"p": i}] for i in range(partitions)]}}
     return {"c1out": c1out, "prover_id": [1] + [0] * 31, "sector_id": sector_id, "miner_id": 1000}
 
