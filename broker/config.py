@@ -84,6 +84,13 @@ class BrokerConfig:
         return dict(self.type_max_attempts).get(task_type, self.default_max_attempts)
 
     @property
+    def db_answer_s(self) -> float:
+        """How long a database server may take to answer before it is taken as unreachable:
+        half a lease (the housekeeper must be able to act before leases are due), within 5 to
+        30 s."""
+        return min(30.0, max(5.0, self.lease_s / 2))
+
+    @property
     def heartbeat_s(self) -> float:
         # Three heartbeats per lease: one lost message never costs a task.
         return self.lease_s / 3

@@ -58,7 +58,7 @@ class Broker:
 
     async def start(self) -> None:
         cfg = self.config
-        store = open_store(cfg.dsn)
+        store = open_store(cfg.dsn, answer_timeout_s=cfg.db_answer_s)
         await store.open()
         self.store = store
         self.payloads = open_payload_store(cfg.resource_type, cfg.payload_path, store)

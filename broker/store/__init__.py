@@ -5,10 +5,12 @@ from __future__ import annotations
 from broker.store.base import Store
 
 
-def open_store(dsn: str) -> Store:
+def open_store(dsn: str, answer_timeout_s: float | None = None) -> Store:
     """The store for a DSN: sqlite:///relative/path, sqlite:////abs/path, mysql://u:p@h:port/db.
 
-    The caller awaits `store.open()` (connects and migrates) before use.
+    The caller awaits `store.open()` (connects and migrates) before use. A database server
+    that gives no answer for `answer_timeout_s` (default: mysql.TX_TIMEOUT_S) is taken as
+    unreachable.
     """
     from broker import exceptions
 
@@ -24,7 +26,7 @@ def open_store(dsn: str) -> Store:
     if dsn.startswith(("mysql://", "mariadb://")):
         from broker.store.mysql import MysqlStore
 
-        return MysqlStore(dsn)
+        return MysqlStore(dsn, answer_timeout_s=answer_timeout_s)
     raise exceptions.ConfigError(
         field="db-dsn",
         detail=f"{dsn!r} is neither sqlite:///PATH nor mysql://USER:PASS@HOST:PORT/DB",

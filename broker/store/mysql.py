@@ -27,6 +27,12 @@ T = TypeVar("T")
 #: Server errors after which the transaction is run again: deadlock, lock wait timeout.
 RETRY_CODES = frozenset({1213, 1205})
 TX_ATTEMPTS = 5
+#: Longest a transaction or read may take, its connection's wait included. Every statement
+#: here is short; one that gets no answer for this long is a link gone silent (a dead host or
+#: a dropped route: the kernel would take about 15 minutes to say so), and meanwhile no lease
+#: would expire: the call fails, the broker says the database is unreachable, and the
+#: connection is dropped.
+TX_TIMEOUT_S = 30.0
 MIGRATE_LOCK = "gpuproxy.migrate"
 MIGRATE_LOCK_TIMEOUT_S = 60
 #: Server errors that refuse one statement's values, not the database: packet too large, data
@@ -68,15 +74,18 @@ class _MysqlTx:
 class MysqlStore(SqlStore):
     sql = queries.MYSQL
 
-    def __init__(self, dsn: str, *, max_connections: int = 10) -> None:
+    def __init__(self, dsn: str, *, max_connections: int = 10,
+                 answer_timeout_s: float | None = None) -> None:
         self.dsn = dsn
+        self.answer_timeout_s = answer_timeout_s or TX_TIMEOUT_S
         self.masked_dsn, self._connect_args = _parse(dsn)
         self.max_connections = max_connections
         self._pool: Any = None
 
     async def open(self) -> None:
         try:
-            await self._migrate()
+            async with self._bounded(MIGRATE_LOCK_TIMEOUT_S + self.answer_timeout_s):
+                await self._migrate()
             self._pool = await aiomysql.create_pool(
                 minsize=1, maxsize=self.max_connections, pool_recycle=3600,
                 **self._connect_args,
@@ -94,7 +103,8 @@ class MysqlStore(SqlStore):
         attempt = 1
         while True:
             try:
-                return await self._transaction(change)
+                async with self._bounded():
+                    return await self._transaction(change)
             except _DRIVER_ERRORS as exc:
                 if _code(exc) not in RETRY_CODES or attempt == TX_ATTEMPTS:
                     raise self._translated(exc) from exc
@@ -119,10 +129,24 @@ class MysqlStore(SqlStore):
 
     async def _read(self, query: Callable[[Tx], Awaitable[T]]) -> T:
         try:
-            async with self._connection() as conn, conn.cursor() as cur:
+            async with self._bounded(), self._connection() as conn, conn.cursor() as cur:
                 return await query(_MysqlTx(cur))
         except _DRIVER_ERRORS as exc:
             raise self._translated(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, seconds: float | None = None) -> AsyncIterator[None]:
+        """At most `seconds` (the store's answer timeout), or StoreUnavailable; the connection
+        in use is closed on the way out (`_connection`: the cancellation reaches it), so that a
+        late reply is never read as the answer to another statement."""
+        seconds = seconds or self.answer_timeout_s
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except TimeoutError:
+            raise exceptions.StoreUnavailable(
+                dsn=self.masked_dsn, detail=f"no answer in {seconds:g} s (a network link gone "
+                "silent, or a server that hangs)") from None
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:

@@ -571,3 +571,36 @@ async def test_a_database_outage_shows_in_health_and_takes_no_task_from_a_live_w
     finally:
         await w.close()
         await relay.close()
+
+
+async def test_a_database_link_gone_silent_fails_in_seconds_and_a_dead_workers_task_comes_back(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    url = urllib.parse.urlsplit(mariadb_dsn)
+    relay = await TcpCut(url.hostname or "127.0.0.1", url.port or 3306).start()
+    dsn = url._replace(netloc=f"{url.username}:@127.0.0.1:{relay.port}").geturl()
+    broker = await asyncio.to_thread(broker_factory, dsn, "fs", extra=["--lease-s", str(LEASE_S)])
+    w = ScriptedWorker(broker.url, "w1")
+    try:
+        await w.connect()
+        task_id = await submit(broker.url, tmp_path, b"c1 output")
+        held_of(await w.next())
+        # Given every database connection open now gone silent for good (a dead route: no
+        # reset, and the kernel would wait about 15 minutes), new ones getting through
+        relay.hush()
+        # When the worker dies with the task
+        await w.close()
+        # Then the broker gives up on the silent connections within seconds, and the task
+        # comes back to the queue by itself
+        deadline = time.monotonic() + 45
+        async with BrokerClient(broker.url) as client:
+            while True:
+                with contextlib.suppress(exceptions.BrokerError):
+                    if (await client.get_task(task_id)).state == tasks_pb2.TASK_STATE_INIT:
+                        break
+                assert time.monotonic() < deadline, broker.logs()
+                await asyncio.sleep(0.5)
+        assert "no answer in 5 s (a network link gone silent" in broker.logs()
+    finally:
+        await w.close()
+        await relay.close()
