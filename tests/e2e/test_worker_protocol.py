@@ -521,14 +521,21 @@ async def health_of(url: str) -> int:
     return int(reply.status)
 
 
-async def test_a_database_outage_shows_in_health_and_takes_no_task_from_a_live_worker(
-    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
-) -> None:
+async def broker_behind_relay(mariadb_dsn: str, broker_factory: BrokerFactory
+                              ) -> tuple[TcpCut, BrokerProcess]:
+    """A broker whose database connections go through a relay the test can cut or hush."""
     url = urllib.parse.urlsplit(mariadb_dsn)
     relay = await TcpCut(url.hostname or "127.0.0.1", url.port or 3306).start()
     dsn = url._replace(netloc=f"{url.username}:@127.0.0.1:{relay.port}").geturl()
     # (started from a thread: this loop relays the broker's database connections)
     broker = await asyncio.to_thread(broker_factory, dsn, "fs", extra=["--lease-s", str(LEASE_S)])
+    return relay, broker
+
+
+async def test_a_database_outage_shows_in_health_and_takes_no_task_from_a_live_worker(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    relay, broker = await broker_behind_relay(mariadb_dsn, broker_factory)
     w = ScriptedWorker(broker.url, "w1")
     try:
         await w.connect()
@@ -576,10 +583,7 @@ async def test_a_database_outage_shows_in_health_and_takes_no_task_from_a_live_w
 async def test_a_database_link_gone_silent_fails_in_seconds_and_a_dead_workers_task_comes_back(
     mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
 ) -> None:
-    url = urllib.parse.urlsplit(mariadb_dsn)
-    relay = await TcpCut(url.hostname or "127.0.0.1", url.port or 3306).start()
-    dsn = url._replace(netloc=f"{url.username}:@127.0.0.1:{relay.port}").geturl()
-    broker = await asyncio.to_thread(broker_factory, dsn, "fs", extra=["--lease-s", str(LEASE_S)])
+    relay, broker = await broker_behind_relay(mariadb_dsn, broker_factory)
     w = ScriptedWorker(broker.url, "w1")
     try:
         await w.connect()
