@@ -13,6 +13,7 @@ import structlog
 
 from broker import exceptions, metrics, models
 from broker.outages import Outage
+from broker.payloads import PayloadStore
 from broker.store import Store
 
 log = structlog.get_logger(__name__)
@@ -49,26 +50,36 @@ async def run_forever(
     store: Store, timeouts_s: Mapping[str, float], on_change: Callable[[str], None],
     interval_s: float, lease_s: float,
     on_store: Callable[[bool], Awaitable[None]] | None = None,
+    payloads: PayloadStore | None = None,
 ) -> None:
     """Sweep every interval; a failed sweep is logged (once per outage) and the next one runs
     as usual. After the database was unreachable, leases get a grace first: their workers could
-    not renew them meanwhile. `on_store` hears when the database stops answering (False) and
-    answers again (True)."""
+    not renew them meanwhile. `payloads` is checked every round too. `on_store` hears when the
+    database or the payload store stops serving (False) and when both serve again (True)."""
     outage = Outage("housekeeper sweep")
+    folder = Outage("payload store check")
     unreachable = False  #: the database did not answer since the last good sweep
+    payloads_down = False
+    serving = True
     while True:
         try:
             if unreachable:
                 await grant_grace(store, lease_s)
             await sweep(store, timeouts_s, on_change)
-            if unreachable and on_store is not None:
-                await on_store(True)
             unreachable = False
             outage.succeeded()
         except Exception as exc:
             outage.failed(exc)
-            if isinstance(exc, exceptions.StoreUnavailable) and not unreachable:
-                unreachable = True
-                if on_store is not None:
-                    await on_store(False)
+            unreachable = unreachable or isinstance(exc, exceptions.StoreUnavailable)
+        if payloads is not None:
+            try:
+                await payloads.check()
+                payloads_down = False
+                folder.succeeded()
+            except exceptions.PayloadStoreUnavailable as exc:
+                folder.failed(exc)
+                payloads_down = True
+        if serving == (unreachable or payloads_down) and on_store is not None:
+            serving = not serving
+            await on_store(serving)
         await asyncio.sleep(interval_s)

@@ -114,7 +114,7 @@ class Broker:
         self._spawn("dispatcher", self.dispatcher.run_forever)
         self._spawn("housekeeper", lambda: housekeeper.run_forever(
             store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
-            lease_s=cfg.lease_s, on_store=self._serving,
+            lease_s=cfg.lease_s, on_store=self._serving, payloads=self.payloads,
         ))
         self._spawn("clock", lambda: clock.watch_forever(store, cfg.lease_s))
         if cfg.metrics_listen:
@@ -131,9 +131,9 @@ class Broker:
                  tls=cfg.tls is not None)
 
     async def _serving(self, store_works: bool) -> None:
-        """Health says NOT_SERVING while the database is unreachable (the housekeeper, which
-        reaches it every second, tells): a load balancer or probe then looks at the database,
-        not at a broker that answers."""
+        """Health says NOT_SERVING while the database is unreachable or the payload folder
+        gone (the housekeeper, which checks both every second, tells): a load balancer or
+        probe then looks at them, not at a broker that answers."""
         assert self.health is not None
         status = (health_pb2.HealthCheckResponse.SERVING if store_works
                   else health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -266,6 +266,7 @@ class TaskManager:
         sha = task.payload_sha256
         stored = await self.payloads.size(sha)
         if stored is None:
+            await self.payloads.check()  # a folder gone is not a payload missing for good
             raise exceptions.PayloadNotFound(sha256=sha)
         if stored != task.payload_size:
             raise await self._damaged(task, f"{stored} bytes stored, {task.payload_size} "

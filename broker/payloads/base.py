@@ -44,6 +44,12 @@ class PayloadStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def check(self) -> None:
+        """Raise PayloadStoreUnavailable when the store can no longer serve what it holds (a
+        folder that lost its marker: an NFS share that came unmounted). Cheap: called every
+        second, and before a missing payload is called missing."""
+
+    @abc.abstractmethod
     async def exists(self, sha256: str) -> bool: ...
 
     @abc.abstractmethod

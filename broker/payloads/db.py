@@ -29,6 +29,9 @@ class DbPayloadStore(PayloadStore):
     async def open(self) -> None:
         """Nothing to check beyond the store, which the caller has opened."""
 
+    async def check(self) -> None:
+        """The chunks live in the database: its outages are the store's to tell."""
+
     async def exists(self, sha256: str) -> bool:
         return await self.store.blob_find(sha256) is not None
 

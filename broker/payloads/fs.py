@@ -40,6 +40,17 @@ class FsPayloadStore(PayloadStore):
     async def open(self) -> None:
         await asyncio.to_thread(self._probe)
 
+    async def check(self) -> None:
+        try:
+            present = await asyncio.to_thread((self.root / MARKER).is_file)
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        if not present:
+            raise exceptions.PayloadStoreUnavailable(
+                path=str(self.root), detail=f"its marker file {MARKER} is gone, so it is not the "
+                "folder the broker started with (an NFS share that came unmounted?); nothing "
+                "is stored there or called missing until it is back")
+
     async def exists(self, sha256: str) -> bool:
         return await self.size(sha256) is not None
 
@@ -52,6 +63,7 @@ class FsPayloadStore(PayloadStore):
 
     async def write(self, sha256: str, size: int, chunks: AsyncIterable[bytes]) -> None:
         final = self._path(sha256)
+        await self.check()  # not into the empty folder an unmounted share leaves
         try:
             upload = await asyncio.to_thread(_Upload.create, final)
             try:
@@ -82,6 +94,7 @@ class FsPayloadStore(PayloadStore):
         await asyncio.to_thread(self._path(sha256).unlink, missing_ok=True)
 
     async def clean(self, keep: set[str], older_than_ms: int, now_ms: int) -> CleanReport:
+        await self.check()  # another folder mounted in its place is not ours to clean
         return await asyncio.to_thread(self._clean, keep, now_ms - older_than_ms)
 
     def local_path(self, sha256: str) -> pathlib.Path | None:

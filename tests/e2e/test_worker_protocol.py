@@ -608,3 +608,55 @@ async def test_a_database_link_gone_silent_fails_in_seconds_and_a_dead_workers_t
     finally:
         await w.close()
         await relay.close()
+
+
+async def test_a_payload_folder_gone_from_under_the_broker_fails_no_task_for_good(
+    broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
+) -> None:
+    payload = os.urandom(1000)
+    task_id = await submit(broker.url, tmp_path, payload)
+    # Given the shared folder gone from under the broker: an NFS share come unmounted leaves
+    # the empty folder it was mounted on
+    (tmp_path / "payloads").rename(tmp_path / "payloads.away")
+    (tmp_path / "payloads").mkdir()
+    deadline = time.monotonic() + 10
+    while await health_of(broker.url) != health_pb2.HealthCheckResponse.NOT_SERVING:
+        assert time.monotonic() < deadline, broker.logs()
+        await asyncio.sleep(0.2)
+    w = ScriptedWorker(broker.url, "w1")
+    beating: asyncio.Task[None] | None = None
+    try:
+        await w.connect()
+        held = held_of(await w.next())
+
+        async def heartbeats() -> None:
+            while True:
+                await w.heartbeat(held)
+                await asyncio.sleep(LEASE_S / 3)
+
+        beating = asyncio.create_task(heartbeats())
+        # When a worker asks for the task's payload, it is told to wait, not that it is gone
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await w.fetch(held)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "marker file .gpuproxy-payloads is gone" in (refused.value.details() or "")
+        new_input = tmp_path / "c1"
+        new_input.write_bytes(b"new input")
+        async with BrokerClient(broker.url) as client:  # nor is the empty folder written into
+            with pytest.raises(exceptions.BrokerCannotServe, match="marker file"):
+                await client.submit_file(new_input, task_type="c2", miner="f01000")
+        # Then once the share is back, the broker serves, and the same attempt goes on
+        (tmp_path / "payloads").rmdir()
+        (tmp_path / "payloads.away").rename(tmp_path / "payloads")
+        deadline = time.monotonic() + 10
+        while await health_of(broker.url) != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, broker.logs()
+            await asyncio.sleep(0.2)
+        assert await w.fetch(held) == payload
+        finished = await w.upload(held, b"proof")
+        assert finished.state == tasks_pb2.TASK_STATE_FINISHED and finished.attempts == 1
+        assert finished.id == task_id
+    finally:
+        if beating is not None:
+            beating.cancel()
+        await w.close()
