@@ -65,6 +65,15 @@ class ScriptedWorker:
     async def heartbeat(self, *held: workers_pb2.HeldTask) -> None:
         await self.send(heartbeat=workers_pb2.Heartbeat(held=list(held)))
 
+    def beating(self, *held: workers_pb2.HeldTask) -> asyncio.Task[None]:
+        """Heartbeats every third of a lease, as a live worker sends them, until cancelled."""
+        async def heartbeats() -> None:
+            while True:
+                await self.heartbeat(*held)
+                await asyncio.sleep(LEASE_S / 3)
+
+        return asyncio.create_task(heartbeats())
+
     async def upload(self, held: workers_pb2.HeldTask, result: bytes):  # type: ignore[no-untyped-def]
         async def requests() -> AsyncIterator[workers_pb2.UploadResultRequest]:
             yield workers_pb2.UploadResultRequest(header=workers_pb2.ResultHeader(
@@ -541,13 +550,7 @@ async def test_a_database_outage_shows_in_health_and_takes_no_task_from_a_live_w
         await w.connect()
         task_id = await submit(broker.url, tmp_path, b"c1 output")
         held = held_of(await w.next())
-
-        async def heartbeats() -> None:
-            while True:
-                await w.heartbeat(held)
-                await asyncio.sleep(LEASE_S / 3)
-
-        beating = asyncio.create_task(heartbeats())
+        beating = w.beating(held)
         # Given the database gone for three leases while the worker heartbeats all along
         relay.cut()
         await asyncio.sleep(1.5 * LEASE_S)
@@ -628,13 +631,7 @@ async def test_a_payload_folder_gone_from_under_the_broker_fails_no_task_for_goo
     try:
         await w.connect()
         held = held_of(await w.next())
-
-        async def heartbeats() -> None:
-            while True:
-                await w.heartbeat(held)
-                await asyncio.sleep(LEASE_S / 3)
-
-        beating = asyncio.create_task(heartbeats())
+        beating = w.beating(held)
         # When a worker asks for the task's payload, it is told to wait, not that it is gone
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await w.fetch(held)
