@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -16,6 +17,9 @@ import grpc
 from broker import access, exceptions, tls
 from broker.payloads import CHUNK_BYTES
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
+
+#: Downloads are written to `.<name>.<random>.part` beside their target, then renamed.
+PART_SUFFIX = ".part"
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -290,7 +294,8 @@ class BrokerClient:
         return await self._download(call, f"payload of task {task_id}", out)
 
     async def _download(self, call: Any, what: str, out: pathlib.Path) -> tuple[int, str]:
-        tmp = out.with_name(f".{out.name}.part")
+        # A name of its own: two workers sharing a params folder may fetch one key at once
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
         digest = hashlib.sha256()
         size, expected_size, expected_sha = 0, -1, ""
         try:

@@ -634,3 +634,22 @@ async def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly(
         os.close(write)
     assert listing.stderr == ""
     assert listing.returncode == 128 + signal.SIGPIPE
+
+
+async def test_two_downloads_of_one_key_into_one_folder_both_succeed(
+    sqlite_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path,
+) -> None:
+    # Two workers sharing a params folder fetch the same proving key at once
+    broker = broker_factory(sqlite_dsn)
+    key = tmp_path / "big.zkey"
+    sha = write_payload(key, 5 * 1024 * 1024 + 3)
+    params = tmp_path / "params"
+    params.mkdir()
+    async with BrokerClient(broker.url) as client:
+        await client.upload_resource(key)
+        target = params / f"{sha}.zkey"
+        done = await asyncio.gather(client.download_resource(sha, target),
+                                    client.download_resource(sha, target))
+    assert done == [(key.stat().st_size, sha)] * 2
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
+    assert [p.name for p in params.iterdir()] == [target.name]  # no temp file left

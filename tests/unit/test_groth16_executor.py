@@ -232,3 +232,24 @@ async def test_a_stopped_proof_returns_only_once_its_thread_has_stopped(
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(running, 30)
     assert gated.msm_g1_calls == 1
+
+
+def test_key_downloads_a_killed_worker_left_are_removed_and_live_ones_kept(
+    tmp_path: pathlib.Path,
+) -> None:
+    import os
+    import time
+
+    from worker.executors.groth16 import STALE_DOWNLOAD_S, remove_stale_downloads
+
+    sha = "ab" * 32
+    left = tmp_path / f".{sha}.zkey.1a2b3c4d.part"
+    live = tmp_path / f".{sha}.zkey.5e6f7a8b.part"  # another worker's, being written now
+    key = tmp_path / f"{sha}.zkey"
+    for path in (left, live, key):
+        path.write_bytes(b"x")
+    old = time.time() - STALE_DOWNLOAD_S - 60
+    os.utime(left, (old, old))
+    os.utime(key, (old, old))
+    assert remove_stale_downloads(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, key.name])

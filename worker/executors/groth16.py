@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 import threading
+import time
 
 import grpc
 import structlog
 
 from broker import policy
-from broker.client import BrokerClient
+from broker.client import PART_SUFFIX, BrokerClient
 from broker.exceptions import BrokerError
 from worker import exceptions, executors
 from worker.config import WorkerConfig
@@ -42,6 +44,24 @@ def zkey_sha256(comment: str) -> str:
     return found
 
 
+#: A key download untouched for this long was left by a worker that died: one in flight (of
+#: another worker sharing the params folder) writes to its file all along.
+STALE_DOWNLOAD_S = 3600.0
+
+
+def remove_stale_downloads(params_dir: pathlib.Path, now: float | None = None) -> int:
+    """Delete `.<key>.zkey.*.part` files nobody has written to for STALE_DOWNLOAD_S (a worker
+    killed mid-download leaves one, as large as the key); how many."""
+    now = time.time() if now is None else now
+    removed = 0
+    for path in params_dir.glob(f".*.zkey.*{PART_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - path.stat().st_mtime > STALE_DOWNLOAD_S:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 @executors.register(TASK_TYPE)
 class Groth16Executor(Executor):
     def __init__(self, config: WorkerConfig, backend_name: str | None = None) -> None:
@@ -55,6 +75,9 @@ class Groth16Executor(Executor):
         self._cpu: backends.Backend | None = None  #: made when a device's proof is wrong
 
     async def start(self) -> None:
+        if removed := await asyncio.to_thread(remove_stale_downloads, self.params_dir):
+            log.info("removed key downloads a killed worker left behind", files=removed,
+                     params_dir=str(self.params_dir))
         try:
             if self.backend_name in backends.NAMES:
                 backend = await asyncio.to_thread(backends.create, self.backend_name)
