@@ -6,6 +6,7 @@ payload once no unfinished task needs it) and tells watchers about every change 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -105,6 +106,7 @@ class TaskManager:
         self.payloads = payloads
         self.config = config
         self.hub = hub
+        self._releasing: set[asyncio.Task[None]] = set()  #: payload releases under way
 
     # -- submit ----------------------------------------------------------------------------
 
@@ -386,14 +388,27 @@ class TaskManager:
         self.hub.notify(task_id)
         log.info("task finished", task_id=task_id, worker_id=task.worker_id,
                  attempts=task.attempts)
+        # After the answer: deleting a payload held in the database (hundreds of MB of chunk
+        # rows) takes seconds, which the worker's slot would otherwise wait out
+        release = asyncio.create_task(self._release(task))
+        self._releasing.add(release)
+        release.add_done_callback(self._releasing.discard)
+        return task
+
+    async def _release(self, task: Task) -> None:
         try:
             await cleaner.release_payload(self.store, self.payloads, task.payload_sha256)
         except Exception as exc:
-            # The task is finished for good; failing the call would make the worker send its
-            # result again only to be refused. The cleaner removes the payload later.
-            log.warning("payload not released; the cleaner will remove it", task_id=task_id,
+            # The task is finished for good; the cleaner removes the payload later.
+            log.warning("payload not released; the cleaner will remove it", task_id=task.id,
                         sha256=task.payload_sha256, error=repr(exc))
-        return task
+
+    async def finished_under(self, task_id: str, fence: int) -> bool:
+        """Whether the task finished with the result of this fence's attempt."""
+        with contextlib.suppress(exceptions.TaskNotFound):
+            task = await self.store.get_task(task_id)
+            return task.state == TaskState.FINISHED and task.fence == fence
+        return False
 
     async def finished_result(self, task_id: str, fence: int, sha256: str) -> Task | None:
         """The task, when this exact result already finished it under this fence: a worker

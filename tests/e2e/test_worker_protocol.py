@@ -141,6 +141,18 @@ async def test_task_is_pushed_at_once_and_finished_with_its_result(
             out = tmp_path / "proof"
             await client.download_result(task_id, out)
             assert out.read_bytes() == b"proof" * 100
+        # A heartbeat sent while the answer was on its way revokes nothing: the result is its own
+        await w.heartbeat(held)
+        with pytest.raises(TimeoutError):  # (waiting ends the stream)
+            print(await w.next(timeout_s=1.0))
+        assert "no longer holds" not in broker.logs()
+        # And the input, which nothing needs any more, is dropped (just after the answer)
+        sha = hashlib.sha256(payload).hexdigest()
+        stored = tmp_path / "payloads" / sha[:2] / sha[2:4] / sha
+        deadline = time.monotonic() + 5
+        while stored.exists():
+            assert time.monotonic() < deadline, "the finished task's payload stays"
+            await asyncio.sleep(0.05)
     finally:
         await w.close()
 
