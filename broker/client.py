@@ -126,8 +126,9 @@ class BrokerClient:
             return self.translate(exc)
         try:
             await self._unary(self.stub.GetTask, tasks_pb2.GetTaskRequest(id=""))
-        except (exceptions.AccessDenied, exceptions.TlsFailed) as refusal:
-            return refusal
+        except (exceptions.AccessDenied, exceptions.TlsFailed,
+                exceptions.BrokerUnreachable) as refusal:
+            return refusal  # (unreachable: the broker went away in the middle of the stream)
         except exceptions.BrokerError:
             pass  # refused for the empty id, as it should be: the stream failed otherwise
         return self.translate(exc)

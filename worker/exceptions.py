@@ -88,7 +88,8 @@ class KeyFileUnusable(TaskFailed):
 
 
 class PayloadMissing(TaskFailed):
-    """The broker has no payload for task {task_id} ({detail}): submit the task again."""
+    """The broker has no payload for task {task_id}: {detail} Then `gpuproxy tasks reset
+    {task_id}` runs it again (the plugin does both by itself when the sealer asks again)."""
 
     retryable = False
 

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from broker import models
+from broker import exceptions, models
 from broker.client import BrokerClient
 from broker.payloads.fs import MARKER, FsPayloadStore
 from broker.store import open_store
@@ -653,3 +653,17 @@ async def test_two_downloads_of_one_key_into_one_folder_both_succeed(
     assert done == [(key.stat().st_size, sha)] * 2
     assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
     assert [p.name for p in params.iterdir()] == [target.name]  # no temp file left
+
+
+async def test_a_stream_cut_by_a_broker_gone_mid_call_says_the_broker_is_gone() -> None:
+    # grpc fails a stream whose server died mid-upload as INTERNAL "Internal error from
+    # Core", its cause lost: the client asks again, and says what it finds
+    from tests.e2e.conftest import free_port
+
+    url = f"127.0.0.1:{free_port()}"
+    cut = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(),
+                               grpc.aio.Metadata(), details="Internal error from Core")
+    async with BrokerClient(url, timeout_s=2) as client:
+        said = await client._real_status(cut)
+    assert isinstance(said, exceptions.BrokerUnreachable), said
+    assert str(said).startswith(f"No broker at {url}")

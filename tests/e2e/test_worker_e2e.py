@@ -537,6 +537,30 @@ async def test_a_payload_damaged_in_the_store_fails_once_without_blaming_the_wor
     assert done.state == tasks_pb2.TASK_STATE_FINISHED
 
 
+async def test_a_payload_gone_from_the_store_fails_saying_how_to_run_the_task_again(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path,
+) -> None:
+    # Given a task whose payload is gone from the broker's folder (the folder itself is there)
+    path = tmp_path / "c2-input"
+    path.write_bytes(os.urandom(1000))
+    async with BrokerClient(broker.url) as client:
+        task = await client.submit_file(path, task_type="noop", miner="f01000")
+    sha = task.payload_sha256
+    (tmp_path / "payloads" / sha[0:2] / sha[2:4] / sha).unlink()
+    # When a worker takes it, the task fails for good (no worker could do better), saying
+    # what to do, once
+    worker_factory(broker.url, gpu=None, extra=["--allow-type", "noop"])
+    done = await final(broker.url, task.id)
+    assert done.state == tasks_pb2.TASK_STATE_ERROR and done.attempts == 1
+    assert done.error_message.count("submit the task again") == 1
+    assert f"Then `gpuproxy tasks reset {task.id}` runs it again" in done.error_message
+    # And doing so runs it
+    async with BrokerClient(broker.url) as client:
+        await client.submit_file(path, task_type="noop", miner="f01000")
+        await client.reset([task.id])
+    assert (await final(broker.url, task.id)).state == tasks_pb2.TASK_STATE_FINISHED
+
+
 @pytest.mark.parametrize("resource_type", ["fs", "db"])
 async def test_back_to_back_tasks_each_go_to_the_worker_once_its_slot_is_free(
     store_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
