@@ -106,6 +106,12 @@ class WorkerIdInUse(BrokerError):
     state.json in the --work-dir of one of them so that it makes itself a new id."""
 
 
+class GpuInUse(BrokerError):
+    """GPU {uuid} ({name}) is served already by worker {other} (host {hostname}): two workers on
+    one card share its memory and slow each other down. Their --lock-dir folders differ (two
+    containers, or a flag given to one only): stop one of them, or give both one --lock-dir."""
+
+
 # RESOURCE_EXHAUSTED
 class PayloadTooLarge(BrokerError):
     """Payload of {size} bytes is over the broker's limit of {limit} bytes: raise

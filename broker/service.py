@@ -37,6 +37,7 @@ STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
     exceptions.ResourceInUse: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.StaleFence: grpc.StatusCode.FAILED_PRECONDITION,
     exceptions.WorkerIdInUse: grpc.StatusCode.ALREADY_EXISTS,
+    exceptions.GpuInUse: grpc.StatusCode.ALREADY_EXISTS,
     exceptions.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     exceptions.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     exceptions.PayloadStoreUnavailable: grpc.StatusCode.UNAVAILABLE,

@@ -74,6 +74,12 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             raise exceptions.WorkerIdInUse(
                 worker_id=record.worker_id,
                 hostname=twin.record.hostname if twin.record else "unknown")
+        for gpu in record.gpus:  # the per-host lock (--lock-dir) missed a second worker
+            if gpu.uuid and (holder := self.dispatcher.gpu_holder(
+                    record.worker_id, record.hostname, gpu.uuid)):
+                raise exceptions.GpuInUse(
+                    uuid=gpu.uuid, name=gpu.name, other=holder.worker_id,
+                    hostname=holder.record.hostname if holder.record else "unknown")
         # The same, for a process connected to another broker sharing the database.
         live_ms = int(self.config.lease_s * 1000)
         if held := await self.store.register_worker(record, live_ms):

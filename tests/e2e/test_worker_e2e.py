@@ -296,6 +296,24 @@ async def test_a_cloned_worker_is_refused_while_the_original_is_alive(
     assert first.proc.poll() is None  # type: ignore[union-attr]
 
 
+async def test_a_second_worker_on_one_gpu_that_the_host_lock_missed_is_refused_by_the_broker(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a worker on GPU 0, and a second one for GPU 0 whose lock folder is another (a
+    # second container on the host, say), with a work folder of its own
+    first = worker_factory(broker.url, gpu=0)
+    first.wait_for("registered")
+    second = worker_factory(broker.url, gpu=0, work_dir=str(tmp_path / "other-gpu0"),
+                            extra=["--lock-dir", str(tmp_path / "other-locks"),
+                                   "--twin-wait-s", "1"])
+    # Then the broker refuses the second, naming the card and the worker that has it
+    assert await asyncio.to_thread(second.wait) == 1
+    message = second.logs()
+    assert "GPU GPU-e2e-0 (" in message and "is served already by worker" in message
+    assert "give both one --lock-dir" in message
+    assert first.proc.poll() is None  # type: ignore[union-attr]
+
+
 async def test_a_restarted_worker_waits_out_its_previous_runs_stream(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:

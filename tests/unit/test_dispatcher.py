@@ -350,3 +350,24 @@ async def test_a_task_claimed_while_a_drain_lands_goes_back_to_the_queue(store: 
     assert assigned(s) == []
     task = await store.get_task(task_id)
     assert task.state == models.TaskState.INIT and task.attempts == 0
+
+
+def test_a_gpu_is_held_by_its_uuid_or_by_its_index_on_one_host(store: Store) -> None:
+    import dataclasses
+
+    from broker.models import Gpu
+
+    def on(worker_id: str, host: str, uuid: str) -> Session:
+        s = worker(worker_id)
+        assert s.record is not None
+        s.record = dataclasses.replace(s.record, hostname=host, gpus=(
+            Gpu(index=0, name="g", uuid=uuid, memory_bytes=0),))
+        return s
+
+    dispatcher = Dispatcher(store, lease_s=30)
+    dispatcher.add(on("a", "host1", "GPU-5f1c"))
+    dispatcher.add(on("b", "host1", "index-0"))  # no nvidia-smi there
+    assert dispatcher.gpu_holder("c", "host2", "GPU-5f1c").worker_id == "a"  # type: ignore[union-attr]
+    assert dispatcher.gpu_holder("a", "host1", "GPU-5f1c") is None  # itself, reconnecting
+    assert dispatcher.gpu_holder("c", "host1", "index-0").worker_id == "b"  # type: ignore[union-attr]
+    assert dispatcher.gpu_holder("c", "host2", "index-0") is None  # another host's card 0
