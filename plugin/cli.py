@@ -81,7 +81,8 @@ RUN_FLAGS = [
     Flag("log-format", "log format on stderr", "console", choices=("console", "json")),
     *ACCESS_FLAGS,
     Flag("dump-dir", "write each request and response line, as it crossed the pipe, to a file "
-         "here named by request id"),
+         "here named by request id (kept until deleted: a request is tens of MB; debugging "
+         "only)"),
     Flag("deadline-s", "a request still without a proof after this many seconds is answered "
          "with an error saying what was tried", 24 * 3600.0, seconds),
     Flag("retry-min-s", "first wait before calling an unreachable broker again", 1.0, seconds),
