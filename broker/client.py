@@ -145,16 +145,20 @@ class BrokerClient:
     async def submit_file(
         self, path: pathlib.Path, *, task_type: str, miner: str, comment: str = "",
         priority: int = 0, max_attempts: int = 0, rerun: str | None = None,
+        rerun_result: str = "",
     ) -> tasks_pb2.Task:
         """Submit a file as a task's payload; uploads only when the broker lacks it. With
-        `rerun` (why), a finished task of this payload drops its result and runs again."""
+        `rerun` (why), a finished task of this payload drops its result and runs again (only
+        while its result is `rerun_result`, when given)."""
         task, _ = await self.submit(path, task_type=task_type, miner=miner, comment=comment,
-                                    priority=priority, max_attempts=max_attempts, rerun=rerun)
+                                    priority=priority, max_attempts=max_attempts, rerun=rerun,
+                                    rerun_result=rerun_result)
         return task
 
     async def submit(
         self, path: pathlib.Path, *, task_type: str, miner: str, comment: str = "",
         priority: int = 0, max_attempts: int = 0, rerun: str | None = None,
+        rerun_result: str = "",
     ) -> tuple[tasks_pb2.Task, bool]:
         """`submit_file`, also saying whether the task existed already (the same payload,
         miner and type were submitted before: that task, as it is, is the answer)."""
@@ -162,7 +166,7 @@ class BrokerClient:
         header = tasks_pb2.SubmitHeader(
             task_type=task_type, miner=miner, comment=comment, priority=priority,
             payload_size=size, payload_sha256=sha, max_attempts=max_attempts,
-            rerun=rerun is not None, rerun_reason=rerun or "",
+            rerun=rerun is not None, rerun_reason=rerun or "", rerun_result_sha256=rerun_result,
         )
         call = self.stub.SubmitTask(metadata=self.metadata)
         try:

@@ -50,36 +50,76 @@ async def run_forever(
     store: Store, timeouts_s: Mapping[str, float], on_change: Callable[[str], None],
     interval_s: float, lease_s: float,
     on_store: Callable[[bool], Awaitable[None]] | None = None,
-    payloads: PayloadStore | None = None,
 ) -> None:
     """Sweep every interval; a failed sweep is logged (once per outage) and the next one runs
     as usual. After the database was unreachable, leases get a grace first: their workers could
-    not renew them meanwhile. `payloads` is checked every round too. `on_store` hears when the
-    database or the payload store stops serving (False) and when both serve again (True)."""
+    not renew them meanwhile. `on_store` hears when the database stops answering (False) and
+    answers again (True)."""
     outage = Outage("housekeeper sweep")
-    folder = Outage("payload store check")
     unreachable = False  #: the database did not answer since the last good sweep
-    payloads_down = False
-    serving = True
     while True:
         try:
             if unreachable:
                 await grant_grace(store, lease_s)
             await sweep(store, timeouts_s, on_change)
+            if unreachable and on_store is not None:
+                await on_store(True)
             unreachable = False
             outage.succeeded()
         except Exception as exc:
             outage.failed(exc)
-            unreachable = unreachable or isinstance(exc, exceptions.StoreUnavailable)
-        if payloads is not None:
-            try:
-                await payloads.check()
-                payloads_down = False
-                folder.succeeded()
-            except exceptions.PayloadStoreUnavailable as exc:
-                folder.failed(exc)
-                payloads_down = True
-        if serving == (unreachable or payloads_down) and on_store is not None:
-            serving = not serving
-            await on_store(serving)
+            if isinstance(exc, exceptions.StoreUnavailable) and not unreachable:
+                unreachable = True
+                if on_store is not None:
+                    await on_store(False)
         await asyncio.sleep(interval_s)
+
+
+async def watch_payloads(payloads: PayloadStore, on_store: Callable[[bool], Awaitable[None]],
+                         interval_s: float, timeout_s: float) -> None:
+    """Check the payload store every interval, in a loop of its own: a hard NFS mount whose
+    server is gone hangs a check for as long as it likes, and the sweeps must go on meanwhile.
+    A check that takes over `timeout_s` counts as a failure, and is waited for before the next
+    one starts (one thread stuck at most). `on_store` hears each change (False: down)."""
+    outage = Outage("payload store check")
+    works = True
+    while True:
+        check = asyncio.ensure_future(payloads.check())
+        done, _ = await asyncio.wait({check}, timeout=timeout_s)
+        error = check.exception() if done else exceptions.PayloadStoreUnavailable(
+            path=str(getattr(payloads, "root", "")),
+            detail=f"no answer in {timeout_s:g} s (a hard NFS mount whose server is gone?)")
+        if error is not None and not isinstance(error, exceptions.PayloadStoreUnavailable):
+            raise error  # a bug: the loop's end stops the broker, saying so
+        if error is None:
+            outage.succeeded()
+        else:
+            outage.failed(error)
+        if works != (error is None):
+            works = error is None
+            await on_store(works)
+        if not done:  # one stuck check at a time: its end starts the next round
+            await asyncio.wait({check})
+            check.exception()  # (its outcome is the next round's to find)
+        await asyncio.sleep(interval_s)
+
+
+class Serving:
+    """Whether the broker can serve, from what its loops find (the sweeps: the database; the
+    payload watch: the folder); `on_change` hears each change of the whole."""
+
+    def __init__(self, on_change: Callable[[bool], Awaitable[None]]) -> None:
+        self.on_change = on_change
+        self.down: set[str] = set()
+
+    def part(self, name: str) -> Callable[[bool], Awaitable[None]]:
+        async def report(works: bool) -> None:
+            before = not self.down
+            if works:
+                self.down.discard(name)
+            else:
+                self.down.add(name)
+            if before != (not self.down):
+                await self.on_change(not self.down)
+
+        return report

@@ -51,6 +51,7 @@ class Broker:
         self.health: health.aio.HealthServicer | None = None
         self.store: Store | None = None
         self.dispatcher: Dispatcher | None = None
+        self.tasks: TaskManager | None = None
         self.server: grpc.aio.Server | None = None
         self.loops: list[asyncio.Task[None]] = []
         self._served: tuple[str, ...] = ()  #: the service names health reports on
@@ -112,10 +113,14 @@ class Broker:
         self._served = ("", names[0], names[1])
         await self._serving(True)
         self._spawn("dispatcher", self.dispatcher.run_forever)
+        serving = housekeeper.Serving(self._serving)
         self._spawn("housekeeper", lambda: housekeeper.run_forever(
             store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
-            lease_s=cfg.lease_s, on_store=self._serving, payloads=self.payloads,
+            lease_s=cfg.lease_s, on_store=serving.part("database"),
         ))
+        self._spawn("payload store watch", lambda: housekeeper.watch_payloads(
+            self.payloads, serving.part("payloads"), interval_s=min(1.0, cfg.lease_s / 4),
+            timeout_s=cfg.db_answer_s))
         self._spawn("clock", lambda: clock.watch_forever(store, cfg.lease_s))
         if cfg.metrics_listen:
             self._spawn("task counts", lambda: metrics.refresh_forever(
@@ -174,6 +179,8 @@ class Broker:
         for task in self.loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.tasks is not None:
+            await self.tasks.settle(grace_s)
         if self.store is not None:
             await self.store.close()
         log.info("broker stopped")

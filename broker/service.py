@@ -146,6 +146,7 @@ class TaskBrokerService(tasks_pb2_grpc.TaskBrokerServicer):
             task_type=h.task_type, miner=h.miner, comment=h.comment, priority=h.priority,
             payload_size=h.payload_size, payload_sha256=h.payload_sha256,
             max_attempts=h.max_attempts, rerun=h.rerun, rerun_reason=h.rerun_reason,
+            rerun_result_sha256=h.rerun_result_sha256,
         ))
         yield tasks_pb2.SubmitTaskResponse(ack=tasks_pb2.SubmitAck(
             task_id=plan.new.id, send_payload=plan.send_payload,

@@ -45,6 +45,7 @@ class SubmitHeader:
     #: default reason when empty); nothing for a task not finished.
     rerun: bool = False
     rerun_reason: str = ""
+    rerun_result_sha256: str = ""  #: the result found wrong; "" for whatever it is
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class SubmitPlan:
     send_payload: bool
     stored_size: int | None = None  #: of the stored copy found, when it is the wrong size
     rerun: str | None = None  #: why the existing, finished task runs again; None: it does not
+    rerun_result: str = ""  #: the result found wrong, if named
 
 
 def validate_header(h: SubmitHeader, max_payload_bytes: int) -> None:
@@ -138,7 +140,8 @@ class TaskManager:
             lost = (rerun or existing.state != TaskState.FINISHED) and (
                 present != existing.payload_size)
             why = (header.rerun_reason or "its result was found wrong or lost") if rerun else None
-            return SubmitPlan(new, existing, send_payload=lost, stored_size=damaged, rerun=why)
+            return SubmitPlan(new, existing, send_payload=lost, stored_size=damaged, rerun=why,
+                              rerun_result=header.rerun_result_sha256)
         return SubmitPlan(new, None, send_payload=present != new.payload_size,
                           stored_size=damaged)
 
@@ -160,7 +163,7 @@ class TaskManager:
                 log.warning("payload of a waiting task was missing or damaged; stored again",
                             task_id=plan.existing.id, sha256=new.payload_sha256)
             if plan.rerun is not None:
-                return await self._rerun(plan.existing, plan.rerun)
+                return await self._rerun(plan.existing, plan.rerun, plan.rerun_result)
             return plan.existing
         task, created = await self.store.create_task(new)
         if created and not await self.payloads.exists(new.payload_sha256):
@@ -178,17 +181,25 @@ class TaskManager:
             self.hub.notify(task.id)
         return task
 
-    async def _rerun(self, task: Task, reason: str) -> Task:
+    async def _rerun(self, task: Task, reason: str, result_sha256: str) -> Task:
         """finished -> init, its result dropped, once its input is stored again (a task to run
-        without one would fail for good at once)."""
+        without one would fail for good at once). PayloadNotFound when the input is not there
+        (a release of it raced this submit): the next submit stores it."""
+        await self.settle(self.config.db_answer_s)  # a finish just before may be dropping
+        # this very input
+        if not await self.payloads.exists(task.payload_sha256):
+            raise exceptions.PayloadNotFound(sha256=task.payload_sha256)
         try:
-            [again] = await self.store.reset_tasks([task.id], models.now_ms(), finished=True,
-                                                   reason=policy.clipped(reason))
-        except exceptions.WrongState:  # run again already, by another submit
+            again = await self.store.rerun_task(task.id, result_sha256, policy.clipped(reason),
+                                                models.now_ms())
+        except exceptions.WrongState:  # run again already (another submit), or a newer result
             return await self.store.get_task(task.id)
         self.hub.notify(task.id)
         log.warning("finished task runs again: its result was dropped", task_id=task.id,
                     reason=reason, result_of=task.worker_id)
+        if not await self.payloads.exists(task.payload_sha256):
+            # Released by another broker meanwhile: the next submit stores it again
+            raise exceptions.PayloadNotFound(sha256=task.payload_sha256)
         return again
 
     # -- queries ---------------------------------------------------------------------------
@@ -267,8 +278,7 @@ class TaskManager:
         never passed off as the task's input."""
         sha = task.payload_sha256
         stored = await self.payloads.size(sha)
-        if stored is None:
-            await self.payloads.check()  # a folder gone is not a payload missing for good
+        if stored is None:  # (a folder gone raised PayloadStoreUnavailable already)
             raise exceptions.PayloadNotFound(sha256=sha)
         if stored != task.payload_size:
             raise await self._damaged(task, f"{stored} bytes stored, {task.payload_size} "
@@ -394,6 +404,12 @@ class TaskManager:
         self._releasing.add(release)
         release.add_done_callback(self._releasing.discard)
         return task
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (at most timeout_s) for payload releases under way: at shutdown, before the
+        store closes under them."""
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=timeout_s)
 
     async def _release(self, task: Task) -> None:
         try:

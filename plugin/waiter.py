@@ -141,11 +141,12 @@ class Waiter:
                          "again", problem=problem, worker_id=ended.worker_id, rerun=reruns)
             # Submitted again asking for a new run: the input goes up again (the broker
             # dropped it at the finish) before the task can be given to a worker
-            task = await self._submitted(request, payload, trail,
-                                         rerun=f"the plugin dropped its result: {problem}")
+            task = await self._submitted(request, payload, trail, rerun=(
+                f"the plugin dropped its result: {problem}", ended.result_sha256))
 
     async def _submitted(self, request: C2Request, payload: pathlib.Path, trail: retry.Trail,
-                         rerun: str | None = None) -> tasks_pb2.Task:
+                         rerun: tuple[str, str] | None = None) -> tasks_pb2.Task:
+        """The task, submitted (again); `rerun`: (why, the result found wrong)."""
         return await self._retrying(
             request, trail, "submit the task",
             lambda: self._submit(request, payload, trail, rerun), also=SUBMIT_ALSO_RETRIED,
@@ -167,10 +168,12 @@ class Waiter:
 
     async def _submit(
         self, request: C2Request, payload: pathlib.Path, trail: retry.Trail,
-        rerun: str | None = None,
+        rerun: tuple[str, str] | None = None,
     ) -> tasks_pb2.Task:
+        why, wrong = rerun or (None, "")
         task = await self.client.submit_file(
-            payload, task_type=STAGE, miner=request.miner, comment=request.comment, rerun=rerun,
+            payload, task_type=STAGE, miner=request.miner, comment=request.comment, rerun=why,
+            rerun_result=wrong,
         )
         trail.submits += 1
         trail.task_id, trail.state = task.id, describe(task)

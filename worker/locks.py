@@ -9,11 +9,13 @@ a stale file never blocks a new worker.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import pathlib
 import re
+import stat
 
 from worker import exceptions
 from worker.gpus import Gpu
@@ -63,8 +65,15 @@ class HeldLock:
                 pass
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        # Never through a link: in a folder every user may write, a link planted there would
+        # have this worker truncate (and open to all) a file of the link's choosing
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
         if shared:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                os.close(fd)
+                raise OSError(errno.EPERM, "not a lock file of its own (a link to another "
+                              "file?): remove it", str(path))
             with contextlib.suppress(PermissionError):  # only its owner may, and needs to
                 os.fchmod(fd, 0o666)  # the umask took write access from the other users
         try:

@@ -41,6 +41,8 @@ class FsPayloadStore(PayloadStore):
         await asyncio.to_thread(self._probe)
 
     async def check(self) -> None:
+        """Every blob found missing is checked here first: nothing is called missing while
+        the folder is gone (a result, a payload, a proving key)."""
         try:
             present = await asyncio.to_thread((self.root / MARKER).is_file)
         except OSError as exc:
@@ -59,6 +61,7 @@ class FsPayloadStore(PayloadStore):
         try:
             return (await asyncio.to_thread(path.stat)).st_size
         except FileNotFoundError:
+            await self.check()  # a folder gone is not a payload missing
             return None
 
     async def write(self, sha256: str, size: int, chunks: AsyncIterable[bytes]) -> None:
@@ -81,6 +84,7 @@ class FsPayloadStore(PayloadStore):
         try:
             f = await asyncio.to_thread(path.open, "rb")
         except FileNotFoundError as exc:
+            await self.check()
             raise exceptions.PayloadNotFound(sha256=sha256) from exc
         except OSError as exc:
             raise self._unavailable(exc) from exc

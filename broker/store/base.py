@@ -69,22 +69,26 @@ class Store(abc.ABC):
         """Remove a task and its history (used to undo a submit that lost its payload)."""
 
     @abc.abstractmethod
-    async def reset_task(self, task_id: str, now_ms: int, finished: bool = False,
-                         reason: str = "") -> Task:
+    async def reset_task(self, task_id: str, now_ms: int) -> Task:
         """error -> init with attempts = 0, worker cleared, error_message cleared.
 
         Appends an attempt row (outcome "reset", reason = the old error message) so the old error
         stays in the history. Raises TaskNotFound, or WrongState unless the task is in error.
-        With `finished`, a finished task too (a submit asking to run it again, its input
-        stored anew): finished -> init with its result dropped, the history row saying
-        `reason`, and worker_id kept, naming the worker whose result it was (the dispatcher
-        gives the task to another where it can).
         """
 
     @abc.abstractmethod
-    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int, finished: bool = False,
-                          reason: str = "") -> list[Task]:
+    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int) -> list[Task]:
         """reset_task for several tasks in one transaction: all are reset, or none."""
+
+    @abc.abstractmethod
+    async def rerun_task(self, task_id: str, result_sha256: str, reason: str,
+                         now_ms: int) -> Task:
+        """finished -> init with its result dropped (a submit asking to run it again, its
+        input stored anew): attempts = 0, worker_id kept, naming the worker whose result it was
+        (the dispatcher gives the task to another where it can), an attempt row (outcome
+        "reset", that worker, `reason`). Raises TaskNotFound, or WrongState unless the task is
+        finished, with the result `result_sha256` when that is given (a late rerun must not
+        drop the result of the run it asked for)."""
 
     @abc.abstractmethod
     async def cancel_task(self, task_id: str, reason: str, now_ms: int) -> Task:

@@ -146,7 +146,8 @@ class MysqlStore(SqlStore):
         except TimeoutError:
             raise exceptions.StoreUnavailable(
                 dsn=self.masked_dsn, detail=f"no answer in {seconds:g} s (a network link gone "
-                "silent, or a server that hangs)") from None
+                "silent, a server that hangs, or every pooled connection waiting on one)"
+            ) from None
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -213,12 +214,16 @@ def _version_problem(version: str) -> str:
 
 
 DSN_ESCAPES = ("the DSN does not read as mysql://USER:PASS@HOST:PORT/DB: percent-encode the "
-               "characters @ / : # ? % in the user name and password (%40 %2F %3A %23 %3F %25)")
+               "characters @ / : # ? [ ] % in the user name and password (%40 %2F %3A %23 %3F "
+               "%5B %5D %25)")
 
 
 def _parse(dsn: str) -> tuple[str, dict[str, Any]]:
     """The DSN with its password masked, and the arguments of aiomysql.connect."""
-    url = urllib.parse.urlsplit(dsn)
+    try:
+        url = urllib.parse.urlsplit(dsn)
+    except ValueError:  # "Invalid IPv6 URL": a [ or ] in the password
+        raise exceptions.ConfigError(field="db-dsn", detail=DSN_ESCAPES) from None
     if "@" in url.path + url.query + url.fragment or url.fragment:
         # A password with / # ? in it cut short: what follows must not reach a log
         raise exceptions.ConfigError(field="db-dsn", detail=DSN_ESCAPES)

@@ -102,39 +102,42 @@ class SqlStore(Store):
     async def delete_task(self, task_id: str) -> None:
         await self._write(lambda tx: tx.run(self.sql.delete_task, [task_id]))
 
-    async def reset_task(self, task_id: str, now_ms: int, finished: bool = False,
-                         reason: str = "") -> Task:
-        [task] = await self.reset_tasks([task_id], now_ms, finished, reason)
+    async def reset_task(self, task_id: str, now_ms: int) -> Task:
+        [task] = await self.reset_tasks([task_id], now_ms)
         return task
 
-    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int, finished: bool = False,
-                          reason: str = "") -> list[Task]:
+    async def reset_tasks(self, task_ids: Sequence[str], now_ms: int) -> list[Task]:
         async def change(tx: Tx) -> list[Task]:
-            return [await self._reset(tx, task_id, now_ms, finished, reason)
-                    for task_id in task_ids]
+            return [await self._reset(tx, task_id, now_ms) for task_id in task_ids]
 
         return await self._write(change)
 
-    async def _reset(self, tx: Tx, task_id: str, now_ms: int, finished: bool,
-                     reason: str) -> Task:
+    async def _reset(self, tx: Tx, task_id: str, now_ms: int) -> Task:
         task = await self._task(tx, task_id, lock=True)
-        again = dict(state=TaskState.INIT, attempts=0, error_message="", started_at=None,
-                     finished_at=None, lease_expires_at=None, not_before=now_ms,
-                     progress_phase="", progress_fraction=0.0)
-        if task.state == TaskState.FINISHED and finished:
-            await self._add_attempt(tx, task, task.worker_id, now_ms, now_ms, "reset",
-                                    policy.clipped(reason or "its result was dropped"))
-            return await self._save(tx, task, result_size=0, result_sha256="", **again)
         if task.state != TaskState.ERROR:
-            raise _wrong_state(task, "only a finished task or one in error can be reset"
-                               if finished else "only a task in error can be reset" + (
-                                   "; a finished one runs again when its input is submitted "
-                                   "again asking for it (gpuproxy tasks submit --rerun), "
-                                   "which drops its result"
-                                   if task.state == TaskState.FINISHED else ""))
+            raise _wrong_state(task, "only a task in error can be reset" + (
+                "; a finished one runs again when its input is submitted again asking for it "
+                "(gpuproxy tasks submit --rerun), which drops its result"
+                if task.state == TaskState.FINISHED else ""))
         await self._add_attempt(tx, task, "", now_ms, now_ms, "reset",
                                 policy.clipped(task.error_message))
-        return await self._save(tx, task, worker_id="", **again)
+        return await self._save(tx, task, worker_id="", **_AGAIN, not_before=now_ms)
+
+    async def rerun_task(self, task_id: str, result_sha256: str, reason: str,
+                         now_ms: int) -> Task:
+        async def change(tx: Tx) -> Task:
+            task = await self._task(tx, task_id, lock=True)
+            if task.state != TaskState.FINISHED:
+                raise _wrong_state(task, "only a finished task runs again")
+            if result_sha256 and task.result_sha256 != result_sha256:
+                raise _wrong_state(task, f"its result is {task.result_sha256}, not the "
+                                   f"{result_sha256} found wrong: that of a later run")
+            await self._add_attempt(tx, task, task.worker_id, now_ms, now_ms, "reset",
+                                    policy.clipped(reason))
+            return await self._save(tx, task, result_size=0, result_sha256="", **_AGAIN,
+                                    not_before=now_ms)
+
+        return await self._write(change)
 
     async def cancel_task(self, task_id: str, reason: str, now_ms: int) -> Task:
         async def change(tx: Tx) -> Task:
@@ -520,6 +523,12 @@ class SqlStore(Store):
                 lease_expires_at=None,
             )
         return await self._give_up(tx, task, now_ms, fence=task.fence + 1)
+
+
+#: What a reset and a rerun change alike: the task waits to run again with a fresh budget.
+_AGAIN: dict[str, Any] = dict(state=TaskState.INIT, attempts=0, error_message="",
+                              started_at=None, finished_at=None, lease_expires_at=None,
+                              progress_phase="", progress_fraction=0.0)
 
 
 def _wrong_state(task: Task, detail: str) -> exceptions.WrongState:

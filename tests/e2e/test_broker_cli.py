@@ -148,6 +148,11 @@ async def test_result_roundtrip_and_watch_across_processes(
     got = gpuproxy("tasks", "result", "--url", broker.url, task_id, "-o", str(tmp_path / "again"))
     assert got.returncode == 0 and (tmp_path / "again").read_bytes() == proof
 
+    # A rerun naming another result (a late one, asked for before a newer run) changes nothing
+    async with BrokerClient(broker.url) as client:
+        late = await client.submit_file(payload, task_type="c2", miner="f01000",
+                                        rerun="late", rerun_result="ab" * 32)
+    assert late.state == tasks_pb2.TASK_STATE_FINISHED and late.result_size == len(proof)
     # A result found wrong: submitted again with --rerun, the task drops it and runs again
     sha = hashlib.sha256(payload.read_bytes()).hexdigest()
     (payload_dir / sha[0:2] / sha[2:4] / sha).unlink()  # as a finish drops the input

@@ -399,3 +399,53 @@ async def test_fs_memory_stays_flat_for_a_large_blob(tmp_path: pathlib.Path) -> 
     # Then it came back whole and memory grew by a few chunks at most
     assert back.hexdigest() == sha
     assert peak - base < 6 * MiB, f"peak grew by {(peak - base) / MiB:.1f} MiB"
+
+
+async def test_nothing_is_called_missing_while_the_folder_is_gone(tmp_path: pathlib.Path) -> None:
+    # An NFS share come unmounted leaves the empty folder it was mounted on
+    store = FsPayloadStore(tmp_path / "payloads")
+    await store.open()
+    await store.write(sha_of(b"kept"), 4, stream(b"kept"))
+    (tmp_path / "payloads").rename(tmp_path / "away")
+    (tmp_path / "payloads").mkdir()
+    for lookup in (store.size(sha_of(b"kept")), store.exists(sha_of(b"other")),
+                   store.write(sha_of(b"new"), 3, stream(b"new")),
+                   anext(store.read(sha_of(b"kept"))), store.clean(set(), 0, models.now_ms())):
+        with pytest.raises(exceptions.PayloadStoreUnavailable, match="marker file"):
+            await lookup
+    assert list((tmp_path / "payloads").iterdir()) == []  # nothing written into it
+    (tmp_path / "payloads").rmdir()
+    (tmp_path / "away").rename(tmp_path / "payloads")
+    assert await store.size(sha_of(b"kept")) == 4 and not await store.exists(sha_of(b"other"))
+
+
+async def test_a_payload_check_that_hangs_reports_the_store_down_and_piles_up_no_threads(
+    tmp_path: pathlib.Path,
+) -> None:
+    from broker import housekeeper
+
+    class HangingMount(FsPayloadStore):
+        calls = 0
+        release = asyncio.Event()
+
+        async def check(self) -> None:
+            self.calls += 1
+            await self.release.wait()  # a hard mount whose server is gone
+            await super().check()
+
+    store = HangingMount(tmp_path / "payloads")
+    await store.open()
+    said: list[bool] = []
+
+    async def on_store(works: bool) -> None:
+        said.append(works)
+
+    watch = asyncio.create_task(housekeeper.watch_payloads(store, on_store, 0.01, 0.2))
+    try:
+        await asyncio.sleep(0.5)
+        assert said == [False] and store.calls == 1  # down, and one check stuck, not many
+        store.release.set()
+        await asyncio.sleep(0.2)
+        assert said == [False, True]
+    finally:
+        watch.cancel()

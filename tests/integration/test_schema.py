@@ -214,7 +214,8 @@ def test_a_mysql_dsn_takes_charset_utf8mb4_and_refuses_options_it_would_ignore()
 
 @pytest.mark.parametrize("dsn", ["mysql://u:p@ss/w:rd@127.0.0.1:3306/db",
                                  "mysql://u:se#cret@127.0.0.1:3306/db",
-                                 "mysql://u:se?cret@127.0.0.1:3306/db"])
+                                 "mysql://u:se?cret@127.0.0.1:3306/db",
+                                 "mysql://u:se[cret@127.0.0.1:3306/db"])
 def test_a_password_that_needs_percent_encoding_is_refused_without_repeating_it(
     dsn: str,
 ) -> None:

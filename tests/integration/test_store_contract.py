@@ -557,10 +557,12 @@ async def test_a_finished_task_runs_again_when_asked_its_result_dropped(
     task = await claimed(store, submit)
     await store.finish_task(task.id, task.fence, 100, "ab" * 32, T0 + 1)
     with pytest.raises(exceptions.WrongState, match="submit --rerun"):
-        await store.reset_task(task.id, T0 + 2)  # a reset alone leaves finished tasks be
+        await store.reset_task(task.id, T0 + 2)  # a reset leaves finished tasks be
+    with pytest.raises(exceptions.WrongState, match="not the " + "cd" * 32):
+        await store.rerun_task(task.id, "cd" * 32, "late", T0 + 2)  # another run's result
 
-    # When it is asked to run again
-    again = await store.reset_task(task.id, T0 + 2, finished=True, reason="100 bytes")
+    # When it is asked to run again, naming that result
+    again = await store.rerun_task(task.id, "ab" * 32, "100 bytes", T0 + 2)
 
     # Then it waits to run with a fresh budget and no result, still naming w1 (the
     # dispatcher gives it to another worker where it can), which the history says too
@@ -577,9 +579,9 @@ async def test_a_finished_task_runs_again_when_asked_its_result_dropped(
     assert run is not None
     released = await store.release_task(task.id, run.fence, "worker draining", T0 + 4)
     assert (released.state, released.attempts, released.worker_id) == (TaskState.INIT, 0, "w1")
-    # Only finished tasks and tasks in error go back
-    with pytest.raises(exceptions.WrongState, match="only a finished task or one in error"):
-        await store.reset_task(task.id, T0 + 5, finished=True)
+    # Only a finished task runs again
+    with pytest.raises(exceptions.WrongState, match="only a finished task runs again"):
+        await store.rerun_task(task.id, "", "again", T0 + 5)
 
 
 async def test_cancel_an_init_task(store: Store, submit: Submit) -> None:

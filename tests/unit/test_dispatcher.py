@@ -131,7 +131,7 @@ async def test_a_finished_task_run_again_goes_to_another_worker_than_the_one_who
     claimed = await store.claim_task("faulty", ["groth16"], 30_000, now)
     assert claimed is not None
     await store.finish_task(task, claimed.fence, 5, "cd" * 32, now)
-    await store.reset_task(task, now, finished=True, reason="not a proof")
+    await store.rerun_task(task, "cd" * 32, "not a proof", now)
     # When "faulty" (holding its key) and another worker are free, the other makes it again
     dispatcher = Dispatcher(store, lease_s=30)
     faulty, other = worker("faulty", KEY_A), worker("other")

@@ -108,7 +108,7 @@ async def test_a_new_task_is_submitted_watched_and_its_proof_returned(prove: Any
     [(payload, header)] = broker.submitted
     assert payload == TASK
     assert header == {"task_type": "c2", "miner": "f01000", "comment": "sector 163",
-                      "rerun": None}
+                      "rerun": None, "rerun_result": ""}
 
 
 async def test_a_finished_task_is_answered_without_waiting(prove: Any) -> None:
@@ -197,7 +197,8 @@ async def test_a_result_that_cannot_be_the_proof_runs_the_task_again(
     prove: Any, result: Any, complaint: str
 ) -> None:
     # Given a finished task whose result is wrong for the sector, or lost by the broker
-    broker = FakeBroker(submits=[task(FINISHED, worker_id="w9"), task(INIT)],
+    broker = FakeBroker(submits=[task(FINISHED, worker_id="w9", result_sha256="ab" * 32),
+                                 task(INIT)],
                         watches=[[task(RUNNING), task(FINISHED, worker_id="w2")]],
                         results=[result, PROOF])
     # Then it is submitted again asking to run it again, and the new run's proof is the answer
@@ -206,6 +207,7 @@ async def test_a_result_that_cannot_be_the_proof_runs_the_task_again(
     rerun = broker.submitted[1][1]["rerun"]
     assert rerun.startswith("the plugin dropped its result: ")
     assert re.search(complaint, rerun)
+    assert broker.submitted[1][1]["rerun_result"] == "ab" * 32  # the result found wrong only
 
 
 async def test_a_result_that_keeps_being_wrong_is_the_answer_after_two_runs_again(

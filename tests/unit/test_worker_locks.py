@@ -93,3 +93,20 @@ def test_the_lock_folder_and_files_are_made_for_every_users_workers(
     # A work folder lock stays private to its worker
     locks.lock_work_dir(tmp_path / "work").release()
     assert (tmp_path / "work").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_link_planted_in_the_lock_folder_is_not_followed(tmp_path: pathlib.Path) -> None:
+    # In a folder every user may write, a link could point a worker at anyone's file
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    victim.chmod(0o600)
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    locks.lock_path(folder, GPU).symlink_to(victim)
+    with pytest.raises(exceptions.ConfigError, match="cannot lock"):
+        locks.GpuLock.acquire(folder, GPU, "host-gpu0-aaaa")
+    locks.lock_path(folder, GPU).unlink()
+    os.link(victim, locks.lock_path(folder, GPU))  # a hard link: one more name of the victim
+    with pytest.raises(exceptions.ConfigError, match="not a lock file of its own"):
+        locks.GpuLock.acquire(folder, GPU, "host-gpu0-aaaa")
+    assert victim.read_text() == "precious" and victim.stat().st_mode & 0o777 == 0o600

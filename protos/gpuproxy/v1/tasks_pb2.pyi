@@ -100,7 +100,7 @@ class Task(_message.Message):
     def __init__(self, id: _Optional[str] = ..., task_type: _Optional[str] = ..., miner: _Optional[str] = ..., comment: _Optional[str] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[TaskState, str]] = ..., payload_id: _Optional[str] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., worker_id: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_size: _Optional[int] = ..., result_sha256: _Optional[str] = ..., version: _Optional[int] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., history_omitted: _Optional[int] = ..., last_failure: _Optional[str] = ...) -> None: ...
 
 class SubmitHeader(_message.Message):
-    __slots__ = ("task_type", "miner", "comment", "priority", "payload_size", "payload_sha256", "max_attempts", "rerun", "rerun_reason")
+    __slots__ = ("task_type", "miner", "comment", "priority", "payload_size", "payload_sha256", "max_attempts", "rerun", "rerun_reason", "rerun_result_sha256")
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     MINER_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class SubmitHeader(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     RERUN_FIELD_NUMBER: _ClassVar[int]
     RERUN_REASON_FIELD_NUMBER: _ClassVar[int]
+    RERUN_RESULT_SHA256_FIELD_NUMBER: _ClassVar[int]
     task_type: str
     miner: str
     comment: str
@@ -119,7 +120,8 @@ class SubmitHeader(_message.Message):
     max_attempts: int
     rerun: bool
     rerun_reason: str
-    def __init__(self, task_type: _Optional[str] = ..., miner: _Optional[str] = ..., comment: _Optional[str] = ..., priority: _Optional[int] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., max_attempts: _Optional[int] = ..., rerun: _Optional[bool] = ..., rerun_reason: _Optional[str] = ...) -> None: ...
+    rerun_result_sha256: str
+    def __init__(self, task_type: _Optional[str] = ..., miner: _Optional[str] = ..., comment: _Optional[str] = ..., priority: _Optional[int] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., max_attempts: _Optional[int] = ..., rerun: _Optional[bool] = ..., rerun_reason: _Optional[str] = ..., rerun_result_sha256: _Optional[str] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("header", "chunk")
