@@ -24,6 +24,9 @@ log = structlog.get_logger(__name__)
 
 #: How often held tasks and drains are read again, for changes made through another broker.
 RECHECK_HELD_S = 5.0
+#: A task ready to run again waits this many polls before its last worker may take it back:
+#: time for a free worker of another broker (which finds it by polling) to get it first.
+ELSEWHERE_POLLS = 3
 
 
 @dataclasses.dataclass(eq=False)
@@ -228,7 +231,8 @@ class Dispatcher:
             if s is None:  # nothing any of them could claim: one query, not one per session
                 return
             task = await self.store.claim_task(
-                s.worker_id, s.task_types, self.lease_ms, models.now_ms()
+                s.worker_id, s.task_types, self.lease_ms, models.now_ms(),
+                elsewhere_ms=int(ELSEWHERE_POLLS * self.poll_s * 1000),
             )
             hungry.remove(s)
             gone = "worker disconnected" if s.closed else "worker drained" if (

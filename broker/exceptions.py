@@ -47,7 +47,8 @@ class OversizedUpload(InvalidArgument):
 
 # NOT_FOUND
 class TaskNotFound(BrokerError):
-    """No task {task_id}: check the id with `gpuproxy tasks list`."""
+    """No task {task_id}: check the id with `gpuproxy tasks list` (a task that ended longer
+    ago than the broker's --retention-s was deleted, with its result)."""
 
 
 class ResultNotFound(BrokerError):

@@ -158,6 +158,8 @@ class TaskManager:
                 log.warning("a damaged stored payload was replaced by this upload",
                             sha256=new.payload_sha256, damaged_bytes=plan.stored_size,
                             bytes=new.payload_size)
+        else:  # reused as stored: new again for the cleaner, whose references predate this task
+            await self.payloads.touch(new.payload_sha256)
         if plan.existing is not None:
             if plan.send_payload and plan.rerun is None:
                 log.warning("payload of a waiting task was missing or damaged; stored again",

@@ -71,6 +71,12 @@ class PayloadStore(abc.ABC):
         """Stream a blob in chunks of at most CHUNK_BYTES. Raises PayloadNotFound."""
 
     @abc.abstractmethod
+    async def touch(self, sha256: str) -> None:
+        """A stored blob counts as new (if it is there): a submit that reuses it, instead of
+        uploading it, must not lose it to a cleaner that read the references before its task
+        existed (the cleaner leaves blobs younger than its orphan age alone)."""
+
+    @abc.abstractmethod
     async def delete(self, sha256: str) -> None:
         """Remove a blob if present."""
 

@@ -66,6 +66,9 @@ class DbPayloadStore(PayloadStore):
             # Deleted while it was read: never pass a short stream off as the whole blob.
             raise exceptions.PayloadNotFound(sha256=sha256)
 
+    async def touch(self, sha256: str) -> None:
+        await self.store.blob_touch(sha256, models.now_ms())
+
     async def delete(self, sha256: str) -> None:
         row = await self.store.blob_find(sha256)
         if row is not None:
@@ -102,7 +105,8 @@ class DbPayloadStore(PayloadStore):
             await hash_chunk(hasher, data)
             pending += data
             while len(pending) >= CHUNK_BYTES:
-                await self.store.blob_put_chunk(upload_id, seq, bytes(pending[:CHUNK_BYTES]))
+                await self.store.blob_put_chunk(upload_id, seq, bytes(pending[:CHUNK_BYTES]),
+                                                now_ms=models.now_ms())
                 del pending[:CHUNK_BYTES]
                 seq += 1
         if received < size:
@@ -110,7 +114,8 @@ class DbPayloadStore(PayloadStore):
         if (actual := hasher.hexdigest()) != sha256:
             raise exceptions.ChecksumMismatch(actual=actual, expected=sha256)
         if pending:
-            await self.store.blob_put_chunk(upload_id, seq, bytes(pending))
+            await self.store.blob_put_chunk(upload_id, seq, bytes(pending),
+                                            now_ms=models.now_ms())
 
     async def _discard(self, upload_id: str) -> None:
         """Delete a failed upload; shielded so that a second cancellation cannot skip it."""

@@ -94,6 +94,10 @@ class FsPayloadStore(PayloadStore):
         finally:
             f.close()
 
+    async def touch(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.utime, self._path(sha256))
+
     async def delete(self, sha256: str) -> None:
         await asyncio.to_thread(self._path(sha256).unlink, missing_ok=True)
 

@@ -103,11 +103,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_task(
-        self, worker_id: str, task_types: Sequence[str], lease_ms: int, now_ms: int
+        self, worker_id: str, task_types: Sequence[str], lease_ms: int, now_ms: int,
+        elsewhere_ms: int = 0,
     ) -> Task | None:
         """Atomically take the highest-priority, oldest init task of one of the types.
 
-        Only tasks with not_before <= now_ms qualify. The task becomes running for worker_id,
+        Only tasks with not_before <= now_ms qualify; a task whose last run was worker_id's
+        only once it has been ready for `elsewhere_ms` (another worker, maybe connected to
+        another broker, gets it first where one is free). The task becomes running for worker_id,
         with attempts + 1, fence + 1, started_at = now_ms, lease_expires_at = now_ms + lease_ms,
         and an attempt row (outcome "running"). No task is ever given to two claimers, across
         connections and processes (MariaDB: SELECT ... FOR UPDATE SKIP LOCKED). None if no task.
@@ -207,8 +210,15 @@ class Store(abc.ABC):
         """Start an upload: a row that is not ready yet."""
 
     @abc.abstractmethod
-    async def blob_put_chunk(self, upload_id: str, seq: int, data: bytes) -> None:
-        """Store one chunk (at most 1 MiB) in its own short transaction."""
+    async def blob_put_chunk(self, upload_id: str, seq: int, data: bytes,
+                             now_ms: int | None = None) -> None:
+        """Store one chunk (at most 1 MiB) in its own short transaction; with now_ms, the
+        upload counts as made then (the cleaner leaves uploads in progress alone)."""
+
+    @abc.abstractmethod
+    async def blob_touch(self, sha256: str, now_ms: int) -> None:
+        """The ready upload of this sha256 counts as made at now_ms: a submit reusing it must
+        not lose it to a cleaner that read the references before that submit's task."""
 
     @abc.abstractmethod
     async def blob_commit(self, upload_id: str) -> None:

@@ -74,29 +74,36 @@ class Queries:
     )
     delete_task = "DELETE FROM tasks WHERE id = ?"  # its attempts go by ON DELETE CASCADE
 
-    def claimable(self, task_types: Sequence[str], now_ms: int, lock: bool = True) -> Statement:
+    def claimable(self, task_types: Sequence[str], now_ms: int, lock: bool = True,
+                  avoid: tuple[str, int] | None = None) -> Statement:
         """The next init task of each type (MySQL) or of all types (SQLite); `lock` for a claim.
+        `avoid` = (worker id, ms): not a task whose last run was that worker's, unless it was
+        ready by then.
 
         MySQL: one branch per type, each read in index order, so that the claim locks one row
         per type; a single `task_type IN (...)` needs a filesort, which locks every init task
         and makes every other claimer find nothing.
         """
         where = "state = 1 AND not_before <= ?"
+        head: list[Any] = [now_ms]
+        if avoid is not None:
+            where += " AND (worker_id <> ? OR not_before <= ?)"
+            head += list(avoid)
         skip_locked = self._skip_locked if lock else ""
         if not self.mysql:
             sql = (
                 f"SELECT {_TASK} FROM tasks WHERE {where} AND task_type IN "
                 f"({_marks(len(task_types))}) {_CLAIM_ORDER} LIMIT 1"
             )
-            return sql, [now_ms, *task_types]
+            return sql, [*head, *task_types]
         branch = (
             f"SELECT {_TASK} FROM tasks WHERE {where} AND task_type = ? "
             f"{_CLAIM_ORDER} LIMIT 1{skip_locked}"
         )
         if len(task_types) == 1:
-            return branch, [now_ms, task_types[0]]
+            return branch, [*head, task_types[0]]
         sql = " UNION ALL ".join(f"({branch})" for _ in task_types)
-        return sql, [arg for t in task_types for arg in (now_ms, t)]
+        return sql, [arg for t in task_types for arg in (*head, t)]
 
     def expired(
         self, now_ms: int, processing_timeouts_ms: Mapping[str, int], limit: int
@@ -213,6 +220,8 @@ class Queries:
     def lock_uploads_of_sha256(self) -> str:
         return "SELECT upload_id, ready FROM blobs WHERE sha256 = ?" + self._lock
 
+    touch_upload = "UPDATE blobs SET created_at = ? WHERE upload_id = ?"
+    touch_blob = "UPDATE blobs SET created_at = ? WHERE sha256 = ? AND ready = 1"
     set_ready = "UPDATE blobs SET ready = 1 WHERE upload_id = ?"
     unset_ready = "UPDATE blobs SET ready = 0 WHERE upload_id = ?"
 

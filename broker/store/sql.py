@@ -156,11 +156,13 @@ class SqlStore(Store):
     # -- the worker side -----------------------------------------------------------------
 
     async def claim_task(
-        self, worker_id: str, task_types: Sequence[str], lease_ms: int, now_ms: int
+        self, worker_id: str, task_types: Sequence[str], lease_ms: int, now_ms: int,
+        elsewhere_ms: int = 0,
     ) -> Task | None:
         if not task_types:
             return None
-        sql, args = self.sql.claimable(task_types, now_ms)
+        sql, args = self.sql.claimable(task_types, now_ms,
+                                       avoid=(worker_id, now_ms - elsewhere_ms))
 
         async def change(tx: Tx) -> Task | None:
             candidates = [queries.task_from_row(r) for r in await tx.all(sql, args)]
@@ -339,13 +341,24 @@ class SqlStore(Store):
             lambda tx: tx.run(self.sql.insert_blob, [upload_id, sha256, size, now_ms])
         )
 
-    async def blob_put_chunk(self, upload_id: str, seq: int, data: bytes) -> None:
+    async def blob_put_chunk(self, upload_id: str, seq: int, data: bytes,
+                             now_ms: int | None = None) -> None:
         args = [upload_id, seq, data, upload_id]
-        if not await self._write(lambda tx: tx.run(self.sql.put_chunk, args)):
+
+        async def change(tx: Tx) -> int:
+            stored = await tx.run(self.sql.put_chunk, args)
+            if stored and now_ms is not None:
+                await tx.run(self.sql.touch_upload, [now_ms, upload_id])
+            return stored
+
+        if not await self._write(change):
             raise exceptions.PayloadNotFound(
                 f"Upload {upload_id} is gone (cleaned up or already complete): send it again",
                 upload_id=upload_id,
             )
+
+    async def blob_touch(self, sha256: str, now_ms: int) -> None:
+        await self._write(lambda tx: tx.run(self.sql.touch_blob, [now_ms, sha256]))
 
     async def blob_commit(self, upload_id: str) -> None:
         async def change(tx: Tx) -> bool:

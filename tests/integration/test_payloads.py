@@ -286,6 +286,21 @@ async def test_clean_removes_old_orphans_and_leftovers_only(harness: Harness) ->
     assert len(await harness.leftovers()) == 1
 
 
+async def test_a_blob_a_submit_reuses_counts_as_new_for_the_cleaner(harness: Harness) -> None:
+    # A submit reusing a stored payload makes its task after the cleaner read the references:
+    # the blob must be young again by then, or the new task loses its input
+    data = blob(100)
+    await harness.payloads.write(sha_of(data), len(data), stream(data))
+    await asyncio.sleep(0.3)
+    await harness.payloads.touch(sha_of(data))
+    touched = models.now_ms()
+    report = await harness.payloads.clean(set(), older_than_ms=200, now_ms=touched + 100)
+    assert report.orphans_removed == 0 and await harness.payloads.exists(sha_of(data))
+    # (and, untouched for longer than the orphan age, it goes)
+    report = await harness.payloads.clean(set(), older_than_ms=200, now_ms=touched + 300)
+    assert report.orphans_removed == 1 and not await harness.payloads.exists(sha_of(data))
+
+
 # -- fs only ------------------------------------------------------------------------------------
 
 

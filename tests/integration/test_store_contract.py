@@ -239,6 +239,21 @@ async def test_claim_respects_types_and_not_before(store: Store, submit: Submit)
     assert again is not None and again.id == task.id
 
 
+async def test_a_task_ready_again_goes_to_another_worker_first_for_a_moment(
+    store: Store, submit: Submit
+) -> None:
+    # Given a task that failed on w1, ready to run again at T0 + 10
+    task = await claimed(store, submit)
+    await store.fail_task(task.id, task.fence, "boom", True, T0 + 10, T0 + 1)
+    # Then w1 may not take it back within the moment left for another worker
+    assert await store.claim_task("w1", ["claim-me"], LEASE_MS, T0 + 500, 1000) is None
+    # but may after it, or at once when no moment is asked for, and another worker may at once
+    assert await store.claim_task("w1", ["claim-me"], LEASE_MS, T0 + 1010, 1000) is not None
+    again = await store.fail_task(task.id, task.fence + 1, "boom", True, T0 + 2000, T0 + 1500)
+    assert again.worker_id == "w1"
+    assert (await store.claim_task("w2", ["claim-me"], LEASE_MS, T0 + 2000, 1000)) is not None
+
+
 async def test_claim_sets_lease_fence_attempts_and_an_attempt_row(
     store: Store, submit: Submit
 ) -> None:
@@ -582,6 +597,14 @@ async def test_a_finished_task_runs_again_when_asked_its_result_dropped(
     # Only a finished task runs again
     with pytest.raises(exceptions.WrongState, match="only a finished task runs again"):
         await store.rerun_task(task.id, "", "again", T0 + 5)
+
+
+async def test_an_upload_in_progress_counts_from_its_latest_chunk(store: Store) -> None:
+    # An upload longer than the orphan age must not be cleaned away under its sender
+    await store.blob_begin("slow", "ab" * 32, 10, T0)
+    await store.blob_put_chunk("slow", 0, b"x", now_ms=T0 + 60_000)
+    [row] = await store.blob_list()
+    assert row.created_at == T0 + 60_000 and not row.ready
 
 
 async def test_cancel_an_init_task(store: Store, submit: Submit) -> None:

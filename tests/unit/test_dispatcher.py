@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from broker import models, policy
-from broker.dispatcher import Dispatcher, Session
+from broker.dispatcher import ELSEWHERE_POLLS, Dispatcher, Session
 from broker.models import NewTask, WorkerRecord
 from broker.store import Store, open_store
 
@@ -141,23 +141,33 @@ async def test_a_finished_task_run_again_goes_to_another_worker_than_the_one_who
     assert assigned(other) == [task] and assigned(faulty) == []
 
 
-async def test_a_failed_task_still_runs_again_where_only_its_last_worker_is_free(
-    store: Store,
+@pytest.mark.parametrize("ready_for_ms", [0, 2_000])
+async def test_a_failed_task_waits_a_moment_for_another_worker_before_its_last_one_takes_it(
+    store: Store, ready_for_ms: int,
 ) -> None:
+    # Given a task that failed on "flaky", ready to run again, and a later task
     now = models.now_ms()
     task = await submit(store, KEY_A, now - 1)
     later = await submit(store, KEY_A, now)
     claimed = await store.claim_task("flaky", ["groth16"], 30_000, now)
     assert claimed is not None and claimed.id == task
-    await store.fail_task(task, claimed.fence, "processor crashed", True, now, now)
+    await store.fail_task(task, claimed.fence, "processor crashed", True, now - ready_for_ms,
+                          now)
+    # When "flaky" is the only free worker here
     dispatcher = Dispatcher(store, lease_s=30)
     flaky, busy = worker("flaky"), worker("busy")
     busy.held["something"] = 1
     dispatcher.add(flaky)
     dispatcher.add(busy)
     await dispatcher._assign()
-    assert assigned(flaky) == [task]  # no other worker is free: no waiting
-    assert (await store.get_task(later)).state == models.TaskState.INIT
+    if ready_for_ms < ELSEWHERE_POLLS * dispatcher.poll_s * 1000:
+        # Then, just ready, the failed task is left a few polls for a free worker of another
+        # broker: "flaky" takes the later task meanwhile
+        assert assigned(flaky) == [later]
+        assert (await store.get_task(task)).state == models.TaskState.INIT
+    else:  # and once ready that long, it takes it itself: no other worker came
+        assert assigned(flaky) == [task]
+        assert (await store.get_task(later)).state == models.TaskState.INIT
 
 
 def test_done_frees_only_the_claim_with_that_fence() -> None:
@@ -339,8 +349,8 @@ async def test_a_task_claimed_while_a_drain_lands_goes_back_to_the_queue(store: 
     task_id = await submit(store, KEY_A, created_at=1)
     real_claim = store.claim_task
 
-    async def claim_then_drain(*args: object) -> models.Task | None:
-        task = await real_claim(*args)  # type: ignore[arg-type]
+    async def claim_then_drain(*args: object, **kwargs: int) -> models.Task | None:
+        task = await real_claim(*args, **kwargs)  # type: ignore[arg-type]
         dispatcher.drain("w", True)
         return task
 
