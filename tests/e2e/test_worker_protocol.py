@@ -248,8 +248,10 @@ async def test_failures_retry_then_end_in_error_listing_each_reason(
     broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
 ) -> None:
     w = ScriptedWorker(broker.url, "w1")
+    beating: asyncio.Task[None] | None = None
     try:
         await w.connect()
+        beating = w.beating()  # alive while the retry is left to other workers for a moment
         task_id = await submit(broker.url, tmp_path, b"poison")
         for reason in ("CUDA out of memory", "GPU fell off the bus"):
             held = held_of(await w.next())
@@ -269,6 +271,8 @@ async def test_failures_retry_then_end_in_error_listing_each_reason(
         task = await last_state(broker.url, bad)
         assert task.state == 3 and task.attempts == 1 and "not JSON" in task.error_message
     finally:
+        if beating is not None:
+            beating.cancel()
         await w.close()
 
 
@@ -390,6 +394,7 @@ async def test_a_restarted_worker_without_its_task_gives_it_back_at_once(
         # The worker process restarts under the same id and holds nothing
         w.call.cancel()  # type: ignore[union-attr]
         await w.connect()
+        beating = w.beating()  # alive while the retry is left to other workers for a moment
         again = held_of(await w.next(timeout_s=3))  # long before the lease would run out
         assert again.task_id == task_id and again.fence > first.fence
         async with BrokerClient(broker.url) as client:
@@ -397,6 +402,7 @@ async def test_a_restarted_worker_without_its_task_gives_it_back_at_once(
         assert task.attempts == 2  # the lost attempt counts: a crashing task runs out
         assert task.history[0].outcome == "failed"
         assert "came back without this task" in task.history[0].reason
+        beating.cancel()
     finally:
         await w.close()
 
