@@ -421,19 +421,14 @@ class TaskManager:
             log.warning("payload not released; the cleaner will remove it", task_id=task.id,
                         sha256=task.payload_sha256, error=repr(exc))
 
-    async def finished_under(self, task_id: str, fence: int) -> bool:
-        """Whether the task finished with the result of this fence's attempt."""
-        with contextlib.suppress(exceptions.TaskNotFound):
-            task = await self.store.get_task(task_id)
-            return task.state == TaskState.FINISHED and task.fence == fence
-        return False
-
-    async def finished_result(self, task_id: str, fence: int, sha256: str) -> Task | None:
-        """The task, when this exact result already finished it under this fence: a worker
-        that lost the broker's answer sends its result again, and gets the same answer."""
+    async def finished_result(self, task_id: str, fence: int,
+                              sha256: str | None = None) -> Task | None:
+        """The task, when a result (this exact one, when given) already finished it under this
+        fence: a worker that lost the broker's answer sends its result again, and gets the same
+        answer; a heartbeat that crossed the finish revokes nothing."""
         with contextlib.suppress(exceptions.TaskNotFound):
             task = await self.store.get_task(task_id)
             if (task.state == TaskState.FINISHED and task.fence == fence
-                    and task.result_sha256 == sha256):
+                    and sha256 in (None, task.result_sha256)):
                 return task
         return None

@@ -214,7 +214,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             try:
                 await self.tasks.renew(h.task_id, h.fence)
             except (exceptions.StaleFence, exceptions.TaskNotFound) as exc:
-                if await self.tasks.finished_under(h.task_id, h.fence):
+                if await self.tasks.finished_result(h.task_id, h.fence) is not None:
                     continue  # its own result, whose answer is on its way: nothing to revoke
                 log.warning("heartbeat for a task the worker no longer holds",
                             worker_id=session.worker_id, task_id=h.task_id, fence=h.fence)

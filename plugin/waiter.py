@@ -115,7 +115,6 @@ class Waiter:
 
     async def _prove(self, request: C2Request, payload: pathlib.Path, trail: retry.Trail) -> bytes:
         rlog = log.bind(request_id=request.id, sector_id=request.sector_id, miner=request.miner)
-        reruns = 0
         task = await self._submitted(request, payload, trail)
         while True:
             rlog = rlog.bind(task_id=task.id)
@@ -131,14 +130,13 @@ class Waiter:
             if problem is None:
                 rlog.info("proof ready", proof_bytes=len(proof))
                 return proof
-            if reruns == MAX_RERUNS:
+            if trail.reruns == MAX_RERUNS:
                 raise exceptions.NotAProof(task_id=ended.id, sector_id=request.sector_id,
                                            detail=problem, worker_id=ended.worker_id or "?",
-                                           runs=reruns + 1)
-            reruns += 1
+                                           runs=trail.reruns + 1)
             trail.reruns += 1
             rlog.warning("the task finished, but its result cannot be the proof: running it "
-                         "again", problem=problem, worker_id=ended.worker_id, rerun=reruns)
+                         "again", problem=problem, worker_id=ended.worker_id, rerun=trail.reruns)
             # Submitted again asking for a new run: the input goes up again (the broker
             # dropped it at the finish) before the task can be given to a worker
             task = await self._submitted(request, payload, trail, rerun=(

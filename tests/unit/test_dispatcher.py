@@ -105,40 +105,28 @@ async def test_the_head_task_goes_to_a_worker_that_can_run_its_type(store: Store
     assert assigned(both) == [g16] and assigned(c2_only) == [c2]
 
 
-async def test_a_failed_task_runs_again_on_another_worker_where_one_is_free(store: Store
-                                                                          ) -> None:
-    # Given a task whose attempt failed on worker "flaky", which holds its key
-    now = models.now_ms()
-    task = await submit(store, KEY_A, now)
-    claimed = await store.claim_task("flaky", ["groth16"], 30_000, now)
-    assert claimed is not None
-    await store.fail_task(task, claimed.fence, "GPU fell off the bus", True, now, now)
-    # When "flaky" and another idle worker (without the key) are both free, the other takes it
-    dispatcher = Dispatcher(store, lease_s=30)
-    flaky, other = worker("flaky", KEY_A), worker("other")
-    dispatcher.add(flaky)
-    dispatcher.add(other)
-    await dispatcher._assign()
-    assert assigned(other) == [task] and assigned(flaky) == []
-
-
-async def test_a_finished_task_run_again_goes_to_another_worker_than_the_one_whose_result_it_was(
-    store: Store,
+@pytest.mark.parametrize("ended", ["failed", "finished, its result dropped"])
+async def test_a_task_that_ran_goes_to_another_worker_than_its_last_one_where_one_is_free(
+    store: Store, ended: str,
 ) -> None:
-    # Given a task finished on "faulty", whose result was found wrong and dropped
+    # Given a task whose attempt failed on worker "last", or whose result from "last" was
+    # found wrong and dropped; "last" holds its key
     now = models.now_ms()
     task = await submit(store, KEY_A, now)
-    claimed = await store.claim_task("faulty", ["groth16"], 30_000, now)
+    claimed = await store.claim_task("last", ["groth16"], 30_000, now)
     assert claimed is not None
-    await store.finish_task(task, claimed.fence, 5, "cd" * 32, now)
-    await store.rerun_task(task, "cd" * 32, "not a proof", now)
-    # When "faulty" (holding its key) and another worker are free, the other makes it again
+    if ended == "failed":
+        await store.fail_task(task, claimed.fence, "GPU fell off the bus", True, now, now)
+    else:
+        await store.finish_task(task, claimed.fence, 5, "cd" * 32, now)
+        await store.rerun_task(task, "cd" * 32, "not a proof", now)
+    # When "last" and another idle worker (without the key) are both free, the other takes it
     dispatcher = Dispatcher(store, lease_s=30)
-    faulty, other = worker("faulty", KEY_A), worker("other")
-    dispatcher.add(faulty)
+    last, other = worker("last", KEY_A), worker("other")
+    dispatcher.add(last)
     dispatcher.add(other)
     await dispatcher._assign()
-    assert assigned(other) == [task] and assigned(faulty) == []
+    assert assigned(other) == [task] and assigned(last) == []
 
 
 @pytest.mark.parametrize("ready_for_ms", [0, 2_000])
