@@ -27,7 +27,7 @@ from broker.client import BrokerClient
 from broker.flags import (
     Flag,
     add_flags,
-    address,
+    addresses,
     listen_address,
     load_toml,
     parse_args,
@@ -56,7 +56,9 @@ ACCESS_FLAGS = [
     Flag("tls-ca", "PEM file of the CA (or the broker's self-signed certificate) to trust: "
          "TLS to the broker (an https:// address uses the system's CAs)", ""),
 ]
-CLIENT_FLAGS = [Flag("url", "address of the broker", "127.0.0.1:18888", address),
+CLIENT_FLAGS = [Flag("url", "address of the broker; brokers sharing one database, "
+                     "comma-separated: a call goes to the next while one is down",
+                     "127.0.0.1:18888", addresses),
                 *ACCESS_FLAGS]
 RUN_FLAGS = [
     Flag("url", "address to listen on", "127.0.0.1:18888", listen_address),

@@ -9,55 +9,18 @@ import hashlib
 import os
 import pathlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NamedTuple, cast
 
 import grpc
 
 from broker import access, exceptions, tls
+from broker.channels import CHANNEL_OPTIONS, Brokers, uses_tls
 from broker.payloads import CHUNK_BYTES
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 #: Downloads are written to `.<name>.<random>.part` beside their target, then renamed.
 PART_SUFFIX = ".part"
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ("grpc.max_send_message_length", 4 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Reconnect within seconds of a broker restart, not after gRPC's default of up to 2 min.
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
-
-
-def target_of(url: str) -> str:
-    """Accept gpuproxy's http://HOST:PORT, and https://HOST:PORT, as well as HOST:PORT."""
-    for prefix in ("http://", "https://", "grpc://"):
-        if url.startswith(prefix):
-            url = url[len(prefix):]
-    return url.rstrip("/")
-
-
-def uses_tls(url: str, tls_ca: bytes | None) -> bool:
-    """Whether a client of `url` with these roots speaks TLS (see open_channel)."""
-    return tls_ca is not None or url.strip().startswith("https://")
-
-
-def open_channel(url: str, options: Sequence[tuple[str, Any]], tls_ca: bytes | None = None
-                 ) -> grpc.aio.Channel:
-    """A channel to the broker at `url`: TLS when `tls_ca` (PEM roots to trust: a private CA or
-    the broker's self-signed certificate) is given or the address is https:// (the system's
-    roots), plain otherwise."""
-    if uses_tls(url, tls_ca):
-        return grpc.aio.secure_channel(
-            target_of(url), grpc.ssl_channel_credentials(root_certificates=tls_ca),
-            options=list(options))
-    return grpc.aio.insecure_channel(target_of(url), options=list(options))
 
 
 def file_sha256(path: pathlib.Path) -> tuple[int, str]:
@@ -70,24 +33,44 @@ def file_sha256(path: pathlib.Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+class Target(NamedTuple):
+    """One broker's stubs, and its address for the messages of the calls made through them."""
+
+    url: str
+    stub: tasks_pb2_grpc.TaskBrokerStub
+    workers: workers_pb2_grpc.WorkerServiceStub
+
+
 class BrokerClient:
     def __init__(
         self, url: str, *, timeout_s: float = 30.0, options: Sequence[tuple[str, Any]] = (),
         token: str = "", tls_ca: bytes | None = None,
     ) -> None:
-        """`options`: channel options added to CHANNEL_OPTIONS (e.g. a reconnect backoff);
+        """`url`: the broker, or several sharing a database, comma-separated (broker.channels);
+        `options`: channel options added to CHANNEL_OPTIONS (e.g. a reconnect backoff);
         `token`: the broker's access token, sent with every call; `tls_ca`: the roots that the
         broker's TLS certificate is checked against (broker.access, open_channel)."""
-        self.url = url
         self.timeout_s = timeout_s
         self.metadata = access.metadata(token)
-        self.tls = uses_tls(url, tls_ca)
-        self.channel = open_channel(url, [*CHANNEL_OPTIONS, *options], tls_ca)
-        self.stub = tasks_pb2_grpc.TaskBrokerStub(self.channel)
-        self.workers = workers_pb2_grpc.WorkerServiceStub(self.channel)
+        self.brokers = Brokers(url, [*CHANNEL_OPTIONS, *options], tls_ca)
+        self._targets: dict[str, Target] = {}
+
+    @property
+    def url(self) -> str:
+        """The broker called now."""
+        return self.brokers.url
+
+    def target(self) -> Target:
+        """The stubs of the broker called now (a call keeps them, and names that broker)."""
+        url = self.brokers.url
+        if url not in self._targets:
+            channel = self.brokers.channel
+            self._targets[url] = Target(url, tasks_pb2_grpc.TaskBrokerStub(channel),
+                                        workers_pb2_grpc.WorkerServiceStub(channel))
+        return self._targets[url]
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.brokers.close()
 
     async def __aenter__(self) -> BrokerClient:
         return self
@@ -95,50 +78,69 @@ class BrokerClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def translate(self, exc: grpc.aio.AioRpcError) -> exceptions.BrokerError:
+    def translate(self, exc: grpc.aio.AioRpcError, url: str) -> exceptions.BrokerError:
+        """`exc` of a call to the broker at `url` as a BrokerError; one that says the broker is
+        down (or hung: out of time) moves this client to the next broker, if it has several."""
         answered = any(key == exceptions.ERROR_METADATA_KEY
                        for key, _ in exc.trailing_metadata() or ())
         err: exceptions.BrokerError
         detail = exc.details() or ""
         if exc.code() is grpc.StatusCode.UNAVAILABLE and answered:
-            err = exceptions.BrokerCannotServe(url=self.url, detail=detail)
+            err = exceptions.BrokerCannotServe(url=url, detail=detail)
         elif advice := tls.failure(detail):
-            err = exceptions.TlsFailed(url=self.url, advice=advice, detail=detail)
+            err = exceptions.TlsFailed(url=url, advice=advice, detail=detail)
         elif exc.code() is grpc.StatusCode.UNAVAILABLE:
-            hint = tls.plain_hint(detail, self.tls)
-            err = exceptions.BrokerUnreachable(url=self.url,
+            hint = tls.plain_hint(detail, uses_tls(url, self.brokers.tls_ca))
+            err = exceptions.BrokerUnreachable(url=url,
                                                detail=f"{hint}: {detail}" if hint else detail)
         elif exc.code() is grpc.StatusCode.UNIMPLEMENTED or "http2 header with status" in detail:
             # A gRPC server without our service, or an HTTP server or proxy answering 404.
-            err = exceptions.NotABroker(url=self.url, detail=detail)
+            err = exceptions.NotABroker(url=url, detail=detail)
         elif exc.code() is grpc.StatusCode.UNAUTHENTICATED:
-            err = exceptions.AccessDenied(url=self.url, detail=detail)
+            err = exceptions.AccessDenied(url=url, detail=detail)
         else:
             err = exceptions.RemoteError(detail=detail or exc.code().name)
         err.code = exc.code()  # type: ignore[union-attr]
+        if isinstance(err, exceptions.BrokerUnreachable) or (
+                exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED):
+            self.brokers.failover(url, reason=str(err))
         return err
 
-    async def _real_status(self, exc: grpc.aio.AioRpcError) -> exceptions.BrokerError:
+    async def _real_status(self, exc: grpc.aio.AioRpcError, url: str) -> exceptions.BrokerError:
         """`exc` translated; but a stream the broker ended before our first write (a token
         refused as it opened) can fail the write as INTERNAL "Internal error from Core", its
         status lost: a unary call then says what the refusal was."""
         if exc.code() is not grpc.StatusCode.INTERNAL:
-            return self.translate(exc)
+            return self.translate(exc, url)
         try:
-            await self._unary(self.stub.GetTask, tasks_pb2.GetTaskRequest(id=""))
+            await self._call(self._targets[url].stub.GetTask, url,
+                             tasks_pb2.GetTaskRequest(id=""))
         except (exceptions.AccessDenied, exceptions.TlsFailed,
                 exceptions.BrokerUnreachable) as refusal:
             return refusal  # (unreachable: the broker went away in the middle of the stream)
         except exceptions.BrokerError:
             pass  # refused for the empty id, as it should be: the stream failed otherwise
-        return self.translate(exc)
+        return self.translate(exc, url)
 
-    async def _unary(self, method: Any, request: Any) -> Any:
+    async def _unary(self, method: Callable[[Target], Any], request: Any) -> Any:
+        """`method` of the broker called now; again on the next broker while one is down (a
+        call that reached no broker, or one that could not serve it, did nothing)."""
+        for _ in self.brokers.urls:
+            target = self.target()
+            try:
+                return await self._call(method(target), target.url, request)
+            except exceptions.BrokerUnreachable as exc:
+                if self.url == target.url:  # no other broker to call
+                    raise
+                last = exc
+        raise last
+
+    async def _call(self, method: Any, url: str, request: Any) -> Any:
         try:
             return await method(request, timeout=self.timeout_s, wait_for_ready=False,
                                 metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc) from exc
+            raise self.translate(exc, url) from exc
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -168,7 +170,8 @@ class BrokerClient:
             payload_size=size, payload_sha256=sha, max_attempts=max_attempts,
             rerun=rerun is not None, rerun_reason=rerun or "", rerun_result_sha256=rerun_result,
         )
-        call = self.stub.SubmitTask(metadata=self.metadata)
+        target = self.target()
+        call = target.stub.SubmitTask(metadata=self.metadata)
         try:
             await call.write(tasks_pb2.SubmitTaskRequest(header=header))
             first = await call.read()
@@ -184,49 +187,50 @@ class BrokerClient:
                 raise exceptions.RemoteError(detail="the broker ended the submit without a task")
             return reply.task, first.ack.task_existed
         except grpc.aio.AioRpcError as exc:
-            raise await self._real_status(exc) from exc
+            raise await self._real_status(exc, target.url) from exc
         finally:
             call.cancel()
 
     async def get_task(self, task_id: str) -> tasks_pb2.Task:
-        return await self._unary(self.stub.GetTask, tasks_pb2.GetTaskRequest(id=task_id))
+        return await self._unary(lambda t: t.stub.GetTask, tasks_pb2.GetTaskRequest(id=task_id))
 
     async def list_tasks(
         self, *, states: Sequence[int] = (), task_types: Sequence[str] = (), miner: str = "",
         worker_id: str = "", page_size: int = 100, page_token: str = "",
     ) -> tasks_pb2.ListTasksResponse:
-        return await self._unary(self.stub.ListTasks, tasks_pb2.ListTasksRequest(
+        return await self._unary(lambda t: t.stub.ListTasks, tasks_pb2.ListTasksRequest(
             states=cast(Any, list(states)), task_types=list(task_types), miner=miner,
             worker_id=worker_id, page_size=page_size, page_token=page_token,
         ))
 
     async def watch(self, task_id: str) -> AsyncIterator[tasks_pb2.Task]:
         """Every version of the task until a terminal state (no polling)."""
-        call = self.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task_id),
-                                   metadata=self.metadata)
+        target = self.target()
+        call = target.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task_id),
+                                     metadata=self.metadata)
         try:
             async for task in call:
                 yield task
         except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc) from exc
+            raise self.translate(exc, target.url) from exc
         finally:
             call.cancel()
 
     async def reset(self, task_ids: Sequence[str]) -> list[tasks_pb2.Task]:
         reply = await self._unary(
-            self.stub.ResetTasks, tasks_pb2.ResetTasksRequest(ids=list(task_ids))
+            lambda t: t.stub.ResetTasks, tasks_pb2.ResetTasksRequest(ids=list(task_ids))
         )
         return list(reply.tasks)
 
     async def cancel(self, task_id: str, reason: str = "") -> tasks_pb2.Task:
         return await self._unary(
-            self.stub.CancelTask, tasks_pb2.CancelTaskRequest(id=task_id, reason=reason)
+            lambda t: t.stub.CancelTask, tasks_pb2.CancelTaskRequest(id=task_id, reason=reason)
         )
 
     async def stat_resource(self, sha256: str) -> tasks_pb2.Resource | None:
         try:
             return await self._unary(
-                self.stub.StatResource, tasks_pb2.StatResourceRequest(sha256=sha256)
+                lambda t: t.stub.StatResource, tasks_pb2.StatResourceRequest(sha256=sha256)
             )
         except exceptions.RemoteError as exc:
             if getattr(exc, "code", None) is grpc.StatusCode.NOT_FOUND:
@@ -234,11 +238,11 @@ class BrokerClient:
             raise
 
     async def list_resources(self) -> list[tasks_pb2.Resource]:
-        reply = await self._unary(self.stub.ListResources, tasks_pb2.ListResourcesRequest())
+        reply = await self._unary(lambda t: t.stub.ListResources, tasks_pb2.ListResourcesRequest())
         return list(reply.resources)
 
     async def delete_resource(self, sha256: str) -> tasks_pb2.Resource:
-        return await self._unary(self.stub.DeleteResource,
+        return await self._unary(lambda t: t.stub.DeleteResource,
                                  tasks_pb2.DeleteResourceRequest(sha256=sha256))
 
     async def upload_resource(self, path: pathlib.Path) -> tasks_pb2.Resource:
@@ -255,50 +259,56 @@ class BrokerClient:
                 while block := f.read(CHUNK_BYTES):
                     yield tasks_pb2.PutResourceRequest(chunk=block)
 
+        target = self.target()
         try:
-            return await self.stub.PutResource(requests(), timeout=max(self.timeout_s, 600),
-                                               metadata=self.metadata)
+            return await target.stub.PutResource(requests(), timeout=max(self.timeout_s, 600),
+                                                 metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc) from exc
+            raise self.translate(exc, target.url) from exc
 
     async def download_resource(self, sha256: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream a resource into `out` (temp file, checked, then renamed)."""
-        call = self.stub.GetResource(tasks_pb2.GetResourceRequest(sha256=sha256),
-                                     metadata=self.metadata)
-        return await self._download(call, f"resource {sha256}", out)
+        target = self.target()
+        call = target.stub.GetResource(tasks_pb2.GetResourceRequest(sha256=sha256),
+                                       metadata=self.metadata)
+        return await self._download(call, target.url, f"resource {sha256}", out)
 
     async def list_workers(self) -> list[workers_pb2.WorkerInfo]:
-        reply = await self._unary(self.workers.ListWorkers, workers_pb2.ListWorkersRequest())
+        reply = await self._unary(lambda t: t.workers.ListWorkers,
+                                  workers_pb2.ListWorkersRequest())
         return list(reply.workers)
 
     async def drain_worker(self, worker_id: str, reason: str) -> None:
-        await self._unary(self.workers.DrainWorker,
+        await self._unary(lambda t: t.workers.DrainWorker,
                           workers_pb2.DrainWorkerRequest(worker_id=worker_id, reason=reason))
 
     async def resume_worker(self, worker_id: str) -> bool:
         """Whether the worker was drained."""
-        reply = await self._unary(self.workers.ResumeWorker,
+        reply = await self._unary(lambda t: t.workers.ResumeWorker,
                                   workers_pb2.ResumeWorkerRequest(worker_id=worker_id))
         return bool(reply.was_drained)
 
     async def remove_worker(self, worker_id: str) -> None:
         await self._unary(
-            self.workers.RemoveWorker, workers_pb2.RemoveWorkerRequest(worker_id=worker_id)
+            lambda t: t.workers.RemoveWorker, workers_pb2.RemoveWorkerRequest(worker_id=worker_id)
         )
 
     async def download_result(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream the task's result into `out` (temp file, checked, then renamed)."""
-        call = self.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id),
-                                   metadata=self.metadata)
-        return await self._download(call, f"result of task {task_id}", out)
+        target = self.target()
+        call = target.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id),
+                                     metadata=self.metadata)
+        return await self._download(call, target.url, f"result of task {task_id}", out)
 
     async def download_payload(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream the task's payload into `out` (temp file, checked, then renamed)."""
-        call = self.stub.GetPayload(tasks_pb2.GetPayloadRequest(id=task_id),
-                                    metadata=self.metadata)
-        return await self._download(call, f"payload of task {task_id}", out)
+        target = self.target()
+        call = target.stub.GetPayload(tasks_pb2.GetPayloadRequest(id=task_id),
+                                      metadata=self.metadata)
+        return await self._download(call, target.url, f"payload of task {task_id}", out)
 
-    async def _download(self, call: Any, what: str, out: pathlib.Path) -> tuple[int, str]:
+    async def _download(self, call: Any, url: str, what: str, out: pathlib.Path
+                        ) -> tuple[int, str]:
         # A name of its own: two workers sharing a params folder may fetch one key at once
         tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
         digest = hashlib.sha256()
@@ -322,7 +332,7 @@ class BrokerClient:
             tmp.replace(out)
             return size, expected_sha
         except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc) from exc
+            raise self.translate(exc, url) from exc
         finally:
             call.cancel()
             tmp.unlink(missing_ok=True)

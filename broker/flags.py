@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from broker import exceptions
+from broker.channels import target_of
 
 
 def without_settings(environ: Mapping[str, str]) -> dict[str, str]:
@@ -49,6 +50,17 @@ def address(text: str, *, listen: bool = False) -> str:
     if not sep or not host or not port.isdigit() or not lowest_port <= int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT with a port from {lowest_port} to 65535")
     return text.strip()
+
+
+def addresses(text: str) -> str:
+    """One broker address, or several brokers sharing a database, comma-separated: the client
+    calls the next one when the one it calls is down (broker.channels)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) > 1 and not all(parts):
+        raise ValueError(f"{text!r}: an empty address in the list; write HOST:PORT,HOST:PORT")
+    if len(set(map(target_of, parts))) < len(parts):
+        raise ValueError(f"{text!r}: an address is listed twice")
+    return ",".join(address(part) for part in parts)
 
 
 def listen_address(text: str) -> str:

@@ -26,7 +26,7 @@ from broker import __version__, access, logs, tls
 from broker import exceptions as broker_exceptions
 from broker.cli import ACCESS_FLAGS, run_command
 from broker.client import BrokerClient
-from broker.flags import Flag, add_flags, address, parse_args, resolve, seconds
+from broker.flags import Flag, add_flags, addresses, parse_args, resolve, seconds
 from plugin import exceptions, stdio, workdir
 from plugin.config import PluginConfig
 from plugin.dump import Dumper
@@ -71,7 +71,9 @@ def poll_seconds(text: str) -> float:
 
 RUN_FLAGS = [
     LegacyFlag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy, or "
-               "HOST:PORT)", "http://127.0.0.1:18888", address, legacy_env="C2PROXY_LISTEN_URL"),
+               "HOST:PORT); brokers sharing one database, comma-separated: the next is used "
+               "while one is down", "http://127.0.0.1:18888", addresses,
+               legacy_env="C2PROXY_LISTEN_URL"),
     LegacyFlag("poll-task-interval", "seconds between task reads when the broker's watch "
                "stream cannot be held (otherwise the broker pushes every change)", 60.0,
                poll_seconds, legacy_env="C2PROXY_POLL_TASK_INTERVAL"),

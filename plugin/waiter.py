@@ -265,7 +265,7 @@ class Waiter:
                 if trail.outage.failed(time.monotonic()):
                     log.warning("broker unreachable; retrying until the deadline",
                                 request_id=request.id, sector_id=request.sector_id, what=what,
-                                error=str(exc))
+                                error=str(exc), next=self.client.url)
                 await asyncio.sleep(self.backoff.delay_s(trail.outage.attempt))
                 continue
             self._reached(request, trail)
@@ -276,4 +276,4 @@ class Waiter:
         down_s = trail.outage.recovered(time.monotonic())
         if down_s is not None:
             log.info("broker reachable again", request_id=request.id,
-                     sector_id=request.sector_id, after_s=round(down_s, 1))
+                     sector_id=request.sector_id, after_s=round(down_s, 1), broker=self.client.url)

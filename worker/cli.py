@@ -22,7 +22,7 @@ import structlog
 from broker import __version__, access, logs, tls
 from broker import exceptions as broker_exceptions
 from broker.cli import ACCESS_FLAGS, LOG_FLAGS, run_command
-from broker.flags import Flag, add_flags, address, load_toml, parse_args, resolve, seconds
+from broker.flags import Flag, add_flags, addresses, load_toml, parse_args, resolve, seconds
 from worker import config as worker_config
 from worker import daemon, exceptions, executors, gpus
 from worker.supervisor import Supervisor
@@ -30,8 +30,9 @@ from worker.supervisor import Supervisor
 log = structlog.get_logger(__name__)
 
 COMMON_FLAGS = [
-    Flag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy works too)",
-         "127.0.0.1:18888", address),
+    Flag("gpuproxy-url", "address of the broker (http://HOST:PORT as in gpuproxy works too); "
+         "brokers sharing one database, comma-separated: the next is used while one is down",
+         "127.0.0.1:18888", addresses),
     *ACCESS_FLAGS,
     Flag("max-tasks", "tasks this worker runs at once", 1, int),
     Flag("allow-type", "task types this worker runs, comma separated", "c2"),

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import structlog
 
 import worker
-from broker.client import target_of
+from broker.channels import split, target_of
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
 from worker import exceptions, executors, gpus, locks, notify, state
 from worker.backoff import Backoff, FailureStreak, Outage
@@ -146,8 +146,8 @@ async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
 
 
 def local_addresses(url: str) -> list[str]:
-    """The address this host reaches the broker from (no packet is sent)."""
-    host, _, port = target_of(url).rpartition(":")
+    """The address this host reaches the (first) broker from (no packet is sent)."""
+    host, _, port = target_of(split(url)[0]).rpartition(":")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host.strip("[]"), int(port), type=socket.SOCK_DGRAM
@@ -283,6 +283,7 @@ class Worker:
 
     async def _connect_forever(self) -> None:
         while True:
+            url = self.remote.url
             try:
                 await self._session()
             except exceptions.BrokerUnavailable as exc:
@@ -294,11 +295,13 @@ class Worker:
                 continue
             if self.hanging_up:  # the worker ended the stream itself: it is stopping
                 return
+            self.remote.failover(url, error)  # the next broker, when there are several
             if self.outage.failed(time.monotonic()):
                 log.warning("broker unreachable; reconnecting in the background", error=error,
-                            tasks=list(self.tasks))
+                            tasks=list(self.tasks), next=self.remote.url)
             else:
-                log.debug("broker still unreachable", error=error, attempt=self.outage.failures)
+                log.debug("broker still unreachable", error=error, attempt=self.outage.failures,
+                          next=self.remote.url)
             await asyncio.sleep(self._retry_delay_s())
 
     def _twin_wait_s(self, refusal: exceptions.RegistrationRefused) -> float:
@@ -333,7 +336,7 @@ class Worker:
             while (message := await stream.receive()) is not None:
                 self._dispatch(message)
             raise exceptions.BrokerUnavailable(
-                url=self.config.url, detail="the broker ended the Work stream"
+                url=self.remote.url, detail="the broker ended the Work stream"
             )
         finally:
             self.connected.clear()
@@ -370,7 +373,7 @@ class Worker:
                         broker_worker_id=registered.worker_id)
         what = "reconnected to the broker" if self.registered_once else "registered"
         self.registered_once = True
-        log.info(what, broker=self.config.url, lease_s=registered.lease_s,
+        log.info(what, broker=self.remote.url, lease_s=registered.lease_s,
                  heartbeat_s=round(self.heartbeat_s, 3), tasks=list(self.tasks),
                  down_s=None if down_s is None else round(down_s, 1))
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from broker import access, tls
-from broker.client import CHANNEL_OPTIONS, open_channel, uses_tls
+from broker.channels import CHANNEL_OPTIONS, Brokers
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2, workers_pb2_grpc
 from worker import exceptions
 
@@ -41,19 +41,37 @@ def held(task_id: str, fence: int) -> workers_pb2.HeldTask:
 
 
 class Remote:
-    """One channel to the broker, shared by the Work stream and the payload and result calls."""
+    """One channel to the broker, shared by the Work stream and the payload and result calls;
+    with several brokers (comma-separated), the daemon moves it to the next one when the Work
+    stream to this one fails (`failover`)."""
 
     def __init__(self, url: str, *, timeout_s: float = 60.0, token: str = "",
                  tls_ca: bytes | None = None) -> None:
-        self.url = url
         self.timeout_s = timeout_s
         self.metadata = access.metadata(token)  #: sent with every call
-        self.tls = uses_tls(url, tls_ca)
-        self.channel = open_channel(url, CHANNEL_OPTIONS, tls_ca)
-        self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
+        self.brokers = Brokers(url, CHANNEL_OPTIONS, tls_ca)
+        self._stubs: dict[str, workers_pb2_grpc.WorkerServiceStub] = {}
+
+    @property
+    def url(self) -> str:
+        return self.brokers.url
+
+    @property
+    def tls(self) -> bool:
+        return self.brokers.tls
+
+    @property
+    def stub(self) -> workers_pb2_grpc.WorkerServiceStub:
+        if self.url not in self._stubs:
+            self._stubs[self.url] = workers_pb2_grpc.WorkerServiceStub(self.brokers.channel)
+        return self._stubs[self.url]
+
+    def failover(self, failed_url: str, reason: str) -> bool:
+        """Call the next broker from now on, if there are several (broker.channels)."""
+        return self.brokers.failover(failed_url, reason)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.brokers.close()
 
     def translate(self, exc: BaseException, what: str, task_id: str = "") -> exceptions.WorkerError:
         if not isinstance(exc, grpc.aio.AioRpcError):

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import re
 import shutil
 import signal
 import time
@@ -242,6 +243,35 @@ async def test_a_broker_killed_and_restarted_mid_wait_still_yields_the_proof(
     # Then the proof still arrives
     assert await plugin.proof(1) == proof_of(task)
     assert "broker reachable again" in plugin.logs()
+
+
+async def test_workers_and_plugins_given_several_brokers_move_to_the_next_when_one_dies(
+    mariadb_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    plugin_factory: PluginFactory, gpuproxy,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given two brokers on one database, and a worker and a plugin that know both, the first
+    # one proving a task through broker a (leases far longer than the test: no take-back)
+    a, b = (broker_factory(mariadb_dsn, "fs", extra=["--lease-s", "60"]) for _ in range(2))
+    both = f"{a.url},{b.url}"
+    worker = worker_factory(both, env={"FAKE_C2_SLEEP_S": "3"})
+    plugin = await plugin_factory(both)
+    task = task_bytes(166)
+    await plugin.send(request_line(1, task))
+    [submitted] = [t async for t in _wait_for_tasks(b.url, 1)]
+    await worker_e2e.until_proving(b.url, submitted.id)
+    assert re.search(rf"registered +broker={a.url} ", worker.logs())
+    # When broker a dies
+    a.stop(signal.SIGKILL)
+    # Then the worker resumes the task through b, and the plugin gets its proof from b,
+    # before any lease could run out: the same attempt, proved once
+    assert await plugin.proof(1) == proof_of(task)
+    [done] = await tasks_on(b.url)
+    assert done.attempts == 1 and done.state == tasks_pb2.TASK_STATE_FINISHED
+    assert re.search(rf"reconnected to the broker +broker={b.url} ", worker.logs())
+    assert f"broker={b.url}" in plugin.logs()
+    # and the CLI given both reads the tasks from b
+    listed = gpuproxy("tasks", "list", "--url", both)
+    assert listed.returncode == 0 and done.id in listed.stdout, listed.stderr
 
 
 async def test_a_broker_down_at_submit_time_is_waited_for(

@@ -66,6 +66,19 @@ def test_an_address_that_cannot_be_right_is_refused(text: str) -> None:
         flags.address(text)
 
 
+def test_brokers_sharing_a_database_are_a_comma_separated_list_of_addresses() -> None:
+    assert flags.addresses("10.0.0.5:18888") == "10.0.0.5:18888"
+    assert flags.addresses("http://a:1, b:2 ,https://c:3") == "http://a:1,b:2,https://c:3"
+    with pytest.raises(ValueError, match="'b:84646' is not HOST:PORT"):
+        flags.addresses("a:1,b:84646")
+    with pytest.raises(ValueError, match="an empty address in the list"):
+        flags.addresses("a:1,,b:2")
+    with pytest.raises(ValueError, match="listed twice"):
+        flags.addresses("a:1,http://a:1")
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        flags.addresses("")
+
+
 def test_a_listen_address_may_take_any_free_port() -> None:
     assert flags.listen_address("127.0.0.1:0") == "127.0.0.1:0"
     for text in ("0.0.0.0:65536", ":9100", "https://0.0.0.0:18888", "http://0.0.0.0:18888"):
