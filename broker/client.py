@@ -113,8 +113,8 @@ class BrokerClient:
         if exc.code() is not grpc.StatusCode.INTERNAL:
             return self.translate(exc, url)
         try:
-            await self._call(self._targets[url].stub.GetTask, url,
-                             tasks_pb2.GetTaskRequest(id=""))
+            target = self._targets.get(url) or self.target()  # (the broker the stream was to)
+            await self._call(target.stub.GetTask, url, tasks_pb2.GetTaskRequest(id=""))
         except (exceptions.AccessDenied, exceptions.TlsFailed,
                 exceptions.BrokerUnreachable) as refusal:
             return refusal  # (unreachable: the broker went away in the middle of the stream)

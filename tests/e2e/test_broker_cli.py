@@ -669,6 +669,6 @@ async def test_a_stream_cut_by_a_broker_gone_mid_call_says_the_broker_is_gone() 
     cut = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(),
                                grpc.aio.Metadata(), details="Internal error from Core")
     async with BrokerClient(url, timeout_s=2) as client:
-        said = await client._real_status(cut)
+        said = await client._real_status(cut, url)
     assert isinstance(said, exceptions.BrokerUnreachable), said
     assert str(said).startswith(f"No broker at {url}")

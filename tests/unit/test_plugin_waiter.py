@@ -45,6 +45,8 @@ def task(state: int, **fields: Any) -> tasks_pb2.Task:
 class FakeBroker:
     """Answers from scripts: each call pops its next answer (an exception is raised)."""
 
+    url: str = "127.0.0.1:18888"  #: the broker called now, as BrokerClient says
+
     submits: list[Any] = dataclasses.field(default_factory=list)
     watches: list[list[Any]] = dataclasses.field(default_factory=list)
     gets: list[Any] = dataclasses.field(default_factory=list)
