@@ -3,6 +3,7 @@ killed) by the test, their logs shown when a test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.flags import without_settings
 from tests.fixtures import fake_c2
+from worker.groth16 import native
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -82,8 +84,19 @@ class BrokerProcess:
 
 def cli_env(tmp_path: pathlib.Path) -> dict[str, str]:
     env = without_settings(os.environ)
+    # Builds (the CPU prover's C helper, CUDA kernels) are shared, content-addressed: compiled
+    # once per machine, not by every test's worker
+    env["XDG_CACHE_HOME"] = str(native.cache_dir().parent)
     env["HOME"] = str(tmp_path / "home")  # never touch the real ~/.gpuproxy
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_prover_built() -> None:
+    """The CPU prover's C helper, built before any worker starts (about 20 s on 2 cores, more
+    than a test waits for a worker to register); a test that needs it says so if it cannot."""
+    with contextlib.suppress(Exception):
+        native.library()
 
 
 BrokerFactory = Callable[..., BrokerProcess]

@@ -120,7 +120,6 @@ async def test_a_worker_on_the_cuda_backend_proves_with_the_real_pycuda(
 ) -> None:
     # Given a worker forced onto CUDA, whose pycuda drives the host emulation of the driver
     env = pycuda_emu.prepare(tmp_path / "emulation")
-    env["XDG_CACHE_HOME"] = str(pathlib.Path.home() / ".cache")  # kernels compiled once
     broker = broker_factory(sqlite_dsn, "fs", extra=["--lease-s", "3"])
     worker = worker_factory(broker.url, gpu=0, env=env, extra=[
         "--allow-type", "groth16", "--backend", "cuda", "--params-dir", str(tmp_path / "p")])
@@ -147,7 +146,6 @@ async def test_a_worker_whose_gpu_fails_hands_the_task_back_and_exits_to_be_rest
 ) -> None:
     # Given a CUDA worker on the emulated driver, whose next kernel launch fails as at an Xid
     env = pycuda_emu.prepare(tmp_path / "emulation")
-    env["XDG_CACHE_HOME"] = str(pathlib.Path.home() / ".cache")
     env["GPUPROXY_EMU_FAIL_FILE"] = str(tmp_path / "xid")
     broker = broker_factory(sqlite_dsn, "fs")
     worker = worker_factory(broker.url, gpu=0, env=env, extra=[
