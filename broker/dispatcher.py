@@ -46,6 +46,7 @@ class Session:
     last_seen: float = dataclasses.field(default_factory=time.monotonic)
     record: WorkerRecord | None = None  #: the registration, kept current (loaded keys)
     instance: str = ""  #: the worker process's random token ("" from workers that send none)
+    movable: bool = False  #: the worker knows other brokers of this database (other_brokers)
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -120,6 +121,14 @@ class Dispatcher:
         self.sessions.append(session)
         metrics.WORKERS.set(len(self.sessions))
         self.wake()
+
+    def close_movable(self) -> int:
+        """End the Work streams of workers that know other brokers (this one cannot serve):
+        they go on through one of those; how many."""
+        movable = [s for s in self.sessions if s.movable]
+        for s in movable:
+            self.remove(s)
+        return len(movable)
 
     def close_all(self) -> None:
         """End every Work stream (broker shutdown); workers reconnect and resume elsewhere."""

@@ -145,6 +145,11 @@ class SqliteUnusable(StoreUnavailable):
     the broker may write there."""
 
 
+class CannotServeNow(BrokerError):
+    """This broker cannot serve now: {why}. A worker that knows other brokers goes on through
+    one of them."""
+
+
 class PayloadStoreUnavailable(BrokerError):
     """Payload folder {path} cannot be used: {detail}. Check that it exists, is mounted and is
     writable by the broker."""

@@ -104,6 +104,11 @@ async def watch_payloads(payloads: PayloadStore, on_store: Callable[[bool], Awai
         await asyncio.sleep(interval_s)
 
 
+#: What each part's failure means, for the refusals of a broker that cannot serve.
+SERVING_PARTS = {"database": "its database does not answer",
+                 "payloads": "its payload folder cannot be used"}
+
+
 class Serving:
     """Whether the broker can serve, from what its loops find (the sweeps: the database; the
     payload watch: the folder); `on_change` hears each change of the whole."""
@@ -111,6 +116,10 @@ class Serving:
     def __init__(self, on_change: Callable[[bool], Awaitable[None]]) -> None:
         self.on_change = on_change
         self.down: set[str] = set()
+
+    def why_not(self) -> str:
+        """Why the broker cannot serve now; "" while it can."""
+        return " and ".join(SERVING_PARTS.get(name, name) for name in sorted(self.down))
 
     def part(self, name: str) -> Callable[[bool], Awaitable[None]]:
         async def report(works: bool) -> None:

@@ -73,8 +73,9 @@ class Broker:
             options=SERVER_OPTIONS,
             interceptors=[access.TokenCheck(cfg.token)] if cfg.token else None)
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
+        self.serving = housekeeper.Serving(self._serving)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerService(self.tasks, self.dispatcher, cfg), self.server
+            WorkerService(self.tasks, self.dispatcher, cfg, self.serving), self.server
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -113,13 +114,12 @@ class Broker:
         self._served = ("", names[0], names[1])
         await self._serving(True)
         self._spawn("dispatcher", self.dispatcher.run_forever)
-        serving = housekeeper.Serving(self._serving)
         self._spawn("housekeeper", lambda: housekeeper.run_forever(
             store, dict(cfg.type_timeout_s), hub.notify, interval_s=min(1.0, cfg.lease_s / 4),
-            lease_s=cfg.lease_s, on_store=serving.part("database"),
+            lease_s=cfg.lease_s, on_store=self.serving.part("database"),
         ))
         self._spawn("payload store watch", lambda: housekeeper.watch_payloads(
-            self.payloads, serving.part("payloads"), interval_s=min(1.0, cfg.lease_s / 4),
+            self.payloads, self.serving.part("payloads"), interval_s=min(1.0, cfg.lease_s / 4),
             timeout_s=cfg.db_answer_s))
         self._spawn("clock", lambda: clock.watch_forever(store, cfg.lease_s))
         if cfg.metrics_listen:
@@ -144,6 +144,11 @@ class Broker:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in self._served:
             await self.health.set(name, status)
+        # Workers that know other brokers go on through them: their heartbeats are stored
+        # there, so no broker takes their tasks back for a lease that could not be renewed
+        if not store_works and self.dispatcher and (moved := self.dispatcher.close_movable()):
+            log.warning("this broker cannot serve: the workers that know other brokers were "
+                        "sent to them", workers=moved, why=self.serving.why_not())
 
     def _spawn(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.loops.append(asyncio.create_task(loop(), name=name))

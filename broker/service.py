@@ -41,6 +41,7 @@ STATUS: dict[type[exceptions.BrokerError], grpc.StatusCode] = {
     exceptions.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     exceptions.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     exceptions.PayloadStoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    exceptions.CannotServeNow: grpc.StatusCode.UNAVAILABLE,
     exceptions.PayloadDamagedInStore: grpc.StatusCode.DATA_LOSS,
 }
 

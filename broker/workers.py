@@ -16,6 +16,7 @@ import structlog
 from broker import convert, exceptions, framing, models, policy
 from broker.config import BrokerConfig
 from broker.dispatcher import Dispatcher, Session
+from broker.housekeeper import Serving
 from broker.models import Drain, Gpu, TaskFilter, TaskState, WorkerRecord
 from broker.outages import Outage
 from broker.service import mapped_errors
@@ -23,6 +24,10 @@ from broker.tasks import TaskManager
 from protos.gpuproxy.v1 import workers_pb2, workers_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+
+async def _ignore(_: bool) -> None:
+    """No one to tell of changes in whether the broker serves (a service made without one)."""
 
 #: Revoke reason that acknowledges a worker's ReleaseTask.
 RELEASED = "released"
@@ -53,11 +58,14 @@ def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
 
 
 class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, tasks: TaskManager, dispatcher: Dispatcher, config: BrokerConfig) -> None:
+    def __init__(self, tasks: TaskManager, dispatcher: Dispatcher, config: BrokerConfig,
+                 serving: Serving | None = None) -> None:
         self.tasks = tasks
         self.store = tasks.store
         self.dispatcher = dispatcher
         self.config = config
+        #: What the broker's loops find; a broker that cannot serve sends movable workers away
+        self.serving = serving or Serving(_ignore)
         self._bookkeeping_outage = Outage("storing workers' heartbeats and progress")
         self._endings: set[asyncio.Task[None]] = set()  #: cleanups of ended Work streams
 
@@ -70,6 +78,8 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[workers_pb2.BrokerMessage]:
         register = await framing.opening(request_iterator, "register")
         record = record_from(register, models.now_ms())
+        if register.other_brokers and (why := self.serving.why_not()):
+            raise exceptions.CannotServeNow(why=why)
         if twin := self.dispatcher.twin_of(record.worker_id, register.instance):
             raise exceptions.WorkerIdInUse(
                 worker_id=record.worker_id,
@@ -85,7 +95,8 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         if held := await self.store.register_worker(record, live_ms):
             raise exceptions.WorkerIdInUse(worker_id=record.worker_id, hostname=held.hostname)
         session = Session(record.worker_id, record.task_types, record.max_tasks,
-                          stale_after_s=self.config.lease_s, instance=register.instance)
+                          stale_after_s=self.config.lease_s, instance=register.instance,
+                          movable=register.other_brokers > 0)
         session.record = record
         await self._resume(session, register.held)
         log.info("worker connected", worker_id=record.worker_id, host=record.hostname,
@@ -96,6 +107,8 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             heartbeat_s=self.config.heartbeat_s,
         ))
         self.dispatcher.add(session)
+        if session.movable and self.serving.why_not():  # (it stopped serving meanwhile)
+            session.close()
         reader = asyncio.create_task(self._read(session, request_iterator),
                                      name=f"work-reader-{record.worker_id}")
         try:

@@ -335,9 +335,7 @@ class Worker:
             self._post_capacity()
             while (message := await stream.receive()) is not None:
                 self._dispatch(message)
-            raise exceptions.BrokerUnavailable(
-                url=self.remote.url, detail="the broker ended the Work stream"
-            )
+            raise exceptions.BrokerHungUp(url=self.remote.url)
         finally:
             self.connected.clear()
             self.stream = None
@@ -356,6 +354,7 @@ class Worker:
             held=[t.held for t in self.tasks.values()]
             + [held(a.task.id, a.fence) for a in self.waiting.values()],
             resident_keys=self._resident_keys(), instance=me.instance,
+            other_brokers=len(self.remote.brokers.urls) - 1,
         )
 
     def _resident_keys(self) -> list[str]:

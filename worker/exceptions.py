@@ -46,6 +46,14 @@ class BrokerUnavailable(WorkerError):
     """No broker at {url}: is `gpuproxy run` started there, and is the address right? ({detail})"""
 
 
+class BrokerCannotServe(BrokerUnavailable):
+    """The broker at {url} answered but cannot serve now ({detail})"""
+
+
+class BrokerHungUp(BrokerUnavailable):
+    """The broker at {url} ended the Work stream: it is stopping, or cannot serve now"""
+
+
 class TlsFailed(WorkerError):
     """TLS with the broker at {url} cannot work: {advice} ({detail})"""
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from broker import access, tls
+from broker import exceptions as broker_exceptions
 from broker.channels import CHANNEL_OPTIONS, Brokers
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2, workers_pb2_grpc
 from worker import exceptions
@@ -80,6 +81,10 @@ class Remote:
         code, detail = exc.code(), exc.details() or exc.code().name
         if advice := tls.failure(detail):
             return exceptions.TlsFailed(url=self.url, advice=advice, detail=detail)
+        if code is grpc.StatusCode.UNAVAILABLE and any(
+                key == broker_exceptions.ERROR_METADATA_KEY
+                for key, _ in exc.trailing_metadata() or ()):
+            return exceptions.BrokerCannotServe(url=self.url, detail=f"{what}: {detail}")
         if code in TRANSIENT:
             hint = tls.plain_hint(detail, self.tls)
             return exceptions.BrokerUnavailable(

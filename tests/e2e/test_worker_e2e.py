@@ -21,6 +21,7 @@ import pytest
 
 from broker.client import BrokerClient
 from protos.gpuproxy.v1 import tasks_pb2
+from tests.e2e import test_worker_protocol as protocol
 from tests.e2e.conftest import (
     BIN,
     LEASE_S,
@@ -235,6 +236,31 @@ async def test_broker_restart_within_the_lease_loses_no_work(
     assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
     worker.wait_for("reconnected to the broker")
     assert worker.logs().count("broker unreachable") == 1
+
+
+async def test_a_worker_given_two_brokers_proves_on_when_the_first_loses_its_database(
+    mariadb_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    relay, a = await protocol.broker_behind_relay(mariadb_dsn, broker_factory)
+    b = await asyncio.to_thread(broker_factory, mariadb_dsn, "fs",
+                                extra=["--lease-s", str(protocol.LEASE_S)])
+    try:
+        # Given a worker proving, through broker a, a task that takes four leases
+        worker = worker_factory(f"{a.url},{b.url}",
+                                env={"FAKE_C2_SLEEP_S": str(4 * protocol.LEASE_S)})
+        task_id = await submit(a.url, tmp_path, json.dumps(c2_input()).encode())
+        await until_proving(a.url, task_id)
+        # When broker a loses its database
+        relay.cut()
+        # Then the worker goes on through b, and the first attempt's proof finishes the task
+        task = await final(b.url, task_id)
+        assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
+        logs = worker.logs()
+        assert f"The broker at {a.url} ended the Work stream" in logs
+        assert "reconnected to the broker" in logs and f"broker={b.url}" in logs
+    finally:
+        await relay.close()
 
 
 @pytest.mark.parametrize(("smi", "named"), [([], "GPU 0 (GPU-e2e-0)"),

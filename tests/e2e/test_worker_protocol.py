@@ -32,11 +32,12 @@ class ScriptedWorker:
     """One `Work` stream whose messages the test writes by hand."""
 
     def __init__(self, url: str, worker_id: str, types: tuple[str, ...] = ("c2",),
-                 instance: str = "") -> None:
+                 instance: str = "", other_brokers: int = 0) -> None:
         self.channel = grpc.aio.insecure_channel(url)
         self.stub = workers_pb2_grpc.WorkerServiceStub(self.channel)
         self.worker_id = worker_id
         self.instance = instance
+        self.other_brokers = other_brokers
         self.types = types
         self.call: grpc.aio.StreamStreamCall | None = None
 
@@ -46,6 +47,7 @@ class ScriptedWorker:
         await self.call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
             worker_id=self.worker_id, hostname="test", task_types=list(self.types),
             max_tasks=1, held=held or [], instance=self.instance,
+            other_brokers=self.other_brokers,
             gpus=[workers_pb2.Gpu(index=0, name="Fake GPU", uuid=f"GPU-{self.worker_id}")],
         )))
         reply = await self.call.read()
@@ -598,6 +600,49 @@ async def test_a_database_outage_shows_in_health_and_takes_no_task_from_a_live_w
         assert "leases of running tasks extended for their workers to renew them" in logs
     finally:
         await w.close()
+        await relay.close()
+
+
+async def test_a_broker_that_loses_its_database_sends_the_workers_that_know_others_to_them(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    relay, a = await broker_behind_relay(mariadb_dsn, broker_factory)
+    b = await asyncio.to_thread(broker_factory, mariadb_dsn, "fs",
+                                extra=["--lease-s", str(LEASE_S)])
+    movable = ScriptedWorker(a.url, "wm", other_brokers=1)
+    staying = ScriptedWorker(a.url, "ws")
+    moved = ScriptedWorker(b.url, "wm", other_brokers=1)
+    try:
+        await movable.connect()
+        await staying.connect(free=0)
+        await submit(a.url, tmp_path, b"c1 output")
+        held = held_of(await movable.next())
+        beating = movable.beating(held)
+        # When broker a loses its database
+        relay.cut()
+        # Then it ends the stream of the worker that knows another broker, not the other's
+        assert movable.call is not None and staying.call is not None
+        async with asyncio.timeout(10):
+            assert await movable.call.read() is grpc.aio.EOF
+        beating.cancel()
+        assert not staying.call.done()
+        # and refuses it, saying why, while it cannot serve
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await ScriptedWorker(a.url, "wm", other_brokers=1).connect()
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "cannot serve now: its database does not answer" in (
+            refused.value.details() or "")
+        # The worker goes on through broker b with the same attempt: its heartbeats are stored
+        # there, so no broker takes the task back after a lease
+        await moved.connect(held=[held], free=0)
+        beating = moved.beating(held)
+        await asyncio.sleep(3 * LEASE_S)
+        beating.cancel()
+        finished = await moved.upload(held, b"proof")
+        assert finished.state == tasks_pb2.TASK_STATE_FINISHED and finished.attempts == 1
+        assert "the workers that know other brokers were sent to them" in a.logs()
+    finally:
+        await asyncio.gather(*(w.close() for w in (movable, staying, moved)))
         await relay.close()
 
 

@@ -31,7 +31,7 @@ class HeldTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., fence: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "held", "resident_keys", "instance")
+    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "held", "resident_keys", "instance", "other_brokers")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Register(_message.Message):
     HELD_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_KEYS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    OTHER_BROKERS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -52,7 +53,8 @@ class Register(_message.Message):
     held: _containers.RepeatedCompositeFieldContainer[HeldTask]
     resident_keys: _containers.RepeatedScalarFieldContainer[str]
     instance: str
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., resident_keys: _Optional[_Iterable[str]] = ..., instance: _Optional[str] = ...) -> None: ...
+    other_brokers: int
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., resident_keys: _Optional[_Iterable[str]] = ..., instance: _Optional[str] = ..., other_brokers: _Optional[int] = ...) -> None: ...
 
 class Capacity(_message.Message):
     __slots__ = ("free", "paused_until", "pause_reason")
