@@ -28,6 +28,9 @@ log = structlog.get_logger(__name__)
 
 #: How much of an unreadable line the log quotes.
 QUOTE_BYTES = 120
+#: Lines longer than this are read in a thread: walking a C2 request of 100 MB takes about a
+#: second, which the uploads and watches of the requests in flight must not wait for.
+THREAD_PARSE_BYTES = 1 << 20
 
 
 class Prover(Protocol):
@@ -63,16 +66,17 @@ class Processor:
             return
         log.info("c2 processor ready", pid=os.getpid())
         while (line := await reader.next_line()) is not None:
-            self.accept(line)
+            await self.accept(line)
         await self.abandon()
 
-    def accept(self, line: bytes) -> None:
+    async def accept(self, line: bytes) -> None:
         """Read one line and start serving it in a task of its own. Never raises."""
         if not line.strip():
             return
         request_id: int | None = None
         try:
-            request = protocol.parse_request(line)
+            request = (protocol.parse_request(line) if len(line) <= THREAD_PARSE_BYTES
+                       else await asyncio.to_thread(protocol.parse_request, line))
             request_id = request.id
             log.info("request", request_id=request.id, sector_id=request.sector_id,
                      miner=request.miner, proof_type=request.registered_proof,

@@ -304,3 +304,33 @@ def test_stray_output_goes_to_stderr_once_stdout_is_taken() -> None:
                           check=True)
     assert done.stdout == b"protocol\n"
     assert done.stderr.split() == [b"stray", b"child"]
+
+
+async def test_a_long_line_is_read_while_the_requests_in_flight_go_on(
+    pipe: Pipe, tmp_path: pathlib.Path
+) -> None:
+    prover = ScriptedProver(tmp_path)
+    processor = Processor(prover, stdio.LineWriter(pipe.write_fd), Dumper(None))
+    # A C2 input of 12 MB in two million small arrays, as vanilla proofs are: walking it takes
+    # a good fraction of a second
+    vanilla = b"[" + b",".join([b"[1,2]"] * 2_000_000) + b"]"
+    line = (b'{"id":1,"task":{"c1out":{"vanilla_proofs":%s},"prover_id":%s,"sector_id":11,'
+            b'"miner_id":1000}}\n' % (vanilla, PROVER_ID))
+    ticks = 0
+
+    async def in_flight() -> None:  # stands for the uploads and watches of other requests
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(in_flight())
+    await asyncio.sleep(0)
+    before = ticks
+    await processor.accept(line)
+    assert ticks - before > 100, "the loop stood still while the line was read"
+    other.cancel()
+    prover.release(11)
+    await until(lambda: len(pipe.lines()) == 1)  # (no ready line: run() was not called)
+    assert json.loads(pipe.lines()[0])["output"] == {"proof": [11]}
+    assert (tmp_path / "1").read_bytes() == line[line.index(b'{"c1out"'):-2]
