@@ -3,7 +3,8 @@ broker and the workers).
 
 Layout: ``root/<sha[0:2]>/<sha[2:4]>/<sha256>``. An upload streams into ``<sha256>.<random>.tmp``
 in the same shard folder, is hashed as it streams, fsynced, and renamed into place; the shard
-folder is fsynced after the rename. File I/O and hashing run in threads, one chunk at a time, so
+folder is fsynced after the rename; shard folders left empty go with the cleaner, once unchanged
+for the orphan age. File I/O and hashing run in threads, one chunk at a time, so
 the event loop never blocks on a slow mount and memory stays bounded by a chunk.
 """
 
@@ -148,6 +149,8 @@ class FsPayloadStore(PayloadStore):
                 for sub in _scandir(entry.path):
                     if sub.is_dir(follow_symlinks=False) and _SHARD.fullmatch(sub.name):
                         self._clean_shard(sub.path, keep, cutoff_ms, report)
+                        _remove_if_empty(sub.path, cutoff_ms)
+                _remove_if_empty(entry.path, cutoff_ms)
         return report.freeze()
 
     @staticmethod
@@ -186,8 +189,14 @@ class _Upload:
 
     @classmethod
     def create(cls, final: pathlib.Path) -> _Upload:
-        final.parent.mkdir(parents=True, exist_ok=True)
         temp = final.with_name(f"{final.name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+        for _ in range(2):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # A cleaner (of this broker or another) may remove the empty shard folder between
+            # the two: then it is made again
+            with contextlib.suppress(FileNotFoundError):
+                return cls(final=final, temp=temp, file=temp.open("xb"))
+        final.parent.mkdir(parents=True, exist_ok=True)
         return cls(final=final, temp=temp, file=temp.open("xb"))
 
     def append(self, data: bytes) -> None:
@@ -240,6 +249,15 @@ class _Tally:
 
     def freeze(self) -> CleanReport:
         return CleanReport(**dataclasses.asdict(self))
+
+
+def _remove_if_empty(folder: str, cutoff_ms: int) -> None:
+    """Remove a shard folder that is empty and unchanged since the cutoff (the orphan age): up
+    to 65,536 of them would stay otherwise. Not one that is written into: it is not empty, or
+    just changed; a writer that loses the race makes it again (_Upload.create)."""
+    with contextlib.suppress(OSError):  # gone, or not empty (anymore)
+        if os.stat(folder).st_mtime_ns // 1_000_000 < cutoff_ms:
+            os.rmdir(folder)
 
 
 def _size(path: pathlib.Path) -> int | None:

@@ -10,6 +10,7 @@ import pathlib
 import shutil
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import pytest
 
@@ -316,6 +317,39 @@ async def test_fs_layout_is_sharded_and_local(tmp_path: pathlib.Path) -> None:
     assert fs.local_path(sha) == path
     assert path.read_bytes() == data
     assert await _files(fs.root) == [f"{sha[:2]}/{sha[2:4]}/{sha}"]
+
+
+async def test_fs_shard_folders_left_empty_go_once_unchanged_for_the_orphan_age(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fs = FsPayloadStore(tmp_path / "payloads")
+    await fs.open()
+    data = blob(10)
+    sha = sha_of(data)
+    await fs.write(sha, len(data), stream(data))
+    top, shard = fs.root / sha[:2], fs.root / sha[:2] / sha[2:4]
+    hour_ms, now = 3_600_000, models.now_ms()
+    # While young, the orphan and its folders stay
+    await fs.clean(set(), older_than_ms=hour_ms, now_ms=now)
+    assert shard.is_dir()
+    # Once older than the orphan age, the orphan goes, and the folders it leaves empty
+    report = await fs.clean(set(), older_than_ms=hour_ms, now_ms=now + 2 * hour_ms)
+    assert report.orphans_removed == 1
+    assert not top.exists() and sorted(p.name for p in fs.root.iterdir()) == [MARKER]
+    # A write whose shard folder a cleaner removes between its making and the upload's start
+    # makes it again
+    real_mkdir = pathlib.Path.mkdir
+    removed: list[pathlib.Path] = []
+
+    def mkdir_then_cleaned(self: pathlib.Path, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(self, *args, **kwargs)
+        if self == shard and not removed:
+            removed.append(self)
+            self.rmdir()
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir_then_cleaned)
+    await fs.write(sha, len(data), stream(data))
+    assert removed == [shard] and await read_all(fs, sha) == data
 
 
 async def test_fs_upload_replaces_a_copy_damaged_in_the_store(tmp_path: pathlib.Path) -> None:
