@@ -47,6 +47,9 @@ class Session:
     record: WorkerRecord | None = None  #: the registration, kept current (loaded keys)
     instance: str = ""  #: the worker process's random token ("" from workers that send none)
     movable: bool = False  #: the worker knows other brokers of this database (other_brokers)
+    #: The broker ended the stream (stopping, or sending the worker elsewhere): the worker is
+    #: not gone, and its tasks keep their grace at a broker's start (housekeeper.grant_grace)
+    handed_off: bool = False
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -127,12 +130,14 @@ class Dispatcher:
         they go on through one of those; how many."""
         movable = [s for s in self.sessions if s.movable]
         for s in movable:
+            s.handed_off = True
             self.remove(s)
         return len(movable)
 
     def close_all(self) -> None:
         """End every Work stream (broker shutdown); workers reconnect and resume elsewhere."""
         for s in list(self.sessions):
+            s.handed_off = True
             self.remove(s)
 
     def remove(self, session: Session) -> None:

@@ -38,8 +38,11 @@ async def sweep(
 async def grant_grace(store: Store, lease_s: float) -> int:
     """One more lease for every running task: its worker could not renew it while the broker
     or its database was away, and may be heartbeating all along. A worker that really died
-    meanwhile loses its task one lease later."""
-    extended = await store.extend_leases(models.now_ms() + int(lease_s * 1000))
+    meanwhile loses its task one lease later. Not for the tasks of workers whose broker saw
+    their stream end: they are gone, and another broker sharing the database may be about to
+    take their tasks back (a broker restarting again and again would keep them otherwise)."""
+    gone = {w.worker_id for w in await store.list_workers() if w.disconnected_at}
+    extended = await store.extend_leases(models.now_ms() + int(lease_s * 1000), gone)
     if extended:
         log.info("leases of running tasks extended for their workers to renew them",
                  tasks=extended, lease_s=lease_s)

@@ -141,7 +141,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         assert record is not None
         try:
             await self.store.worker_disconnected(record.worker_id, record.session,
-                                                 models.now_ms())
+                                                 models.now_ms(), session.handed_off)
         except Exception as exc:  # the id frees itself once the record is a lease old
             log.warning("could not record that the worker disconnected",
                         worker_id=record.worker_id, error=str(exc))

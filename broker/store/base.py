@@ -8,7 +8,7 @@ clock and both backends agree. Each state change is one short transaction and bu
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from broker.models import (
     Attempt,
@@ -161,9 +161,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def extend_leases(self, until_ms: int) -> int:
+    async def extend_leases(self, until_ms: int, skip_workers: Collection[str] = ()) -> int:
         """Give every running task a lease until at least until_ms (a broker starting up: its
-        workers could not heartbeat while it was down). Returns how many were extended."""
+        workers could not heartbeat while it was down), but those of `skip_workers`. Returns
+        how many were extended."""
 
     @abc.abstractmethod
     async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
@@ -263,9 +264,11 @@ class Store(abc.ABC):
         pause), unless a newer registration replaced it (another `session`); whether it did."""
 
     @abc.abstractmethod
-    async def worker_disconnected(self, worker_id: str, session: str, now_ms: int) -> None:
+    async def worker_disconnected(self, worker_id: str, session: str, now_ms: int,
+                                  handed_off: bool = False) -> None:
         """The stream of registration `session` ended: the id is free for another process,
-        unless a newer registration holds it."""
+        unless a newer registration holds it. `handed_off`: the broker ended it (stopping, or
+        sending the worker to another broker), so the worker is not recorded as gone."""
 
     @abc.abstractmethod
     async def list_workers(self) -> list[WorkerRecord]:

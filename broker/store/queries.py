@@ -243,9 +243,12 @@ class Queries:
         f"SELECT {_BLOB} FROM blobs WHERE sha256 = ? AND ready = 1 "
         "ORDER BY created_at, upload_id LIMIT 1"
     )
-    extend_leases = (
-        "UPDATE tasks SET lease_expires_at = ? WHERE state = 2 AND lease_expires_at < ?"
-    )
+    @staticmethod
+    def extend_leases(until_ms: int, skip_workers: Sequence[str]) -> Statement:
+        sql = "UPDATE tasks SET lease_expires_at = ? WHERE state = 2 AND lease_expires_at < ?"
+        if skip_workers:
+            sql += f" AND worker_id NOT IN ({_marks(len(skip_workers))})"
+        return sql, [until_ms, until_ms, *skip_workers]
 
     @property
     def database_time(self) -> str | None:

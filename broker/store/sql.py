@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -262,9 +262,9 @@ class SqlStore(Store):
             return None  # finished, renewed or taken back since it was listed
         return await self._requeue(tx, task, now_ms, processing_timeouts_ms)
 
-    async def extend_leases(self, until_ms: int) -> int:
+    async def extend_leases(self, until_ms: int, skip_workers: Collection[str] = ()) -> int:
         return await self._write(
-            lambda tx: tx.run(self.sql.extend_leases, [until_ms, until_ms])
+            lambda tx: tx.run(*self.sql.extend_leases(until_ms, sorted(skip_workers)))
         )
 
     async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
@@ -424,9 +424,10 @@ class SqlStore(Store):
     async def update_worker(self, worker: WorkerRecord) -> bool:
         return await self._if_registered(worker.worker_id, worker.session, lambda _: worker)
 
-    async def worker_disconnected(self, worker_id: str, session: str, now_ms: int) -> None:
+    async def worker_disconnected(self, worker_id: str, session: str, now_ms: int,
+                                  handed_off: bool = False) -> None:
         await self._if_registered(worker_id, session, lambda held: dataclasses.replace(
-            held, instance="", session="", disconnected_at=now_ms))
+            held, instance="", session="", disconnected_at=0 if handed_off else now_ms))
 
     async def _if_registered(self, worker_id: str, session: str,
                              change: Callable[[WorkerRecord], WorkerRecord]) -> bool:

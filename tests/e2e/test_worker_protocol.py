@@ -385,6 +385,41 @@ async def test_a_drain_through_another_broker_holds_new_work_back_within_a_reche
         assert held_of(await w.next(timeout_s=RECHECK_HELD_S + 3)).task_id == task_id
 
 
+async def test_a_broker_starting_again_extends_the_leases_of_the_workers_it_let_go_only(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    async with worker_of_b(mariadb_dsn, broker_factory) as (a, wb):
+        wa = ScriptedWorker(a.url, "wa")
+        try:
+            # Given a task on worker wb of broker b, and one on worker wa of broker a
+            await wa.connect(free=0)
+            await submit(a.url, tmp_path, b"for wb")
+            on_b = held_of(await wb.next(timeout_s=3))
+            await wa.send(capacity=workers_pb2.Capacity(free=1))
+            await submit(a.url, tmp_path, b"for wa")
+            on_a = held_of(await wa.next(timeout_s=3))
+            # and wb dead: broker b saw its stream end
+            await wb.close()
+            async with BrokerClient(a.url) as client, asyncio.timeout(10):
+                while any(w.online for w in await client.list_workers()
+                          if w.worker_id == "wb"):
+                    await asyncio.sleep(0.05)
+                before = {t.id: t.lease_expires_at.ToMilliseconds()
+                          for t in (await client.list_tasks()).tasks}
+            # When broker a stops (ending wa's stream: wa is not gone) and starts again
+            a.stop()
+            await asyncio.to_thread(a.start)
+            # Then wa's task has a new lease, and wb's keeps its own: broker b takes it back
+            # when it runs out, however often a restarts
+            async with BrokerClient(a.url) as client:
+                after = {t.id: t.lease_expires_at.ToMilliseconds()
+                         for t in (await client.list_tasks()).tasks}
+            assert after[on_a.task_id] > before[on_a.task_id]
+            assert after[on_b.task_id] == before[on_b.task_id]
+        finally:
+            await wa.close()
+
+
 async def test_a_restarted_worker_without_its_task_gives_it_back_at_once(
     broker, tmp_path: pathlib.Path  # type: ignore[no-untyped-def]
 ) -> None:

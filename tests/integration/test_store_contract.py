@@ -788,6 +788,21 @@ async def test_extend_leases_gives_running_tasks_time_to_come_back(
     assert await store.extend_leases(restart) == 0  # never shortens a lease
 
 
+async def test_extend_leases_passes_over_the_tasks_of_workers_known_gone(
+    store: Store, submit: Submit
+) -> None:
+    # Given tasks running on two workers, the first of which died (its broker saw it go)
+    gone = await claimed(store, submit)
+    await submit(task_type="other")
+    kept = await store.claim_task("w2", ["other"], LEASE_MS, T0)
+    assert kept is not None
+    # When a broker starts, the other's lease is extended, the dead one's is not
+    later = T0 + 2 * LEASE_MS
+    assert await store.extend_leases(later, {"w1"}) == 1
+    assert (await store.get_task(gone.id)).lease_expires_at == T0 + LEASE_MS
+    assert (await store.get_task(kept.id)).lease_expires_at == later
+
+
 async def test_resources_are_kept_and_count_as_referenced(store: Store) -> None:
     from broker.models import Resource
 
@@ -851,6 +866,24 @@ async def test_a_worker_id_is_held_by_one_live_process_at_a_time(store: Store) -
     assert kept.resident_keys == ()  # the new registration's, not the replaced one's "k2"
     # A process silent for longer than live_ms (its host hung) holds the id no more
     assert await store.register_worker(worker_record("cccc", T0 + 4000 + live_ms), live_ms) is None
+
+
+async def test_a_stream_the_broker_ended_frees_the_id_without_calling_the_worker_gone(
+    store: Store,
+) -> None:
+    live_ms = 60_000
+    first = worker_record("aaaa", T0)
+    assert await store.register_worker(first, live_ms) is None
+    # A broker that stops (or sends the worker to another broker) ends its stream
+    await store.worker_disconnected(first.worker_id, first.session, T0 + 100, handed_off=True)
+    [handed] = await store.list_workers()
+    assert handed.instance == "" and handed.disconnected_at == 0
+    assert await store.register_worker(worker_record("bbbb", T0 + 200), live_ms) is None
+    # while a stream the worker ended records when it went
+    second = worker_record("bbbb", T0 + 200)
+    await store.worker_disconnected(second.worker_id, second.session, T0 + 300)
+    [gone] = await store.list_workers()
+    assert gone.instance == "" and gone.disconnected_at == T0 + 300
 
 
 async def test_a_drain_outlives_reconnects_and_goes_with_its_worker(store: Store) -> None:
