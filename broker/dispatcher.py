@@ -50,6 +50,7 @@ class Session:
     #: The broker ended the stream (stopping, or sending the worker elsewhere): the worker is
     #: not gone, and its tasks keep their grace at a broker's start (housekeeper.grant_grace)
     handed_off: bool = False
+    added: int = 0  #: the dispatcher's count of streams when this one was added
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -98,6 +99,7 @@ class Dispatcher:
         self._drains_read = False  #: no task is given before the drains were read once
         self._wake = asyncio.Event()
         self._checks: set[str] = set()
+        self._added = 0  #: streams added so far (a registration read before one is stale)
 
     def twin_of(self, worker_id: str, instance: str) -> Session | None:
         """A live stream of another worker process registered under this id, if any: two
@@ -121,6 +123,8 @@ class Dispatcher:
         for old in [s for s in self.sessions if s.worker_id == session.worker_id]:
             log.info("worker reconnected; closing its previous stream", worker_id=old.worker_id)
             self.remove(old)
+        self._added += 1
+        session.added = self._added
         self.sessions.append(session)
         metrics.WORKERS.set(len(self.sessions))
         self.wake()
@@ -192,6 +196,7 @@ class Dispatcher:
                 drains_due = True
             try:
                 if drains_due:
+                    await self._close_replaced()
                     drains_due = not await self._read_drains()
                 await self._revoke_lost()
                 if self._drains_read:
@@ -200,6 +205,20 @@ class Dispatcher:
             except Exception as exc:
                 await asyncio.sleep(outage.failed(exc))
                 self._wake.set()
+
+    async def _close_replaced(self) -> None:
+        """End the streams of workers registered since through another broker (a worker given
+        several brokers that moved on while its stream here looked alive): no task is given
+        into a stream nobody reads. Streams added during the read are not judged by it."""
+        added = self._added
+        current = {w.worker_id: w.session for w in await self.store.list_workers()}
+        for s in [s for s in self.sessions if s.added <= added and s.record is not None]:
+            assert s.record is not None
+            if current.get(s.worker_id, s.record.session) != s.record.session:
+                log.info("worker registered through another broker; closing its stream here",
+                         worker_id=s.worker_id)
+                s.handed_off = True
+                self.remove(s)
 
     async def _read_drains(self) -> bool:
         """Take the drains from the database; False when one made here during the read made

@@ -114,7 +114,7 @@ SERVING_PARTS = {"database": "its database does not answer",
 
 class Serving:
     """Whether the broker can serve, from what its loops find (the sweeps: the database; the
-    payload watch: the folder); `on_change` hears each change of the whole."""
+    payload watch: the folder); `on_change` hears whether it can after each change of a part."""
 
     def __init__(self, on_change: Callable[[bool], Awaitable[None]]) -> None:
         self.on_change = on_change
@@ -124,14 +124,20 @@ class Serving:
         """Why the broker cannot serve now; "" while it can."""
         return " and ".join(SERVING_PARTS.get(name, name) for name in sorted(self.down))
 
+    def own_database_down(self) -> bool:
+        """Whether this broker's database does not answer, which other brokers sharing it
+        may not suffer (their link to it may be whole). Not the payload folder: the brokers
+        share it, and a folder gone for one is gone for all, while their housekeepers go on."""
+        return "database" in self.down
+
     def part(self, name: str) -> Callable[[bool], Awaitable[None]]:
         async def report(works: bool) -> None:
-            before = not self.down
+            if works == (name not in self.down):
+                return  # no change
             if works:
                 self.down.discard(name)
             else:
                 self.down.add(name)
-            if before != (not self.down):
-                await self.on_change(not self.down)
+            await self.on_change(not self.down)
 
         return report

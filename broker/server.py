@@ -146,7 +146,8 @@ class Broker:
             await self.health.set(name, status)
         # Workers that know other brokers go on through them: their heartbeats are stored
         # there, so no broker takes their tasks back for a lease that could not be renewed
-        if not store_works and self.dispatcher and (moved := self.dispatcher.close_movable()):
+        if (self.serving.own_database_down() and self.dispatcher
+                and (moved := self.dispatcher.close_movable())):
             log.warning("this broker cannot serve: the workers that know other brokers were "
                         "sent to them", workers=moved, why=self.serving.why_not())
 

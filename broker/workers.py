@@ -78,8 +78,8 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[workers_pb2.BrokerMessage]:
         register = await framing.opening(request_iterator, "register")
         record = record_from(register, models.now_ms())
-        if register.other_brokers and (why := self.serving.why_not()):
-            raise exceptions.CannotServeNow(why=why)
+        if register.other_brokers and self.serving.own_database_down():
+            raise exceptions.CannotServeNow(why=self.serving.why_not())
         if twin := self.dispatcher.twin_of(record.worker_id, register.instance):
             raise exceptions.WorkerIdInUse(
                 worker_id=record.worker_id,
@@ -107,7 +107,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             heartbeat_s=self.config.heartbeat_s,
         ))
         self.dispatcher.add(session)
-        if session.movable and self.serving.why_not():  # (it stopped serving meanwhile)
+        if session.movable and self.serving.own_database_down():  # (it went meanwhile)
             session.close()
         reader = asyncio.create_task(self._read(session, request_iterator),
                                      name=f"work-reader-{record.worker_id}")

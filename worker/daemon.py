@@ -197,6 +197,8 @@ class Worker:
         self.heartbeat_s = 10.0
         self.outage = Outage()
         self.twin = Outage()  #: refusals because a live worker has our id (see _twin_wait_s)
+        #: Brokers that refused this worker for good since it last registered (_refused_by)
+        self.refusals: dict[str, exceptions.WorkerError] = {}
         self.backoff = RECONNECT_BACKOFF
         self.registered_once = False
         self.lost: exceptions.DeviceLost | None = None  #: the GPU failed for good: stop, exit 1
@@ -290,9 +292,12 @@ class Worker:
                 error = str(exc)
             except exceptions.RegistrationRefused as exc:
                 if exc.code != "ALREADY_EXISTS":
-                    raise
-                await asyncio.sleep(self._twin_wait_s(exc))
-                continue
+                    error = self._refused_by(url, exc)
+                else:
+                    await asyncio.sleep(self._twin_wait_s(exc))
+                    continue
+            except exceptions.TlsFailed as exc:
+                error = self._refused_by(url, exc)
             if self.hanging_up:  # the worker ended the stream itself: it is stopping
                 return
             self.remote.failover(url, error)  # the next broker, when there are several
@@ -303,6 +308,18 @@ class Worker:
                 log.debug("broker still unreachable", error=error, attempt=self.outage.failures,
                           next=self.remote.url)
             await asyncio.sleep(self._retry_delay_s())
+
+    def _refused_by(self, url: str, refusal: exceptions.WorkerError) -> str:
+        """A broker refused this worker for good (its token, TLS, or this worker's settings).
+        With other brokers to go to, say so loudly and go on to the next: a mistake in the
+        second address must not stop the worker when the first broker goes down. Once every
+        broker has refused it, stop (exit 1)."""
+        self.refusals[url] = refusal
+        if len(self.refusals) >= len(self.remote.brokers.urls):
+            raise refusal
+        log.error("this broker refused the worker; going on to the next", broker=url,
+                  error=str(refusal))
+        return str(refusal)
 
     def _twin_wait_s(self, refusal: exceptions.RegistrationRefused) -> float:
         """Another live worker has our id. It may be this host's previous run, whose stream the
@@ -367,6 +384,7 @@ class Worker:
             self.heartbeat_s = registered.lease_s / 3
         down_s = self.outage.recovered(time.monotonic())
         self.twin.recovered(time.monotonic())
+        self.refusals.clear()
         if registered.worker_id and registered.worker_id != self.identity.worker_id:
             log.warning("the broker knows this worker by another id",
                         broker_worker_id=registered.worker_id)

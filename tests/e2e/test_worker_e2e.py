@@ -263,6 +263,53 @@ async def test_a_worker_given_two_brokers_proves_on_when_the_first_loses_its_dat
         await relay.close()
 
 
+async def test_a_broker_down_the_list_that_refuses_the_worker_does_not_stop_it(
+    sqlite_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given a worker of broker a whose second broker takes only callers with a token it lacks
+    token = tmp_path / "token"
+    token.write_text(f"{os.urandom(16).hex()}\n")
+    a = broker_factory(sqlite_dsn, "fs")
+    b = broker_factory(f"sqlite:///{tmp_path}/b.db", "fs", payload_dir=tmp_path / "b",
+                       extra=["--token-file", str(token)])
+    worker = worker_factory(f"{a.url},{b.url}")
+    await asyncio.to_thread(worker.wait_for, "registered")
+    # When broker a restarts
+    a.stop()
+    await asyncio.to_thread(worker.wait_for, "this broker refused the worker; going on to the next")
+    await asyncio.to_thread(a.start)
+    # Then the worker, refused by b, said so and went back to a, and did not stop
+    await asyncio.to_thread(worker.wait_for, "reconnected to the broker")
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert f"broker={b.url}" in worker.logs() and "UNAUTHENTICATED" in worker.logs()
+
+
+async def test_a_worker_given_two_brokers_keeps_its_task_while_their_payload_folder_is_gone(
+    mariadb_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    lease = ["--lease-s", str(protocol.LEASE_S)]
+    a, b = [await asyncio.to_thread(broker_factory, mariadb_dsn, "fs", extra=lease)
+            for _ in range(2)]
+    # Given a worker of both proving a task that takes five leases
+    worker = worker_factory(f"{a.url},{b.url}",
+                            env={"FAKE_C2_SLEEP_S": str(5 * protocol.LEASE_S)})
+    task_id = await submit(a.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(a.url, task_id)
+    # When the folder both brokers share goes away for three leases (the database stays up)
+    (tmp_path / "payloads").rename(tmp_path / "payloads.away")
+    (tmp_path / "payloads").mkdir()
+    await asyncio.sleep(3 * protocol.LEASE_S)
+    (tmp_path / "payloads").rmdir()
+    (tmp_path / "payloads.away").rename(tmp_path / "payloads")
+    # Then its broker kept it (no other broker could do better), its heartbeats were stored,
+    # and the first attempt finished the task
+    task = await final(b.url, task_id)
+    assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
+    assert "ended the Work stream" not in worker.logs()
+
+
 @pytest.mark.parametrize(("smi", "named"), [([], "GPU 0 (GPU-e2e-0)"),
                                             (["--nvidia-smi", ""], "GPU 0 (index-0)")])
 async def test_two_workers_on_one_gpu_are_refused_naming_both(

@@ -385,6 +385,30 @@ async def test_a_drain_through_another_broker_holds_new_work_back_within_a_reche
         assert held_of(await w.next(timeout_s=RECHECK_HELD_S + 3)).task_id == task_id
 
 
+async def test_a_worker_registered_through_another_broker_gets_no_work_from_its_old_stream(
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
+) -> None:
+    a = broker_factory(mariadb_dsn, "db")
+    b = broker_factory(mariadb_dsn, "db")
+    old = ScriptedWorker(a.url, "wm", instance="i1", other_brokers=1)
+    moved = ScriptedWorker(b.url, "wm", instance="i1", other_brokers=1)
+    try:
+        # Given a worker whose stream to broker a looks alive to a, but which has moved to b
+        # (its link to a broke one way, say)
+        await old.connect()
+        await moved.connect()
+        # Then a ends its stream within a recheck
+        assert old.call is not None
+        async with asyncio.timeout(RECHECK_HELD_S + 3):
+            assert await old.call.read() is grpc.aio.EOF
+        assert "worker registered through another broker; closing its stream here" in a.logs()
+        # and a task submitted through a goes to the worker where it is now
+        task_id = await submit(a.url, tmp_path, b"for the moved worker")
+        assert held_of(await moved.next(timeout_s=3)).task_id == task_id
+    finally:
+        await asyncio.gather(old.close(), moved.close())
+
+
 async def test_a_broker_starting_again_extends_the_leases_of_the_workers_it_let_go_only(
     mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path
 ) -> None:
