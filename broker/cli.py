@@ -380,7 +380,7 @@ async def _wait(client: BrokerClient, task_id: str, out: pathlib.Path | None) ->
                 log.info("task state", task_id=task.id, state=STATE_NAMES.get(task.state),
                          worker=task.worker_id or None)
         except (exceptions.BrokerUnreachable, exceptions.BrokerCannotServe) as exc:
-            if task is None:
+            if task is None and len(client.brokers.urls) == 1:
                 raise  # never reached: a wrong address, not a restart
             if not outage:
                 log.warning("the broker cannot be reached; waiting for it to come back",

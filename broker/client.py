@@ -9,8 +9,8 @@ import hashlib
 import os
 import pathlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
 
 import grpc
 
@@ -18,6 +18,8 @@ from broker import access, exceptions, tls
 from broker.channels import CHANNEL_OPTIONS, Brokers, uses_tls
 from broker.payloads import CHUNK_BYTES
 from protos.gpuproxy.v1 import tasks_pb2, tasks_pb2_grpc, workers_pb2, workers_pb2_grpc
+
+T = TypeVar("T")
 
 #: Downloads are written to `.<name>.<random>.part` beside their target, then renamed.
 PART_SUFFIX = ".part"
@@ -123,17 +125,29 @@ class BrokerClient:
         return self.translate(exc, url)
 
     async def _unary(self, method: Callable[[Target], Any], request: Any) -> Any:
-        """`method` of the broker called now; again on the next broker while one is down (a
-        call that reached no broker, or one that could not serve it, did nothing)."""
+        """`method` of a broker that answers (see _on_a_broker)."""
+        return await self._on_a_broker(
+            lambda target: self._call(method(target), target.url, request))
+
+    async def _on_a_broker(self, call: Callable[[Target], Awaitable[T]]) -> T:
+        """`call` on the broker called now; again on the next one while a broker is down (a
+        call that reached no broker, or one that could not serve it, did nothing). For calls
+        that may be made twice: reads, and writes the broker takes once (a submit, a key)."""
+        failures: list[exceptions.BrokerUnreachable] = []
         for _ in self.brokers.urls:
             target = self.target()
             try:
-                return await self._call(method(target), target.url, request)
+                return await call(target)
             except exceptions.BrokerUnreachable as exc:
+                failures.append(exc)
                 if self.url == target.url:  # no other broker to call
-                    raise
-                last = exc
-        raise last
+                    break
+        if len(failures) == 1:
+            raise failures[0]
+        err = exceptions.NoBrokerAnswered(
+            url=", ".join(self.brokers.urls), detail="; ".join(map(str, failures)))
+        err.code = getattr(failures[-1], "code", None)  # type: ignore[attr-defined]
+        raise err from failures[-1]
 
     async def _call(self, method: Any, url: str, request: Any) -> Any:
         try:
@@ -170,26 +184,32 @@ class BrokerClient:
             payload_size=size, payload_sha256=sha, max_attempts=max_attempts,
             rerun=rerun is not None, rerun_reason=rerun or "", rerun_result_sha256=rerun_result,
         )
-        target = self.target()
-        call = target.stub.SubmitTask(metadata=self.metadata)
-        try:
-            await call.write(tasks_pb2.SubmitTaskRequest(header=header))
-            first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("msg") != "ack":
-                raise exceptions.RemoteError(detail="the broker did not acknowledge the header")
-            if first.ack.send_payload:
-                with path.open("rb") as f:
-                    while block := f.read(CHUNK_BYTES):
-                        await call.write(tasks_pb2.SubmitTaskRequest(chunk=block))
-            await call.done_writing()
-            reply = await call.read()
-            if reply is grpc.aio.EOF or reply.WhichOneof("msg") != "task":
-                raise exceptions.RemoteError(detail="the broker ended the submit without a task")
-            return reply.task, first.ack.task_existed
-        except grpc.aio.AioRpcError as exc:
-            raise await self._real_status(exc, target.url) from exc
-        finally:
-            call.cancel()
+
+        # (made twice, through another broker, it finds the task the first one made)
+        async def attempt(target: Target) -> tuple[tasks_pb2.Task, bool]:
+            call = target.stub.SubmitTask(metadata=self.metadata)
+            try:
+                await call.write(tasks_pb2.SubmitTaskRequest(header=header))
+                first = await call.read()
+                if first is grpc.aio.EOF or first.WhichOneof("msg") != "ack":
+                    raise exceptions.RemoteError(
+                        detail="the broker did not acknowledge the header")
+                if first.ack.send_payload:
+                    with path.open("rb") as f:
+                        while block := f.read(CHUNK_BYTES):
+                            await call.write(tasks_pb2.SubmitTaskRequest(chunk=block))
+                await call.done_writing()
+                reply = await call.read()
+                if reply is grpc.aio.EOF or reply.WhichOneof("msg") != "task":
+                    raise exceptions.RemoteError(
+                        detail="the broker ended the submit without a task")
+                return reply.task, first.ack.task_existed
+            except grpc.aio.AioRpcError as exc:
+                raise await self._real_status(exc, target.url) from exc
+            finally:
+                call.cancel()
+
+        return await self._on_a_broker(attempt)
 
     async def get_task(self, task_id: str) -> tasks_pb2.Task:
         return await self._unary(lambda t: t.stub.GetTask, tasks_pb2.GetTaskRequest(id=task_id))
@@ -259,19 +279,22 @@ class BrokerClient:
                 while block := f.read(CHUNK_BYTES):
                     yield tasks_pb2.PutResourceRequest(chunk=block)
 
-        target = self.target()
-        try:
-            return await target.stub.PutResource(requests(), timeout=max(self.timeout_s, 600),
-                                                 metadata=self.metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc, target.url) from exc
+        async def attempt(target: Target) -> tasks_pb2.Resource:
+            try:
+                resource: tasks_pb2.Resource = await target.stub.PutResource(
+                    requests(), timeout=max(self.timeout_s, 600), metadata=self.metadata)
+            except grpc.aio.AioRpcError as exc:
+                raise self.translate(exc, target.url) from exc
+            return resource
+
+        return await self._on_a_broker(attempt)
 
     async def download_resource(self, sha256: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream a resource into `out` (temp file, checked, then renamed)."""
-        target = self.target()
-        call = target.stub.GetResource(tasks_pb2.GetResourceRequest(sha256=sha256),
-                                       metadata=self.metadata)
-        return await self._download(call, target.url, f"resource {sha256}", out)
+        return await self._on_a_broker(lambda target: self._download(
+            target.stub.GetResource(tasks_pb2.GetResourceRequest(sha256=sha256),
+                                    metadata=self.metadata), target.url, f"resource {sha256}",
+            out))
 
     async def list_workers(self) -> list[workers_pb2.WorkerInfo]:
         reply = await self._unary(lambda t: t.workers.ListWorkers,
@@ -295,17 +318,17 @@ class BrokerClient:
 
     async def download_result(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream the task's result into `out` (temp file, checked, then renamed)."""
-        target = self.target()
-        call = target.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id),
-                                     metadata=self.metadata)
-        return await self._download(call, target.url, f"result of task {task_id}", out)
+        return await self._on_a_broker(lambda target: self._download(
+            target.stub.GetResult(tasks_pb2.GetResultRequest(id=task_id),
+                                  metadata=self.metadata), target.url,
+            f"result of task {task_id}", out))
 
     async def download_payload(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream the task's payload into `out` (temp file, checked, then renamed)."""
-        target = self.target()
-        call = target.stub.GetPayload(tasks_pb2.GetPayloadRequest(id=task_id),
-                                      metadata=self.metadata)
-        return await self._download(call, target.url, f"payload of task {task_id}", out)
+        return await self._on_a_broker(lambda target: self._download(
+            target.stub.GetPayload(tasks_pb2.GetPayloadRequest(id=task_id),
+                                   metadata=self.metadata), target.url,
+            f"payload of task {task_id}", out))
 
     async def _download(self, call: Any, url: str, what: str, out: pathlib.Path
                         ) -> tuple[int, str]:

@@ -179,6 +179,10 @@ class NotABroker(BrokerError):
     check the address and port, and that the broker runs the same version."""
 
 
+class NoBrokerAnswered(BrokerUnreachable):
+    """None of the brokers {url} could take the call: {detail}"""
+
+
 class BrokerCannotServe(BrokerUnreachable):
     """The broker at {url} answered but cannot serve now: {detail}"""
 

@@ -58,6 +58,8 @@ def addresses(text: str) -> str:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) > 1 and not all(parts):
         raise ValueError(f"{text!r}: an empty address in the list; write HOST:PORT,HOST:PORT")
+    if any(char in part for part in parts for char in " \t;"):
+        raise ValueError(f"{text!r}: separate the brokers with commas: HOST:PORT,HOST:PORT")
     if len(set(map(target_of, parts))) < len(parts):
         raise ValueError(f"{text!r}: an address is listed twice")
     return ",".join(address(part) for part in parts)
@@ -170,6 +172,8 @@ def resolve(
             value = _convert(flag, environ[flag.env], f"environment variable {flag.env}")
         if value is None:
             raw = file.get(flag.name, file.get(flag.dest))
+            if isinstance(raw, list):  # a TOML array for a comma-separated list
+                raw = ",".join(map(str, raw))
             if raw is not None:
                 value = _convert(flag, str(raw), "config file")
         values[flag.dest] = flag.default if value is None else value

@@ -355,6 +355,36 @@ def test_bad_flags_and_unreachable_things_get_clear_messages(
     assert no_broker.returncode == 1 and "No broker at 127.0.0.1:1" in no_broker.stderr
 
 
+def test_every_command_given_several_brokers_goes_to_one_that_answers(
+    sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.e2e.conftest import free_port
+
+    live = broker_factory(sqlite_dsn)
+    dead, also_dead = (f"127.0.0.1:{free_port()}" for _ in range(2))
+    both = f"{dead},{live.url}"
+    payload = tmp_path / "c1.json"
+    write_payload(payload, 3 * 1024 * 1024 + 5)
+    # Uploads, downloads and waits (streams) as well as the one-message calls
+    submitted = gpuproxy("tasks", "submit", str(payload), "--type", "c2", "--url", both)
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = submitted.stdout.split()[0]
+    fetched = gpuproxy("tasks", "payload", task_id, "-o", str(tmp_path / "back"), "--url", both)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "back").read_bytes() == payload.read_bytes()
+    listed = gpuproxy("tasks", "list", "--url", both)
+    assert listed.returncode == 0 and task_id in listed.stdout
+    # With none answering, the message names each broker's failure
+    none = gpuproxy("tasks", "submit", str(payload), "--type", "c2", "--url",
+                    f"{dead},{also_dead}")
+    assert none.returncode == 1
+    assert f"None of the brokers {dead}, {also_dead} could take the call: No broker at " \
+        f"{dead}" in none.stderr and f"No broker at {also_dead}" in none.stderr
+    # and a list written with spaces is refused before anything is called
+    spaced = gpuproxy("tasks", "list", "--url", f"{dead} {live.url}")
+    assert spaced.returncode == 2 and "separate the brokers with commas" in spaced.stderr
+
+
 async def test_metrics_endpoint_counts_submissions(
     sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
 ) -> None:

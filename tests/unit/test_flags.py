@@ -77,6 +77,15 @@ def test_brokers_sharing_a_database_are_a_comma_separated_list_of_addresses() ->
         flags.addresses("a:1,http://a:1")
     with pytest.raises(ValueError, match="HOST:PORT"):
         flags.addresses("")
+    for spaced in ("a:1 b:2", "a:1;b:2"):
+        with pytest.raises(ValueError, match="separate the brokers with commas"):
+            flags.addresses(spaced)
+    # A config file may give them as a TOML array
+    url = [Flag("gpuproxy-url", "brokers", "127.0.0.1:18888", flags.addresses)]
+    parser = argparse.ArgumentParser()
+    add_flags(parser, url)
+    assert resolve(parser.parse_args([]), url, {"gpuproxy-url": ["a:1", "b:2"]},
+                   {})["gpuproxy_url"] == "a:1,b:2"
 
 
 def test_a_listen_address_may_take_any_free_port() -> None:

@@ -65,9 +65,9 @@ def remove_stale_downloads(params_dir: pathlib.Path, now: float | None = None) -
 @executors.register(TASK_TYPE)
 class Groth16Executor(Executor):
     def __init__(self, config: WorkerConfig, backend_name: str | None = None) -> None:
-        self.url = config.url
-        self.token = config.token
-        self.tls_ca = config.tls_ca
+        #: For keys: one client for the worker's life, which stays with a broker that answers
+        self.broker = BrokerClient(config.url, timeout_s=600, token=config.token,
+                                   tls_ca=config.tls_ca)
         self.params_dir = config.params_dir
         self.backend_name = backend_name or config.backend
         self.device = f"GPU {config.gpu}" if config.gpu is not None else "this host"
@@ -134,6 +134,7 @@ class Groth16Executor(Executor):
     async def close(self) -> None:
         """Let the keys go and close the backend (on a GPU: its memory and context)."""
         cache, self._cache = self._cache, None
+        await self.broker.close()
         if cache is not None:
             await asyncio.to_thread(cache.clear)  # waits for a key being loaded
             await asyncio.to_thread(cache.backend.close)
@@ -149,9 +150,7 @@ class Groth16Executor(Executor):
         await job.progress("fetching key", 0.0)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            async with BrokerClient(self.url, timeout_s=600, token=self.token,
-                                    tls_ca=self.tls_ca) as client:
-                size, _ = await client.download_resource(sha256, path)
+            size, _ = await self.broker.download_resource(sha256, path)
         except BrokerError as exc:
             if getattr(exc, "code", None) is grpc.StatusCode.NOT_FOUND:
                 raise exceptions.TaskFailed(
