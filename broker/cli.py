@@ -495,9 +495,9 @@ async def cmd_workers_list(args: argparse.Namespace) -> int:
         [(w.worker_id, w.hostname,
           ",".join(f"{g.index}:{g.name}" for g in w.gpus) or "cpu", _worker_state(w),
           ",".join(w.task_ids) or "-", ",".join(w.task_types), str(len(w.resident_keys)),
-          _when(w.last_seen))
+          _when(w.last_seen), w.broker or "-")
          for w in workers],
-        ("ID", "HOST", "GPUS", "STATE", "TASKS", "TYPES", "KEYS", "LAST HEARTBEAT"),
+        ("ID", "HOST", "GPUS", "STATE", "TASKS", "TYPES", "KEYS", "LAST HEARTBEAT", "BROKER"),
     )
     for w in workers:
         if w.HasField("drained_at"):

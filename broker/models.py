@@ -158,6 +158,7 @@ class WorkerRecord:
     #: newer registration (on another broker, say) has replaced it.
     session: str = ""
     disconnected_at: int = 0  #: ms; when its stream ended (0: connected, or not known)
+    broker: str = ""  #: HOST:PORT of the broker it registered through (of several, which)
 
 
 @dataclasses.dataclass(frozen=True)

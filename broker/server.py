@@ -74,9 +74,8 @@ class Broker:
             interceptors=[access.TokenCheck(cfg.token)] if cfg.token else None)
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
         self.serving = housekeeper.Serving(self._serving)
-        workers_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerService(self.tasks, self.dispatcher, cfg, self.serving), self.server
-        )
+        worker_service = WorkerService(self.tasks, self.dispatcher, cfg, self.serving)
+        workers_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
@@ -95,6 +94,7 @@ class Broker:
                     [(cfg.tls.private_key, cfg.tls.cert_chain)]))
         except RuntimeError:  # grpcio's "Failed to bind"
             self.port = 0
+        worker_service.name = _name(cfg.listen, self.port)
         if self.port == 0:
             raise exceptions.ConfigError(
                 field="url", detail=f"cannot listen on {cfg.listen}: another program (a broker?) "
@@ -210,6 +210,15 @@ async def _check_payloads_reachable(store: Store, payloads: PayloadStore,
               "NFS mount); otherwise these payloads were lost, and their tasks fail when a "
               "worker fetches them (resubmit them)", tasks=len(waiting),
               resource_type=cfg.resource_type)
+
+
+def _name(listen: str, port: int) -> str:
+    """HOST:PORT that names this broker to operators: its host name when it listens on every
+    address."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 def _check_listen(listen: str) -> None:

@@ -35,7 +35,7 @@ RELEASED = "released"
 NAME_CHARS = 255
 
 
-def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
+def record_from(reg: workers_pb2.Register, now_ms: int, broker: str = "") -> WorkerRecord:
     if not reg.worker_id:
         raise exceptions.InvalidArgument(detail="register needs a worker_id")
     for field, value in (("worker_id", reg.worker_id), ("hostname", reg.hostname)):
@@ -53,7 +53,7 @@ def record_from(reg: workers_pb2.Register, now_ms: int) -> WorkerRecord:
         gpus=tuple(Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_bytes=g.memory_bytes)
                    for g in reg.gpus),
         registered_at=now_ms, last_seen_at=now_ms, resident_keys=tuple(reg.resident_keys),
-        instance=reg.instance, session=secrets.token_hex(8),
+        instance=reg.instance, session=secrets.token_hex(8), broker=broker,
     )
 
 
@@ -66,6 +66,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         self.config = config
         #: What the broker's loops find; a broker that cannot serve sends movable workers away
         self.serving = serving or Serving(_ignore)
+        self.name = ""  #: HOST:PORT of this broker, in the records of its workers
         self._bookkeeping_outage = Outage("storing workers' heartbeats and progress")
         self._endings: set[asyncio.Task[None]] = set()  #: cleanups of ended Work streams
 
@@ -77,7 +78,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[workers_pb2.BrokerMessage]:
         register = await framing.opening(request_iterator, "register")
-        record = record_from(register, models.now_ms())
+        record = record_from(register, models.now_ms(), self.name)
         if register.other_brokers and self.serving.own_database_down():
             raise exceptions.CannotServeNow(why=self.serving.why_not())
         if twin := self.dispatcher.twin_of(record.worker_id, register.instance):
@@ -326,7 +327,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             info = reply.workers.add(
                 worker_id=w.worker_id, hostname=w.hostname, addresses=list(w.addresses),
                 version=w.version, task_types=list(w.task_types), max_tasks=w.max_tasks,
-                online=self.online(w, now),
+                online=self.online(w, now), broker=w.broker,
                 task_ids=[t.id for t in running if t.worker_id == w.worker_id],
                 resident_keys=list(w.resident_keys),
             )

@@ -352,7 +352,7 @@ def worker_args(w: WorkerRecord) -> list[Any]:
         "max_tasks": w.max_tasks, "gpus": [dataclasses.asdict(g) for g in w.gpus],
         "resident_keys": list(w.resident_keys), "paused_until": w.paused_until,
         "pause_reason": w.pause_reason, "instance": w.instance, "session": w.session,
-        "disconnected_at": w.disconnected_at,
+        "disconnected_at": w.disconnected_at, "broker": w.broker,
     }
     return [w.worker_id, w.hostname, json.dumps(info), w.registered_at, w.last_seen_at]
 
@@ -368,5 +368,5 @@ def worker_from_row(row: Row) -> WorkerRecord:
         resident_keys=tuple(info.get("resident_keys", ())),
         paused_until=int(info.get("paused_until", 0)), pause_reason=info.get("pause_reason", ""),
         instance=info.get("instance", ""), session=info.get("session", ""),
-        disconnected_at=int(info.get("disconnected_at", 0)),
+        disconnected_at=int(info.get("disconnected_at", 0)), broker=info.get("broker", ""),
     )

@@ -269,9 +269,12 @@ async def test_workers_and_plugins_given_several_brokers_move_to_the_next_when_o
     assert done.attempts == 1 and done.state == tasks_pb2.TASK_STATE_FINISHED
     assert re.search(rf"reconnected to the broker +broker={b.url} ", worker.logs())
     assert f"broker={b.url}" in plugin.logs()
-    # and the CLI given both reads the tasks from b
+    # and the CLI given both reads the tasks from b, and shows the worker on b
     listed = gpuproxy("tasks", "list", "--url", both)
     assert listed.returncode == 0 and done.id in listed.stdout, listed.stderr
+    workers = gpuproxy("workers", "list", "--url", both)
+    assert workers.stdout.splitlines()[0].split()[-1] == "BROKER"
+    assert workers.stdout.splitlines()[1].split()[-1] == b.url
 
 
 async def test_a_broker_down_at_submit_time_is_waited_for(

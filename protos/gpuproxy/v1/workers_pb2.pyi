@@ -183,7 +183,7 @@ class UploadResultRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "online", "task_ids", "last_seen", "registered_at", "resident_keys", "paused_until", "pause_reason", "drained_at", "drain_reason")
+    __slots__ = ("worker_id", "hostname", "addresses", "version", "task_types", "max_tasks", "gpus", "online", "task_ids", "last_seen", "registered_at", "resident_keys", "paused_until", "pause_reason", "drained_at", "drain_reason", "broker")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class WorkerInfo(_message.Message):
     PAUSE_REASON_FIELD_NUMBER: _ClassVar[int]
     DRAINED_AT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
+    BROKER_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -216,7 +217,8 @@ class WorkerInfo(_message.Message):
     pause_reason: str
     drained_at: _timestamp_pb2.Timestamp
     drain_reason: str
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., online: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resident_keys: _Optional[_Iterable[str]] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_reason: _Optional[str] = ..., drained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain_reason: _Optional[str] = ...) -> None: ...
+    broker: str
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., online: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resident_keys: _Optional[_Iterable[str]] = ..., paused_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_reason: _Optional[str] = ..., drained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain_reason: _Optional[str] = ..., broker: _Optional[str] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
