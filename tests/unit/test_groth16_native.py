@@ -295,9 +295,9 @@ def test_a_damaged_cached_build_is_made_again(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", "gcc -Wno-unused")
     monkeypatch.setattr(native, "_lib", None)
-    built = native._build()
-    built.write_bytes(built.read_bytes()[:100])
-    monkeypatch.setattr(native, "_lib", None)
+    built = native.cached_build(["gcc", "-Wno-unused"])
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(93))  # the first 100 bytes of one
     # Then the helper is built again and works
     lib = native.library()
     assert lib is not None and built.stat().st_size > 1000

@@ -68,7 +68,8 @@ def _load(path: pathlib.Path) -> ctypes.CDLL:
         raise exceptions.NativeUnavailable(detail=f"the build {path} does not load: {exc}") from exc
 
 
-def _build() -> pathlib.Path:
+def _compiler() -> list[str]:
+    """The C compiler's command line: $CC, or gcc (cc) on PATH."""
     try:
         compiler = shlex.split(os.environ.get("CC", "")) or [
             c for c in (shutil.which("gcc") or shutil.which("cc"),) if c]
@@ -77,11 +78,21 @@ def _build() -> pathlib.Path:
             detail=f"CC={os.environ['CC']!r} is not a command line ({exc})") from None
     if not compiler:
         raise exceptions.NativeUnavailable(detail="no C compiler (gcc or cc) on PATH")
-    # The cache may be shared by machines of other kinds (a home folder on NFS)
+    return compiler
+
+
+def cached_build(compiler: list[str]) -> pathlib.Path:
+    """Where the build by `compiler` of these sources is cached (named by all that goes into
+    it: the cache may be shared by machines of other kinds, a home folder on NFS)."""
     digest = hashlib.sha256(" ".join([*CFLAGS, *compiler, platform.machine()]).encode())
     for name in SOURCES:
         digest.update((SOURCE_DIR / name).read_bytes())
-    target = cache_dir() / f"libg16-{digest.hexdigest()[:16]}.so"
+    return cache_dir() / f"libg16-{digest.hexdigest()[:16]}.so"
+
+
+def _build() -> pathlib.Path:
+    compiler = _compiler()
+    target = cached_build(compiler)
     if target.exists():
         return target
     try:
