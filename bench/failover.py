@@ -24,7 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.dispatch import BIN, free_port, mysql_database, start, wait_workers  # noqa: E402
-from broker.client import BrokerClient  # noqa: E402 - after the path fix-up above
+from broker import logs  # noqa: E402 - after the path fix-up above
+from broker.client import BrokerClient  # noqa: E402
 
 
 async def run_one(dsn: str, args: argparse.Namespace, work: pathlib.Path,
@@ -96,6 +97,7 @@ async def main() -> None:
     parser.add_argument("--mysql", default="mysql://root:@127.0.0.1:3306",
                         help="MariaDB server (a scratch database is created)")
     args = parser.parse_args()
+    logs.configure("warning")  # (the client's moves between brokers are not the output)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="gpuproxy-failover-") as tmp:
         for label, both in (("one address", False), ("two addresses", True)):
@@ -117,7 +119,9 @@ async def main() -> None:
             ("retried", "tasks run more than once", "16.0f"),
             ("back_s", "kill -> all workers at work on b (s)", "16.2f"),
             ("gap_s", "longest stretch without a finish (s)", "16.2f")):
-        print(f"{label:42}" + "".join(format(results[n][key], form) for n in names))
+        print(f"{label:42}" + "".join(
+            format(results[n][key], form) if results[n][key] == results[n][key]
+            else f"{'not in the run':>16}" for n in names))  # (nan: never)
     one, two = results["one address"], results["two addresses"]
     print(f"two/one: tasks finished {two['finished'] / max(one['finished'], 1):.2f}x, longest "
           f"stall {two['gap_s'] / one['gap_s']:.2f}x")
