@@ -373,6 +373,7 @@ async def cmd_tasks_wait(args: argparse.Namespace) -> int:
 async def _wait(client: BrokerClient, task_id: str, out: pathlib.Path | None) -> None:
     """Follow the task until it ends, through broker restarts; its result into `out`."""
     task, outage = None, 0
+    unreached: set[str] = set()  #: the brokers that failed before the task was first seen
     while task is None or task.state not in (3, 4):
         try:
             async for task in client.watch(task_id):
@@ -380,8 +381,9 @@ async def _wait(client: BrokerClient, task_id: str, out: pathlib.Path | None) ->
                 log.info("task state", task_id=task.id, state=STATE_NAMES.get(task.state),
                          worker=task.worker_id or None)
         except (exceptions.BrokerUnreachable, exceptions.BrokerCannotServe) as exc:
-            if task is None and len(client.brokers.urls) == 1:
-                raise  # never reached: a wrong address, not a restart
+            unreached.add(getattr(exc, "url", ""))
+            if task is None and unreached >= set(client.brokers.urls):
+                raise  # none ever reached: wrong addresses, not a restart
             if not outage:
                 log.warning("the broker cannot be reached; waiting for it to come back",
                             error=str(exc))

@@ -100,6 +100,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._checks: set[str] = set()
         self._added = 0  #: streams added so far (a registration read before one is stale)
+        self.stopping = False  #: the broker stops: a stream added now is handed off at once
 
     def twin_of(self, worker_id: str, instance: str) -> Session | None:
         """A live stream of another worker process registered under this id, if any: two
@@ -126,6 +127,9 @@ class Dispatcher:
         self._added += 1
         session.added = self._added
         self.sessions.append(session)
+        if self.stopping:  # registered as the broker stopped: it goes on elsewhere
+            session.handed_off = True
+            self.remove(session)
         metrics.WORKERS.set(len(self.sessions))
         self.wake()
 
@@ -140,6 +144,7 @@ class Dispatcher:
 
     def close_all(self) -> None:
         """End every Work stream (broker shutdown); workers reconnect and resume elsewhere."""
+        self.stopping = True
         for s in list(self.sessions):
             s.handed_off = True
             self.remove(s)
@@ -208,17 +213,30 @@ class Dispatcher:
 
     async def _close_replaced(self) -> None:
         """End the streams of workers registered since through another broker (a worker given
-        several brokers that moved on while its stream here looked alive): no task is given
-        into a stream nobody reads. Streams added during the read are not judged by it."""
+        several brokers that moved on while its stream here looked alive), idle ones too.
+        Streams added during the read are not judged by it."""
         added = self._added
         current = {w.worker_id: w.session for w in await self.store.list_workers()}
         for s in [s for s in self.sessions if s.added <= added and s.record is not None]:
             assert s.record is not None
             if current.get(s.worker_id, s.record.session) != s.record.session:
-                log.info("worker registered through another broker; closing its stream here",
-                         worker_id=s.worker_id)
-                s.handed_off = True
-                self.remove(s)
+                self._close_moved(s)
+
+    async def _replaced(self, s: Session) -> bool:
+        """Whether the worker has registered through another broker since this stream was
+        opened (its stream here may look alive yet nobody reads it): then the task just
+        claimed for it is given back, not sent into the stream."""
+        record = await self.store.get_worker(s.worker_id)
+        if record is None or s.record is None or record.session == s.record.session:
+            return False
+        self._close_moved(s)
+        return True
+
+    def _close_moved(self, s: Session) -> None:
+        log.info("worker registered through another broker; closing its stream here",
+                 worker_id=s.worker_id)
+        s.handed_off = True
+        self.remove(s)
 
     async def _read_drains(self) -> bool:
         """Take the drains from the database; False when one made here during the read made
@@ -270,6 +288,8 @@ class Dispatcher:
             hungry.remove(s)
             gone = "worker disconnected" if s.closed else "worker drained" if (
                 s.worker_id in self.drained) else ""
+            if task is not None and not gone and await self._replaced(s):
+                gone = "worker registered through another broker"
             if task is None or gone:
                 if task is not None:  # the stream closed, or a drain came, meanwhile
                     await self.store.release_task(task.id, task.fence, gone, models.now_ms())

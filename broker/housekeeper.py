@@ -42,7 +42,8 @@ async def grant_grace(store: Store, lease_s: float) -> int:
     their stream end: they are gone, and another broker sharing the database may be about to
     take their tasks back (a broker restarting again and again would keep them otherwise)."""
     gone = {w.worker_id for w in await store.list_workers() if w.disconnected_at}
-    extended = await store.extend_leases(models.now_ms() + int(lease_s * 1000), gone)
+    lease_ms = int(lease_s * 1000)
+    extended = await store.extend_leases(models.now_ms() + lease_ms, lease_ms, gone)
     if extended:
         log.info("leases of running tasks extended for their workers to renew them",
                  tasks=extended, lease_s=lease_s)
@@ -127,7 +128,8 @@ class Serving:
     def own_database_down(self) -> bool:
         """Whether this broker's database does not answer, which other brokers sharing it
         may not suffer (their link to it may be whole). Not the payload folder: the brokers
-        share it, and a folder gone for one is gone for all, while their housekeepers go on."""
+        share it, and while it is gone for all, their housekeepers go on; a worker refused by
+        every broker would have its task taken back."""
         return "database" in self.down
 
     def part(self, name: str) -> Callable[[bool], Awaitable[None]]:

@@ -158,6 +158,9 @@ class WorkerRecord:
     #: newer registration (on another broker, say) has replaced it.
     session: str = ""
     disconnected_at: int = 0  #: ms; when its stream ended (0: connected, or not known)
+    #: ms; when a broker ended its stream (stopping, or sending it to another broker): offline
+    #: until it registers again, but not gone (its tasks keep their grace)
+    handed_off_at: int = 0
     broker: str = ""  #: HOST:PORT of the broker it registered through (of several, which)
 
 

@@ -53,8 +53,10 @@ class Broker:
         self.dispatcher: Dispatcher | None = None
         self.tasks: TaskManager | None = None
         self.server: grpc.aio.Server | None = None
+        self.worker_service: WorkerService | None = None
         self.loops: list[asyncio.Task[None]] = []
         self._served: tuple[str, ...] = ()  #: the service names health reports on
+        self._down: set[str] = set()  #: the parts found down when last told (Serving.down)
         self.port = 0
 
     async def start(self) -> None:
@@ -75,6 +77,7 @@ class Broker:
         tasks_pb2_grpc.add_TaskBrokerServicer_to_server(TaskBrokerService(self.tasks), self.server)
         self.serving = housekeeper.Serving(self._serving)
         worker_service = WorkerService(self.tasks, self.dispatcher, cfg, self.serving)
+        self.worker_service = worker_service
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -144,10 +147,12 @@ class Broker:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in self._served:
             await self.health.set(name, status)
-        # Workers that know other brokers go on through them: their heartbeats are stored
-        # there, so no broker takes their tasks back for a lease that could not be renewed
-        if (self.serving.own_database_down() and self.dispatcher
-                and (moved := self.dispatcher.close_movable())):
+        # Workers that know other brokers go on through them, once as a part goes: their
+        # heartbeats are stored there (the database), or their payloads and results go through
+        # another host's mount of the folder (which may be whole). Only while the database is
+        # down are they refused: a folder gone for every broker must not leave them nowhere.
+        went, self._down = self.serving.down - self._down, set(self.serving.down)
+        if went and self.dispatcher and (moved := self.dispatcher.close_movable()):
             log.warning("this broker cannot serve: the workers that know other brokers were "
                         "sent to them", workers=moved, why=self.serving.why_not())
 
@@ -185,6 +190,8 @@ class Broker:
         for task in self.loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.worker_service is not None:
+            await self.worker_service.settle(grace_s)
         if self.tasks is not None:
             await self.tasks.settle(grace_s)
         if self.store is not None:

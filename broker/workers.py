@@ -109,6 +109,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         ))
         self.dispatcher.add(session)
         if session.movable and self.serving.own_database_down():  # (it went meanwhile)
+            session.handed_off = True
             session.close()
         reader = asyncio.create_task(self._read(session, request_iterator),
                                      name=f"work-reader-{record.worker_id}")
@@ -133,6 +134,12 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
             self._endings.add(ending)
             ending.add_done_callback(self._endings.discard)
             await asyncio.shield(ending)
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait for the cleanups of ended streams (what they record), before the store closes:
+        a worker id left held would refuse the worker's next process for a lease."""
+        if self._endings:
+            await asyncio.wait(self._endings, timeout=timeout_s)
 
     async def _stream_ended(self, session: Session, reader: asyncio.Task[None]) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -384,4 +391,5 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
         and it was seen within a lease."""
         if any(s.worker_id == w.worker_id for s in self.dispatcher.sessions):
             return True
-        return not w.disconnected_at and now_ms - w.last_seen_at < self.config.lease_s * 1000
+        return (not w.disconnected_at and not w.handed_off_at
+                and now_ms - w.last_seen_at < self.config.lease_s * 1000)

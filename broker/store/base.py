@@ -161,10 +161,12 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def extend_leases(self, until_ms: int, skip_workers: Collection[str] = ()) -> int:
-        """Give every running task a lease until at least until_ms (a broker starting up: its
-        workers could not heartbeat while it was down), but those of `skip_workers`. Returns
-        how many were extended."""
+    async def extend_leases(self, until_ms: int, lease_ms: int,
+                            skip_workers: Collection[str] = ()) -> int:
+        """Give running tasks a lease until at least until_ms (a broker starting up: their
+        workers could not heartbeat while it was down); not those of `skip_workers`, nor those
+        whose lease was extended so since their worker's last heartbeat (`lease_ms`: the
+        lease a renewal gives). Returns how many were extended."""
 
     @abc.abstractmethod
     async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
@@ -273,6 +275,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_workers(self) -> list[WorkerRecord]:
         """Every known worker, by worker_id."""
+
+    @abc.abstractmethod
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        """The worker's record, as last registered; None for an unknown worker."""
 
     @abc.abstractmethod
     async def forget_workers_seen_before(self, cutoff_ms: int) -> int:

@@ -244,11 +244,16 @@ class Queries:
         "ORDER BY created_at, upload_id LIMIT 1"
     )
     @staticmethod
-    def extend_leases(until_ms: int, skip_workers: Sequence[str]) -> Statement:
-        sql = "UPDATE tasks SET lease_expires_at = ? WHERE state = 2 AND lease_expires_at < ?"
+    def extend_leases(until_ms: int, skip_workers: Sequence[str], lease_ms: int) -> Statement:
+        # Only a lease its worker renewed last (within half a lease of its last heartbeat),
+        # not one a grace extended since: a worker gone for good gets one grace, not one at
+        # every start of a broker
+        sql = ("UPDATE tasks SET lease_expires_at = ? WHERE state = 2 AND lease_expires_at < ? "
+               "AND lease_expires_at <= COALESCE((SELECT last_seen_at FROM workers WHERE "
+               "workers.worker_id = tasks.worker_id), lease_expires_at - ?) + ?")
         if skip_workers:
             sql += f" AND worker_id NOT IN ({_marks(len(skip_workers))})"
-        return sql, [until_ms, until_ms, *skip_workers]
+        return sql, [until_ms, until_ms, lease_ms, lease_ms * 3 // 2, *skip_workers]
 
     @property
     def database_time(self) -> str | None:
@@ -295,6 +300,7 @@ class Queries:
         return f"SELECT {_WORKER} FROM workers WHERE worker_id = ?" + self._lock
 
     list_workers = f"SELECT {_WORKER} FROM workers ORDER BY worker_id"
+    get_worker = f"SELECT {_WORKER} FROM workers WHERE worker_id = ?"
     delete_worker = "DELETE FROM workers WHERE worker_id = ?"
     # A drained worker is kept however long it is away (a card sent for repair): it comes back
     # drained, under its id.
@@ -352,7 +358,8 @@ def worker_args(w: WorkerRecord) -> list[Any]:
         "max_tasks": w.max_tasks, "gpus": [dataclasses.asdict(g) for g in w.gpus],
         "resident_keys": list(w.resident_keys), "paused_until": w.paused_until,
         "pause_reason": w.pause_reason, "instance": w.instance, "session": w.session,
-        "disconnected_at": w.disconnected_at, "broker": w.broker,
+        "disconnected_at": w.disconnected_at, "handed_off_at": w.handed_off_at,
+        "broker": w.broker,
     }
     return [w.worker_id, w.hostname, json.dumps(info), w.registered_at, w.last_seen_at]
 
@@ -368,5 +375,6 @@ def worker_from_row(row: Row) -> WorkerRecord:
         resident_keys=tuple(info.get("resident_keys", ())),
         paused_until=int(info.get("paused_until", 0)), pause_reason=info.get("pause_reason", ""),
         instance=info.get("instance", ""), session=info.get("session", ""),
-        disconnected_at=int(info.get("disconnected_at", 0)), broker=info.get("broker", ""),
+        disconnected_at=int(info.get("disconnected_at", 0)),
+        handed_off_at=int(info.get("handed_off_at", 0)), broker=info.get("broker", ""),
     )

@@ -262,9 +262,10 @@ class SqlStore(Store):
             return None  # finished, renewed or taken back since it was listed
         return await self._requeue(tx, task, now_ms, processing_timeouts_ms)
 
-    async def extend_leases(self, until_ms: int, skip_workers: Collection[str] = ()) -> int:
+    async def extend_leases(self, until_ms: int, lease_ms: int,
+                            skip_workers: Collection[str] = ()) -> int:
         return await self._write(
-            lambda tx: tx.run(*self.sql.extend_leases(until_ms, sorted(skip_workers)))
+            lambda tx: tx.run(*self.sql.extend_leases(until_ms, sorted(skip_workers), lease_ms))
         )
 
     async def release_task(self, task_id: str, fence: int, reason: str, now_ms: int) -> Task:
@@ -427,7 +428,8 @@ class SqlStore(Store):
     async def worker_disconnected(self, worker_id: str, session: str, now_ms: int,
                                   handed_off: bool = False) -> None:
         await self._if_registered(worker_id, session, lambda held: dataclasses.replace(
-            held, instance="", session="", disconnected_at=0 if handed_off else now_ms))
+            held, instance="", session="", disconnected_at=0 if handed_off else now_ms,
+            handed_off_at=now_ms if handed_off else 0))
 
     async def _if_registered(self, worker_id: str, session: str,
                              change: Callable[[WorkerRecord], WorkerRecord]) -> bool:
@@ -448,6 +450,10 @@ class SqlStore(Store):
     async def list_workers(self) -> list[WorkerRecord]:
         rows = await self._read(lambda tx: tx.all(self.sql.list_workers))
         return [queries.worker_from_row(r) for r in rows]
+
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        row = await self._read(lambda tx: tx.one(self.sql.get_worker, [worker_id]))
+        return None if row is None else queries.worker_from_row(row)
 
     async def forget_workers_seen_before(self, cutoff_ms: int) -> int:
         async def change(tx: Tx) -> int:

@@ -303,11 +303,34 @@ async def test_a_worker_given_two_brokers_keeps_its_task_while_their_payload_fol
     await asyncio.sleep(3 * protocol.LEASE_S)
     (tmp_path / "payloads").rmdir()
     (tmp_path / "payloads.away").rename(tmp_path / "payloads")
-    # Then its broker kept it (no other broker could do better), its heartbeats were stored,
-    # and the first attempt finished the task
+    # Then a broker took it, though every one had lost the folder, so its heartbeats were
+    # stored, and the first attempt finished the task
     task = await final(b.url, task_id)
     assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
-    assert "ended the Work stream" not in worker.logs()
+
+
+async def test_a_worker_given_two_brokers_moves_off_the_one_whose_mount_of_the_folder_is_gone(
+    mariadb_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given broker a reaching the shared folder through a mount of its own (here a link), and
+    # a worker of both proving a task through a
+    lease = ["--lease-s", str(protocol.LEASE_S)]
+    (tmp_path / "payloads").mkdir()
+    (tmp_path / "mount-a").symlink_to(tmp_path / "payloads")
+    a = await asyncio.to_thread(broker_factory, mariadb_dsn, "fs", tmp_path / "mount-a",
+                                extra=lease)
+    b = await asyncio.to_thread(broker_factory, mariadb_dsn, "fs", extra=lease)
+    worker = worker_factory(f"{a.url},{b.url}",
+                            env={"FAKE_C2_SLEEP_S": str(3 * protocol.LEASE_S)})
+    task_id = await submit(a.url, tmp_path, json.dumps(c2_input()).encode())
+    await until_proving(a.url, task_id)
+    # When a's mount goes away (b's is whole)
+    (tmp_path / "mount-a").unlink()
+    # Then the worker goes on through b, which takes its result: the first attempt finishes it
+    task = await final(b.url, task_id)
+    assert task.state == tasks_pb2.TASK_STATE_FINISHED and task.attempts == 1
+    assert f"The broker at {a.url} ended the Work stream" in worker.logs()
 
 
 @pytest.mark.parametrize(("smi", "named"), [([], "GPU 0 (GPU-e2e-0)"),

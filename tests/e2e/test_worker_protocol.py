@@ -397,14 +397,18 @@ async def test_a_worker_registered_through_another_broker_gets_no_work_from_its_
         # (its link to a broke one way, say)
         await old.connect()
         await moved.connect()
-        # Then a ends its stream within a recheck
+        # When a task is submitted through a at once, before a's next recheck
+        task_id = await submit(a.url, tmp_path, b"for the moved worker")
+        # Then it goes to the worker where it is now, in its first attempt, and a ends the old
+        # stream without giving anything into it
+        assigned = held_of(await moved.next(timeout_s=5))
+        assert assigned.task_id == task_id
         assert old.call is not None
         async with asyncio.timeout(RECHECK_HELD_S + 3):
             assert await old.call.read() is grpc.aio.EOF
         assert "worker registered through another broker; closing its stream here" in a.logs()
-        # and a task submitted through a goes to the worker where it is now
-        task_id = await submit(a.url, tmp_path, b"for the moved worker")
-        assert held_of(await moved.next(timeout_s=3)).task_id == task_id
+        async with BrokerClient(a.url) as client:
+            assert (await client.get_task(task_id)).attempts == 1
     finally:
         await asyncio.gather(old.close(), moved.close())
 

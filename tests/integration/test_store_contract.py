@@ -779,13 +779,13 @@ async def test_extend_leases_gives_running_tasks_time_to_come_back(
     restart = T0 + LEASE_MS + 5_000
 
     # When the broker starts again
-    assert await store.extend_leases(restart + LEASE_MS) == 1
+    assert await store.extend_leases(restart + LEASE_MS, LEASE_MS) == 1
 
     # Then the housekeeper leaves it to its worker, who can still renew with its fence
     assert await store.requeue_expired(restart, {}) == []
     renewed = await store.renew_lease(task.id, task.fence, LEASE_MS, restart + 1)
     assert renewed.state == TaskState.RUNNING and renewed.attempts == 1
-    assert await store.extend_leases(restart) == 0  # never shortens a lease
+    assert await store.extend_leases(restart, LEASE_MS) == 0  # never shortens a lease
 
 
 async def test_extend_leases_passes_over_the_tasks_of_workers_known_gone(
@@ -798,9 +798,29 @@ async def test_extend_leases_passes_over_the_tasks_of_workers_known_gone(
     assert kept is not None
     # When a broker starts, the other's lease is extended, the dead one's is not
     later = T0 + 2 * LEASE_MS
-    assert await store.extend_leases(later, {"w1"}) == 1
+    assert await store.extend_leases(later, LEASE_MS, {"w1"}) == 1
     assert (await store.get_task(gone.id)).lease_expires_at == T0 + LEASE_MS
     assert (await store.get_task(kept.id)).lease_expires_at == later
+
+
+async def test_extend_leases_gives_a_worker_one_grace_until_it_is_heard_from_again(
+    store: Store, submit: Submit
+) -> None:
+    # Given a task of a worker last heard from at T0, when it was claimed
+    live_ms = 60_000
+    assert await store.register_worker(worker_record("aaaa", T0), live_ms) is None
+    await submit(task_type="graced")
+    task = await store.claim_task("gpu0-abc", ["graced"], LEASE_MS, T0)
+    assert task is not None
+    # When brokers start again and again, the worker silent all along (it died as its broker
+    # stopped), its task gets one more lease, not one at each start
+    first = T0 + 2 * LEASE_MS
+    assert await store.extend_leases(first + LEASE_MS, LEASE_MS) == 1
+    assert await store.extend_leases(first + 1000 + LEASE_MS, LEASE_MS) == 0
+    assert (await store.get_task(task.id)).lease_expires_at == first + LEASE_MS
+    # Once it is heard from again, a later start gives it one again
+    await store.touch_worker("gpu0-abc", first + 2000)
+    assert await store.extend_leases(first + 3000 + LEASE_MS, LEASE_MS) == 1
 
 
 async def test_resources_are_kept_and_count_as_referenced(store: Store) -> None:
@@ -878,6 +898,8 @@ async def test_a_stream_the_broker_ended_frees_the_id_without_calling_the_worker
     await store.worker_disconnected(first.worker_id, first.session, T0 + 100, handed_off=True)
     [handed] = await store.list_workers()
     assert handed.instance == "" and handed.disconnected_at == 0
+    assert handed.handed_off_at == T0 + 100 and await store.get_worker("gpu0-abc") == handed
+    assert await store.get_worker("nobody") is None
     assert await store.register_worker(worker_record("bbbb", T0 + 200), live_ms) is None
     # while a stream the worker ended records when it went
     second = worker_record("bbbb", T0 + 200)
