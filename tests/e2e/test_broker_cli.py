@@ -380,6 +380,8 @@ def test_every_command_given_several_brokers_goes_to_one_that_answers(
     assert none.returncode == 1
     assert f"None of the brokers {dead}, {also_dead} could take the call: No broker at " \
         f"{dead}" in none.stderr and f"No broker at {also_dead}" in none.stderr
+    waited = gpuproxy("tasks", "wait", task_id, "--url", f"{dead},{also_dead}", timeout_s=30)
+    assert waited.returncode == 1 and "No broker at" in waited.stderr
     # and a list written with spaces is refused before anything is called
     spaced = gpuproxy("tasks", "list", "--url", f"{dead} {live.url}")
     assert spaced.returncode == 2 and "separate the brokers with commas" in spaced.stderr
