@@ -293,8 +293,7 @@ async def test_a_worker_given_two_brokers_keeps_its_task_while_their_payload_fol
     a, b = [await asyncio.to_thread(broker_factory, mariadb_dsn, "fs", extra=lease)
             for _ in range(2)]
     # Given a worker of both proving a task that takes five leases
-    worker = worker_factory(f"{a.url},{b.url}",
-                            env={"FAKE_C2_SLEEP_S": str(5 * protocol.LEASE_S)})
+    worker_factory(f"{a.url},{b.url}", env={"FAKE_C2_SLEEP_S": str(5 * protocol.LEASE_S)})
     task_id = await submit(a.url, tmp_path, json.dumps(c2_input()).encode())
     await until_proving(a.url, task_id)
     # When the folder both brokers share goes away for three leases (the database stays up)
