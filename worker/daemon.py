@@ -32,7 +32,9 @@ from typing import Any, TypeVar
 import structlog
 
 import worker
+from broker import exceptions as broker_exceptions
 from broker.channels import split, target_of
+from broker.client import BrokerClient
 from protos.gpuproxy.v1 import tasks_pb2, workers_pb2
 from worker import exceptions, executors, gpus, locks, notify, state
 from worker.backoff import Backoff, FailureStreak, Outage
@@ -115,9 +117,14 @@ async def serve(config: WorkerConfig) -> int:
                  task_types=list(config.task_types), max_tasks=config.max_tasks,
                  work_dir=str(work_dir))
         notify.notify("READY=1")
-        return await Worker(
-            config=config, identity=identity, remote=remote, payloads=fetcher, executors=runners
-        ).run()
+        probe = asyncio.create_task(check_other_brokers(config), name="broker check")
+        try:
+            return await Worker(
+                config=config, identity=identity, remote=remote, payloads=fetcher,
+                executors=runners,
+            ).run()
+        finally:
+            probe.cancel()
     finally:
         await asyncio.gather(*(e.close() for e in runners.values()), return_exceptions=True)
         await remote.close()
@@ -143,6 +150,26 @@ async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
         log.warning("no --gpu: this worker uses every visible GPU; run one worker per GPU "
                     "with --gpu, or `gpuproxy-worker supervise`", gpus=[g.index for g in seen])
     return seen
+
+
+async def check_other_brokers(config: WorkerConfig) -> None:
+    """Ask each broker after the first, once at start, whether it would take this worker: a
+    token, certificate or address wrong down the list is said now, not when the first broker
+    goes down and the worker turns to it."""
+    for url in split(config.url)[1:]:
+        async with BrokerClient(url, timeout_s=10, token=config.token,
+                                tls_ca=config.tls_ca) as client:
+            try:
+                await client.get_task("")  # refused for the id, after the token and TLS
+            except (broker_exceptions.AccessDenied, broker_exceptions.TlsFailed,
+                    broker_exceptions.NotABroker) as exc:
+                log.error("a broker in --gpuproxy-url would refuse this worker: fix it before "
+                          "the worker needs it", broker=url, error=str(exc))
+            except broker_exceptions.BrokerUnreachable as exc:
+                log.info("a broker in --gpuproxy-url cannot be reached now", broker=url,
+                         error=str(exc))
+            except broker_exceptions.BrokerError:
+                pass  # the empty id refused: it is a broker that takes this worker's calls
 
 
 def local_addresses(url: str) -> list[str]:

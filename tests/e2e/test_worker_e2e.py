@@ -275,6 +275,8 @@ async def test_a_broker_down_the_list_that_refuses_the_worker_does_not_stop_it(
                        extra=["--token-file", str(token)])
     worker = worker_factory(f"{a.url},{b.url}")
     await asyncio.to_thread(worker.wait_for, "registered")
+    # It says so at start
+    await asyncio.to_thread(worker.wait_for, "a broker in --gpuproxy-url would refuse this worker")
     # When broker a restarts
     a.stop()
     await asyncio.to_thread(worker.wait_for, "this broker refused the worker; going on to the next")
