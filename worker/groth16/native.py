@@ -104,7 +104,9 @@ def _build() -> pathlib.Path:
             detail=f"cannot write to the cache folder {target.parent}: {exc}; set "
             "XDG_CACHE_HOME to a folder this user may write") from exc
     try:
-        done = subprocess.run([*compiler, *CFLAGS, "-o", tmp, str(SOURCE_DIR / "g16.c")],
+        # The flags in $CC come last, so that they win over ours (CC="gcc -O1", say)
+        done = subprocess.run([compiler[0], *CFLAGS, *compiler[1:], "-o", tmp,
+                               str(SOURCE_DIR / "g16.c")],
                               capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
             raise exceptions.NativeUnavailable(detail=f"{' '.join(compiler)} exited with "
