@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pathlib
 import socket
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -126,11 +128,17 @@ async def run_one(dsn: str, args: argparse.Namespace, work: pathlib.Path,
                 p.kill()
 
 
-def mysql_database(server: str) -> tuple[str, str]:
+@contextlib.contextmanager
+def mysql_database(server: str) -> Iterator[str]:
+    """The DSN of a scratch database on the MariaDB `server`, dropped afterwards."""
     name = f"gpuproxy_bench_{uuid.uuid4().hex[:8]}"
     subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "-e", f"CREATE DATABASE {name}"],
                    check=True)
-    return f"{server.rstrip('/')}/{name}", name
+    try:
+        yield f"{server.rstrip('/')}/{name}"
+    finally:
+        subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE {name}"],
+                       check=False)
 
 
 async def main() -> None:
@@ -155,13 +163,9 @@ async def main() -> None:
             results["sqlite+tls"] = await run_one(f"sqlite:///{work}/secure/b.db", args,
                                                   work / "secure", secure=True)
         if args.mysql:
-            dsn, name = mysql_database(args.mysql)
             (work / "mariadb").mkdir()
-            try:
+            with mysql_database(args.mysql) as dsn:
                 results["mariadb"] = await run_one(dsn, args, work / "mariadb")
-            finally:
-                subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "-e",
-                                f"DROP DATABASE {name}"], check=False)
     names = list(results)
     print(f"{args.workers} workers; {args.idle_tasks} tasks one by one, then "
           f"{args.tasks - args.idle_tasks} at once from {args.clients} submitters")

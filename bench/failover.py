@@ -103,12 +103,8 @@ async def main() -> None:
         for label, both in (("one address", False), ("two addresses", True)):
             work = pathlib.Path(tmp) / label.replace(" ", "-")
             work.mkdir()
-            dsn, name = mysql_database(args.mysql)
-            try:
+            with mysql_database(args.mysql) as dsn:
                 results[label] = await run_one(dsn, args, work, both)
-            finally:
-                subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "-e",
-                                f"DROP DATABASE {name}"], check=False)
     names = list(results)
     print(f"{args.workers} workers, no-op tasks at {args.rate:g}/s for {args.seconds:g} s; "
           f"broker a killed at {args.kill_at:g} s (lease {args.lease_s:g} s)")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from broker import exceptions
-from broker.channels import target_of
+from broker.channels import split, target_of
 
 
 def without_settings(environ: Mapping[str, str]) -> dict[str, str]:
@@ -55,7 +55,7 @@ def address(text: str, *, listen: bool = False) -> str:
 def addresses(text: str) -> str:
     """One broker address, or several brokers sharing a database, comma-separated: the client
     calls the next one when the one it calls is down (broker.channels)."""
-    parts = [part.strip() for part in text.split(",")]
+    parts = split(text)
     if len(parts) > 1 and not all(parts):
         raise ValueError(f"{text!r}: an empty address in the list; write HOST:PORT,HOST:PORT")
     if any(char in part for part in parts for char in " \t;"):

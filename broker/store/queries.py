@@ -295,12 +295,13 @@ class Queries:
 
     touch_worker = "UPDATE workers SET last_seen_at = ? WHERE worker_id = ?"
 
+    get_worker = f"SELECT {_WORKER} FROM workers WHERE worker_id = ?"
+
     @property
     def lock_worker(self) -> str:
-        return f"SELECT {_WORKER} FROM workers WHERE worker_id = ?" + self._lock
+        return self.get_worker + self._lock
 
     list_workers = f"SELECT {_WORKER} FROM workers ORDER BY worker_id"
-    get_worker = f"SELECT {_WORKER} FROM workers WHERE worker_id = ?"
     delete_worker = "DELETE FROM workers WHERE worker_id = ?"
     # A drained worker is kept however long it is away (a card sent for repair): it comes back
     # drained, under its id.
