@@ -96,12 +96,12 @@ def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
     for flag in flags:
         shown = "" if flag.default in (None, "") else f", default {flag.default}"
         parser.add_argument(
-            f"--{flag.name}", dest=flag.dest, default=None, type=_said(flag.type),
+            f"--{flag.name}", dest=flag.dest, default=None, type=argparse_type(flag.type),
             choices=flag.choices, help=f"{flag.help} [env {flag.env}{shown}]",
         )
 
 
-def _said(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+def argparse_type(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     """`convert` whose ValueError argparse prints as it is (it prints only its own otherwise)."""
     if convert in (str, int, float):
         return convert  # argparse's message names the type already

@@ -22,7 +22,16 @@ import structlog
 from broker import __version__, access, logs, tls
 from broker import exceptions as broker_exceptions
 from broker.cli import ACCESS_FLAGS, LOG_FLAGS, run_command
-from broker.flags import Flag, add_flags, addresses, load_toml, parse_args, resolve, seconds
+from broker.flags import (
+    Flag,
+    add_flags,
+    addresses,
+    argparse_type,
+    load_toml,
+    parse_args,
+    resolve,
+    seconds,
+)
 from worker import config as worker_config
 from worker import daemon, exceptions, executors, gpus
 from worker.supervisor import Supervisor
@@ -64,12 +73,14 @@ COMMON_FLAGS = [
     *LOG_FLAGS,
 ]
 RUN_FLAGS = [
-    Flag("gpu", "GPU index as nvidia-smi numbers it; sets CUDA_VISIBLE_DEVICES for the worker "
-         "and its children", None, int),
+    Flag("gpu", "GPU index as nvidia-smi numbers it, or N:M for MIG device M of GPU N (as "
+         "nvidia-smi -L lists them); sets CUDA_VISIBLE_DEVICES for the worker and its children",
+         None, gpus.GpuId.parse),
     *COMMON_FLAGS,
 ]
 SUPERVISE_FLAGS = [
-    Flag("gpus", "GPU indices, comma separated; default every visible GPU"),
+    Flag("gpus", "GPU indices (N:M for a MIG device), comma separated; default every visible "
+         "GPU, and each MIG device of a GPU in MIG mode"),
     *COMMON_FLAGS,
 ]
 #: Keys of venus-worker's [[processors.*]] blocks that have no meaning here.
@@ -197,7 +208,7 @@ def _check_block(stage: str, block: Any) -> dict[str, Any]:
     return {"bin": block["bin"], "args": list(args), "envs": dict(envs), "inherit_envs": inherit}
 
 
-def _gpu_decides(processors: dict[str, worker_config.ProcessorConfig], gpu: int | None
+def _gpu_decides(processors: dict[str, worker_config.ProcessorConfig], gpu: gpus.GpuId | None
                  ) -> dict[str, worker_config.ProcessorConfig]:
     """With --gpu the worker picks its card for its processors too: a CUDA_VISIBLE_DEVICES
     in a block copied from a venus-worker config would send every worker of a supervisor to
@@ -209,7 +220,7 @@ def _gpu_decides(processors: dict[str, worker_config.ProcessorConfig], gpu: int 
         clash = {k: v for k, v in processor.envs.items() if k in gpus.GPU_ENVS}
         if clash:
             log.warning("the processor's own GPU setting is replaced by --gpu", stage=stage,
-                        ignored=clash, gpu=gpu)
+                        ignored=clash, gpu=str(gpu))
             processor = dataclasses.replace(processor, envs={
                 k: v for k, v in processor.envs.items() if k not in gpus.GPU_ENVS})
         kept[stage] = processor
@@ -273,29 +284,35 @@ async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # A setting its workers would refuse (no --c2-bin for c2, say) is said once, here: the
     # workers would otherwise exit at start and be restarted forever.
     executors.create(config)
-    indices = [_gpu_index(v) for v in _csv(values["gpus"])]
-    if twice := sorted({i for i in indices if indices.count(i) > 1}):
+    ids = [_gpu_id(v) for v in _csv(values["gpus"])]
+    if twice := sorted({i for i in ids if ids.count(i) > 1}):
         raise exceptions.ConfigError(field="gpus", detail=f"GPU {twice[0]} is listed twice: "
                                      "one worker per GPU")
     found = await gpus.inventory(config.nvidia_smi)
-    if found is not None and (unknown := [i for i in indices
-                                          if i not in {g.index for g in found}]):
-        raise exceptions.ConfigError(
-            field="gpus", detail=f"GPU {unknown[0]} is not on this host; nvidia-smi lists "
-            f"{', '.join(str(g.index) for g in found) or 'none'}")
-    if not indices:
-        indices = [g.index for g in gpus.visible(found or [], os.environ.get(
-            "CUDA_VISIBLE_DEVICES"))]
-    if not indices:
+    if found is not None:
+        for wanted in ids:
+            try:
+                gpus.select(found, wanted)  # there, and usable as named
+            except exceptions.GpuNotFound as exc:
+                raise exceptions.ConfigError(
+                    field="gpus", detail=f"GPU {wanted.index} is not on this host; nvidia-smi "
+                    f"lists {', '.join(str(g.index) for g in found) or 'none'}") from exc
+            except exceptions.WorkerError as exc:  # a MIG mode that the list does not follow
+                raise exceptions.ConfigError(field="gpus", detail=str(exc)) from exc
+    elif mig := next((i for i in ids if i.mig is not None), None):
+        raise exceptions.MigNeedsInventory(wanted=str(mig), nvidia_smi=config.nvidia_smi or "off")
+    if not ids:
+        ids = [g.id for g in gpus.visible(found or [], os.environ.get("CUDA_VISIBLE_DEVICES"))]
+    if not ids:
         raise exceptions.ConfigError(
             field="gpus", detail="no GPU found to supervise; check nvidia-smi, or run a CPU "
             "worker with `gpuproxy-worker run`",
         )
-    if len(indices) > 1 and worker_config.GPU_PLACEHOLDER not in str(config.work_dir):
+    if len(ids) > 1 and worker_config.GPU_PLACEHOLDER not in str(config.work_dir):
         raise exceptions.ConfigError(
             field="work-dir", detail="must contain {gpu} so that each worker has its own"
         )
-    return await Supervisor(indices, without_gpus_flag(argv)).run()
+    return await Supervisor(ids, without_gpus_flag(argv)).run()
 
 
 async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -305,8 +322,13 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from worker.groth16 import backends
 
     logs.configure(args.log_level, "console")
-    if args.gpu is not None:
-        os.environ.update(gpus.cuda_env(args.gpu))
+    if args.gpu is not None and args.gpu.mig is not None:  # reached by its UUID only
+        found = await gpus.inventory("nvidia-smi")
+        if found is None:
+            raise exceptions.MigNeedsInventory(wanted=str(args.gpu), nvidia_smi="nvidia-smi")
+        os.environ.update(gpus.cuda_env(gpus.select(found, args.gpu)))
+    elif args.gpu is not None:
+        os.environ.update(gpus.cuda_env(args.gpu.index))
     if why := select.why_unusable(await asyncio.to_thread(select.probe)):
         print(f"gpuproxy-worker check-gpu: this host cannot run CUDA: {why}", file=sys.stderr)
         return 2
@@ -330,10 +352,11 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-def _gpu_index(value: str) -> int:
-    if not value.isdigit():
-        raise exceptions.ConfigError(field="gpus", detail=f"{value!r} is not a GPU index")
-    return int(value)
+def _gpu_id(value: str) -> gpus.GpuId:
+    try:
+        return gpus.GpuId.parse(value)
+    except ValueError as exc:
+        raise exceptions.ConfigError(field="gpus", detail=str(exc)) from exc
 
 
 def without_gpus_flag(argv: Sequence[str]) -> list[str]:
@@ -392,7 +415,8 @@ def _add_check_gpu(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="check this host's GPU before it joins the pool: the CUDA backend against the CPU "
         "backend, MSMs, NTTs and proofs (exit 0 all passed, 1 a check failed, 2 no usable CUDA)",
     )
-    check.add_argument("--gpu", type=int, help="GPU index as nvidia-smi numbers it")
+    check.add_argument("--gpu", type=argparse_type(gpus.GpuId.parse),
+                       help="GPU index as nvidia-smi numbers it, or N:M for a MIG device")
     check.add_argument("--msm-sizes", type=_acceptance("sizes"), default="1,2,3,1000,16,20",
                        help="MSM sizes: counts, or log2 sizes from 4 to 24 [1,2,3,1000,16,20]")
     check.add_argument("--ntt-max", type=int, default=20,

@@ -7,8 +7,10 @@ import pathlib
 from collections.abc import Mapping
 
 from worker import exceptions
+from worker.gpus import GpuId
 
-#: Placeholder in --work-dir replaced by "gpu0", "gpu1", ... or "cpu".
+#: Placeholder in --work-dir replaced by "gpu0", "gpu1", ... ("gpu0-mig1" for a MIG device) or
+#: "cpu".
 GPU_PLACEHOLDER = "{gpu}"
 #: The most tasks one worker runs at once (its slots are announced in a 32-bit field).
 MAX_TASKS = 1024
@@ -42,7 +44,7 @@ class WorkerConfig:
     url: str = "127.0.0.1:18888"
     max_tasks: int = 1
     task_types: tuple[str, ...] = ("c2",)
-    gpu: int | None = None  #: None: no --gpu, the worker uses what is visible
+    gpu: GpuId | None = None  #: None: no --gpu, the worker uses what is visible
     nvidia_smi: str = "nvidia-smi"  #: "" skips the inventory: a CPU worker
     lock_dir: pathlib.Path = pathlib.Path("/tmp/gpuproxy-gpu-locks")
     work_dir: pathlib.Path = pathlib.Path("~/.gpuproxy/worker-" + GPU_PLACEHOLDER)
@@ -72,8 +74,6 @@ class WorkerConfig:
                                          detail=f"must be 1 to {MAX_TASKS}, got {self.max_tasks}")
         if not self.task_types:
             raise exceptions.ConfigError(field="allow-type", detail="name at least one type")
-        if self.gpu is not None and self.gpu < 0:
-            raise exceptions.ConfigError(field="gpu", detail=f"{self.gpu} is not a GPU index")
         if self.resource_type not in ("stream", "fs"):
             raise exceptions.ConfigError(
                 field="resource-type", detail=f"{self.resource_type!r} is neither stream nor fs"
@@ -94,7 +94,8 @@ class WorkerConfig:
                                          detail="must be 0 (never pause) or more")
 
     def work_dir_for(self, label: str) -> pathlib.Path:
-        """--work-dir with "{gpu}" replaced by the worker's label ("gpu0" or "cpu")."""
+        """--work-dir with "{gpu}" replaced by the worker's label ("gpu0", "gpu0-mig1" or
+        "cpu")."""
         return pathlib.Path(str(self.work_dir).replace(GPU_PLACEHOLDER, label)).expanduser()
 
 

@@ -84,9 +84,8 @@ async def serve(config: WorkerConfig) -> int:
     """Run one worker until it is stopped; the exit status."""
     runners = executors.create(config)  # settings errors first, before anything is written
     chosen = await choose_gpus(config)
-    label = "gpu" + "-".join(str(g.index) for g in chosen) if chosen else (
-        f"gpu{config.gpu}" if config.gpu is not None else "cpu"
-    )
+    label = "-".join([chosen[0].label, *(g.label.removeprefix("gpu") for g in chosen[1:])]
+                     ) if chosen else (config.gpu.label if config.gpu is not None else "cpu")
     work_dir = config.work_dir_for(label)
     held_locks = [locks.lock_work_dir(work_dir)]
     remote = Remote(config.url, token=config.token, tls_ca=config.tls_ca)
@@ -94,7 +93,8 @@ async def serve(config: WorkerConfig) -> int:
         worker_id = state.load_or_create(work_dir, label).worker_id
         structlog.contextvars.bind_contextvars(worker_id=worker_id)
         # Without nvidia-smi there is no UUID: the card is locked by its index.
-        lockable = chosen or ([gpus.unlisted(config.gpu)] if config.gpu is not None else [])
+        lockable = chosen or ([gpus.unlisted(config.gpu.index)] if config.gpu is not None
+                              else [])
         held_locks += locks.acquire_all(config.lock_dir, lockable, worker_id)
         fetcher = PayloadFetcher(
             work_dir / "tmp", remote,
@@ -136,19 +136,30 @@ async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
     """The GPUs this worker uses; with --gpu, also set CUDA_VISIBLE_DEVICES for its children."""
     found = await gpus.inventory(config.nvidia_smi)
     if config.gpu is not None:
-        os.environ.update(gpus.cuda_env(config.gpu))
         if found is None:
+            if config.gpu.mig is not None:
+                raise exceptions.MigNeedsInventory(wanted=str(config.gpu),
+                                                   nvidia_smi=config.nvidia_smi or "off")
+            os.environ.update(gpus.cuda_env(config.gpu.index))
             log.warning("no nvidia-smi: GPU used without inventory, locked by its index only",
-                        gpu=config.gpu, nvidia_smi=config.nvidia_smi)
+                        gpu=str(config.gpu), nvidia_smi=config.nvidia_smi)
             return []
-        return [gpus.select(found, config.gpu)]
+        chosen = gpus.select(found, config.gpu)
+        os.environ.update(gpus.cuda_env(chosen))
+        return [chosen]
     if found is None:
         log.info("no nvidia-smi: this is a CPU worker", nvidia_smi=config.nvidia_smi or "(off)")
         return []
-    seen = gpus.visible(found, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    wanted = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = gpus.visible(found, wanted)
     if len(seen) > 1:
         log.warning("no --gpu: this worker uses every visible GPU; run one worker per GPU "
-                    "with --gpu, or `gpuproxy-worker supervise`", gpus=[g.index for g in seen])
+                    "with --gpu, or `gpuproxy-worker supervise`", gpus=[str(g.id) for g in seen])
+    elif not seen and found and wanted and wanted.strip() not in ("", "-1"):
+        # A MIG UUID mistyped, say: CUDA would find no device either; the prover runs on the CPU
+        log.warning("CUDA_VISIBLE_DEVICES names no GPU that nvidia-smi lists: this worker runs "
+                    "on the CPU", cuda_visible_devices=wanted,
+                    listed=[f"{g.id} {g.uuid}" for g in gpus.usable(found)])
     return seen
 
 

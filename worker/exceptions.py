@@ -20,6 +20,22 @@ class GpuNotFound(WorkerError):
     """GPU {index} is not on this host ({available}): pick one of those with --gpu."""
 
 
+class GpuInMigMode(WorkerError):
+    """GPU {index} ({name}) is in MIG mode: CUDA cannot use it whole. Run a worker per MIG
+    device, --gpu {devices} (`gpuproxy-worker supervise` does), or turn MIG mode off
+    (nvidia-smi -i {index} -mig 0)."""
+
+
+class MigDeviceNotFound(WorkerError):
+    """GPU {index} has no MIG device {wanted} ({available}): nvidia-smi -L lists them."""
+
+
+class MigNeedsInventory(WorkerError):
+    """--gpu {wanted} names a MIG device, which CUDA reaches by its UUID only, and there is no
+    nvidia-smi to read it from ({nvidia_smi}): install nvidia-smi or pass --nvidia-smi, or set
+    CUDA_VISIBLE_DEVICES to the device's MIG- UUID and leave --gpu out."""
+
+
 class InventoryFailed(WorkerError):
     """`{command}` failed: {detail}. Fix the NVIDIA driver, or pass --nvidia-smi '' to run as
     a CPU worker."""

@@ -3,19 +3,56 @@
 Parsing and selection are pure; `inventory` runs the command. nvidia-smi numbers GPUs in PCI bus
 order, so a worker for `--gpu N` sets CUDA_DEVICE_ORDER=PCI_BUS_ID with CUDA_VISIBLE_DEVICES=N:
 CUDA (and every child the worker starts) then sees exactly the card nvidia-smi calls N.
+
+A GPU in MIG mode cannot be used whole: CUDA sees only its MIG devices, each by its MIG- UUID.
+`nvidia-smi -L` lists them under their GPU ("MIG 3g.40gb Device 1"), and `--gpu 0:1` names
+device 1 of GPU 0: the worker sets CUDA_VISIBLE_DEVICES to that device's UUID, locks that device
+only, and works in its own folder (gpu0-mig1), so each MIG device of a card takes a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 
+import structlog
+
 from worker import exceptions
 
+log = structlog.get_logger(__name__)
+
 QUERY_ARGS = ("--query-gpu=index,name,uuid,memory.total", "--format=csv,noheader,nounits")
+LIST_ARGS = ("-L",)
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class GpuId:
+    """What --gpu names: a whole GPU ("0") or MIG device `mig` of GPU `index` ("0:1"), both
+    numbered as nvidia-smi numbers them."""
+
+    index: int
+    mig: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> GpuId:
+        index, sep, mig = text.strip().partition(":")
+        if not index.isdigit() or (sep and not mig.isdigit()):
+            raise ValueError(f"{text!r} is not a GPU index (0, 1, ...) nor a MIG device of one "
+                             "(0:0, 0:1, ... as nvidia-smi -L lists them)")
+        return cls(int(index), int(mig) if sep else None)
+
+    def __str__(self) -> str:
+        return str(self.index) if self.mig is None else f"{self.index}:{self.mig}"
+
+    @property
+    def label(self) -> str:
+        """The worker's folder and log name: gpu0, or gpu0-mig1 for a MIG device."""
+        return f"gpu{self.index}" if self.mig is None else f"gpu{self.index}-mig{self.mig}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +61,18 @@ class Gpu:
     name: str
     uuid: str
     memory_bytes: int
+    #: For a MIG device, its number under GPU `index`; its uuid is then the MIG- one.
+    mig: int | None = None
+    #: For a GPU in MIG mode, its MIG devices: the GPU itself cannot be used whole.
+    migs: tuple[Gpu, ...] = ()
+
+    @property
+    def id(self) -> GpuId:
+        return GpuId(self.index, self.mig)
 
     @property
     def label(self) -> str:
-        return f"gpu{self.index}"
+        return self.id.label
 
 
 def parse_inventory(text: str) -> list[Gpu]:
@@ -56,29 +101,79 @@ def _parse_line(line: str, number: int) -> Gpu:
     )
 
 
+_GPU_LINE = re.compile(r"^GPU (\d+):")
+#: "  MIG 3g.40gb     Device  1: (UUID: MIG-...)"; older drivers: "MIG-GPU-<uuid>/<gi>/<ci>".
+_MIG_LINE = re.compile(r"^\s+MIG\s+(\S+)\s+Device\s+(\d+):\s+\(UUID:\s*([^)\s]+)\)")
+_PROFILE_GB = re.compile(r"(\d+)gb$")
+
+
+def parse_migs(text: str) -> dict[int, list[tuple[int, str, str]]]:
+    """The MIG devices in `nvidia-smi -L`: GPU index -> [(device, profile, uuid)]. Other lines
+    are skipped: a GPU without MIG mode lists none."""
+    found: dict[int, list[tuple[int, str, str]]] = {}
+    parent: int | None = None
+    for line in text.splitlines():
+        if gpu := _GPU_LINE.match(line):
+            parent = int(gpu.group(1))
+        elif (mig := _MIG_LINE.match(line)) and parent is not None:
+            found.setdefault(parent, []).append((int(mig.group(2)), mig.group(1), mig.group(3)))
+    return found
+
+
+def with_migs(gpus: Sequence[Gpu], migs: Mapping[int, list[tuple[int, str, str]]]) -> list[Gpu]:
+    """`gpus` with their MIG devices. A device's memory is its profile's nominal size
+    ("3g.40gb": 40 GiB): nvidia-smi's query gives only the whole card's."""
+    def device(gpu: Gpu, number: int, profile: str, uuid: str) -> Gpu:
+        size = _PROFILE_GB.search(profile)
+        return Gpu(index=gpu.index, name=f"{gpu.name} MIG {profile}", uuid=uuid,
+                   memory_bytes=int(size.group(1)) * GIB if size else 0, mig=number)
+
+    return [dataclasses.replace(g, migs=tuple(device(g, *m) for m in sorted(migs[g.index])))
+            if migs.get(g.index) else g for g in gpus]
+
+
+def usable(gpus: Sequence[Gpu]) -> list[Gpu]:
+    """What CUDA can run on: each GPU, or each MIG device of a GPU in MIG mode."""
+    return [d for g in gpus for d in (g.migs or (g,))]
+
+
 def visible(gpus: Sequence[Gpu], cuda_visible_devices: str | None) -> list[Gpu]:
-    """The GPUs that CUDA_VISIBLE_DEVICES (indices or UUIDs, comma separated) lets through."""
+    """The usable GPUs and MIG devices that CUDA_VISIBLE_DEVICES (indices or UUIDs, comma
+    separated) lets through. A GPU it names that is in MIG mode stands for its MIG devices."""
     if cuda_visible_devices is None:
-        return list(gpus)
+        return usable(gpus)
     wanted = [w.strip() for w in cuda_visible_devices.split(",") if w.strip()]
-    return [g for g in gpus if any(_matches(g, w) for w in wanted)]
+    return [d for g in gpus for d in (
+        (g.migs or (g,)) if any(_matches(g, w) for w in wanted)
+        else [m for m in g.migs if any(_matches(m, w) for w in wanted)])]
 
 
 def _matches(gpu: Gpu, wanted: str) -> bool:
     if wanted.isdigit():
-        return int(wanted) == gpu.index
+        return gpu.mig is None and int(wanted) == gpu.index
     # CUDA accepts a unique prefix of the UUID ("GPU-5f1c").
     return gpu.uuid.startswith(wanted) or gpu.uuid.startswith(f"GPU-{wanted}")
 
 
-def select(gpus: Sequence[Gpu], index: int) -> Gpu:
-    for gpu in gpus:
-        if gpu.index == index:
-            return gpu
-    available = ", ".join(str(g.index) for g in gpus)
-    raise exceptions.GpuNotFound(
-        index=index, available=f"nvidia-smi lists {available}" if gpus else "nvidia-smi lists none"
-    )
+def select(gpus: Sequence[Gpu], wanted: GpuId) -> Gpu:
+    """The GPU or MIG device `wanted` names; an error that lists what there is otherwise."""
+    gpu = next((g for g in gpus if g.index == wanted.index), None)
+    if gpu is None:
+        available = ", ".join(str(g.index) for g in gpus)
+        raise exceptions.GpuNotFound(
+            index=wanted.index,
+            available=f"nvidia-smi lists {available}" if gpus else "nvidia-smi lists none")
+    devices = ", ".join(str(m.id) for m in gpu.migs)
+    if wanted.mig is None:
+        if gpu.migs:
+            raise exceptions.GpuInMigMode(index=gpu.index, name=gpu.name, devices=devices)
+        return gpu
+    for mig in gpu.migs:
+        if mig.mig == wanted.mig:
+            return mig
+    raise exceptions.MigDeviceNotFound(
+        wanted=str(wanted), index=gpu.index,
+        available=f"its MIG devices are {devices}" if devices else "MIG mode is off on it")
 
 
 def unlisted(index: int) -> Gpu:
@@ -87,9 +182,14 @@ def unlisted(index: int) -> Gpu:
                memory_bytes=0)
 
 
-def cuda_env(index: int) -> dict[str, str]:
-    """What `--gpu index` puts in the environment of the worker and its children."""
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
+def cuda_env(gpu: int | Gpu) -> dict[str, str]:
+    """What `--gpu` puts in the environment of the worker and its children: the GPU's index
+    in nvidia-smi's order, or a MIG device's UUID (CUDA takes no other name for one)."""
+    if isinstance(gpu, Gpu):
+        name = gpu.uuid if gpu.mig is not None else str(gpu.index)
+    else:
+        name = str(gpu)
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": name}
 
 
 #: The variables `cuda_env` sets.
@@ -97,32 +197,51 @@ GPU_ENVS = tuple(cuda_env(0))
 
 
 async def inventory(command: str, env: Mapping[str, str] | None = None) -> list[Gpu] | None:
-    """The host's GPUs, or None when there is no nvidia-smi (a CPU-only host).
+    """The host's GPUs with their MIG devices, or None when there is no nvidia-smi (a CPU-only
+    host).
 
     `command` may carry arguments ("ssh gpu1 nvidia-smi"); "" means do not look. A command that
     exists but fails (driver not loaded) is an error: running as a CPU worker by accident on a GPU
-    host would be worse.
+    host would be worse. The MIG listing (`-L`) is read only where there are GPUs; if it fails,
+    the GPUs are taken as they are: a whole GPU that is in MIG mode then fails at its first
+    kernel, and says so.
     """
     argv = shlex.split(command)
     if not argv:
         return None
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, *QUERY_ARGS, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=None if env is None else dict(env),
-        )
+        out = await _output(command, [*argv, *QUERY_ARGS], env)
     except FileNotFoundError as exc:
         if "/" in argv[0]:  # a path the operator gave: a typo must not make a CPU worker
             raise exceptions.InventoryFailed(command=command, detail="no such file") from exc
         return None
+    try:
+        gpus = parse_inventory(out)
+    except ValueError as exc:
+        raise exceptions.InventoryFailed(command=command, detail=str(exc)) from exc
+    if gpus:
+        try:
+            gpus = with_migs(gpus, parse_migs(await _output(command, [*argv, *LIST_ARGS], env)))
+        except (OSError, exceptions.InventoryFailed) as exc:
+            log.warning("nvidia-smi -L failed: MIG devices are not known", error=str(exc))
+    return gpus
+
+
+async def _output(command: str, argv: list[str], env: Mapping[str, str] | None) -> str:
+    """What `argv` prints; InventoryFailed when it fails, FileNotFoundError when it is not
+    there."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=None if env is None else dict(env),
+        )
+    except FileNotFoundError:
+        raise  # no nvidia-smi: the caller decides (a CPU host, or a typo in a path)
     except OSError as exc:
         raise exceptions.InventoryFailed(command=command, detail=str(exc)) from exc
     out, err = await proc.communicate()
     if proc.returncode != 0:
         detail = (err or out).decode(errors="replace").strip() or f"exit status {proc.returncode}"
         raise exceptions.InventoryFailed(command=command, detail=detail)
-    try:
-        return parse_inventory(out.decode(errors="replace"))
-    except ValueError as exc:
-        raise exceptions.InventoryFailed(command=command, detail=str(exc)) from exc
+    return out.decode(errors="replace")

@@ -1,6 +1,7 @@
 """`gpuproxy-worker supervise`: one worker process per GPU, restarted with backoff when it dies.
 
-Each child is `gpuproxy-worker run --gpu N` with the supervisor's other flags, in its own process
+Each child is `gpuproxy-worker run --gpu N` (N:M for a MIG device) with the supervisor's other
+flags, in its own process
 group, so that a Ctrl-C reaches the supervisor only and is passed on in order. Children report
 READY=1 on an sd_notify socket the supervisor gives each of them. The first SIGTERM/SIGINT is
 passed on (the children drain), so is the second (they stop at once and hand their tasks back);
@@ -24,6 +25,7 @@ import structlog
 
 from worker import lifeline, notify
 from worker.backoff import Backoff
+from worker.gpus import GpuId
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +39,8 @@ STOP_WAIT_S = 75.0
 
 @dataclasses.dataclass
 class Child:
-    gpu: int
+    gpu: str  #: what its --gpu says: "0", or "0:1" for a MIG device
+    label: str  #: gpu0, gpu0-mig1
     proc: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     failures: int = 0  #: quick deaths in a row, for the backoff
@@ -48,14 +51,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, gpus: Sequence[int], child_args: Sequence[str],
+    def __init__(self, gpus: Sequence[GpuId], child_args: Sequence[str],
                  backoff: Backoff = RESTART_BACKOFF) -> None:
-        self.children = [Child(gpu=g) for g in gpus]
+        self.children = [Child(gpu=str(g), label=g.label) for g in gpus]
         self.child_args = list(child_args)
         self.backoff = backoff
         self.signals = 0
         self.stopping = asyncio.Event()
-        self.ready: set[int] = set()  #: GPUs whose worker reported READY=1 at least once
+        self.ready: set[str] = set()  #: GPUs whose worker reported READY=1 at least once
         self.announced = False
 
     async def run(self) -> int:
@@ -67,7 +70,7 @@ class Supervisor:
             # Abstract sockets: nothing on disk for a supervisor killed outright to leave
             prefix = f"@gpuproxy-supervise-{os.getpid()}-{secrets.token_hex(4)}"
             keepers = [
-                asyncio.create_task(self._keep(c, f"{prefix}-gpu{c.gpu}"), name=f"gpu{c.gpu}")
+                asyncio.create_task(self._keep(c, f"{prefix}-{c.label}"), name=c.label)
                 for c in self.children
             ]
             try:
@@ -136,7 +139,7 @@ class Supervisor:
     async def _start(self, child: Child, notify_path: str) -> None:
         env = {**os.environ, notify.ENV: notify_path}
         # -P: a worker.py in the folder the supervisor runs in must not stand in for the package
-        argv = [sys.executable, "-P", "-m", "worker.cli", "run", "--gpu", str(child.gpu),
+        argv = [sys.executable, "-P", "-m", "worker.cli", "run", "--gpu", child.gpu,
                 *self.child_args]
         child.proc = await asyncio.create_subprocess_exec(
             # Killed by the kernel if the supervisor is, so that a new supervisor does not find

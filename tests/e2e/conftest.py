@@ -154,6 +154,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 FAKE_C2 = pathlib.Path(fake_c2.__file__)
 LEASE_S = 6.0  #: the lease of the worker tests' brokers
 SMI_OUTPUT = "0, Fake GPU A, GPU-e2e-0, 24576\n1, Fake GPU B, GPU-e2e-1, 24576\n"
+#: What it says to -L: the same GPUs, none in MIG mode.
+SMI_LISTING = "GPU 0: Fake GPU A (UUID: GPU-e2e-0)\nGPU 1: Fake GPU B (UUID: GPU-e2e-1)\n"
+
+
+def fake_nvidia_smi(path: pathlib.Path, query: str = SMI_OUTPUT,
+                    listing: str = SMI_LISTING) -> None:
+    """An nvidia-smi at `path` that prints `listing` for -L and `query` for the CSV query."""
+    path.write_text(f"""#!/bin/sh
+if [ "$1" = -L ]; then cat <<'EOF'
+{listing}EOF
+else cat <<'EOF'
+{query}EOF
+fi
+""")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
 @dataclasses.dataclass
@@ -201,12 +216,11 @@ def worker_factory(
     tmp_path: pathlib.Path, request: pytest.FixtureRequest
 ) -> Iterator[WorkerFactory]:
     """factory(url, gpu=0, extra=[...], env={...}, command="run"): a started worker process."""
-    smi = tmp_path / "fake-nvidia-smi"
-    smi.write_text(f"#!/bin/sh\ncat <<'EOF'\n{SMI_OUTPUT}EOF\n")
-    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    smi = tmp_path / "fake-nvidia-smi"  # a test may write another in its place
+    fake_nvidia_smi(smi)
     started: list[WorkerProcess] = []
 
-    def make(url: str, gpu: int | None = 0, extra: list[str] | None = None,
+    def make(url: str, gpu: int | str | None = 0, extra: list[str] | None = None,
              env: dict[str, str] | None = None, command: str = "run",
              work_dir: str | None = None) -> WorkerProcess:
         argv = [command, "--gpuproxy-url", url, "--nvidia-smi", str(smi),

@@ -25,11 +25,13 @@ from tests.e2e import test_worker_protocol as protocol
 from tests.e2e.conftest import (
     BIN,
     LEASE_S,
+    SMI_OUTPUT,
     BrokerFactory,
     BrokerProcess,
     WorkerFactory,
     _alive,
     _pids,
+    fake_nvidia_smi,
 )
 from tests.fixtures import fake_c2
 
@@ -460,6 +462,45 @@ async def test_supervise_runs_a_worker_per_gpu(
     shutil.rmtree(sock_dir)
 
 
+async def test_each_mig_device_takes_a_worker_and_a_gpu_in_mig_mode_is_refused_whole(
+    broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
+) -> None:
+    # Given a host whose GPU 1 is split into two MIG devices
+    fake_nvidia_smi(tmp_path / "fake-nvidia-smi", SMI_OUTPUT, listing=(
+        "GPU 0: Fake GPU A (UUID: GPU-e2e-0)\n"
+        "GPU 1: Fake GPU B (UUID: GPU-e2e-1)\n"
+        "  MIG 3g.12gb     Device  0: (UUID: MIG-e2e-1-0)\n"
+        "  MIG 3g.12gb     Device  1: (UUID: MIG-e2e-1-1)\n"))
+    # A worker for GPU 1 whole is told why not, and what to run instead
+    whole = worker_factory(broker.url, gpu=1)
+    assert await asyncio.to_thread(whole.wait) == 1
+    assert "GPU 1 (Fake GPU B) is in MIG mode" in whole.logs()
+    assert "--gpu 1:0, 1:1" in whole.logs()
+    # The supervisor runs a worker on GPU 0 and one on each MIG device
+    supervisor = worker_factory(broker.url, gpu=None, command="supervise")
+    supervisor.wait_for("registered", count=3)
+    async with BrokerClient(broker.url) as client:
+        workers = await client.list_workers()
+    assert sorted((g.index, g.uuid, g.name) for w in workers for g in w.gpus) == [
+        (0, "GPU-e2e-0", "Fake GPU A"), (1, "MIG-e2e-1-0", "Fake GPU B MIG 3g.12gb"),
+        (1, "MIG-e2e-1-1", "Fake GPU B MIG 3g.12gb")]
+    # each in its own folder, its processor seeing its device only (CUDA knows it by UUID)
+    assert sorted(p.name for p in (tmp_path / "workers").iterdir()) == [
+        "gpu0", "gpu1-mig0", "gpu1-mig1"]
+    logs = supervisor.logs()
+    for seen in ("CUDA_VISIBLE_DEVICES=0)", "CUDA_VISIBLE_DEVICES=MIG-e2e-1-0)",
+                 "CUDA_VISIBLE_DEVICES=MIG-e2e-1-1)"):
+        assert f"ready ({seen}" in logs
+    # and a second worker on a device that has one is refused by the device's lock
+    twin = worker_factory(broker.url, gpu="1:1", work_dir=str(tmp_path / "twin"))
+    assert await asyncio.to_thread(twin.wait) == 1
+    assert "GPU 1 (MIG-e2e-1-1) is already used by worker" in twin.logs()
+    task_id = await submit(broker.url, tmp_path, json.dumps(c2_input()).encode())
+    assert (await final(broker.url, task_id)).state == tasks_pb2.TASK_STATE_FINISHED
+    supervisor.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(supervisor.wait) == 0
+
+
 async def test_workers_of_a_supervisor_killed_outright_go_with_it(
     broker: BrokerProcess, worker_factory: WorkerFactory, tmp_path: pathlib.Path
 ) -> None:
@@ -763,6 +804,8 @@ async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_
 @pytest.mark.parametrize(("extra", "complaint"), [
     (["--gpus", "0,0"], "GPU 0 is listed twice: one worker per GPU"),
     (["--gpus", "5"], "GPU 5 is not on this host; nvidia-smi lists 0, 1"),
+    (["--gpus", "0:1"], "GPU 0 has no MIG device 0:1 (MIG mode is off on it)"),
+    (["--gpus", "0,gpu1"], "'gpu1' is not a GPU index (0, 1, ...) nor a MIG device"),
     # a setting only its workers would refuse, each at start, restarted forever
     (["--gpus", "0", "--allow-type", "c2,c3"], "Invalid setting allow-type"),
 ])

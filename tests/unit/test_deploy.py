@@ -51,7 +51,7 @@ def test_one_worker_config_serves_the_supervisor_and_its_workers(tmp_path: pathl
                            ("supervise", worker_cli.SUPERVISE_FLAGS)):
         args = worker_cli.build_parser().parse_args([command, "--config", str(path)])
         values, _ = worker_cli.settings(args, flags, environ={})
-        assert values.get("gpus", "0,1") == "0,1" and values.get("gpu", 0) == 0
+        assert values.get("gpus", "0,1") == "0,1" and str(values.get("gpu", 0)) == "0"
 
 
 def test_the_worker_unit_signals_the_supervisor_alone_and_gives_it_a_home() -> None:

@@ -12,12 +12,13 @@ import types
 import structlog
 
 from worker import notify
+from worker.gpus import GpuId
 from worker.supervisor import Supervisor
 
 
 async def test_readiness_counts_only_from_the_worker_the_supervisor_started() -> None:
     path = f"@gpuproxy-test-{secrets.token_hex(4)}"
-    supervisor = Supervisor([0], [])
+    supervisor = Supervisor([GpuId(0)], [])
     child = supervisor.children[0]
     with notify.listener(path) as sock:
         # Given the supervisor listening for its worker on GPU 0, another process than this one
@@ -36,7 +37,7 @@ async def test_readiness_counts_only_from_the_worker_the_supervisor_started() ->
             child.proc = types.SimpleNamespace(pid=os.getpid())  # type: ignore[assignment]
             assert notify.notify("READY=1", {notify.ENV: path})
             async with asyncio.timeout(5):
-                while supervisor.ready != {0}:
+                while supervisor.ready != {"0"}:
                     await asyncio.sleep(0.01)
         finally:
             relay.cancel()

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import os
 import pathlib
 import stat
 
 import pytest
+import structlog
 
-from worker import exceptions, gpus
-from worker.gpus import Gpu
+from worker import daemon, exceptions, gpus
+from worker.config import WorkerConfig
+from worker.gpus import Gpu, GpuId
 
 SMI_OUTPUT = """\
 0, NVIDIA GeForce RTX 3090, GPU-5f1c2a9e-0000-1111-2222-333344445555, 24576
@@ -57,9 +60,9 @@ def test_cuda_visible_devices_filters_by_index_or_uuid() -> None:
 
 def test_select_names_the_gpus_there_are() -> None:
     found = gpus.parse_inventory(SMI_OUTPUT)
-    assert gpus.select(found, 1) is found[1]
+    assert gpus.select(found, GpuId(1)) is found[1]
     with pytest.raises(exceptions.GpuNotFound, match=r"GPU 4 .*lists 0, 1"):
-        gpus.select(found, 4)
+        gpus.select(found, GpuId(4))
 
 
 def test_gpu_flag_pins_cuda_to_the_nvidia_smi_numbering() -> None:
@@ -75,6 +78,95 @@ def _script(tmp_path: pathlib.Path, body: str) -> str:
 
 async def test_inventory_runs_the_command(tmp_path: pathlib.Path) -> None:
     command = _script(tmp_path, f"cat <<'EOF'\n{SMI_OUTPUT}EOF")
+    assert await gpus.inventory(command) == gpus.parse_inventory(SMI_OUTPUT)
+
+
+# -- MIG: a GPU in MIG mode is used through its MIG devices, one worker each ---------------------
+
+#: nvidia-smi -L of a host whose GPU 1 is in MIG mode with two devices (the second listed as
+#: drivers before 470 wrote it) and whose GPU 0 is not.
+MIG_LISTING = """\
+GPU 0: NVIDIA GeForce RTX 3090 (UUID: GPU-5f1c2a9e-0000-1111-2222-333344445555)
+GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-77aa0000-0000-1111-2222-333344445555)
+  MIG 3g.40gb     Device  1: (UUID: MIG-bbbb0000-1111-2222-3333-444455556666)
+  MIG 3g.40gb     Device  0: (UUID: MIG-GPU-77aa0000-0000-1111-2222-333344445555/1/0)
+"""
+
+
+def _mig_host() -> list[Gpu]:
+    return gpus.with_migs(gpus.parse_inventory(SMI_OUTPUT), gpus.parse_migs(MIG_LISTING))
+
+
+def test_mig_devices_are_listed_under_their_gpu() -> None:
+    whole, a100 = _mig_host()
+    assert whole.migs == ()
+    assert [(m.id, m.label, m.uuid, m.name, m.memory_bytes) for m in a100.migs] == [
+        (GpuId(1, 0), "gpu1-mig0", "MIG-GPU-77aa0000-0000-1111-2222-333344445555/1/0",
+         "NVIDIA A100-SXM4-80GB MIG 3g.40gb", 40 * 1024**3),
+        (GpuId(1, 1), "gpu1-mig1", "MIG-bbbb0000-1111-2222-3333-444455556666",
+         "NVIDIA A100-SXM4-80GB MIG 3g.40gb", 40 * 1024**3),
+    ]
+    # CUDA can use GPU 0 and the two devices, not GPU 1 whole
+    assert [g.label for g in gpus.usable([whole, a100])] == ["gpu0", "gpu1-mig0", "gpu1-mig1"]
+    # A listing without MIG mode (or not a listing at all) adds nothing
+    assert gpus.parse_migs("GPU 0: X (UUID: GPU-1)\nGPU 1: Y (UUID: GPU-2)\n") == {}
+    assert gpus.parse_migs(SMI_OUTPUT) == {}
+
+
+def test_a_mig_device_is_named_n_colon_m_and_reached_by_its_uuid() -> None:
+    _, a100 = found = _mig_host()
+    device = gpus.select(found, GpuId.parse("1:1"))
+    assert device is a100.migs[1] and str(device.id) == "1:1"
+    # CUDA takes a MIG device by its UUID only
+    assert gpus.cuda_env(device) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                                     "CUDA_VISIBLE_DEVICES": device.uuid}
+    assert device.uuid == "MIG-bbbb0000-1111-2222-3333-444455556666"
+    assert gpus.cuda_env(found[0])["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_a_gpu_in_mig_mode_is_refused_whole_naming_its_devices() -> None:
+    found = _mig_host()
+    with pytest.raises(exceptions.GpuInMigMode,
+                       match=r"GPU 1 \(NVIDIA A100-SXM4-80GB\) is in MIG mode.*--gpu 1:0, 1:1"):
+        gpus.select(found, GpuId(1))
+    with pytest.raises(exceptions.MigDeviceNotFound, match=r"no MIG device 1:7 .*are 1:0, 1:1"):
+        gpus.select(found, GpuId(1, 7))
+    with pytest.raises(exceptions.MigDeviceNotFound, match=r"no MIG device 0:0 .*MIG mode is off"):
+        gpus.select(found, GpuId(0, 0))
+
+
+def test_cuda_visible_devices_may_name_mig_devices() -> None:
+    found = _mig_host()
+    labels = lambda cvd: [g.label for g in gpus.visible(found, cvd)]  # noqa: E731
+    assert labels("MIG-bbbb0000") == ["gpu1-mig1"]
+    assert labels("MIG-GPU-77aa0000-0000-1111-2222-333344445555/1/0") == ["gpu1-mig0"]
+    # A GPU in MIG mode named whole stands for its devices
+    assert labels("1") == ["gpu1-mig0", "gpu1-mig1"]
+    assert labels("GPU-77aa0000") == ["gpu1-mig0", "gpu1-mig1"]
+    assert labels(None) == ["gpu0", "gpu1-mig0", "gpu1-mig1"]
+    assert labels("MIG-ffff") == []
+
+
+@pytest.mark.parametrize("text", ["", "x", "1:", ":1", "1:x", "-1", "1:2:3", "GPU-5f1c"])
+def test_a_gpu_flag_that_is_neither_an_index_nor_a_mig_device_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a GPU index"):
+        GpuId.parse(text)
+    assert GpuId.parse(" 2:3 ") == GpuId(2, 3) and GpuId.parse("2") == GpuId(2)
+
+
+async def test_inventory_reads_the_mig_devices(tmp_path: pathlib.Path) -> None:
+    command = _script(tmp_path, f"""if [ "$1" = -L ]; then cat <<'EOF'
+{MIG_LISTING}EOF
+else cat <<'EOF'
+{SMI_OUTPUT}EOF
+fi""")
+    assert await gpus.inventory(command) == _mig_host()
+
+
+async def test_a_failing_mig_listing_leaves_the_gpus_as_they_are(tmp_path: pathlib.Path) -> None:
+    command = _script(tmp_path, f"""[ "$1" = -L ] && {{ echo 'Unknown option' >&2; exit 3; }}
+cat <<'EOF'
+{SMI_OUTPUT}EOF""")
     assert await gpus.inventory(command) == gpus.parse_inventory(SMI_OUTPUT)
 
 
@@ -94,3 +186,41 @@ async def test_a_failing_command_is_an_error(tmp_path: pathlib.Path) -> None:
                       "with the NVIDIA driver' >&2; exit 9")
     with pytest.raises(exceptions.InventoryFailed, match="communicate with the NVIDIA driver"):
         await gpus.inventory(command)
+
+
+def _mig_smi(tmp_path: pathlib.Path) -> str:
+    return _script(tmp_path, f"""if [ "$1" = -L ]; then cat <<'EOF'
+{MIG_LISTING}EOF
+else cat <<'EOF'
+{SMI_OUTPUT}EOF
+fi""")
+
+
+async def test_a_worker_pinned_to_a_mig_device_by_cuda_visible_devices_finds_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = WorkerConfig(nvidia_smi=_mig_smi(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-bbbb0000-1111-2222-3333-444455556666")
+    [device] = await daemon.choose_gpus(config)
+    assert device.label == "gpu1-mig1"  # not taken for a CPU worker (work folder "cpu")
+    # A name that matches nothing nvidia-smi lists is said, with what it lists
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-ffff")
+    with structlog.testing.capture_logs() as logs:
+        assert await daemon.choose_gpus(config) == []
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert "names no GPU that nvidia-smi lists" in warning["event"]
+    assert "1:1 MIG-bbbb0000-1111-2222-3333-444455556666" in warning["listed"]
+
+
+async def test_gpu_flag_for_a_mig_device_sets_its_uuid(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "")
+    [device] = await daemon.choose_gpus(WorkerConfig(nvidia_smi=_mig_smi(tmp_path),
+                                                     gpu=GpuId(1, 0)))
+    assert device.uuid == os.environ["CUDA_VISIBLE_DEVICES"] == (
+        "MIG-GPU-77aa0000-0000-1111-2222-333344445555/1/0")
+    # Without nvidia-smi a MIG device cannot be found: said, rather than a guess
+    with pytest.raises(exceptions.MigNeedsInventory, match=r"--gpu 1:0 names a MIG device"):
+        await daemon.choose_gpus(WorkerConfig(nvidia_smi="", gpu=GpuId(1, 0)))
