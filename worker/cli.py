@@ -300,7 +300,8 @@ async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
             except exceptions.WorkerError as exc:  # a MIG mode that the list does not follow
                 raise exceptions.ConfigError(field="gpus", detail=str(exc)) from exc
     elif mig := next((i for i in ids if i.mig is not None), None):
-        raise exceptions.MigNeedsInventory(wanted=str(mig), nvidia_smi=config.nvidia_smi or "off")
+        raise exceptions.MigNeedsInventory(wanted=str(mig),
+                                           nvidia_smi=f"--nvidia-smi {config.nvidia_smi!r}")
     if not ids:
         ids = [g.id for g in gpus.visible(found or [], os.environ.get("CUDA_VISIBLE_DEVICES"))]
     if not ids:
@@ -325,7 +326,7 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.gpu is not None and args.gpu.mig is not None:  # reached by its UUID only
         found = await gpus.inventory("nvidia-smi")
         if found is None:
-            raise exceptions.MigNeedsInventory(wanted=str(args.gpu), nvidia_smi="nvidia-smi")
+            raise exceptions.MigNeedsInventory(wanted=str(args.gpu), nvidia_smi="none on PATH")
         os.environ.update(gpus.cuda_env(gpus.select(found, args.gpu)))
     elif args.gpu is not None:
         os.environ.update(gpus.cuda_env(args.gpu.index))

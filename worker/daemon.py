@@ -138,8 +138,8 @@ async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
     if config.gpu is not None:
         if found is None:
             if config.gpu.mig is not None:
-                raise exceptions.MigNeedsInventory(wanted=str(config.gpu),
-                                                   nvidia_smi=config.nvidia_smi or "off")
+                raise exceptions.MigNeedsInventory(
+                    wanted=str(config.gpu), nvidia_smi=f"--nvidia-smi {config.nvidia_smi!r}")
             os.environ.update(gpus.cuda_env(config.gpu.index))
             log.warning("no nvidia-smi: GPU used without inventory, locked by its index only",
                         gpu=str(config.gpu), nvidia_smi=config.nvidia_smi)

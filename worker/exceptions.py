@@ -32,8 +32,8 @@ class MigDeviceNotFound(WorkerError):
 
 class MigNeedsInventory(WorkerError):
     """--gpu {wanted} names a MIG device, which CUDA reaches by its UUID only, and there is no
-    nvidia-smi to read it from ({nvidia_smi}): install nvidia-smi or pass --nvidia-smi, or set
-    CUDA_VISIBLE_DEVICES to the device's MIG- UUID and leave --gpu out."""
+    nvidia-smi to read it from ({nvidia_smi}): install nvidia-smi, or give its
+    path with --nvidia-smi."""
 
 
 class InventoryFailed(WorkerError):

@@ -10,8 +10,8 @@ import pytest
 from broker import exceptions as broker_exceptions
 from worker import cli, exceptions, executors
 from worker.config import ProcessorConfig, WorkerConfig
-from worker.gpus import GpuId
 from worker.executors.c2 import C2Executor
+from worker.gpus import GpuId
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,8 @@ def test_gpuproxy_style_flags() -> None:
     config = config_of("--gpuproxy-url", "http://10.0.0.5:18888", "--max-tasks", "2",
                        "--allow-type", "c2, groth16", "--gpu", "3", "--resource-type", "db")
     assert config.url == "http://10.0.0.5:18888"
-    assert config.task_types == ("c2", "groth16") and config.max_tasks == 2 and config.gpu == GpuId(3)
+    assert config.task_types == ("c2", "groth16") and config.max_tasks == 2
+    assert config.gpu == GpuId(3)
     assert config.resource_type == "stream"  # gpuproxy's db: the payload comes over the wire
 
 
