@@ -110,11 +110,12 @@ class Dispatcher:
 
     def gpu_holder(self, worker_id: str, hostname: str, gpu_uuid: str) -> Session | None:
         """A live stream of another worker that serves this GPU, if any. A card known by its
-        index only (no nvidia-smi: "index-0") is the same card on the same host only."""
+        index only (no nvidia-smi: "index-0") is the same card on the same host only; a GPU's
+        or a MIG device's UUID is unique everywhere."""
         def same(s: Session) -> bool:
             assert s.record is not None
             return any(g.uuid == gpu_uuid for g in s.record.gpus) and (
-                gpu_uuid.startswith("GPU-") or s.record.hostname == hostname)
+                gpu_uuid.startswith(("GPU-", "MIG-")) or s.record.hostname == hostname)
 
         return next((s for s in self.sessions if s.worker_id != worker_id and s.alive
                      and s.record and same(s)), None)

@@ -285,14 +285,14 @@ async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # workers would otherwise exit at start and be restarted forever.
     executors.create(config)
     ids = [_gpu_id(v) for v in _csv(values["gpus"])]
-    if twice := sorted({i for i in ids if ids.count(i) > 1}):
+    if twice := [i for n, i in enumerate(ids) if i in ids[:n]]:
         raise exceptions.ConfigError(field="gpus", detail=f"GPU {twice[0]} is listed twice: "
                                      "one worker per GPU")
     found = await gpus.inventory(config.nvidia_smi)
     if found is not None:
         for wanted in ids:
             try:
-                gpus.select(found, wanted)  # there, and usable as named
+                gpus.select(found, wanted, flag="--gpus")  # there, and usable as named
             except exceptions.GpuNotFound as exc:
                 raise exceptions.ConfigError(
                     field="gpus", detail=f"GPU {wanted.index} is not on this host; nvidia-smi "
@@ -323,13 +323,16 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from worker.groth16 import backends
 
     logs.configure(args.log_level, "console")
-    if args.gpu is not None and args.gpu.mig is not None:  # reached by its UUID only
-        found = await gpus.inventory("nvidia-smi")
-        if found is None:
-            raise exceptions.MigNeedsInventory(wanted=str(args.gpu), nvidia_smi="none on PATH")
-        os.environ.update(gpus.cuda_env(gpus.select(found, args.gpu)))
-    elif args.gpu is not None:
-        os.environ.update(gpus.cuda_env(args.gpu.index))
+    if args.gpu is not None:
+        # The card as `run --gpu` takes it: a MIG device by its UUID, a GPU in MIG mode refused
+        found = await gpus.inventory(args.nvidia_smi)
+        if found is not None:
+            os.environ.update(gpus.cuda_env(gpus.select(found, args.gpu)))
+        elif args.gpu.mig is not None:
+            raise exceptions.MigNeedsInventory(wanted=str(args.gpu),
+                                               nvidia_smi=f"--nvidia-smi {args.nvidia_smi!r}")
+        else:
+            os.environ.update(gpus.cuda_env(args.gpu.index))
     if why := select.why_unusable(await asyncio.to_thread(select.probe)):
         print(f"gpuproxy-worker check-gpu: this host cannot run CUDA: {why}", file=sys.stderr)
         return 2
@@ -418,6 +421,8 @@ def _add_check_gpu(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     check.add_argument("--gpu", type=argparse_type(gpus.GpuId.parse),
                        help="GPU index as nvidia-smi numbers it, or N:M for a MIG device")
+    check.add_argument("--nvidia-smi", default="nvidia-smi",
+                       help="GPU inventory command, for --gpu ['nvidia-smi']")
     check.add_argument("--msm-sizes", type=_acceptance("sizes"), default="1,2,3,1000,16,20",
                        help="MSM sizes: counts, or log2 sizes from 4 to 24 [1,2,3,1000,16,20]")
     check.add_argument("--ntt-max", type=int, default=20,

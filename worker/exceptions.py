@@ -21,13 +21,11 @@ class GpuNotFound(WorkerError):
 
 
 class GpuInMigMode(WorkerError):
-    """GPU {index} ({name}) is in MIG mode: CUDA cannot use it whole. Run a worker per MIG
-    device, --gpu {devices} (`gpuproxy-worker supervise` does), or turn MIG mode off
-    (nvidia-smi -i {index} -mig 0)."""
+    """GPU {index} ({name}) is in MIG mode: CUDA cannot use it whole. {advice}."""
 
 
 class MigDeviceNotFound(WorkerError):
-    """GPU {index} has no MIG device {wanted} ({available}): nvidia-smi -L lists them."""
+    """GPU {index} has no MIG device {wanted}: {available} (nvidia-smi -L lists them)."""
 
 
 class MigNeedsInventory(WorkerError):

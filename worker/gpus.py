@@ -26,11 +26,13 @@ log = structlog.get_logger(__name__)
 
 QUERY_ARGS = ("--query-gpu=index,name,uuid,memory.total", "--format=csv,noheader,nounits")
 LIST_ARGS = ("-L",)
+#: Drivers older than MIG refuse this field: then only the devices -L lists tell MIG mode.
+MIG_MODE_ARGS = ("--query-gpu=index,mig.mode.current", "--format=csv,noheader")
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class GpuId:
     """What --gpu names: a whole GPU ("0") or MIG device `mig` of GPU `index` ("0:1"), both
     numbered as nvidia-smi numbers them."""
@@ -63,8 +65,10 @@ class Gpu:
     memory_bytes: int
     #: For a MIG device, its number under GPU `index`; its uuid is then the MIG- one.
     mig: int | None = None
-    #: For a GPU in MIG mode, its MIG devices: the GPU itself cannot be used whole.
+    #: For a GPU in MIG mode, its MIG devices (maybe none yet): the GPU itself cannot be used
+    #: whole.
     migs: tuple[Gpu, ...] = ()
+    mig_mode: bool = False
 
     @property
     def id(self) -> GpuId:
@@ -104,7 +108,9 @@ def _parse_line(line: str, number: int) -> Gpu:
 _GPU_LINE = re.compile(r"^GPU (\d+):")
 #: "  MIG 3g.40gb     Device  1: (UUID: MIG-...)"; older drivers: "MIG-GPU-<uuid>/<gi>/<ci>".
 _MIG_LINE = re.compile(r"^\s+MIG\s+(\S+)\s+Device\s+(\d+):\s+\(UUID:\s*([^)\s]+)\)")
-_PROFILE_GB = re.compile(r"(\d+)gb$")
+#: "3g.40gb", "1c.3g.20gb", "1g.10gb+me" (with the media engines), "+gfx" on later cards.
+_PROFILE_GB = re.compile(r"(\d+)gb(?:\+[\w.]+)*$")
+_MIG_MODE_LINE = re.compile(r"^(\d+),\s*Enabled\s*$")
 
 
 def parse_migs(text: str) -> dict[int, list[tuple[int, str, str]]]:
@@ -120,21 +126,31 @@ def parse_migs(text: str) -> dict[int, list[tuple[int, str, str]]]:
     return found
 
 
-def with_migs(gpus: Sequence[Gpu], migs: Mapping[int, list[tuple[int, str, str]]]) -> list[Gpu]:
-    """`gpus` with their MIG devices. A device's memory is its profile's nominal size
-    ("3g.40gb": 40 GiB): nvidia-smi's query gives only the whole card's."""
+def parse_mig_modes(text: str) -> set[int]:
+    """The GPUs in MIG mode, from `nvidia-smi --query-gpu=index,mig.mode.current`: "0, Enabled"
+    ("Disabled" or "[N/A]" otherwise; any other line is skipped)."""
+    return {int(m.group(1)) for line in text.splitlines() if (m := _MIG_MODE_LINE.match(line))}
+
+
+def with_migs(gpus: Sequence[Gpu], migs: Mapping[int, list[tuple[int, str, str]]],
+              mig_mode: set[int] | frozenset[int] = frozenset()) -> list[Gpu]:
+    """`gpus` with their MIG devices; a GPU in `mig_mode` or with devices is in MIG mode. A
+    device's memory is its profile's nominal size ("3g.40gb": 40 GiB): nvidia-smi's query gives
+    only the whole card's."""
     def device(gpu: Gpu, number: int, profile: str, uuid: str) -> Gpu:
         size = _PROFILE_GB.search(profile)
         return Gpu(index=gpu.index, name=f"{gpu.name} MIG {profile}", uuid=uuid,
                    memory_bytes=int(size.group(1)) * GIB if size else 0, mig=number)
 
-    return [dataclasses.replace(g, migs=tuple(device(g, *m) for m in sorted(migs[g.index])))
-            if migs.get(g.index) else g for g in gpus]
+    return [dataclasses.replace(
+        g, migs=tuple(device(g, *m) for m in sorted(migs.get(g.index, []))), mig_mode=True)
+        if migs.get(g.index) or g.index in mig_mode else g for g in gpus]
 
 
 def usable(gpus: Sequence[Gpu]) -> list[Gpu]:
-    """What CUDA can run on: each GPU, or each MIG device of a GPU in MIG mode."""
-    return [d for g in gpus for d in (g.migs or (g,))]
+    """What CUDA can run on: each GPU, or each MIG device of a GPU in MIG mode (none while it
+    has none)."""
+    return [d for g in gpus for d in (g.migs if g.mig_mode else (g,))]
 
 
 def visible(gpus: Sequence[Gpu], cuda_visible_devices: str | None) -> list[Gpu]:
@@ -144,7 +160,7 @@ def visible(gpus: Sequence[Gpu], cuda_visible_devices: str | None) -> list[Gpu]:
         return usable(gpus)
     wanted = [w.strip() for w in cuda_visible_devices.split(",") if w.strip()]
     return [d for g in gpus for d in (
-        (g.migs or (g,)) if any(_matches(g, w) for w in wanted)
+        usable([g]) if any(_matches(g, w) for w in wanted)
         else [m for m in g.migs if any(_matches(m, w) for w in wanted)])]
 
 
@@ -155,25 +171,40 @@ def _matches(gpu: Gpu, wanted: str) -> bool:
     return gpu.uuid.startswith(wanted) or gpu.uuid.startswith(f"GPU-{wanted}")
 
 
-def select(gpus: Sequence[Gpu], wanted: GpuId) -> Gpu:
-    """The GPU or MIG device `wanted` names; an error that lists what there is otherwise."""
+def select(gpus: Sequence[Gpu], wanted: GpuId, flag: str = "--gpu") -> Gpu:
+    """The GPU or MIG device `wanted` names; an error that lists what there is otherwise, and
+    says what to write instead in `flag` (--gpu of one worker, --gpus of the supervisor)."""
     gpu = next((g for g in gpus if g.index == wanted.index), None)
     if gpu is None:
         available = ", ".join(str(g.index) for g in gpus)
         raise exceptions.GpuNotFound(
             index=wanted.index,
             available=f"nvidia-smi lists {available}" if gpus else "nvidia-smi lists none")
-    devices = ", ".join(str(m.id) for m in gpu.migs)
+    devices = [str(m.id) for m in gpu.migs]
     if wanted.mig is None:
-        if gpu.migs:
-            raise exceptions.GpuInMigMode(index=gpu.index, name=gpu.name, devices=devices)
+        if gpu.mig_mode:
+            raise exceptions.GpuInMigMode(index=gpu.index, name=gpu.name,
+                                          advice=_mig_advice(gpu.index, devices, flag))
         return gpu
     for mig in gpu.migs:
         if mig.mig == wanted.mig:
             return mig
     raise exceptions.MigDeviceNotFound(
-        wanted=str(wanted), index=gpu.index,
-        available=f"its MIG devices are {devices}" if devices else "MIG mode is off on it")
+        wanted=str(wanted), index=gpu.index, available=(
+            f"its MIG devices are {', '.join(devices)}" if devices
+            else "it is in MIG mode but has no MIG device yet" if gpu.mig_mode
+            else "it is not in MIG mode"))
+
+
+def _mig_advice(index: int, devices: list[str], flag: str) -> str:
+    if not devices:
+        return (f"It has no MIG device yet: create them (nvidia-smi mig -i {index} -cgi "
+                f"<profiles> -C), or turn MIG mode off (nvidia-smi -i {index} -mig 0)")
+    if flag == "--gpus":
+        return (f"List its MIG devices instead, --gpus {','.join(devices)}, or leave --gpus "
+                "out for a worker on every device")
+    return (f"Name one of its MIG devices instead ({', '.join(devices)}), --gpu "
+            f"{devices[0]}; `gpuproxy-worker supervise` runs a worker on each")
 
 
 def unlisted(index: int) -> Gpu:
@@ -220,10 +251,13 @@ async def inventory(command: str, env: Mapping[str, str] | None = None) -> list[
     except ValueError as exc:
         raise exceptions.InventoryFailed(command=command, detail=str(exc)) from exc
     if gpus:
-        try:
-            gpus = with_migs(gpus, parse_migs(await _output(command, [*argv, *LIST_ARGS], env)))
-        except (OSError, exceptions.InventoryFailed) as exc:
-            log.warning("nvidia-smi -L failed: MIG devices are not known", error=str(exc))
+        listing, modes = await asyncio.gather(
+            _output(command, [*argv, *LIST_ARGS], env),
+            _output(command, [*argv, *MIG_MODE_ARGS], env), return_exceptions=True)
+        if isinstance(listing, BaseException):
+            log.warning("nvidia-smi -L failed: MIG devices are not known", error=str(listing))
+        gpus = with_migs(gpus, {} if isinstance(listing, BaseException) else parse_migs(listing),
+                         set() if isinstance(modes, BaseException) else parse_mig_modes(modes))
     return gpus
 
 

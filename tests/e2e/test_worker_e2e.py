@@ -475,7 +475,7 @@ async def test_each_mig_device_takes_a_worker_and_a_gpu_in_mig_mode_is_refused_w
     whole = worker_factory(broker.url, gpu=1)
     assert await asyncio.to_thread(whole.wait) == 1
     assert "GPU 1 (Fake GPU B) is in MIG mode" in whole.logs()
-    assert "--gpu 1:0, 1:1" in whole.logs()
+    assert "Name one of its MIG devices instead (1:0, 1:1), --gpu 1:0" in whole.logs()
     # The supervisor runs a worker on GPU 0 and one on each MIG device
     supervisor = worker_factory(broker.url, gpu=None, command="supervise")
     supervisor.wait_for("registered", count=3)
@@ -804,7 +804,8 @@ async def test_a_worker_whose_tasks_keep_failing_pauses_and_healthy_workers_get_
 @pytest.mark.parametrize(("extra", "complaint"), [
     (["--gpus", "0,0"], "GPU 0 is listed twice: one worker per GPU"),
     (["--gpus", "5"], "GPU 5 is not on this host; nvidia-smi lists 0, 1"),
-    (["--gpus", "0:1"], "GPU 0 has no MIG device 0:1 (MIG mode is off on it)"),
+    (["--gpus", "0:1"], "GPU 0 has no MIG device 0:1: it is not in MIG mode"),
+    (["--gpus", "1,0:1,0:1"], "GPU 0:1 is listed twice: one worker per GPU"),
     (["--gpus", "0,gpu1"], "'gpu1' is not a GPU index (0, 1, ...) nor a MIG device"),
     # a setting only its workers would refuse, each at start, restarted forever
     (["--gpus", "0", "--allow-type", "c2,c3"], "Invalid setting allow-type"),

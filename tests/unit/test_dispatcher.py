@@ -369,3 +369,6 @@ def test_a_gpu_is_held_by_its_uuid_or_by_its_index_on_one_host(store: Store) -> 
     assert dispatcher.gpu_holder("a", "host1", "GPU-5f1c") is None  # itself, reconnecting
     assert dispatcher.gpu_holder("c", "host1", "index-0").worker_id == "b"  # type: ignore[union-attr]
     assert dispatcher.gpu_holder("c", "host2", "index-0") is None  # another host's card 0
+    # A MIG device's UUID is as unique as a GPU's (a second container given the same device)
+    dispatcher.add(on("d", "container1", "MIG-1111-2222"))
+    assert dispatcher.gpu_holder("e", "container2", "MIG-1111-2222").worker_id == "d"  # type: ignore[union-attr]

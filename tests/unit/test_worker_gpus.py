@@ -126,13 +126,45 @@ def test_a_mig_device_is_named_n_colon_m_and_reached_by_its_uuid() -> None:
 
 def test_a_gpu_in_mig_mode_is_refused_whole_naming_its_devices() -> None:
     found = _mig_host()
-    with pytest.raises(exceptions.GpuInMigMode,
-                       match=r"GPU 1 \(NVIDIA A100-SXM4-80GB\) is in MIG mode.*--gpu 1:0, 1:1"):
+    with pytest.raises(exceptions.GpuInMigMode, match=(
+            r"GPU 1 \(NVIDIA A100-SXM4-80GB\) is in MIG mode: CUDA cannot use it whole\. Name "
+            r"one of its MIG devices instead \(1:0, 1:1\), --gpu 1:0; `gpuproxy-worker "
+            r"supervise` runs a worker on each\.")):
         gpus.select(found, GpuId(1))
-    with pytest.raises(exceptions.MigDeviceNotFound, match=r"no MIG device 1:7 .*are 1:0, 1:1"):
+    # The supervisor's flag is --gpus, a list that the shell must not split
+    with pytest.raises(exceptions.GpuInMigMode, match=(
+            r"List its MIG devices instead, --gpus 1:0,1:1, or leave --gpus out")):
+        gpus.select(found, GpuId(1), flag="--gpus")
+    with pytest.raises(exceptions.MigDeviceNotFound,
+                       match=r"no MIG device 1:7: its MIG devices are 1:0, 1:1"):
         gpus.select(found, GpuId(1, 7))
-    with pytest.raises(exceptions.MigDeviceNotFound, match=r"no MIG device 0:0 .*MIG mode is off"):
+    with pytest.raises(exceptions.MigDeviceNotFound,
+                       match=r"no MIG device 0:0: it is not in MIG mode"):
         gpus.select(found, GpuId(0, 0))
+
+
+def test_a_gpu_in_mig_mode_with_no_device_yet_serves_nothing_and_says_so() -> None:
+    # nvidia-smi -L lists no device under a GPU whose MIG mode is on but not yet partitioned;
+    # only the MIG mode query tells: CUDA would find no device on it
+    assert gpus.parse_mig_modes("0, Enabled\n1, Disabled\n2, [N/A]\nx, Enabled\n") == {0}
+    found = gpus.with_migs(gpus.parse_inventory(SMI_OUTPUT), {}, {0})
+    assert found[0].mig_mode and gpus.usable(found) == [found[1]]
+    assert gpus.visible(found, "0") == []
+    with pytest.raises(exceptions.GpuInMigMode, match=(
+            r"GPU 0 .* is in MIG mode: CUDA cannot use it whole\. It has no MIG device yet: "
+            r"create them \(nvidia-smi mig -i 0 -cgi <profiles> -C\), or turn MIG mode off")):
+        gpus.select(found, GpuId(0))
+    with pytest.raises(exceptions.MigDeviceNotFound,
+                       match=r"no MIG device 0:0: it is in MIG mode but has no MIG device yet"):
+        gpus.select(found, GpuId(0, 0))
+
+
+@pytest.mark.parametrize(("profile", "gib"), [
+    ("3g.40gb", 40), ("1c.3g.20gb", 20), ("1g.10gb+me", 10), ("1g.24gb+gfx", 24), ("odd", 0)])
+def test_a_mig_devices_memory_is_its_profiles(profile: str, gib: int) -> None:
+    listing = f"GPU 0: A (UUID: GPU-a)\n  MIG {profile}  Device  0: (UUID: MIG-a)\n"
+    [gpu] = gpus.with_migs([Gpu(0, "A", "GPU-a", 1)], gpus.parse_migs(listing))
+    assert gpu.migs[0].memory_bytes == gib * 1024**3
 
 
 def test_cuda_visible_devices_may_name_mig_devices() -> None:
@@ -155,12 +187,19 @@ def test_a_gpu_flag_that_is_neither_an_index_nor_a_mig_device_is_refused(text: s
 
 
 async def test_inventory_reads_the_mig_devices(tmp_path: pathlib.Path) -> None:
-    command = _script(tmp_path, f"""if [ "$1" = -L ]; then cat <<'EOF'
+    assert await gpus.inventory(_mig_smi(tmp_path)) == _mig_host()
+    # and MIG mode where the driver knows the field (GPU 0: on, with no device yet)
+    command = _script(tmp_path, f"""case "$1" in
+-L) cat <<'EOF'
 {MIG_LISTING}EOF
-else cat <<'EOF'
+;;
+--query-gpu=index,mig.mode.current) printf '0, Enabled\\n1, Enabled\\n' ;;
+*) cat <<'EOF'
 {SMI_OUTPUT}EOF
-fi""")
-    assert await gpus.inventory(command) == _mig_host()
+;;
+esac""")
+    none_yet, a100 = await gpus.inventory(command)
+    assert none_yet.mig_mode and none_yet.migs == () and a100 == _mig_host()[1]
 
 
 async def test_a_failing_mig_listing_leaves_the_gpus_as_they_are(tmp_path: pathlib.Path) -> None:
