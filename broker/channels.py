@@ -20,8 +20,14 @@ log = structlog.get_logger("gpuproxy.channels")
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.max_send_message_length", 4 * 1024 * 1024),
+    # A broker whose host is gone (no reset: power lost, cable cut) is left within 30 s, half
+    # a default lease: a ping every 20 s that must be answered within 10 s. gRPC answers pings
+    # below the application, so a busy broker still does. The ping timeout is gRPC's own
+    # (60 s by default, over the keepalive timeout): it also bounds the pings gRPC sends with
+    # data, and 60 s is a whole lease.
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # Reconnect within seconds of a broker restart, not after gRPC's default of up to 2 min.

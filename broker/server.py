@@ -37,6 +37,7 @@ SERVER_OPTIONS = [
     # Notice dead peers on long-lived streams; clients may ping every 20 s.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),  # gRPC's default of 60 s would outlast the timeout
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),

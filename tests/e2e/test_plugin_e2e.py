@@ -455,3 +455,36 @@ async def _wait_for_tasks(url: str, count: int) -> AsyncIterator[tasks_pb2.Task]
     for task in tasks:
         yield task
 
+
+
+@pytest.mark.slow
+async def test_a_broker_that_goes_silent_is_left_for_the_next_within_its_keepalive(
+    mariadb_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    plugin_factory: PluginFactory,
+) -> None:
+    # Given a worker and a plugin on broker a, the worker proving a task through it
+    a, b = (broker_factory(mariadb_dsn, "fs", extra=["--lease-s", "60"]) for _ in range(2))
+    both = f"{a.url},{b.url}"
+    worker = worker_factory(both, env={"FAKE_C2_SLEEP_S": "3"})
+    plugin = await plugin_factory(both)
+    task = task_bytes(166)
+    await plugin.send(request_line(1, task))
+    [submitted] = [t async for t in _wait_for_tasks(b.url, 1)]
+    await worker_e2e.until_proving(b.url, submitted.id)
+    # When broker a's host stops answering without closing anything (SIGSTOP: its sockets stay
+    # open, as a host that lost power leaves them at the other end)
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        # Then keepalive finds it dead, and the worker and the plugin go on through b before
+        # the lease runs out: the same attempt, proved once
+        assert await plugin.proof(1, timeout_s=50) == proof_of(task)
+        took_s = time.monotonic() - stopped
+        [done] = await tasks_on(b.url)
+        assert done.attempts == 1 and done.state == tasks_pb2.TASK_STATE_FINISHED
+        assert re.search(rf"reconnected to the broker +broker={b.url} ", worker.logs())
+        assert took_s < 45, took_s
+        print(f"silent broker left after {took_s:.1f} s")
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
