@@ -27,6 +27,7 @@ from tests.e2e.conftest import (
     BrokerFactory,
     BrokerProcess,
     WorkerFactory,
+    WorkerProcess,
     cli_env,
     free_port,
 )
@@ -245,13 +246,13 @@ async def test_a_broker_killed_and_restarted_mid_wait_still_yields_the_proof(
     assert "broker reachable again" in plugin.logs()
 
 
-async def test_workers_and_plugins_given_several_brokers_move_to_the_next_when_one_dies(
-    mariadb_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
-    plugin_factory: PluginFactory, gpuproxy,  # type: ignore[no-untyped-def]
-) -> None:
-    # Given two brokers on one database, and a worker and a plugin that know both, the first
-    # one proving a task through broker a (leases far longer than the test: no take-back)
-    a, b = (broker_factory(mariadb_dsn, "fs", extra=["--lease-s", "60"]) for _ in range(2))
+async def _proving_through_the_first_of_two(
+    dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    plugin_factory: PluginFactory,
+) -> tuple[BrokerProcess, BrokerProcess, WorkerProcess, PluginProcess, bytes]:
+    """Brokers a and b on one database (leases far longer than a test), and a worker and a
+    plugin given both, the worker proving the plugin's task through a."""
+    a, b = (broker_factory(dsn, "fs", extra=["--lease-s", "60"]) for _ in range(2))
     both = f"{a.url},{b.url}"
     worker = worker_factory(both, env={"FAKE_C2_SLEEP_S": "3"})
     plugin = await plugin_factory(both)
@@ -260,6 +261,18 @@ async def test_workers_and_plugins_given_several_brokers_move_to_the_next_when_o
     [submitted] = [t async for t in _wait_for_tasks(b.url, 1)]
     await worker_e2e.until_proving(b.url, submitted.id)
     assert re.search(rf"registered +broker={a.url} ", worker.logs())
+    return a, b, worker, plugin, task
+
+
+async def test_workers_and_plugins_given_several_brokers_move_to_the_next_when_one_dies(
+    mariadb_dsn: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory,
+    plugin_factory: PluginFactory, gpuproxy,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given two brokers on one database, and a worker and a plugin that know both, the first
+    # one proving a task through broker a (leases far longer than the test: no take-back)
+    a, b, worker, plugin, task = await _proving_through_the_first_of_two(
+        mariadb_dsn, broker_factory, worker_factory, plugin_factory)
+    both = f"{a.url},{b.url}"
     # When broker a dies
     a.stop(signal.SIGKILL)
     # Then the worker resumes the task through b, and the plugin gets its proof from b,
@@ -463,14 +476,8 @@ async def test_a_broker_that_goes_silent_is_left_for_the_next_within_its_keepali
     plugin_factory: PluginFactory,
 ) -> None:
     # Given a worker and a plugin on broker a, the worker proving a task through it
-    a, b = (broker_factory(mariadb_dsn, "fs", extra=["--lease-s", "60"]) for _ in range(2))
-    both = f"{a.url},{b.url}"
-    worker = worker_factory(both, env={"FAKE_C2_SLEEP_S": "3"})
-    plugin = await plugin_factory(both)
-    task = task_bytes(166)
-    await plugin.send(request_line(1, task))
-    [submitted] = [t async for t in _wait_for_tasks(b.url, 1)]
-    await worker_e2e.until_proving(b.url, submitted.id)
+    a, b, worker, plugin, task = await _proving_through_the_first_of_two(
+        mariadb_dsn, broker_factory, worker_factory, plugin_factory)
     # When broker a's host stops answering without closing anything (SIGSTOP: its sockets stay
     # open, as a host that lost power leaves them at the other end)
     assert a.proc is not None
