@@ -2,10 +2,12 @@
 workers take to be back at work, the longest stretch without a finished task, and what the
 queue looked like at the end. Two brokers share one scratch MariaDB database and folder.
 
-    python bench/failover.py [--workers 4] [--seconds 12] [--kill-at 4] [--rate 20]
+    python bench/failover.py [--workers 4] [--seconds 12] [--kill-at 4] [--rate 20] [--how kill]
 
 A client given both brokers submits no-op tasks at a steady rate throughout; broker a is killed
-(SIGKILL) part-way through and not restarted.
+(SIGKILL) part-way through and not restarted. With --how stop it is stopped instead (SIGSTOP),
+as a host that lost power: its connections stay open and nothing answers on them, so clients
+find it gone by its unanswered pings (give --seconds 45 for that).
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ async def run_one(dsn: str, args: argparse.Namespace, work: pathlib.Path,
             killed = t0 + args.kill_at
             pending: list[asyncio.Task[None]] = []
             i = 0
+            gone = False
             while (now := time.monotonic()) < t0 + args.seconds:
-                if now >= killed and brokers[0].poll() is None:
-                    brokers[0].send_signal(signal.SIGKILL)
+                if now >= killed and not gone:
+                    brokers[0].send_signal(signal.SIGKILL if args.how == "kill" else
+                                           signal.SIGSTOP)
+                    gone = True
                 if now >= killed and back_s != back_s:  # (nan: not back yet)
                     on_b = [w for w in await client.list_workers() if w.online and w.broker == b]
                     if len(on_b) == args.workers:
@@ -78,6 +83,7 @@ async def run_one(dsn: str, args: argparse.Namespace, work: pathlib.Path,
                 "retried": sum(t.attempts > 1 for t in listed),
                 "back_s": back_s, "gap_s": max(y - x for x, y in itertools.pairwise(marks))}
     finally:
+        brokers[0].send_signal(signal.SIGCONT)  # a stopped broker, to be stopped for good
         for p in [*workers, *brokers]:
             p.terminate()
         for p in [*workers, *brokers]:
@@ -94,6 +100,8 @@ async def main() -> None:
     parser.add_argument("--kill-at", type=float, default=4.0)
     parser.add_argument("--rate", type=float, default=20.0, help="tasks submitted per second")
     parser.add_argument("--lease-s", type=float, default=60.0)
+    parser.add_argument("--how", choices=("kill", "stop"), default="kill",
+                        help="kill: SIGKILL (connections reset); stop: SIGSTOP (a silent host)")
     parser.add_argument("--mysql", default="mysql://root:@127.0.0.1:3306",
                         help="MariaDB server (a scratch database is created)")
     args = parser.parse_args()
@@ -107,13 +115,14 @@ async def main() -> None:
                 results[label] = await run_one(dsn, args, work, both)
     names = list(results)
     print(f"{args.workers} workers, no-op tasks at {args.rate:g}/s for {args.seconds:g} s; "
-          f"broker a killed at {args.kill_at:g} s (lease {args.lease_s:g} s)")
+          f"broker a {'killed' if args.how == 'kill' else 'stopped (SIGSTOP)'} at "
+          f"{args.kill_at:g} s (lease {args.lease_s:g} s)")
     print(f"{'':42}" + "".join(f"{n:>16}" for n in names))
     for key, label, form in (
             ("submitted", "tasks submitted", "16.0f"), ("finished", "tasks finished", "16.0f"),
             ("waiting", "tasks still waiting at the end", "16.0f"),
             ("retried", "tasks run more than once", "16.0f"),
-            ("back_s", "kill -> all workers at work on b (s)", "16.2f"),
+            ("back_s", "a gone -> all workers at work on b (s)", "16.2f"),
             ("gap_s", "longest stretch without a finish (s)", "16.2f")):
         print(f"{label:42}" + "".join(
             format(results[n][key], form) if results[n][key] == results[n][key]

@@ -132,13 +132,18 @@ class BrokerClient:
     async def _on_a_broker(self, call: Callable[[Target], Awaitable[T]]) -> T:
         """`call` on the broker called now; again on the next one while a broker is down (a
         call that reached no broker, or one that could not serve it, did nothing). For calls
-        that may be made twice: reads, and writes the broker takes once (a submit, a key)."""
-        failures: list[exceptions.BrokerUnreachable] = []
+        that may be made twice: reads, and writes the broker takes once (a submit, a key).
+        A call whose deadline passed is made again too: its broker may be a host gone silent,
+        which the channel's pings find only later."""
+        failures: list[exceptions.BrokerError] = []
         for _ in self.brokers.urls:
             target = self.target()
             try:
                 return await call(target)
-            except exceptions.BrokerUnreachable as exc:
+            except exceptions.BrokerError as exc:
+                if not (isinstance(exc, exceptions.BrokerUnreachable)
+                        or getattr(exc, "code", None) is grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
                 failures.append(exc)
                 if self.url == target.url:  # no other broker to call
                     break

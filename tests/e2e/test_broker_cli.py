@@ -387,6 +387,28 @@ def test_every_command_given_several_brokers_goes_to_one_that_answers(
     assert spaced.returncode == 2 and "separate the brokers with commas" in spaced.stderr
 
 
+async def test_a_call_to_a_broker_gone_silent_goes_to_the_next_at_its_deadline(
+    sqlite_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path,
+) -> None:
+    import socket
+
+    # Given a client whose first broker takes connections and never answers (its host hangs)
+    live = broker_factory(sqlite_dsn)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        first = f"127.0.0.1:{silent.getsockname()[1]}"
+        async with BrokerClient(f"{first},{live.url}", timeout_s=1.0) as client:
+            # When it reads, the call that waited out its deadline is made on the next broker
+            started = time.monotonic()
+            assert (await client.list_tasks()).tasks == []
+            assert time.monotonic() - started < 5
+            assert client.url == live.url  # and the calls after it go there at once
+            payload = tmp_path / "c1.json"
+            write_payload(payload, 1000)
+            assert (await client.submit_file(payload, task_type="c2", miner="f01000")).id
+
+
 async def test_metrics_endpoint_counts_submissions(
     sqlite_dsn: str, broker_factory: BrokerFactory, gpuproxy, tmp_path: pathlib.Path,  # type: ignore[no-untyped-def]
 ) -> None:

@@ -237,7 +237,9 @@ class Device:
                 block=block, variant=self.variant,
                 detail=f"{name} takes at most {most} threads per block in the {self.variant} "
                        f"build (its registers), not {block}")
-        values = [np.uint32(a) if isinstance(a, int) else a for a in args]
+        # Every value parameter of the kernels is 32-bit: a numpy int64 passed through would
+        # be packed as 8 bytes and shift the parameters after it
+        values = [np.uint32(a) if isinstance(a, (int, np.integer)) else a for a in args]
         function(*values, block=(block, 1, 1), grid=(grid, 1))
 
     def _max_block(self, name: str, function: Any) -> int:
