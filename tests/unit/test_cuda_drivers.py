@@ -438,6 +438,23 @@ def test_start_up_self_test_refuses_a_faulty_card(lib: ctypes.CDLL) -> None:
     dev.close()  # closing again is harmless
 
 
+def test_start_up_self_test_reaches_the_paths_of_large_msms(lib: ctypes.CDLL) -> None:
+    class ShortWeighing(FakeDevice):
+        """A card that weighs only the first block of runs when a window has several (the
+        plan of MSMs of thousands of points and more)."""
+
+        def launch_grid(self, name: str, grid: int, block: int, *args: object) -> None:
+            if name.startswith("msm_weigh_") and int(args[3]) > 1:  # type: ignore[call-overload]
+                grid = 1
+            super().launch_grid(name, grid, block, *args)
+
+    dev = ShortWeighing(lib)
+    with pytest.raises(exceptions.SelfTestFailed,
+                       match=r"host emulation.*msm_g1 of 64 points in 10-bit windows"):
+        backend.CudaBackend(device=dev, self_test=True)
+    assert not dev._context.valid
+
+
 def test_proofs_on_the_emulated_gpu_verify_and_an_evicted_key_frees_its_memory(
     lib: ctypes.CDLL, groth16_demo: Callable[..., devsetup.DemoFiles], tmp_path: pathlib.Path,
 ) -> None:

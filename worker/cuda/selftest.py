@@ -9,26 +9,41 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import py_arkworks_bls12381 as ark
 
-from worker.cuda import exceptions
+from worker.cuda import exceptions, plan
 from worker.groth16 import curve, field, ntt, zkey
 from worker.groth16.backends import Backend
 
+if TYPE_CHECKING:
+    from worker.cuda.backend import CudaBackend
+
 MSM_POINTS = {"g1": 64, "g2": 16}
+#: The plan of a large MSM on the same points: 10-bit windows, 16 runs of buckets weighed per
+#: window (a few points take the 4-bit windows and single run of their own plan).
+WIDE_WINDOW_BITS = 10
 WRONG_RESULT = "a wrong result"
 NTT_LOG_SIZE = 11  #: two passes of ntt_pass (10 stages in shared memory, then 1)
 
 
-def check(backend: Backend, seed: int = 1) -> None:
+def check(backend: CudaBackend, seed: int = 1) -> None:
     """Raise SelfTestFailed naming the first operation whose result is wrong."""
     rng = random.Random(seed)
     for group in ("g1", "g2"):
         _guarded(backend, f"msm_{group} of {MSM_POINTS[group]} points", _check_msm, group, rng)
     _guarded(backend, f"to_coset of 2^{NTT_LOG_SIZE}", _check_ntt, rng)
+    for group in ("g1", "g2"):  # and again as a large MSM is run
+        n = MSM_POINTS[group]
+        wide = plan.MsmPlan(points=n, window_bits=WIDE_WINDOW_BITS, chunk=plan.MIN_CHUNK,
+                            runs=(1 << (WIDE_WINDOW_BITS - 1)) // plan.RUN_LENGTH)
+        _guarded(backend, _wide_name(group, n), _check_msm, group, rng, wide)
+
+
+def _wide_name(group: str, n: int) -> str:
+    return f"msm_{group} of {n} points in {WIDE_WINDOW_BITS}-bit windows"
 
 
 def _guarded(backend: Backend, operation: str, run: Callable[..., None], *args: Any) -> None:
@@ -39,7 +54,8 @@ def _guarded(backend: Backend, operation: str, run: Callable[..., None], *args: 
                                         detail=exc.detail) from exc
 
 
-def _check_msm(backend: Backend, group: str, rng: random.Random) -> None:
+def _check_msm(backend: Backend, group: str, rng: random.Random,
+               wide: plan.MsmPlan | None = None) -> None:
     n = MSM_POINTS[group]
     scalars = [0, 1, field.R - 1, *(rng.randrange(field.R) for _ in range(n - 3))]
     gen = ark.G1Point() if group == "g1" else ark.G2Point()
@@ -47,15 +63,21 @@ def _check_msm(backend: Backend, group: str, rng: random.Random) -> None:
     want = gen.multiexp_unchecked(pts, [curve.scalar(k) for k in scalars])  # type: ignore[arg-type]
     if group == "g1":
         lem = b"".join(curve.g1_to_lem(curve.from_ark_g1(p)) for p in pts)  # type: ignore[arg-type]
-        got = backend.msm_g1(backend.load_bases("g1", _points(lem, 12)), field.to_vector(scalars))
-        ok = got == curve.from_ark_g1(want)  # type: ignore[arg-type]
+        bases = backend.load_bases("g1", _points(lem, 12))
+        expected: curve.G1 | curve.G2 = curve.from_ark_g1(want)  # type: ignore[arg-type]
     else:
         lem = b"".join(curve.g2_to_lem(curve.from_ark_g2(p)) for p in pts)  # type: ignore[arg-type]
-        got2 = backend.msm_g2(backend.load_bases("g2", _points(lem, 24)), field.to_vector(scalars))
-        ok = got2 == curve.from_ark_g2(want)  # type: ignore[arg-type]
-    if not ok:
-        raise exceptions.SelfTestFailed(gpu=backend.name, operation=f"msm_{group} of {n} points",
-                                        detail=WRONG_RESULT)
+        bases = backend.load_bases("g2", _points(lem, 24))
+        expected = curve.from_ark_g2(want)  # type: ignore[arg-type]
+    vector = field.to_vector(scalars)
+    if wide is not None:
+        got = cast("CudaBackend", backend).msm_planned(bases, vector, wide)
+    else:
+        got = backend.msm_g1(bases, vector) if group == "g1" else backend.msm_g2(bases, vector)
+    if got != expected:
+        raise exceptions.SelfTestFailed(
+            gpu=backend.name, detail=WRONG_RESULT,
+            operation=_wide_name(group, n) if wide else f"msm_{group} of {n} points")
 
 
 def _check_ntt(backend: Backend, rng: random.Random) -> None:
