@@ -124,25 +124,30 @@ class BrokerClient:
             pass  # refused for the empty id, as it should be: the stream failed otherwise
         return self.translate(exc, url)
 
-    async def _unary(self, method: Callable[[Target], Any], request: Any) -> Any:
-        """`method` of a broker that answers (see _on_a_broker)."""
+    async def _unary(self, method: Callable[[Target], Any], request: Any,
+                     changes: bool = False) -> Any:
+        """`method` of a broker that answers (see _on_a_broker); `changes`: a call that
+        changes what it acts on (a cancel, a reset), not to be made twice."""
         return await self._on_a_broker(
-            lambda target: self._call(method(target), target.url, request))
+            lambda target: self._call(method(target), target.url, request), changes)
 
-    async def _on_a_broker(self, call: Callable[[Target], Awaitable[T]]) -> T:
+    async def _on_a_broker(self, call: Callable[[Target], Awaitable[T]],
+                           changes: bool = False) -> T:
         """`call` on the broker called now; again on the next one while a broker is down (a
         call that reached no broker, or one that could not serve it, did nothing). For calls
         that may be made twice: reads, and writes the broker takes once (a submit, a key).
-        A call whose deadline passed is made again too: its broker may be a host gone silent,
-        which the channel's pings find only later."""
+        A read whose deadline passed is made again too: its broker may be a host gone silent,
+        which the channel's pings find only later. A call that `changes` something is not: the
+        broker may have done it late, and the next broker would answer that it is done."""
         failures: list[exceptions.BrokerError] = []
         for _ in self.brokers.urls:
             target = self.target()
             try:
                 return await call(target)
             except exceptions.BrokerError as exc:
-                if not (isinstance(exc, exceptions.BrokerUnreachable)
-                        or getattr(exc, "code", None) is grpc.StatusCode.DEADLINE_EXCEEDED):
+                if not (isinstance(exc, exceptions.BrokerUnreachable) or (
+                        not changes
+                        and getattr(exc, "code", None) is grpc.StatusCode.DEADLINE_EXCEEDED)):
                     raise
                 failures.append(exc)
                 if self.url == target.url:  # no other broker to call
@@ -243,14 +248,14 @@ class BrokerClient:
 
     async def reset(self, task_ids: Sequence[str]) -> list[tasks_pb2.Task]:
         reply = await self._unary(
-            lambda t: t.stub.ResetTasks, tasks_pb2.ResetTasksRequest(ids=list(task_ids))
-        )
+            lambda t: t.stub.ResetTasks, tasks_pb2.ResetTasksRequest(ids=list(task_ids)),
+            changes=True)
         return list(reply.tasks)
 
     async def cancel(self, task_id: str, reason: str = "") -> tasks_pb2.Task:
         return await self._unary(
-            lambda t: t.stub.CancelTask, tasks_pb2.CancelTaskRequest(id=task_id, reason=reason)
-        )
+            lambda t: t.stub.CancelTask, tasks_pb2.CancelTaskRequest(id=task_id, reason=reason),
+            changes=True)
 
     async def stat_resource(self, sha256: str) -> tasks_pb2.Resource | None:
         try:
@@ -268,7 +273,7 @@ class BrokerClient:
 
     async def delete_resource(self, sha256: str) -> tasks_pb2.Resource:
         return await self._unary(lambda t: t.stub.DeleteResource,
-                                 tasks_pb2.DeleteResourceRequest(sha256=sha256))
+                                 tasks_pb2.DeleteResourceRequest(sha256=sha256), changes=True)
 
     async def upload_resource(self, path: pathlib.Path) -> tasks_pb2.Resource:
         """Upload a file as a resource unless the broker holds it already."""
@@ -308,18 +313,20 @@ class BrokerClient:
 
     async def drain_worker(self, worker_id: str, reason: str) -> None:
         await self._unary(lambda t: t.workers.DrainWorker,
-                          workers_pb2.DrainWorkerRequest(worker_id=worker_id, reason=reason))
+                          workers_pb2.DrainWorkerRequest(worker_id=worker_id, reason=reason),
+                          changes=True)
 
     async def resume_worker(self, worker_id: str) -> bool:
         """Whether the worker was drained."""
         reply = await self._unary(lambda t: t.workers.ResumeWorker,
-                                  workers_pb2.ResumeWorkerRequest(worker_id=worker_id))
+                                  workers_pb2.ResumeWorkerRequest(worker_id=worker_id),
+                                  changes=True)
         return bool(reply.was_drained)
 
     async def remove_worker(self, worker_id: str) -> None:
         await self._unary(
-            lambda t: t.workers.RemoveWorker, workers_pb2.RemoveWorkerRequest(worker_id=worker_id)
-        )
+            lambda t: t.workers.RemoveWorker, workers_pb2.RemoveWorkerRequest(worker_id=worker_id),
+            changes=True)
 
     async def download_result(self, task_id: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream the task's result into `out` (temp file, checked, then renamed)."""

@@ -388,25 +388,37 @@ def test_every_command_given_several_brokers_goes_to_one_that_answers(
 
 
 async def test_a_call_to_a_broker_gone_silent_goes_to_the_next_at_its_deadline(
-    sqlite_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path,
+    mariadb_dsn: str, broker_factory: BrokerFactory, tmp_path: pathlib.Path,
 ) -> None:
-    import socket
-
-    # Given a client whose first broker takes connections and never answers (its host hangs)
-    live = broker_factory(sqlite_dsn)
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        first = f"127.0.0.1:{silent.getsockname()[1]}"
-        async with BrokerClient(f"{first},{live.url}", timeout_s=1.0) as client:
-            # When it reads, the call that waited out its deadline is made on the next broker
+    # Given a client of brokers a and b that has reached a, when a's host stops answering
+    # (SIGSTOP: the connection stays up, nothing answers on it, no ping has failed yet)
+    a, b = (broker_factory(mariadb_dsn, "fs") for _ in range(2))
+    payload = tmp_path / "c1.json"
+    write_payload(payload, 1000)
+    assert a.proc is not None
+    async with BrokerClient(f"{a.url},{b.url}", timeout_s=1.0) as client:
+        task = await client.submit_file(payload, task_type="c2", miner="f01000")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            # Then a read that waits out its deadline is made again on b
             started = time.monotonic()
-            assert (await client.list_tasks()).tasks == []
-            assert time.monotonic() - started < 5
-            assert client.url == live.url  # and the calls after it go there at once
-            payload = tmp_path / "c1.json"
-            write_payload(payload, 1000)
-            assert (await client.submit_file(payload, task_type="c2", miner="f01000")).id
+            assert [t.id for t in (await client.list_tasks()).tasks] == [task.id]
+            assert 1 <= time.monotonic() - started < 5
+            assert client.url == b.url  # and the calls after it go there at once
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+    # A cancel, though, is not made twice: the silent broker may have done it late, and b
+    # would answer that the task has ended. It says so; the next call goes to b.
+    async with BrokerClient(f"{a.url},{b.url}", timeout_s=1.0) as client:
+        await client.get_task(task.id)
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(exceptions.RemoteError, match="Deadline Exceeded"):
+                await client.cancel(task.id)
+            assert client.url == b.url
+            assert (await client.cancel(task.id)).state == tasks_pb2.TASK_STATE_ERROR
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
 
 
 async def test_metrics_endpoint_counts_submissions(
