@@ -129,34 +129,42 @@ class BrokerClient:
         """`method` of a broker that answers (see _on_a_broker); `changes`: a call that
         changes what it acts on (a cancel, a reset), not to be made twice."""
         return await self._on_a_broker(
-            lambda target: self._call(method(target), target.url, request), changes)
+            lambda target: self._call(method(target), target.url, request),
+            after_deadline=not changes)
 
     async def _on_a_broker(self, call: Callable[[Target], Awaitable[T]],
-                           changes: bool = False) -> T:
+                           after_deadline: bool = True) -> T:
         """`call` on the broker called now; again on the next one while a broker is down (a
         call that reached no broker, or one that could not serve it, did nothing). For calls
         that may be made twice: reads, and writes the broker takes once (a submit, a key).
-        A read whose deadline passed is made again too: its broker may be a host gone silent,
-        which the channel's pings find only later. A call that `changes` something is not: the
-        broker may have done it late, and the next broker would answer that it is done."""
+        A short call whose deadline passed is made again too (`after_deadline`): its broker
+        may be a host gone silent, which the channel's pings find only later. Not a call that
+        changes something (the broker may have done it late, and the next one would answer
+        that it is done), nor an upload (sent again whole; a silent host fails it anyway)."""
         failures: list[exceptions.BrokerError] = []
         for _ in self.brokers.urls:
             target = self.target()
             try:
                 return await call(target)
             except exceptions.BrokerError as exc:
-                if not (isinstance(exc, exceptions.BrokerUnreachable) or (
-                        not changes
-                        and getattr(exc, "code", None) is grpc.StatusCode.DEADLINE_EXCEEDED)):
+                late = getattr(exc, "code", None) is grpc.StatusCode.DEADLINE_EXCEEDED
+                if not (isinstance(exc, exceptions.BrokerUnreachable)
+                        or (after_deadline and late)):
                     raise
                 failures.append(exc)
                 if self.url == target.url:  # no other broker to call
                     break
         if len(failures) == 1:
             raise failures[0]
-        err = exceptions.NoBrokerAnswered(
-            url=", ".join(self.brokers.urls), detail="; ".join(map(str, failures)))
-        err.code = getattr(failures[-1], "code", None)  # type: ignore[attr-defined]
+        detail = "; ".join(map(str, failures))
+        err: exceptions.BrokerError
+        if all(isinstance(f, exceptions.BrokerUnreachable) for f in failures):
+            err = exceptions.NoBrokerAnswered(url=", ".join(self.brokers.urls), detail=detail)
+            err.code = getattr(failures[-1], "code", None)  # type: ignore[attr-defined]
+        else:  # a broker took the call and did not answer in time: slow, not unreachable
+            err = exceptions.RemoteError(detail=f"no broker answered within {self.timeout_s:g} "
+                                         f"s ({', '.join(self.brokers.urls)}): {detail}")
+            err.code = grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
         raise err from failures[-1]
 
     async def _call(self, method: Any, url: str, request: Any) -> Any:
@@ -297,7 +305,7 @@ class BrokerClient:
                 raise self.translate(exc, target.url) from exc
             return resource
 
-        return await self._on_a_broker(attempt)
+        return await self._on_a_broker(attempt, after_deadline=False)
 
     async def download_resource(self, sha256: str, out: pathlib.Path) -> tuple[int, str]:
         """Stream a resource into `out` (temp file, checked, then renamed)."""

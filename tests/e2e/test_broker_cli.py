@@ -405,12 +405,23 @@ async def test_a_call_to_a_broker_gone_silent_goes_to_the_next_at_its_deadline(
             assert [t.id for t in (await client.list_tasks()).tasks] == [task.id]
             assert 1 <= time.monotonic() - started < 5
             assert client.url == b.url  # and the calls after it go there at once
+            # With b silent too, the read says that no broker answered in time (they are slow
+            # or stuck, not unreachable)
+            assert b.proc is not None
+            b.proc.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(exceptions.RemoteError,
+                                   match=r"no broker answered within 1 s \(127"):
+                    await client.list_tasks()
+            finally:
+                b.proc.send_signal(signal.SIGCONT)
         finally:
             a.proc.send_signal(signal.SIGCONT)
     # A cancel, though, is not made twice: the silent broker may have done it late, and b
     # would answer that the task has ended. It says so; the next call goes to b.
     async with BrokerClient(f"{a.url},{b.url}", timeout_s=1.0) as client:
         await client.get_task(task.id)
+        assert client.url == a.url  # (answered in time: the client is still on a)
         a.proc.send_signal(signal.SIGSTOP)
         try:
             with pytest.raises(exceptions.RemoteError, match="Deadline Exceeded"):
