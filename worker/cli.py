@@ -303,7 +303,11 @@ async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise exceptions.MigNeedsInventory(wanted=str(mig),
                                            nvidia_smi=f"--nvidia-smi {config.nvidia_smi!r}")
     if not ids:
-        ids = [g.id for g in gpus.visible(found or [], os.environ.get("CUDA_VISIBLE_DEVICES"))]
+        try:
+            ids = [g.id for g in gpus.visible_or_refused(
+                found or [], os.environ.get("CUDA_VISIBLE_DEVICES"), flag="--gpus")]
+        except exceptions.GpuInMigMode as exc:
+            raise exceptions.ConfigError(field="gpus", detail=str(exc)) from exc
     if not ids:
         raise exceptions.ConfigError(
             field="gpus", detail="no GPU found to supervise; check nvidia-smi, or run a CPU "
@@ -325,7 +329,14 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
     logs.configure(args.log_level, "console")
     if args.gpu is not None:
         # The card as `run --gpu` takes it: a MIG device by its UUID, a GPU in MIG mode refused
-        found = await gpus.inventory(args.nvidia_smi)
+        try:
+            found = await gpus.inventory(args.nvidia_smi)
+        except exceptions.InventoryFailed as exc:
+            if args.gpu.mig is not None:
+                raise
+            # A broken driver: CUDA says so next (exit status 2), in its own words
+            log.warning("nvidia-smi failed; GPU taken by its index", error=str(exc))
+            found = None
         if found is not None:
             os.environ.update(gpus.cuda_env(gpus.select(found, args.gpu)))
         elif args.gpu.mig is not None:

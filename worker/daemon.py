@@ -151,7 +151,7 @@ async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
         log.info("no nvidia-smi: this is a CPU worker", nvidia_smi=config.nvidia_smi or "(off)")
         return []
     wanted = os.environ.get("CUDA_VISIBLE_DEVICES")
-    seen = gpus.visible(found, wanted)
+    seen = gpus.visible_or_refused(found, wanted)
     if len(seen) > 1:
         log.warning("no --gpu: this worker uses every visible GPU; run one worker per GPU "
                     "with --gpu, or `gpuproxy-worker supervise`", gpus=[str(g.id) for g in seen])

@@ -164,6 +164,26 @@ def visible(gpus: Sequence[Gpu], cuda_visible_devices: str | None) -> list[Gpu]:
         else [m for m in g.migs if any(_matches(m, w) for w in wanted)])]
 
 
+def visible_or_refused(gpus: Sequence[Gpu], cuda_visible_devices: str | None,
+                       flag: str = "--gpu") -> list[Gpu]:
+    """`visible`; but a GPU it passes over because it is in MIG mode with no MIG device yet is
+    said: in the log when other GPUs are there, as the error when it leaves none (the worker
+    would otherwise be a CPU worker, or the supervisor find nothing, without saying why)."""
+    wanted = None if cuda_visible_devices is None else [
+        w.strip() for w in cuda_visible_devices.split(",") if w.strip()]
+    empty = [g for g in gpus if g.mig_mode and not g.migs
+             and (wanted is None or any(_matches(g, w) for w in wanted))]
+    seen = visible(gpus, cuda_visible_devices)
+    if empty and not seen:
+        g = empty[0]
+        raise exceptions.GpuInMigMode(index=g.index, name=g.name,
+                                      advice=_mig_advice(g.index, [], flag))
+    for g in empty:
+        log.warning("GPU in MIG mode with no MIG device yet: left out", gpu=g.index,
+                    name=g.name, advice=_mig_advice(g.index, [], flag))
+    return seen
+
+
 def _matches(gpu: Gpu, wanted: str) -> bool:
     if wanted.isdigit():
         return gpu.mig is None and int(wanted) == gpu.index
@@ -254,10 +274,15 @@ async def inventory(command: str, env: Mapping[str, str] | None = None) -> list[
         listing, modes = await asyncio.gather(
             _output(command, [*argv, *LIST_ARGS], env),
             _output(command, [*argv, *MIG_MODE_ARGS], env), return_exceptions=True)
+        in_mig_mode = set() if isinstance(modes, BaseException) else parse_mig_modes(modes)
         if isinstance(listing, BaseException):
+            if in_mig_mode:  # their devices cannot be known: no device could be named right
+                raise exceptions.InventoryFailed(
+                    command=f"{command} -L", detail=f"{listing}; it names the MIG devices of "
+                    f"GPU {', '.join(map(str, sorted(in_mig_mode)))}, in MIG mode")
             log.warning("nvidia-smi -L failed: MIG devices are not known", error=str(listing))
-        gpus = with_migs(gpus, {} if isinstance(listing, BaseException) else parse_migs(listing),
-                         set() if isinstance(modes, BaseException) else parse_mig_modes(modes))
+            return gpus
+        gpus = with_migs(gpus, parse_migs(listing), in_mig_mode)
     return gpus
 
 

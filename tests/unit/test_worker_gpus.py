@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import stat
+import subprocess
+import sys
 
 import pytest
 import structlog
@@ -263,3 +266,52 @@ async def test_gpu_flag_for_a_mig_device_sets_its_uuid(
     # Without nvidia-smi a MIG device cannot be found: said, rather than a guess
     with pytest.raises(exceptions.MigNeedsInventory, match=r"--gpu 1:0 names a MIG device"):
         await daemon.choose_gpus(WorkerConfig(nvidia_smi="", gpu=GpuId(1, 0)))
+
+
+def _no_device_yet_host() -> list[Gpu]:
+    """GPU 0 in MIG mode with no MIG device created yet, GPU 1 whole."""
+    return gpus.with_migs(gpus.parse_inventory(SMI_OUTPUT), {}, {0})
+
+
+def test_a_gpu_in_mig_mode_with_no_device_is_said_not_passed_over() -> None:
+    found = _no_device_yet_host()
+    # Beside a usable GPU it is left out, and the log says why
+    with structlog.testing.capture_logs() as logs:
+        assert gpus.visible_or_refused(found, None) == [found[1]]
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["gpu"] == 0 and "nvidia-smi mig -i 0 -cgi" in warning["advice"]
+    with structlog.testing.capture_logs() as logs:
+        assert gpus.visible_or_refused(found, "1") == [found[1]]
+    assert logs == []
+    # Alone, it is the error: the worker would be a CPU worker without a word otherwise
+    with pytest.raises(exceptions.GpuInMigMode, match=r"GPU 0 .*It has no MIG device yet"):
+        gpus.visible_or_refused(found, "0")
+    with pytest.raises(exceptions.GpuInMigMode, match=r"GPU 0 .*It has no MIG device yet"):
+        gpus.visible_or_refused(found[:1], None)
+
+
+async def test_mig_devices_that_cannot_be_listed_fail_the_inventory(
+    tmp_path: pathlib.Path,
+) -> None:
+    # GPU 1 is in MIG mode but -L fails: no device of it could be named right
+    command = _script(tmp_path, f"""case "$1" in
+-L) echo 'Failed to list devices' >&2; exit 9 ;;
+--query-gpu=index,mig.mode.current) printf '0, Disabled\\n1, Enabled\\n' ;;
+*) cat <<'EOF'
+{SMI_OUTPUT}EOF
+;;
+esac""")
+    with pytest.raises(exceptions.InventoryFailed,
+                       match=r"-L` failed: .*Failed to list devices.*MIG devices of GPU 1"):
+        await gpus.inventory(command)
+
+
+def test_check_gpu_on_a_broken_nvidia_smi_says_cuda_cannot_run(tmp_path: pathlib.Path) -> None:
+    if importlib.util.find_spec("pycuda") is not None:
+        pytest.skip("pycuda is installed: check-gpu would run its checks")
+    broken = _script(tmp_path, "echo 'NVIDIA-SMI has failed' >&2; exit 9")
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "check-gpu", "--gpu", "0",
+                           "--nvidia-smi", broken], capture_output=True, text=True)
+    # the driver's state is CUDA's to say (exit status 2), not an inventory error (1)
+    assert done.returncode == 2, done.stderr
+    assert "NVIDIA-SMI has failed" in done.stderr and "cannot run CUDA" in done.stderr
