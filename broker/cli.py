@@ -495,7 +495,7 @@ async def cmd_workers_list(args: argparse.Namespace) -> int:
         return 0
     print_table(
         [(w.worker_id, w.hostname,
-          ",".join(f"{g.index}:{g.name}" for g in w.gpus) or "cpu", _worker_state(w),
+          ",".join(f"{_gpu_id(g)}:{g.name}" for g in w.gpus) or "cpu", _worker_state(w),
           ",".join(w.task_ids) or "-", ",".join(w.task_types), str(len(w.resident_keys)),
           _when(w.last_seen), w.broker or "-")
          for w in workers],
@@ -508,6 +508,11 @@ async def cmd_workers_list(args: argparse.Namespace) -> int:
         if w.HasField("paused_until"):
             print(f"{w.worker_id} takes no task until {_when(w.paused_until)}: {w.pause_reason}")
     return 0
+
+
+def _gpu_id(gpu: workers_pb2.Gpu) -> str:
+    """As --gpu names it: 1, or 1:0 for MIG device 0 of GPU 1."""
+    return f"{gpu.index}:{gpu.mig}" if gpu.HasField("mig") else str(gpu.index)
 
 
 def _worker_state(w: workers_pb2.WorkerInfo) -> str:

@@ -133,6 +133,7 @@ class Gpu:
     name: str
     uuid: str
     memory_bytes: int
+    mig: int | None = None  #: a MIG device's number under GPU `index`
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

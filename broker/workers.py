@@ -50,8 +50,8 @@ def record_from(reg: workers_pb2.Register, now_ms: int, broker: str = "") -> Wor
     return WorkerRecord(
         worker_id=reg.worker_id, hostname=reg.hostname, addresses=tuple(reg.addresses),
         version=reg.version, task_types=tuple(reg.task_types), max_tasks=reg.max_tasks,
-        gpus=tuple(Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_bytes=g.memory_bytes)
-                   for g in reg.gpus),
+        gpus=tuple(Gpu(index=g.index, name=g.name, uuid=g.uuid, memory_bytes=g.memory_bytes,
+                       mig=g.mig if g.HasField("mig") else None) for g in reg.gpus),
         registered_at=now_ms, last_seen_at=now_ms, resident_keys=tuple(reg.resident_keys),
         instance=reg.instance, session=secrets.token_hex(8), broker=broker,
     )
@@ -346,7 +346,7 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer):
                 info.drain_reason = drain.reason
             for g in w.gpus:
                 info.gpus.add(index=g.index, name=g.name, uuid=g.uuid,
-                              memory_bytes=g.memory_bytes)
+                              memory_bytes=g.memory_bytes, mig=g.mig)
             info.last_seen.FromMilliseconds(w.last_seen_at)
             info.registered_at.FromMilliseconds(w.registered_at)
         return reply

@@ -404,7 +404,7 @@ class Worker:
             version=me.version, task_types=list(self.config.task_types),
             max_tasks=self.config.max_tasks,
             gpus=[workers_pb2.Gpu(index=g.index, name=g.name, uuid=g.uuid,
-                                  memory_bytes=g.memory_bytes) for g in me.gpus],
+                                  memory_bytes=g.memory_bytes, mig=g.mig) for g in me.gpus],
             # Waiting assignments too: this broker (or another) must not take them for lost
             held=[t.held for t in self.tasks.values()]
             + [held(a.task.id, a.fence) for a in self.waiting.values()],

@@ -481,9 +481,12 @@ async def test_each_mig_device_takes_a_worker_and_a_gpu_in_mig_mode_is_refused_w
     supervisor.wait_for("registered", count=3)
     async with BrokerClient(broker.url) as client:
         workers = await client.list_workers()
-    assert sorted((g.index, g.uuid, g.name) for w in workers for g in w.gpus) == [
-        (0, "GPU-e2e-0", "Fake GPU A"), (1, "MIG-e2e-1-0", "Fake GPU B MIG 3g.12gb"),
-        (1, "MIG-e2e-1-1", "Fake GPU B MIG 3g.12gb")]
+    assert sorted((g.index, g.mig if g.HasField("mig") else -1, g.uuid, g.name)
+                  for w in workers for g in w.gpus) == [
+        (0, -1, "GPU-e2e-0", "Fake GPU A"), (1, 0, "MIG-e2e-1-0", "Fake GPU B MIG 3g.12gb"),
+        (1, 1, "MIG-e2e-1-1", "Fake GPU B MIG 3g.12gb")]
+    listed = _workers(broker.url, "list").stdout  # each device as --gpu names it
+    assert " 1:1:Fake GPU B MIG 3g.12gb " in listed and " 0:Fake GPU A " in listed
     # each in its own folder, its processor seeing its device only (CUDA knows it by UUID)
     assert sorted(p.name for p in (tmp_path / "workers").iterdir()) == [
         "gpu0", "gpu1-mig0", "gpu1-mig1"]

@@ -11,16 +11,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Gpu(_message.Message):
-    __slots__ = ("index", "name", "uuid", "memory_bytes")
+    __slots__ = ("index", "name", "uuid", "memory_bytes", "mig")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIG_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     uuid: str
     memory_bytes: int
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    mig: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., mig: _Optional[int] = ...) -> None: ...
 
 class HeldTask(_message.Message):
     __slots__ = ("task_id", "fence")
