@@ -289,19 +289,17 @@ async def cmd_supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise exceptions.ConfigError(field="gpus", detail=f"GPU {twice[0]} is listed twice: "
                                      "one worker per GPU")
     found = await gpus.inventory(config.nvidia_smi)
-    if found is not None:
-        for wanted in ids:
-            try:
-                gpus.select(found, wanted, flag="--gpus")  # there, and usable as named
-            except exceptions.GpuNotFound as exc:
-                raise exceptions.ConfigError(
-                    field="gpus", detail=f"GPU {wanted.index} is not on this host; nvidia-smi "
-                    f"lists {', '.join(str(g.index) for g in found) or 'none'}") from exc
-            except exceptions.WorkerError as exc:  # a MIG mode that the list does not follow
-                raise exceptions.ConfigError(field="gpus", detail=str(exc)) from exc
-    elif mig := next((i for i in ids if i.mig is not None), None):
-        raise exceptions.MigNeedsInventory(wanted=str(mig),
-                                           nvidia_smi=f"--nvidia-smi {config.nvidia_smi!r}")
+    for wanted in ids:
+        try:
+            gpus.resolve(found, wanted, config.nvidia_smi, flag="--gpus")  # usable as named
+        except exceptions.GpuNotFound as exc:
+            raise exceptions.ConfigError(
+                field="gpus", detail=f"GPU {wanted.index} is not on this host; nvidia-smi "
+                f"lists {', '.join(str(g.index) for g in found or []) or 'none'}") from exc
+        except exceptions.MigNeedsInventory:
+            raise
+        except exceptions.WorkerError as exc:  # a MIG mode that the list does not follow
+            raise exceptions.ConfigError(field="gpus", detail=str(exc)) from exc
     if not ids:
         try:
             ids = [g.id for g in gpus.visible_or_refused(
@@ -337,13 +335,8 @@ async def cmd_check_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
             # A broken driver: CUDA says so next (exit status 2), in its own words
             log.warning("nvidia-smi failed; GPU taken by its index", error=str(exc))
             found = None
-        if found is not None:
-            os.environ.update(gpus.cuda_env(gpus.select(found, args.gpu)))
-        elif args.gpu.mig is not None:
-            raise exceptions.MigNeedsInventory(wanted=str(args.gpu),
-                                               nvidia_smi=f"--nvidia-smi {args.nvidia_smi!r}")
-        else:
-            os.environ.update(gpus.cuda_env(args.gpu.index))
+        chosen = gpus.resolve(found, args.gpu, args.nvidia_smi)
+        os.environ.update(gpus.cuda_env(chosen or args.gpu.index))
     if why := select.why_unusable(await asyncio.to_thread(select.probe)):
         print(f"gpuproxy-worker check-gpu: this host cannot run CUDA: {why}", file=sys.stderr)
         return 2

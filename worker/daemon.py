@@ -136,16 +136,12 @@ async def choose_gpus(config: WorkerConfig) -> list[gpus.Gpu]:
     """The GPUs this worker uses; with --gpu, also set CUDA_VISIBLE_DEVICES for its children."""
     found = await gpus.inventory(config.nvidia_smi)
     if config.gpu is not None:
-        if found is None:
-            if config.gpu.mig is not None:
-                raise exceptions.MigNeedsInventory(
-                    wanted=str(config.gpu), nvidia_smi=f"--nvidia-smi {config.nvidia_smi!r}")
-            os.environ.update(gpus.cuda_env(config.gpu.index))
+        chosen = gpus.resolve(found, config.gpu, config.nvidia_smi)
+        os.environ.update(gpus.cuda_env(chosen or config.gpu.index))
+        if chosen is None:
             log.warning("no nvidia-smi: GPU used without inventory, locked by its index only",
                         gpu=str(config.gpu), nvidia_smi=config.nvidia_smi)
             return []
-        chosen = gpus.select(found, config.gpu)
-        os.environ.update(gpus.cuda_env(chosen))
         return [chosen]
     if found is None:
         log.info("no nvidia-smi: this is a CPU worker", nvidia_smi=config.nvidia_smi or "(off)")

@@ -156,9 +156,9 @@ def usable(gpus: Sequence[Gpu]) -> list[Gpu]:
 def visible(gpus: Sequence[Gpu], cuda_visible_devices: str | None) -> list[Gpu]:
     """The usable GPUs and MIG devices that CUDA_VISIBLE_DEVICES (indices or UUIDs, comma
     separated) lets through. A GPU it names that is in MIG mode stands for its MIG devices."""
-    if cuda_visible_devices is None:
+    wanted = _names(cuda_visible_devices)
+    if wanted is None:
         return usable(gpus)
-    wanted = [w.strip() for w in cuda_visible_devices.split(",") if w.strip()]
     return [d for g in gpus for d in (
         usable([g]) if any(_matches(g, w) for w in wanted)
         else [m for m in g.migs if any(_matches(m, w) for w in wanted)])]
@@ -169,8 +169,7 @@ def visible_or_refused(gpus: Sequence[Gpu], cuda_visible_devices: str | None,
     """`visible`; but a GPU it passes over because it is in MIG mode with no MIG device yet is
     said: in the log when other GPUs are there, as the error when it leaves none (the worker
     would otherwise be a CPU worker, or the supervisor find nothing, without saying why)."""
-    wanted = None if cuda_visible_devices is None else [
-        w.strip() for w in cuda_visible_devices.split(",") if w.strip()]
+    wanted = _names(cuda_visible_devices)
     empty = [g for g in gpus if g.mig_mode and not g.migs
              and (wanted is None or any(_matches(g, w) for w in wanted))]
     seen = visible(gpus, cuda_visible_devices)
@@ -182,6 +181,13 @@ def visible_or_refused(gpus: Sequence[Gpu], cuda_visible_devices: str | None,
         log.warning("GPU in MIG mode with no MIG device yet: left out", gpu=g.index,
                     name=g.name, advice=_mig_advice(g.index, [], flag))
     return seen
+
+
+def _names(cuda_visible_devices: str | None) -> list[str] | None:
+    """The indices and UUIDs CUDA_VISIBLE_DEVICES names; None when it is not set (all)."""
+    if cuda_visible_devices is None:
+        return None
+    return [w.strip() for w in cuda_visible_devices.split(",") if w.strip()]
 
 
 def _matches(gpu: Gpu, wanted: str) -> bool:
@@ -225,6 +231,18 @@ def _mig_advice(index: int, devices: list[str], flag: str) -> str:
                 "out for a worker on every device")
     return (f"Name one of its MIG devices instead ({', '.join(devices)}), --gpu "
             f"{devices[0]}; `gpuproxy-worker supervise` runs a worker on each")
+
+
+def resolve(found: Sequence[Gpu] | None, wanted: GpuId, nvidia_smi: str,
+            flag: str = "--gpu") -> Gpu | None:
+    """`select` in the inventory; None without one (no nvidia-smi), where a whole GPU is known
+    by its index only and a MIG device, known by its UUID only, cannot be named."""
+    if found is None:
+        if wanted.mig is not None:
+            raise exceptions.MigNeedsInventory(wanted=str(wanted),
+                                               nvidia_smi=f"--nvidia-smi {nvidia_smi!r}")
+        return None
+    return select(found, wanted, flag)
 
 
 def unlisted(index: int) -> Gpu:

@@ -192,23 +192,13 @@ def test_a_gpu_flag_that_is_neither_an_index_nor_a_mig_device_is_refused(text: s
 async def test_inventory_reads_the_mig_devices(tmp_path: pathlib.Path) -> None:
     assert await gpus.inventory(_mig_smi(tmp_path)) == _mig_host()
     # and MIG mode where the driver knows the field (GPU 0: on, with no device yet)
-    command = _script(tmp_path, f"""case "$1" in
--L) cat <<'EOF'
-{MIG_LISTING}EOF
-;;
---query-gpu=index,mig.mode.current) printf '0, Enabled\\n1, Enabled\\n' ;;
-*) cat <<'EOF'
-{SMI_OUTPUT}EOF
-;;
-esac""")
+    command = _mig_smi(tmp_path, modes="printf '0, Enabled\\n1, Enabled\\n'")
     none_yet, a100 = await gpus.inventory(command)
     assert none_yet.mig_mode and none_yet.migs == () and a100 == _mig_host()[1]
 
 
 async def test_a_failing_mig_listing_leaves_the_gpus_as_they_are(tmp_path: pathlib.Path) -> None:
-    command = _script(tmp_path, f"""[ "$1" = -L ] && {{ echo 'Unknown option' >&2; exit 3; }}
-cat <<'EOF'
-{SMI_OUTPUT}EOF""")
+    command = _mig_smi(tmp_path, listing="echo 'Unknown option' >&2; exit 3")
     assert await gpus.inventory(command) == gpus.parse_inventory(SMI_OUTPUT)
 
 
@@ -230,12 +220,20 @@ async def test_a_failing_command_is_an_error(tmp_path: pathlib.Path) -> None:
         await gpus.inventory(command)
 
 
-def _mig_smi(tmp_path: pathlib.Path) -> str:
-    return _script(tmp_path, f"""if [ "$1" = -L ]; then cat <<'EOF'
-{MIG_LISTING}EOF
-else cat <<'EOF'
+def _mig_smi(tmp_path: pathlib.Path, listing: str = f"cat <<'EOF'\n{MIG_LISTING}EOF",
+             modes: str = "") -> str:
+    """A fake nvidia-smi: shell `listing` answers -L, `modes` the MIG mode query (when not
+    given, that query gets the CSV too, which names no GPU in MIG mode), and the CSV query
+    gets SMI_OUTPUT."""
+    mode_case = f"--query-gpu=index,mig.mode.current) {modes}\n;;" if modes else ""
+    return _script(tmp_path, f"""case "$1" in
+-L) {listing}
+;;
+{mode_case}
+*) cat <<'EOF'
 {SMI_OUTPUT}EOF
-fi""")
+;;
+esac""")
 
 
 async def test_a_worker_pinned_to_a_mig_device_by_cuda_visible_devices_finds_it(
@@ -294,13 +292,8 @@ async def test_mig_devices_that_cannot_be_listed_fail_the_inventory(
     tmp_path: pathlib.Path,
 ) -> None:
     # GPU 1 is in MIG mode but -L fails: no device of it could be named right
-    command = _script(tmp_path, f"""case "$1" in
--L) echo 'Failed to list devices' >&2; exit 9 ;;
---query-gpu=index,mig.mode.current) printf '0, Disabled\\n1, Enabled\\n' ;;
-*) cat <<'EOF'
-{SMI_OUTPUT}EOF
-;;
-esac""")
+    command = _mig_smi(tmp_path, listing="echo 'Failed to list devices' >&2; exit 9",
+                       modes="printf '0, Disabled\\n1, Enabled\\n'")
     with pytest.raises(exceptions.InventoryFailed,
                        match=r"-L` failed: .*Failed to list devices.*MIG devices of GPU 1"):
         await gpus.inventory(command)
