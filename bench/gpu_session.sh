@@ -15,7 +15,8 @@
 # arithmetic was sped up), BENCH_S each bench (default 120 s): with the install, within a
 # 10-minute device call.
 # MSM_SIZES, NTT_SIZES, PROVE_SIZES, VARIANTS and CHECK_ARGS (more check-gpu flags) narrow or
-# widen the run.
+# widen the run; last, `gpuproxy demo --log-size DEMO_LOG` (default 16) proves through a local
+# broker, worker and plugin, the worker on the backend it picks (DEMO_LOG=0 skips it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 wheels=${1:?usage: bench/gpu_session.sh WHEELHOUSE [OUT_DIR]}
@@ -25,22 +26,37 @@ bench_s=${BENCH_S:-120}
 venv=${VENV:-/tmp/gpuproxy-gpu-venv}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
+# pycuda compiles the kernels with nvcc: the toolkit's usual place when PATH lacks it
+command -v nvcc >/dev/null || export PATH=$PATH:/usr/local/cuda/bin
 
 step() {  # step NAME SECONDS COMMAND...: run it within SECONDS, its output in OUT_DIR/NAME.txt
     local name=$1 seconds=$2
     shift 2
     echo "== $name (at most ${seconds} s): $*"
     timeout "$seconds" "$@" 2>&1 | tee "$out/$name.txt"
-    echo "== $name: exit ${PIPESTATUS[0]}"
+    status=${PIPESTATUS[0]}
+    echo "== $name: exit $status"
 }
 
-"${PYTHON:-python3}" -m venv "$venv" &&
+python=${PYTHON:-python3}
+if "$python" -m venv "$venv"; then
     "$venv/bin/pip" install -q --no-index --find-links "$wheels" 'gpuproxy[gpu]' || exit 1
+else  # a Python without ensurepip (Debian's, without python3-venv): its own pip fills the venv
+    "$python" -m venv --without-pip "$venv" &&
+        "$python" -m pip --python "$venv/bin/python" install -q --no-index --find-links "$wheels" \
+            'gpuproxy[gpu]' || exit 1
+fi
 command -v nvidia-smi >/dev/null && nvidia-smi | tee "$out/nvidia-smi.txt"
 # shellcheck disable=SC2086  # CHECK_ARGS is a list of flags
 step check "$check_s" "$venv/bin/gpuproxy-worker" check-gpu --prove-sizes "${PROVE_SIZES:-10,16,20}" \
     ${CHECK_ARGS:-}
+if [ "$status" = 124 ]; then  # something hangs on this GPU: the benches would hang the same way
+    echo "== the check ran out of time: no benches" >&2
+    exit 1
+fi
 step msm "$bench_s" "$venv/bin/python" bench/msm.py --sizes "${MSM_SIZES:-16,18,20,22}" --cpu-max 20 \
     --variants "${VARIANTS:-chains,portable,inline}"
+demo_log=${DEMO_LOG:-16}
+[ "$demo_log" = 0 ] || step demo "$bench_s" "$venv/bin/gpuproxy" demo --log-size "$demo_log"
 step ntt "$bench_s" "$venv/bin/python" bench/ntt.py --sizes "${NTT_SIZES:-16,20,22,24}" --cpu-max 22 \
     --variants "${VARIANTS:-chains,portable,inline}"
