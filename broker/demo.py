@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,9 @@ from broker.client import BrokerClient
 from broker.flags import without_settings
 
 BIN = pathlib.Path(sys.executable).parent
+
+#: The worker's start-up line naming its prover (worker/cuda/select.py writes it)
+BACKEND_LINE = re.compile(r"Groth16 backend: (\w+)")
 
 
 @dataclasses.dataclass
@@ -148,8 +152,8 @@ async def run(log_size: int, keep: pathlib.Path | None) -> int:
 
 
 def _backend_of(worker_log: pathlib.Path) -> str:
+    """The backend the worker said it proves on, from its start-up line ("Groth16 backend:
+    cuda (auto: ...)"); "unknown" when the log has no such line."""
     text = worker_log.read_text(errors="replace") if worker_log.exists() else ""
-    for word in ("cuda", "cpu"):
-        if f"backend={word}" in text or f'"backend": "{word}"' in text:
-            return word
-    return "cpu"
+    said = BACKEND_LINE.search(text)
+    return said.group(1) if said else "unknown"

@@ -2,14 +2,14 @@
 // worker/cuda/device.py use, so that the real pycuda runs the worker's CUDA backend on a machine
 // without a GPU (tests/integration/test_cuda_pycuda.py). Kernels run as the emu_ functions of
 // the kernel files compiled for the host (hostlib.build_kernels), loaded from
-// $GPUPROXY_EMU_KERNELS; $GPUPROXY_EMU_SIGNATURES lists each kernel's parameters ("name PIIP":
+// $CUDA_EMU_KERNELS; $CUDA_EMU_SIGNATURES lists each kernel's parameters ("name PIIP":
 // P a pointer, I a 32-bit value), read from the .cu sources.
 //
 // It holds the caller to what a GPU would: a current context for every call that needs one;
 // modules that are real cubins (ELF), holding the kernel asked for; a launch's packed argument
 // buffer laid out exactly as the kernel's parameters (natural alignment, no bytes left over);
 // pointer arguments and copies inside live allocations; memory that is not zeroed. Once the file
-// $GPUPROXY_EMU_FAIL_FILE exists, the next launch fails as at an Xid and poisons the context:
+// $CUDA_EMU_FAIL_FILE exists, the next launch fails as at an Xid and poisons the context:
 // every later call that does work answers CUDA_ERROR_LAUNCH_FAILED, as a real driver does.
 // pycuda's other entry points come from a generated file of stubs answering NOT_SUPPORTED.
 #include <cuda.h>
@@ -116,8 +116,8 @@ void call(void* entry, const uint64_t* a, size_t n) {
 extern "C" {
 
 CUresult CUDAAPI cuInit(unsigned int) {
-    const char* lib = getenv("GPUPROXY_EMU_KERNELS");
-    const char* sigs = getenv("GPUPROXY_EMU_SIGNATURES");
+    const char* lib = getenv("CUDA_EMU_KERNELS");
+    const char* sigs = getenv("CUDA_EMU_SIGNATURES");
     if (!lib || !sigs) return CUDA_ERROR_NO_DEVICE;
     if (!kernels && !(kernels = dlopen(lib, RTLD_NOW))) {
         fprintf(stderr, "libcuda_emu: %s\n", dlerror());
@@ -327,9 +327,9 @@ CUresult CUDAAPI cuFuncSetBlockShape(CUfunction, int x, int y, int z) {
     return x > 0 && x <= 1024 && y == 1 && z == 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
-// The host runs any block; GPUPROXY_EMU_MAX_THREADS plays a kernel whose registers allow fewer.
+// The host runs any block; CUDA_EMU_MAX_THREADS plays a kernel whose registers allow fewer.
 CUresult CUDAAPI cuFuncGetAttribute(int* value, CUfunction_attribute attribute, CUfunction) {
-    const char* most = getenv("GPUPROXY_EMU_MAX_THREADS");
+    const char* most = getenv("CUDA_EMU_MAX_THREADS");
     *value = attribute != CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK ? 0 : most ? atoi(most) : 1024;
     return CUDA_SUCCESS;
 }
@@ -339,7 +339,7 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction function, unsigned int gx, unsigned i
                                 unsigned int bz, unsigned int, CUstream, void** params,
                                 void** extra) {
     NEED_WORKING_CONTEXT;
-    const char* trigger = getenv("GPUPROXY_EMU_FAIL_FILE");
+    const char* trigger = getenv("CUDA_EMU_FAIL_FILE");
     if (trigger && access(trigger, F_OK) == 0) {
         poisoned = true;
         return CUDA_ERROR_LAUNCH_FAILED;

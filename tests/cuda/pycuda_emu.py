@@ -84,7 +84,7 @@ def environment(lib_dir: pathlib.Path, pycuda_site: pathlib.Path, kernels: pathl
     signatures.write_text("\n".join(lines) + "\n")
     return {"LD_LIBRARY_PATH": str(lib_dir),
             "PYTHONPATH": os.pathsep.join([str(pycuda_site), str(ROOT)]),
-            "GPUPROXY_EMU_KERNELS": str(kernels), "GPUPROXY_EMU_SIGNATURES": str(signatures)}
+            "CUDA_EMU_KERNELS": str(kernels), "CUDA_EMU_SIGNATURES": str(signatures)}
 
 
 def _symbols(command: list[str]) -> set[str]:

@@ -29,11 +29,30 @@ def test_demo_proves_and_verifies_through_broker_and_worker(tmp_path: pathlib.Pa
         env={**os.environ, "GPUPROXY_TOKEN_FILE": str(token), "GPUPROXY_URL": "10.9.9.9:1"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "proof VERIFIED" in done.stdout
     for phase in ("upload the proving key", "wait for the proof", "verify the proof here"):
         assert phase in done.stdout
     # The worker had no key of its own: it fetched it from the broker.
-    assert "proving key fetched from the broker" in (tmp_path / "demo/worker.log").read_text()
+    worker_log = (tmp_path / "demo/worker.log").read_text()
+    assert "proving key fetched from the broker" in worker_log
+    # And the demo names the backend the worker said it runs (cpu here, unless pycuda and a GPU)
+    said = re.search(r"Groth16 backend: (cpu|cuda) \(auto: ", worker_log)
+    assert said, worker_log
+    assert f"proof VERIFIED (worker backend: {said.group(1)})" in done.stdout
+
+
+def test_demo_names_the_backend_its_worker_proved_on(tmp_path: pathlib.Path) -> None:
+    # Given a host whose pycuda drives the emulated CUDA driver: a GPU, to the demo's worker
+    env = pycuda_emu.prepare(tmp_path / "emulation")
+    done = subprocess.run(
+        [str(BIN / "gpuproxy"), "demo", "--log-size", "4", "--keep", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    # Then the demo says the proof was made on CUDA, as the worker's log does
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "proof VERIFIED (worker backend: cuda)" in done.stdout, done.stdout
+    assert "Groth16 backend: cuda (auto: a CUDA device is present)" in (
+        tmp_path / "demo/worker.log").read_text()
 
 
 async def test_submit_with_zkey_and_wtns_writes_snarkjs_files(
@@ -146,7 +165,7 @@ async def test_a_worker_whose_gpu_fails_hands_the_task_back_and_exits_to_be_rest
 ) -> None:
     # Given a CUDA worker on the emulated driver, whose next kernel launch fails as at an Xid
     env = pycuda_emu.prepare(tmp_path / "emulation")
-    env["GPUPROXY_EMU_FAIL_FILE"] = str(tmp_path / "xid")
+    env["CUDA_EMU_FAIL_FILE"] = str(tmp_path / "xid")
     broker = broker_factory(sqlite_dsn, "fs")
     worker = worker_factory(broker.url, gpu=0, env=env, extra=[
         "--allow-type", "groth16", "--backend", "cuda", "--params-dir", str(tmp_path / "p")])

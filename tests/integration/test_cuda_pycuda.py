@@ -67,7 +67,7 @@ def test_check_gpu_names_a_kernel_whose_registers_do_not_allow_its_block(
     result = subprocess.run(
         [str(pathlib.Path(sys.executable).parent / "gpuproxy-worker"), "check-gpu", "--gpu", "0",
          "--msm-sizes", "1", "--ntt-max", "3", "--prove-sizes", "4"],
-        env={**os.environ, **emulated, "GPUPROXY_EMU_MAX_THREADS": "64"}, capture_output=True,
+        env={**os.environ, **emulated, "CUDA_EMU_MAX_THREADS": "64"}, capture_output=True,
         text=True, timeout=540, stdin=subprocess.DEVNULL)
     assert result.returncode == 1, result.stdout + result.stderr
     assert ("gpuproxy-worker check-gpu: FAIL: The CUDA backend on cuda:GPU 0 (Host emulation) "
