@@ -11,9 +11,9 @@
 #   bash bench/gpu_session.sh .whl [OUT_DIR]
 #
 # CHECK_S bounds the check (default 280 s: the 2^20 demo circuit alone takes about 50 s to set
-# up on 2 cores, 6 s for the circuit and 40 s for the key, measured here; 97 s before the CPU
-# arithmetic was sped up), BENCH_S each bench (default 120 s): with the install, within a
-# 10-minute device call.
+# up on 2 cores, 37 s on an H200 host's 16), BENCH_S each step after it (default 120 s): with
+# the install, within a 10-minute device call. On an H200 host the whole run took 147 s with
+# CHECK_S=240 BENCH_S=80 VARIANTS=chains,portable (bench/results/h200-2026-11-30).
 # MSM_SIZES, NTT_SIZES, PROVE_SIZES, VARIANTS and CHECK_ARGS (more check-gpu flags) narrow or
 # widen the run; last, `gpuproxy demo --log-size DEMO_LOG` (default 16) proves through a local
 # broker, worker and plugin, the worker on the backend it picks (DEMO_LOG=0 skips it).

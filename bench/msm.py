@@ -29,7 +29,9 @@ from worker.cuda.acceptance import random_points, random_scalars
 #: Published BLS12-381 G1 MSM times to set ours beside (log2 size -> seconds, where), read at the
 #: source: ingonyama-zk/icicle, docs/versioned_docs/version-1.10.1/icicle/rust-bindings/
 #: msm-pre-computation.md, "Benchmarks where performed on a Nvidia RTX 3090Ti", BLS12-381 2^20
-#: without precomputed bases: 25.5 ms. No H100 or A100 figure for BLS12-381 is published there.
+#: without precomputed bases: 25.5 ms (17.2 ms with bases precomputed 8-fold, which ours are
+#: not). No H100 or A100 figure for BLS12-381 is published there, nor in sppark (no timings);
+#: speakspeak/cuZK's README gives 190 ms on a V100.
 ANCHORS = {20: (0.0255, "ICICLE 1.10.1, RTX 3090 Ti, no precomputed bases")}
 GOAL = 2.0  #: ours within this factor of the anchor
 
