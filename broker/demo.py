@@ -153,7 +153,8 @@ async def run(log_size: int, keep: pathlib.Path | None) -> int:
 
 def _backend_of(worker_log: pathlib.Path) -> str:
     """The backend the worker said it proves on, from its start-up line ("Groth16 backend:
-    cuda (auto: ...)"); "unknown" when the log has no such line."""
+    cuda (auto: ...)"), the last one (--keep appends to an earlier demo's log); "unknown" when
+    the log has no such line."""
     text = worker_log.read_text(errors="replace") if worker_log.exists() else ""
-    said = BACKEND_LINE.search(text)
-    return said.group(1) if said else "unknown"
+    said = BACKEND_LINE.findall(text)
+    return said[-1] if said else "unknown"

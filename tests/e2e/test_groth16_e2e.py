@@ -41,15 +41,20 @@ def test_demo_proves_and_verifies_through_broker_and_worker(tmp_path: pathlib.Pa
 
 
 def test_demo_names_the_backend_its_worker_proved_on(tmp_path: pathlib.Path) -> None:
-    # Given a host whose pycuda drives the emulated CUDA driver: a GPU, to the demo's worker
-    env = pycuda_emu.prepare(tmp_path / "emulation")
-    done = subprocess.run(
-        [str(BIN / "gpuproxy"), "demo", "--log-size", "4", "--keep", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
-        env={**os.environ, **env},
-    )
-    # Then the demo says the proof was made on CUDA, as the worker's log does
-    assert done.returncode == 0, done.stdout + done.stderr
+    # Given a folder where a demo on the CPU kept its files and logs
+    def demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(BIN / "gpuproxy"), "demo", "--log-size", "4", "--keep", str(tmp_path / "demo")],
+            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    no_gpu = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    assert "proof VERIFIED (worker backend: cpu)" in demo(no_gpu).stdout
+    # When a demo runs there on a host whose pycuda drives the emulated CUDA driver (a GPU, to
+    # the demo's worker)
+    done = demo({**os.environ, **pycuda_emu.prepare(tmp_path / "emulation")})
+    # Then it says the proof was made on CUDA, as its worker's log does
     assert "proof VERIFIED (worker backend: cuda)" in done.stdout, done.stdout
     assert "Groth16 backend: cuda (auto: a CUDA device is present)" in (
         tmp_path / "demo/worker.log").read_text()
