@@ -2,7 +2,8 @@
 # Everything a GPU check needs, in one run on a machine with an NVIDIA GPU and no PyPI: install
 # gpuproxy[gpu] from a wheelhouse, check the CUDA backend against the CPU backend
 # (`gpuproxy-worker check-gpu`: MSMs, NTTs, verified proofs), then time MSM and NTT per build of
-# the arithmetic beside the CPU (bench/msm.py, bench/ntt.py). Each step's output goes to
+# the arithmetic beside the CPU (bench/msm.py, bench/ntt.py), and prove through a local broker
+# and worker (`gpuproxy demo`). Each step's output goes to
 # OUT_DIR (default $OUT, else /tmp/gpu-session) and to stdout.
 #
 #   # where PyPI and the CUDA toolkit are (no GPU needed), for the GPU host's Python:
@@ -15,8 +16,9 @@
 # the install, within a 10-minute device call. On an H200 host the whole run took 147 s with
 # CHECK_S=240 BENCH_S=80 VARIANTS=chains,portable (bench/results/h200-2026-11-30).
 # MSM_SIZES, NTT_SIZES, PROVE_SIZES, VARIANTS and CHECK_ARGS (more check-gpu flags) narrow or
-# widen the run; last, `gpuproxy demo --log-size DEMO_LOG` (default 16) proves through a local
-# broker, worker and plugin, the worker on the backend it picks (DEMO_LOG=0 skips it).
+# widen the run. Between the benches, `gpuproxy demo --log-size DEMO_LOG` (default 16) proves
+# through a local broker and worker, the worker on the backend it picks (DEMO_LOG=0 skips it).
+# Exit status 1 when a step failed or the install did, naming the steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 wheels=${1:?usage: bench/gpu_session.sh WHEELHOUSE [OUT_DIR]}
@@ -36,15 +38,19 @@ step() {  # step NAME SECONDS COMMAND...: run it within SECONDS, its output in O
     timeout "$seconds" "$@" 2>&1 | tee "$out/$name.txt"
     status=${PIPESTATUS[0]}
     echo "== $name: exit $status"
+    [ "$status" = 0 ] || failed+=("$name")
 }
+failed=()
 
 python=${PYTHON:-python3}
 if "$python" -m venv "$venv"; then
     "$venv/bin/pip" install -q --no-index --find-links "$wheels" 'gpuproxy[gpu]' || exit 1
-else  # a Python without ensurepip (Debian's, without python3-venv): its own pip fills the venv
+else  # a Python without ensurepip (Debian's, without python3-venv): pip from the wheelhouse
+    pip_wheel=$(find "$wheels" -maxdepth 1 -name 'pip-*.whl' | head -1)
+    [ -n "$pip_wheel" ] || { echo "no venv module and no pip wheel in $wheels" >&2; exit 1; }
     "$python" -m venv --without-pip "$venv" &&
-        "$python" -m pip --python "$venv/bin/python" install -q --no-index --find-links "$wheels" \
-            'gpuproxy[gpu]' || exit 1
+        "$venv/bin/python" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip &&
+        "$venv/bin/pip" install -q --no-index --find-links "$wheels" 'gpuproxy[gpu]' || exit 1
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi | tee "$out/nvidia-smi.txt"
 # shellcheck disable=SC2086  # CHECK_ARGS is a list of flags
@@ -60,3 +66,7 @@ demo_log=${DEMO_LOG:-16}
 [ "$demo_log" = 0 ] || step demo "$bench_s" "$venv/bin/gpuproxy" demo --log-size "$demo_log"
 step ntt "$bench_s" "$venv/bin/python" bench/ntt.py --sizes "${NTT_SIZES:-16,20,22,24}" --cpu-max 22 \
     --variants "${VARIANTS:-chains,portable,inline}"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "== failed: ${failed[*]}" >&2
+    exit 1
+fi

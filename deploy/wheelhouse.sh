@@ -50,7 +50,9 @@ if $only_pycuda; then
     "$py" -m pip wheel -q -w "$out" pytools platformdirs mako
 else
     echo "wheelhouse: gpuproxy and its dependencies" >&2
-    "$py" -m pip wheel -q -w "$out" "$root" pytools platformdirs mako
+    # pip too: a host whose Python lacks ensurepip makes its venv --without-pip and installs
+    # pip into it from here (python pip-*.whl/pip install ...)
+    "$py" -m pip wheel -q -w "$out" "$root" pytools platformdirs mako pip
 fi
 
 echo "wheelhouse: pycuda $PYCUDA_VERSION, compiled against $CUDA_ROOT" >&2
