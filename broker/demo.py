@@ -153,8 +153,14 @@ async def run(log_size: int, keep: pathlib.Path | None) -> int:
 
 def _backend_of(worker_log: pathlib.Path) -> str:
     """The backend the worker said it proves on, from its start-up line ("Groth16 backend:
-    cuda (auto: ...)"), the last one (--keep appends to an earlier demo's log); "unknown" when
-    the log has no such line."""
+    cuda (auto: ...)"), the last one (--keep appends to an earlier demo's log), and whether
+    its proof had to be made again on the CPU; "unknown" when the log has no such line."""
+    from worker.executors.groth16 import GPU_PROOF_MADE_AGAIN
+
     text = worker_log.read_text(errors="replace") if worker_log.exists() else ""
-    said = BACKEND_LINE.findall(text)
-    return said[-1] if said else "unknown"
+    said: list[str] = BACKEND_LINE.findall(text)
+    if not said:
+        return "unknown"
+    if GPU_PROOF_MADE_AGAIN in text[text.rfind("Groth16 backend: "):]:
+        return f"{said[-1]}, whose proof did not verify: made again on the cpu, see its log"
+    return said[-1]

@@ -32,6 +32,8 @@ from worker.groth16 import exceptions as g16
 log = structlog.get_logger(__name__)
 
 TASK_TYPE = "groth16"
+#: Logged when a proof made on the GPU does not verify (`gpuproxy demo` reports it too)
+GPU_PROOF_MADE_AGAIN = "the proof made on the GPU does not verify; proving again on the CPU"
 
 
 def zkey_sha256(comment: str) -> str:
@@ -192,8 +194,8 @@ class Groth16Executor(Executor):
         it does not either, the witness does not satisfy the key's circuit, or the key is
         wrong: no other attempt could do better, so the task fails for good."""
         if key.backend not in backends.NAMES:  # made on the GPU: the CPU is the reference
-            log.error("the proof made on the GPU does not verify; proving again on the CPU",
-                      task_id=task_id, backend=key.backend, device=self.device)
+            log.error(GPU_PROOF_MADE_AGAIN, task_id=task_id, backend=key.backend,
+                      device=self.device)
             if self._cpu is None:
                 self._cpu = backends.create("cpu")
             proof, public = prover.prove(key.key, witness, self._cpu, should_stop=stop.is_set)
