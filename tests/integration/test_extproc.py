@@ -432,15 +432,20 @@ async def test_an_unreadable_request_among_several_is_left_to_its_timeout(
 ) -> None:
     # Given a processor that cannot read one of two requests in flight (the line names none)
     proof_type = "StackedDrg2KiBV1_2_Feat_NonInteractivePoRep"
-    executor = make_executor({"FAKE_C2_UNKNOWN_PROOF": proof_type, "FAKE_C2_SLEEP_S": "1"})
+    executor = make_executor({"FAKE_C2_UNKNOWN_PROOF": proof_type, "FAKE_C2_SLEEP_S": "2"})
     await executor.start()
     newer = c2_input(sector_id=8)
     newer["c1out"]["registered_proof"] = proof_type
     good = c2_input(sector_id=9)
-    results = await asyncio.gather(
-        executor.run(job(json.dumps(good).encode(), timeout_s=20.0)),
-        executor.run(job(json.dumps(newer).encode(), timeout_s=3.0)),
-        return_exceptions=True)
+    first = asyncio.ensure_future(executor.run(job(json.dumps(good).encode(), timeout_s=20.0)))
+    # (the unreadable one goes once the processor has read the other, which takes it 2 s:
+    # sent first, it would be the only request in flight, and rightly failed at once)
+    record = tmp_path / "rec"
+    deadline = time.monotonic() + 10
+    while not (record.exists() and record.read_bytes()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(executor.run(job(json.dumps(newer).encode(), timeout_s=3.0)))
+    results = await asyncio.gather(first, second, return_exceptions=True)
     # Then the readable one is proved, and the other is not blamed on it: its timeout ends it
     assert results[0] == fake_c2.expected_proof(good)
     assert isinstance(results[1], exceptions.ProcessorTimeout)
