@@ -43,15 +43,14 @@ step() {  # step NAME SECONDS COMMAND...: run it within SECONDS, its output in O
 failed=()
 
 python=${PYTHON:-python3}
-if "$python" -m venv "$venv"; then
-    "$venv/bin/pip" install -q --no-index --find-links "$wheels" 'gpuproxy[gpu]' || exit 1
-else  # a Python without ensurepip (Debian's, without python3-venv): pip from the wheelhouse
-    pip_wheel=$(find "$wheels" -maxdepth 1 -name 'pip-*.whl' | head -1)
+if ! "$python" -m venv "$venv"; then  # no ensurepip (Debian without python3-venv): its pip
+    pip_wheel=$(find "$wheels" -maxdepth 1 -name 'pip-*.whl' | head -1)  # from the wheelhouse
     [ -n "$pip_wheel" ] || { echo "no venv module and no pip wheel in $wheels" >&2; exit 1; }
     "$python" -m venv --without-pip "$venv" &&
-        "$venv/bin/python" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip &&
-        "$venv/bin/pip" install -q --no-index --find-links "$wheels" 'gpuproxy[gpu]' || exit 1
+        "$venv/bin/python" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip ||
+        exit 1
 fi
+"$venv/bin/pip" install -q --no-index --find-links "$wheels" 'gpuproxy[gpu]' || exit 1
 command -v nvidia-smi >/dev/null && nvidia-smi | tee "$out/nvidia-smi.txt"
 # shellcheck disable=SC2086  # CHECK_ARGS is a list of flags
 step check "$check_s" "$venv/bin/gpuproxy-worker" check-gpu --prove-sizes "${PROVE_SIZES:-10,16,20}" \

@@ -158,9 +158,10 @@ def _backend_of(worker_log: pathlib.Path) -> str:
     from worker.executors.groth16 import GPU_PROOF_MADE_AGAIN
 
     text = worker_log.read_text(errors="replace") if worker_log.exists() else ""
-    said: list[str] = BACKEND_LINE.findall(text)
-    if not said:
+    starts = list(BACKEND_LINE.finditer(text))
+    if not starts:
         return "unknown"
-    if GPU_PROOF_MADE_AGAIN in text[text.rfind("Groth16 backend: "):]:
-        return f"{said[-1]}, whose proof did not verify: made again on the cpu, see its log"
-    return said[-1]
+    last = starts[-1]
+    if GPU_PROOF_MADE_AGAIN in text[last.end():]:
+        return f"{last[1]}, whose proof did not verify: made again on the cpu, see its log"
+    return last[1]

@@ -272,8 +272,8 @@ async def inventory(command: str, env: Mapping[str, str] | None = None) -> list[
     `command` may carry arguments ("ssh gpu1 nvidia-smi"); "" means do not look. A command that
     exists but fails (driver not loaded) is an error: running as a CPU worker by accident on a GPU
     host would be worse. The MIG listing (`-L`) is read only where there are GPUs; if it fails,
-    the GPUs are taken as they are: a whole GPU that is in MIG mode then fails at its first
-    kernel, and says so.
+    so does the inventory when a GPU is in MIG mode (none of its devices could be named), and
+    otherwise the GPUs are taken as they are.
     """
     argv = shlex.split(command)
     if not argv:
